@@ -1,0 +1,54 @@
+# The two quickstart commands (README.md) and their helpers.
+#
+#   make demo   # the main job on its embedded default: offline, CPU
+#   make test   # lint, format check and the test suite
+#
+# Each creates (or reuses) the virtualenv in .venv and installs what it needs
+# from the package registries. A stamp file per extras set skips the install
+# when setup.py has not changed.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip
+# Tests run in two processes: the suite is dominated by single-threaded XLA
+# compilation, so two workers use both cores of a small machine.
+PYTEST_WORKERS ?= 2
+
+.PHONY: demo test lint format venv clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+# TORCH pins the PyTorch build that the export extra gets: the CPU build
+# that this kind of machine keeps on disk, instead of several GB of CUDA wheels.
+TORCH ?= torch==2.13.0
+
+$(VENV)/.stamp-%: setup.py | $(BIN)/python
+	$(PIP) install --quiet -e ".[$(subst +,$(comma),$*)]" \
+	  $(if $(findstring export,$*),"$(TORCH)")
+	touch $@
+
+comma := ,
+
+venv: $(VENV)/.stamp-dev+export
+
+demo: $(VENV)/.stamp-export
+	$(BIN)/python -m dss_jax.distill
+
+lint: $(VENV)/.stamp-dev+export
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/shellcheck tpu_scripts/*.sh .ci/run
+
+format: $(VENV)/.stamp-dev+export
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test: lint
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --durations=15 \
+	  --junitxml=$(VENV)/junit.xml
+
+clean:
+	rm -rf $(VENV) build *.egg-info

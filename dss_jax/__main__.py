@@ -1,0 +1,65 @@
+"""The `dss-jax` command: lists the entry points and dispatches to them.
+
+dss-jax                      # lists the entry points
+dss-jax distill [FLAGS]      # same as python -m dss_jax.distill [FLAGS]
+"""
+
+import importlib
+import sys
+
+# name -> (module, one-line purpose). Each module is a thin absl entry point
+# with a `main` for `app.run`; `--helpfull` on any of them lists every flag.
+ENTRY_POINTS: dict[str, tuple[str, str]] = {
+  "distill": (
+    "dss_jax.distill",
+    "the main job: card -> teacher -> TFDS -> SeqIO -> train -> eval -> report",
+  ),
+  "grid": (
+    "dss_jax.grid",
+    "the paper's grid: methods x data fractions x seeds x model sizes",
+  ),
+  "annotate": (
+    "dss_jax.annotate",
+    "teacher annotation of a dataset (gemini, openai-compatible, replay)",
+  ),
+  "train": ("dss_jax.train", "built-in trainer, T5X-style gin flags"),
+  "eval": ("dss_jax.eval", "score one, the latest or every checkpoint"),
+  "infer": ("dss_jax.infer", "predict labels and rationales"),
+}
+
+
+def usage() -> str:
+  lines = [
+    "usage: dss-jax COMMAND [FLAGS]   (or python -m dss_jax.COMMAND)",
+    "",
+  ]
+  width = max(len(name) for name in ENTRY_POINTS)
+  for name, (module, purpose) in ENTRY_POINTS.items():
+    lines.append(f"  {name:<{width}}  {purpose}  [{module}]")
+  lines.append("")
+  lines.append("Run `dss-jax COMMAND --help` for a command's flags.")
+  return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+  """Dispatches `dss-jax COMMAND ...` to `python -m dss_jax.COMMAND ...`."""
+  argv = list(sys.argv if argv is None else argv)
+  if len(argv) < 2 or argv[1] in ("-h", "--help", "help", "list"):
+    print(usage())
+    return 0
+  command = argv[1]
+  if command not in ENTRY_POINTS:
+    print(f"dss-jax: unknown command {command!r}\n", file=sys.stderr)
+    print(usage(), file=sys.stderr)
+    return 2
+  module = importlib.import_module(ENTRY_POINTS[command][0])
+  from absl import app
+
+  # absl parses sys.argv; present the command as its own program.
+  sys.argv = [f"dss-jax {command}", *argv[2:]]
+  app.run(module.main)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,28 @@
+"""The `dss-jax` command lists every entry point, and each one exists."""
+
+import importlib
+import subprocess
+import sys
+
+from dss_jax import __main__ as cli
+
+
+def test_lists_entry_points():
+  out = subprocess.run(
+    [sys.executable, "-m", "dss_jax"],
+    capture_output=True,
+    text=True,
+    check=True,
+  ).stdout
+  for name, (module, _) in cli.ENTRY_POINTS.items():
+    assert name in out and module in out
+
+
+def test_unknown_command_fails_with_usage(capsys):
+  assert cli.main(["dss-jax", "no-such-command"]) == 2
+  assert "unknown command 'no-such-command'" in capsys.readouterr().err
+
+
+def test_every_entry_point_has_an_absl_main():
+  for module, _ in cli.ENTRY_POINTS.values():
+    assert callable(importlib.import_module(module).main), module

@@ -1,0 +1,63 @@
+"""Shared pytest setup: 8 fake CPU devices, no GPUs for TF, a clean registry.
+
+The environment variables must be set before JAX or TensorFlow is imported
+anywhere, so this module sets them at import time, before any test module loads.
+"""
+
+import os
+
+# Eight fake XLA CPU devices, so sharding tests run real meshes on a laptop or CI
+# (the optax and T5X habit). Appended, not replaced, to keep a user's own flags.
+_FLAG = "--xla_force_host_platform_device_count=8"
+if _FLAG not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " " + _FLAG
+  ).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# TensorFlow only feeds data here; it must never grab a GPU that JAX needs.
+os.environ["CUDA_VISIBLE_DEVICES"] = ""
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# No test may reach the network; TFDS must not try GCS for metadata.
+os.environ.setdefault("NO_GCE_CHECK", "true")
+
+import pathlib  # noqa: E402
+
+import pytest  # noqa: E402
+
+_REPO = pathlib.Path(__file__).resolve().parents[1]
+_PAPER_DATA = _REPO.parent / "shared" / "data" / "dss_paper"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+  del config
+  import tensorflow as tf
+
+  tf.config.set_visible_devices([], "GPU")
+
+
+@pytest.fixture(scope="session")
+def repo_dir() -> pathlib.Path:
+  """The repository root."""
+  return _REPO
+
+
+@pytest.fixture(scope="session")
+def paper_data_dir() -> pathlib.Path:
+  """The paper's released teacher outputs (shared/data/dss_paper)."""
+  if not (_PAPER_DATA / "cqa" / "cqa_train.json").exists():
+    pytest.skip(f"released paper data not found at {_PAPER_DATA}")
+  return _PAPER_DATA
+
+
+@pytest.fixture(autouse=True)
+def clear_seqio_registry():
+  """Removes the SeqIO tasks and mixtures a test registered, after the test."""
+  import seqio
+
+  tasks = set(seqio.TaskRegistry.names())
+  mixtures = set(seqio.MixtureRegistry.names())
+  yield
+  for name in set(seqio.MixtureRegistry.names()) - mixtures:
+    seqio.MixtureRegistry.remove(name)
+  for name in set(seqio.TaskRegistry.names()) - tasks:
+    seqio.TaskRegistry.remove(name)
