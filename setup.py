@@ -15,7 +15,8 @@ _INSTALL_REQUIRES = [
   "flax>=0.12.8",
   "gin-config>=0.5.0",
   "google-genai>=1.0",
-  "httpx",
+  # TFDS 4.9.10 needs the backport to locate a builder's code on Python 3.11.
+  "importlib_resources>=6.0",
   "jax>=0.10.2",
   "jaxlib>=0.10.2",
   "matplotlib>=3.8",

@@ -1,0 +1,378 @@
+"""Task cards: one YAML file per dataset, validated by a typed schema.
+
+A card says where a dataset comes from, how its inputs are written (the paper's
+formats), what the teacher is shown (few-shot chain-of-thought exemplars), how a
+teacher completion is parsed and how answers are scored. Adding a dataset means
+adding a card under `tasks/`; Python is needed only for a custom reader or
+parser, named by a dotted-path hook.
+
+    from dss_jax import cards
+    card = cards.load_card("cqa")          # tasks/cqa.yaml
+    card.format_input(fields)      # "question\\nAnswer Choices:\\n(a) ..."
+    card.parse_completion(text)            # ParsedAnswer(rationale, label)
+
+Errors name the file and the field, e.g.
+`tasks/cqa.yaml: parser.answer_marker: Field required`.
+"""
+
+import json
+import pathlib
+import re
+import string
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import pydantic
+import yaml
+
+from dss_jax.teacher import arithmetic, parsers
+
+ParsedAnswer = parsers.ParsedAnswer
+
+# Built-in cards live next to the package in the source tree.
+TASKS_DIR = pathlib.Path(__file__).resolve().parents[1] / "tasks"
+
+
+class CardError(ValueError):
+  """A task card is missing, malformed or inconsistent."""
+
+
+class _Strict(pydantic.BaseModel):
+  # A typo in a hand-written card must fail loudly, not be ignored.
+  model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceSpec(_Strict):
+  """Where a dataset's examples come from.
+
+  Attributes:
+    paper_folder: folder in the released `datasets.zip` layout
+      (`<folder>/<folder>_<split>.json`, `<folder>/llm/<split>_CoT_<i>.json`).
+      `<folder>_sample` is accepted as well (the shared test sample).
+    splits: TFDS split name -> split name in the files (e.g. validation: valid).
+    files: TFDS split name -> a JSON-lines file, for datasets outside the
+      paper's layout (relative paths are relative to the card).
+    reader: a hook "package.module:function(split) -> iterable of dicts" used
+      instead of files.
+    id_field: the field that holds a stable example id; without one the id is
+      "<split>-<index>".
+    label_field: the field with the gold label ('' / absent when unlabeled).
+    label_names: maps integer gold labels to names (NLI: 0 -> entailment).
+    input_fields: the fields the input template and prompts use.
+  """
+
+  paper_folder: str | None = None
+  splits: dict[str, str] = {"train": "train", "test": "test"}
+  files: dict[str, str] = {}
+  reader: str | None = None
+  id_field: str | None = None
+  label_field: str | None = "label"
+  label_names: list[str] | None = None
+  input_fields: list[str]
+
+  @pydantic.model_validator(mode="after")
+  def _one_kind(self) -> "SourceSpec":
+    kinds = [bool(self.paper_folder), bool(self.files), bool(self.reader)]
+    if sum(kinds) != 1:
+      raise ValueError(
+        f"give exactly one of paper_folder, files, reader (got {sum(kinds)})"
+      )
+    return self
+
+
+class ParserSpec(_Strict):
+  """How a teacher completion becomes (rationale, label); see parsers.py."""
+
+  answer_marker: str | None = None
+  cut_at: list[str] = []
+  label_regex: str | None = None
+  label_group: int = 0
+  strip_suffix: str = "."
+  hook: str | None = None
+
+  @pydantic.model_validator(mode="after")
+  def _marker_or_hook(self) -> "ParserSpec":
+    if (self.answer_marker is None) == (self.hook is None):
+      raise ValueError("give exactly one of answer_marker, hook")
+    if self.label_regex is not None:
+      try:
+        groups = re.compile(self.label_regex).groups
+      except re.error as e:
+        raise ValueError(f"label_regex does not compile: {e}") from e
+      if self.label_group > groups:
+        raise ValueError(
+          f"label_group {self.label_group} but the regex has {groups} groups"
+        )
+    return self
+
+
+class Exemplar(_Strict):
+  """One few-shot chain-of-thought demonstration.
+
+  Attributes:
+    fields: the raw input fields, as a dataset row would have them.
+    rationale: the reasoning, written in the style the parser expects.
+    label: the answer (for choice cards, one of the choices).
+  """
+
+  fields: dict[str, Any]
+  rationale: str
+  label: str
+
+
+class PromptSpec(_Strict):
+  """How exemplars and the query are laid out for the teacher.
+
+  Templates are `str.format` strings. They see the raw fields, `{input}` (the
+  card-formatted input), and in exemplars `{rationale}`, `{label}` and, for
+  choice cards, `{letter}` (a, b, ...).
+  """
+
+  instruction: str = ""
+  exemplar_template: str
+  query_template: str
+  separator: str = "\n\n"
+  stop: list[str] = []
+
+
+class TaskCard(_Strict):
+  """A validated task card. Field meanings are in the module docstring."""
+
+  name: str = pydantic.Field(pattern=r"^[a-z][a-z0-9_]*$")
+  description: str = ""
+  source: SourceSpec
+  input_template: str
+  answer_type: Literal["choice", "nli", "equation", "free"]
+  labels: list[str] | None = None
+  choices_field: str | None = None
+  exemplars: list[Exemplar] = pydantic.Field(min_length=1)
+  prompt: PromptSpec
+  parser: ParserSpec
+  metric: Literal["accuracy", "equation_accuracy"] = "accuracy"
+  path: str | None = pydantic.Field(default=None, exclude=True)
+
+  @pydantic.model_validator(mode="after")
+  def _consistent(self) -> "TaskCard":
+    if self.answer_type == "nli" and not self.labels:
+      raise ValueError("answer_type 'nli' needs labels")
+    if self.answer_type == "choice" and not self.choices_field:
+      raise ValueError("answer_type 'choice' needs choices_field")
+    if self.answer_type == "equation" and self.metric != "equation_accuracy":
+      raise ValueError(
+        "answer_type 'equation' needs metric 'equation_accuracy'"
+      )
+    for template in (self.input_template, self.prompt.exemplar_template):
+      _check_template(template)
+    for i, exemplar in enumerate(self.exemplars):
+      missing = set(self.source.input_fields) - set(exemplar.fields)
+      if missing:
+        raise ValueError(f"exemplars[{i}].fields lacks {sorted(missing)}")
+      if self.labels and exemplar.label not in self.labels:
+        raise ValueError(
+          f"exemplars[{i}].label {exemplar.label!r} not in labels"
+        )
+      if self.answer_type == "choice":
+        choices = exemplar.fields.get(self.choices_field) or []
+        if exemplar.label not in choices:
+          raise ValueError(
+            f"exemplars[{i}].label {exemplar.label!r} not in its "
+            f"{self.choices_field}"
+          )
+    return self
+
+  # ---------------------------------------------------------------- inputs
+  def format_input(self, fields: Mapping[str, Any]) -> str:
+    """Writes an example's input in the paper's format.
+
+    Args:
+      fields: the raw input fields (e.g. question, choices).
+
+    Returns:
+      The input text (no "predict: " prefix).
+    """
+    return self.input_template.format(**fields)
+
+  def gold_label(self, row: Mapping[str, Any]) -> str:
+    """The gold label of a dataset row as text ('' when it has none)."""
+    field = self.source.label_field
+    value = row.get(field) if field else None
+    if value is None:
+      return ""
+    if self.source.label_names is not None and isinstance(value, int):
+      return self.source.label_names[value]
+    return str(value)
+
+  # ---------------------------------------------------------------- prompts
+  def _template_values(self, fields: Mapping[str, Any]) -> dict[str, Any]:
+    return {**fields, "input": self.format_input(fields)}
+
+  def format_exemplar(self, exemplar: Exemplar) -> str:
+    """One demonstration as the teacher sees it."""
+    values = self._template_values(exemplar.fields)
+    values.update(rationale=exemplar.rationale, label=exemplar.label)
+    if self.answer_type == "choice":
+      index = list(exemplar.fields[self.choices_field]).index(exemplar.label)
+      values["letter"] = string.ascii_lowercase[index]
+    return self.prompt.exemplar_template.format(**values)
+
+  def build_prompt(self, fields: Mapping[str, Any]) -> str:
+    """The few-shot prompt for one example.
+
+    Args:
+      fields: the example's raw input fields.
+
+    Returns:
+      Instruction, exemplars and the query, joined by the card's separator.
+    """
+    parts = [self.prompt.instruction] if self.prompt.instruction else []
+    parts += [self.format_exemplar(e) for e in self.exemplars]
+    parts.append(
+      self.prompt.query_template.format(**self._template_values(fields))
+    )
+    return self.prompt.separator.join(parts)
+
+  # ---------------------------------------------------------------- answers
+  def parse_completion(self, text: str) -> ParsedAnswer:
+    """Parses a teacher completion with the card's rules.
+
+    Args:
+      text: the raw completion.
+
+    Returns:
+      ParsedAnswer(rationale, label); label is None when unparsable.
+    """
+    spec = self.parser
+    if spec.hook is not None:
+      return parsers.parse_with_hook(text, spec.hook)
+    return parsers.parse_with_rules(
+      text,
+      answer_marker=spec.answer_marker,
+      cut_at=spec.cut_at,
+      label_regex=spec.label_regex,
+      label_group=spec.label_group,
+      strip_suffix=spec.strip_suffix,
+      labels=self.labels if self.answer_type == "nli" else None,
+    )
+
+  def is_correct(self, predicted: str | None, gold: str) -> bool:
+    """Scores one answer with the card's metric (exact match or by value)."""
+    if predicted is None or not gold:
+      return False
+    if self.metric == "equation_accuracy":
+      return arithmetic.equations_equal(predicted, gold)
+    return predicted == gold
+
+  def label_key(self, label: str) -> str:
+    """A key under which equal answers vote together (self-consistency).
+
+    Equations vote by value, so "(10 * 45)" and "(45 * 10)" agree.
+    """
+    if self.metric == "equation_accuracy":
+      value = arithmetic.evaluate_equation(label)
+      if value is not None:
+        return repr(round(value, 9))
+    return label
+
+
+def _check_template(template: str) -> None:
+  try:
+    list(string.Formatter().parse(template))
+  except ValueError as e:
+    raise ValueError(f"bad template {template!r}: {e}") from e
+
+
+def _describe(error: pydantic.ValidationError) -> str:
+  lines = []
+  for item in error.errors():
+    where = ".".join(str(p) for p in item["loc"]) or "(card)"
+    message = item["msg"].removeprefix("Value error, ")
+    lines.append(f"{where}: {message}")
+  return "; ".join(lines)
+
+
+def card_from_dict(data: Any, origin: str = "<dict>") -> TaskCard:
+  """Validates a card given as a dict.
+
+  Args:
+    data: the parsed YAML.
+    origin: the file name used in error messages.
+
+  Returns:
+    The card.
+
+  Raises:
+    CardError: naming `origin` and the failing field.
+  """
+  if not isinstance(data, dict):
+    raise CardError(
+      f"{origin}: a card must be a mapping, got {type(data).__name__}"
+    )
+  try:
+    return TaskCard.model_validate({**data, "path": origin})
+  except pydantic.ValidationError as e:
+    raise CardError(f"{origin}: {_describe(e)}") from None
+
+
+def _resolve(name_or_path: str) -> pathlib.Path:
+  path = pathlib.Path(name_or_path)
+  if path.suffix in (".yaml", ".yml") or path.exists():
+    return path
+  return TASKS_DIR / f"{name_or_path}.yaml"
+
+
+def load_card(name_or_path: str) -> TaskCard:
+  """Loads and validates a task card.
+
+  Args:
+    name_or_path: a built-in card name ("cqa" -> tasks/cqa.yaml) or a path.
+
+  Returns:
+    The card.
+
+  Raises:
+    CardError: when the file is missing, is not YAML or fails validation;
+      the message names the file and the field.
+  """
+  path = _resolve(name_or_path)
+  if not path.is_file():
+    known = ", ".join(list_cards()) or "none"
+    raise CardError(f"{path}: no such task card (built-in cards: {known})")
+  try:
+    data = yaml.safe_load(path.read_text())
+  except yaml.YAMLError as e:
+    raise CardError(f"{path}: invalid YAML: {e}") from None
+  return card_from_dict(data, origin=str(path))
+
+
+def list_cards() -> list[str]:
+  """The names of the built-in cards (files under tasks/)."""
+  return sorted(p.stem for p in TASKS_DIR.glob("*.yaml"))
+
+
+def fields_json(fields: Mapping[str, Any]) -> str:
+  """Canonical JSON of an example's input fields (sorted keys, UTF-8)."""
+  return json.dumps(dict(fields), sort_keys=True, ensure_ascii=False)
+
+
+def input_fields(card: TaskCard, row: Mapping[str, Any]) -> dict[str, Any]:
+  """The card's input fields of a dataset row.
+
+  Raises:
+    CardError: when the row lacks one of them.
+  """
+  try:
+    return {name: row[name] for name in card.source.input_fields}
+  except KeyError as e:
+    raise CardError(f"{card.path}: row lacks input field {e}") from None
+
+
+__all__ = (
+  "CardError",
+  "ParsedAnswer",
+  "TaskCard",
+  "card_from_dict",
+  "fields_json",
+  "input_fields",
+  "list_cards",
+  "load_card",
+)

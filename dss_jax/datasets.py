@@ -1,0 +1,348 @@
+"""TFDS dataset of teacher-annotated examples: `dss_annotated/<card>_<source>`.
+
+One config per (task card, teacher source):
+
+* `<card>_palm` for the four built-in cards: the paper's released PaLM-540B
+  outputs, read from $DSS_PAPER_DATA_DIR or from the official `datasets.zip`
+  (downloaded once and cached by the TFDS download manager);
+* `<card>_<source>` for a store written by the annotation runner
+  (`python -m dss_jax.annotate`), e.g. `cqa_gemini_2_5_flash`.
+
+Build from the command line, any source:
+
+    DSS_PAPER_DATA_DIR=path/to/dss_paper python -m dss_jax.datasets \\
+      --card=cqa --source=palm --data_dir=$TFDS_DATA_DIR
+    python -m dss_jax.datasets --card=cqa --source=gemini_2_5_flash \\
+      --store=annotations/cqa_gemini_2_5_flash.jsonl
+
+or with the TFDS CLI for the palm configs (its CLI imports apache-beam):
+
+    tfds build dss_annotated --imports=dss_jax.datasets --config=cqa_palm
+
+or from Python:
+
+    build_annotated("cqa", "palm", data_dir=...)
+    build_annotated("cqa", "gemini_2_5_flash", store="annotations/cqa.jsonl")
+
+Every split of the source is kept whole (test rows are needed for gold-label
+evaluation); rows whose completions do not parse have teacher_label '' and
+rationale '', and consumers filter them where they train on teacher output.
+"""
+
+import collections
+import json
+import os
+import pathlib
+from collections.abc import Iterator
+from typing import Any
+
+import tensorflow_datasets as tfds
+from etils import epath
+
+from dss_jax import cards as cards_lib
+from dss_jax.teacher import aggregate, sources
+from dss_jax.teacher import store as store_lib
+
+VERSION = "1.0.0"
+PALM_SOURCE = "palm"
+# Cards whose teacher outputs the paper released.
+PAPER_CARDS = ("cqa", "svamp", "anli1", "esnli")
+# TFDS split names; the paper's files call validation "valid".
+_SPLITS = {"train": tfds.Split.TRAIN, "validation": tfds.Split.VALIDATION}
+
+
+class DssAnnotatedConfig(tfds.core.BuilderConfig):
+  """Which card and teacher source a dss_annotated config holds."""
+
+  def __init__(
+    self,
+    *,
+    card: str,
+    source: str,
+    store: str | None = None,
+    teacher: str | None = None,
+    keep: str = "vote",
+    **kwargs: Any,
+  ):
+    """Creates a config named `<card>_<source>`.
+
+    Args:
+      card: a built-in card name or a card path.
+      source: "palm", or the name of an annotation run.
+      store: the runner's JSON-lines store (non-palm sources).
+      teacher: only store records of this teacher (default: all).
+      keep: rationales to keep under self-consistency ("vote" or
+        "vote_or_gold").
+      **kwargs: passed to tfds.core.BuilderConfig.
+    """
+    card_name = pathlib.Path(card).stem if card.endswith(".yaml") else card
+    super().__init__(
+      name=f"{card_name}_{source}",
+      version=VERSION,
+      description=f"{card_name} annotated by teacher source {source!r}.",
+      **kwargs,
+    )
+    self.card = card
+    self.card_name = card_name
+    self.source = source
+    self.store = store
+    self.teacher = teacher
+    self.keep = keep
+
+
+class DssAnnotated(
+  tfds.core.GeneratorBasedBuilder,
+  # Under `python -m dss_jax.datasets` this file also runs as __main__; only
+  # the copy imported as dss_jax.datasets registers the name.
+  skip_registration=__name__ == "__main__",
+):
+  """Teacher-annotated examples for Distilling Step-by-Step."""
+
+  VERSION = tfds.core.Version(VERSION)
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  BUILDER_CONFIGS = [
+    DssAnnotatedConfig(card=name, source=PALM_SOURCE) for name in PAPER_CARDS
+  ]
+  # tfds derives this from the package's resources, which needs the
+  # `importlib_resources` backport on some installs; the module file is the
+  # same answer without it (tfds looks for checksums.tsv next to it).
+  code_path = epath.Path(__file__)
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    text = tfds.features.Text()
+    return self.dataset_info_from_configs(
+      features=tfds.features.FeaturesDict(
+        {
+          "id": text,
+          "input": text,
+          "fields": text,
+          "gold_label": text,
+          "teacher_label": text,
+          "rationale": text,
+          "rationales": tfds.features.Sequence(tfds.features.Text()),
+          "teacher": text,
+          "prompt_hash": text,
+        }
+      ),
+      homepage="https://github.com/google-research/distilling-step-by-step",
+      citation=_CITATION,
+    )
+
+  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+    config: DssAnnotatedConfig = self.builder_config
+    card = cards_lib.load_card(config.card)
+    root = None
+    if card.source.paper_folder:
+      local = os.environ.get(sources.PAPER_DATA_ENV)
+      root = sources.find_root(
+        local or dl_manager.download_and_extract(sources.DATASETS_ZIP_URL)
+      )
+    splits = sources.source_splits(card, root)
+    records = None if config.source == PALM_SOURCE else _store_records(config)
+    return {
+      _SPLITS.get(name, name): self._generate_examples(
+        card, split, root, records
+      )
+      for name, split in splits.items()
+    }
+
+  def _generate_examples(
+    self,
+    card: cards_lib.TaskCard,
+    split: str,
+    root: pathlib.Path | None,
+    records: dict[str, list[store_lib.CompletionRecord]] | None,
+  ) -> Iterator[tuple[str, dict[str, Any]]]:
+    if records is None:
+      return self._palm_examples(card, split, root)
+    return self._store_examples(card, split, root, records)
+
+  def _palm_examples(
+    self, card: cards_lib.TaskCard, split: str, root: pathlib.Path
+  ) -> Iterator[tuple[str, dict[str, Any]]]:
+    for example, completion in sources.read_replay(card, split, root):
+      annotation = aggregate.aggregate(card, [completion])
+      yield (
+        example.id,
+        _features(card, example, annotation, sources.PALM_TEACHER, ""),
+      )
+
+  def _store_examples(
+    self,
+    card: cards_lib.TaskCard,
+    split: str,
+    root: pathlib.Path | None,
+    records: dict[str, list[store_lib.CompletionRecord]],
+  ) -> Iterator[tuple[str, dict[str, Any]]]:
+    keep = self.builder_config.keep
+    for example in sources.read_source(card, split, root):
+      samples = _latest_prompt(records.get(example.id, []))
+      annotation = aggregate.aggregate(
+        card, [r.completion for r in samples], example.gold_label, keep=keep
+      )
+      teacher = samples[0].teacher if samples else ""
+      digest = samples[0].prompt_hash if samples else ""
+      yield example.id, _features(card, example, annotation, teacher, digest)
+
+
+def _features(
+  card: cards_lib.TaskCard,
+  example: sources.SourceExample,
+  annotation: aggregate.Annotation,
+  teacher: str,
+  digest: str,
+) -> dict[str, Any]:
+  return {
+    "id": example.id,
+    "input": card.format_input(example.fields),
+    "fields": cards_lib.fields_json(example.fields),
+    "gold_label": example.gold_label,
+    "teacher_label": annotation.teacher_label,
+    "rationale": annotation.rationale,
+    "rationales": list(annotation.rationales),
+    "teacher": teacher,
+    "prompt_hash": digest,
+  }
+
+
+def _store_records(
+  config: DssAnnotatedConfig,
+) -> dict[str, list[store_lib.CompletionRecord]]:
+  path = config.store or store_lib.default_store_path(
+    config.card_name, config.source
+  )
+  if not pathlib.Path(path).is_file():
+    raise FileNotFoundError(
+      f"no annotation store for {config.name} at {path}; run "
+      "`python -m dss_jax.annotate` first or pass store="
+    )
+  by_id = collections.defaultdict(list)
+  for record in store_lib.read_records(path):
+    if config.teacher is None or record.teacher == config.teacher:
+      by_id[record.id].append(record)
+  return by_id
+
+
+def _latest_prompt(
+  records: list[store_lib.CompletionRecord],
+) -> list[store_lib.CompletionRecord]:
+  """The samples of the most recently used prompt hash, by sample index.
+
+  A store may hold calls made with an older version of a card's exemplars;
+  only one prompt's samples vote together.
+  """
+  if not records:
+    return []
+  latest = records[-1].prompt_hash
+  return sorted(
+    (r for r in records if r.prompt_hash == latest), key=lambda r: r.sample
+  )
+
+
+def tfds_name(card: str, source: str) -> str:
+  """The TFDS name of a (card, source) pair.
+
+  Args:
+    card: the card name, e.g. "cqa".
+    source: the teacher source, e.g. "palm".
+
+  Returns:
+    "dss_annotated/<card>_<source>:1.0.0"; the explicit version lets tfds load
+    configs of annotation runs (not known to the code) from their files.
+  """
+  return f"dss_annotated/{card}_{source}:{VERSION}"
+
+
+def build_annotated(
+  card: str,
+  source: str,
+  data_dir: str | None = None,
+  *,
+  store: str | None = None,
+  teacher: str | None = None,
+  keep: str = "vote",
+  download_dir: str | None = None,
+) -> tfds.core.DatasetBuilder:
+  """Builds (if needed) and returns the dataset of one (card, source).
+
+  Args:
+    card: a card name ("cqa") or path.
+    source: "palm" or an annotation run's name.
+    data_dir: the TFDS data dir (tfds' default when None).
+    store: the runner's store for non-palm sources
+      (default: store.default_store_path(card, source)).
+    teacher: keep only this teacher's store records.
+    keep: "vote" or "vote_or_gold" (self-consistency rationale filter).
+    download_dir: where to cache datasets.zip when no local copy is set.
+
+  Returns:
+    The prepared builder; `builder.as_dataset(split="train")` reads it.
+  """
+  config = DssAnnotatedConfig(
+    card=card, source=source, store=store, teacher=teacher, keep=keep
+  )
+  if source == PALM_SOURCE and config.name in DssAnnotated.builder_configs:
+    builder = DssAnnotated(config=config.name, data_dir=data_dir)
+  else:
+    builder = DssAnnotated(config=config, data_dir=data_dir)
+  builder.download_and_prepare(
+    download_dir=download_dir,
+    download_config=tfds.download.DownloadConfig(try_download_gcs=False),
+  )
+  return builder
+
+
+def load_fields(example: dict[str, Any]) -> dict[str, Any]:
+  """Decodes the `fields` feature of a numpy example back to a dict."""
+  raw = example["fields"]
+  return json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
+
+
+_CITATION = """\
+@inproceedings{hsieh2023distilling,
+  title={Distilling Step-by-Step! Outperforming Larger Language Models with
+         Less Training Data and Smaller Model Sizes},
+  author={Hsieh, Cheng-Yu and Li, Chun-Liang and Yeh, Chih-Kuan and
+          Nakhost, Hootan and Fujii, Yasuhisa and Ratner, Alexander and
+          Krishna, Ranjay and Lee, Chen-Yu and Pfister, Tomas},
+  booktitle={Findings of ACL},
+  year={2023}
+}
+"""
+
+
+def main(argv: list[str] | None = None) -> None:
+  """Builds one config from the command line (see the module docstring)."""
+  import argparse
+
+  parser = argparse.ArgumentParser(description="Builds dss_annotated.")
+  parser.add_argument("--card", required=True)
+  parser.add_argument("--source", default=PALM_SOURCE)
+  parser.add_argument("--data_dir", default=None)
+  parser.add_argument("--store", default=None)
+  parser.add_argument("--teacher", default=None)
+  parser.add_argument(
+    "--keep", default="vote", choices=["vote", "vote_or_gold"]
+  )
+  args = parser.parse_args(argv)
+  builder = build_annotated(
+    args.card,
+    args.source,
+    data_dir=args.data_dir,
+    store=args.store,
+    teacher=args.teacher,
+    keep=args.keep,
+  )
+  for name, split in builder.info.splits.items():
+    print(
+      f"{tfds_name(builder.builder_config.card_name, args.source)} "
+      f"{name}: {split.num_examples} examples in {builder.data_dir}"
+    )
+
+
+if __name__ == "__main__":
+  # tfds locates a builder by its module's package, which `__main__` lacks;
+  # run the copy imported under its real name instead.
+  from dss_jax import datasets as _datasets
+
+  _datasets.main()

@@ -1,0 +1,60 @@
+"""Teacher backends behind one interface (base.TeacherBackend).
+
+make_backend("gemini", model="gemini-2.5-flash")
+make_backend("openai", model="meta-llama/Llama-3.1-8B-Instruct",
+             base_url="http://localhost:8000/v1")
+make_backend("replay", card=card)
+"""
+
+from typing import Any
+
+from dss_jax.teacher.backends.base import (
+  Completion,
+  FatalError,
+  RequestError,
+  RetryableError,
+  TeacherBackend,
+  TeacherError,
+)
+
+BACKENDS = ("gemini", "openai", "replay")
+
+
+def make_backend(kind: str, **options: Any) -> TeacherBackend:
+  """Creates a backend by name.
+
+  Args:
+    kind: "gemini", "openai" or "replay".
+    **options: the backend's constructor arguments.
+
+  Returns:
+    The backend.
+
+  Raises:
+    ValueError: for an unknown kind.
+  """
+  if kind == "gemini":
+    from dss_jax.teacher.backends import gemini
+
+    return gemini.GeminiBackend(**options)
+  if kind == "openai":
+    from dss_jax.teacher.backends import openai
+
+    return openai.OpenAIBackend(**options)
+  if kind == "replay":
+    from dss_jax.teacher.backends import replay
+
+    return replay.ReplayBackend(**options)
+  raise ValueError(f"unknown backend {kind!r}; choose from {BACKENDS}")
+
+
+__all__ = [
+  "BACKENDS",
+  "Completion",
+  "FatalError",
+  "RequestError",
+  "RetryableError",
+  "TeacherBackend",
+  "TeacherError",
+  "make_backend",
+]

@@ -1,0 +1,107 @@
+"""Tests for task cards: schema validation, input formats, prompts."""
+
+import pytest
+import yaml
+
+from dss_jax import cards
+
+
+def _cqa_dict():
+  return yaml.safe_load((cards.TASKS_DIR / "cqa.yaml").read_text())
+
+
+def test_builtin_cards_load():
+  names = cards.list_cards()
+  for name in ("cqa", "svamp", "anli1", "esnli"):
+    assert name in names
+    card = cards.load_card(name)
+    assert card.name == name
+    assert len(card.exemplars) >= 8
+
+
+def test_cqa_input_matches_official_format():
+  card = cards.load_card("cqa")
+  text = card.format_input(
+    {"question": "Where?", "choices": ["a1", "b1", "c1", "d1", "e1"]}
+  )
+  assert text == (
+    "Where?\nAnswer Choices:\n(a) a1\n(b) b1\n(c) c1\n(d) d1\n(e) e1"
+  )
+
+
+def test_prompt_has_exemplars_and_ends_with_query():
+  card = cards.load_card("cqa")
+  prompt = card.build_prompt(
+    {"question": "Where?", "choices": ["a1", "b1", "c1", "d1", "e1"]}
+  )
+  assert prompt.count("So the answer is (") == len(card.exemplars)
+  assert "So the answer is (b) refrigerator." in prompt
+  assert prompt.endswith("(e) e1\nA:")
+  # Every exemplar parses back to its own label with the card's parser.
+  for exemplar in card.exemplars:
+    rendered = card.format_exemplar(exemplar)
+    answer = rendered.split("\nA: ", 1)[1]
+    assert card.parse_completion(answer).label == exemplar.label
+
+
+@pytest.mark.parametrize("name", ["svamp", "anli1", "esnli"])
+def test_exemplars_parse_back(name):
+  card = cards.load_card(name)
+  query_tail = card.prompt.query_template.rsplit("{input}", 1)[1]
+  for exemplar in card.exemplars:
+    rendered = card.format_exemplar(exemplar)
+    completion = rendered.split(query_tail, 1)[1]
+    parsed = card.parse_completion(completion)
+    assert card.is_correct(parsed.label, exemplar.label), rendered
+
+
+def test_missing_field_names_file_and_field(tmp_path):
+  data = _cqa_dict()
+  del data["parser"]["answer_marker"]
+  path = tmp_path / "broken.yaml"
+  path.write_text(yaml.safe_dump(data))
+  with pytest.raises(cards.CardError) as e:
+    cards.load_card(str(path))
+  assert str(path) in str(e.value)
+  assert "parser" in str(e.value)
+  assert "answer_marker" in str(e.value)
+
+
+def test_typo_is_rejected(tmp_path):
+  data = _cqa_dict()
+  data["input_templat"] = data.pop("input_template")
+  path = tmp_path / "typo.yaml"
+  path.write_text(yaml.safe_dump(data))
+  with pytest.raises(cards.CardError, match=r"typo\.yaml: .*input_templat"):
+    cards.load_card(str(path))
+
+
+def test_exemplar_label_outside_choices_is_rejected(tmp_path):
+  data = _cqa_dict()
+  data["exemplars"][2]["label"] = "a pigeon"
+  path = tmp_path / "bad_label.yaml"
+  path.write_text(yaml.safe_dump(data))
+  with pytest.raises(cards.CardError, match=r"exemplars\[2\]\.label"):
+    cards.load_card(str(path))
+
+
+def test_invalid_yaml_and_missing_card(tmp_path):
+  path = tmp_path / "x.yaml"
+  path.write_text("name: [unclosed")
+  with pytest.raises(cards.CardError, match="invalid YAML"):
+    cards.load_card(str(path))
+  with pytest.raises(cards.CardError, match="no such task card"):
+    cards.load_card("no_such_card")
+
+
+def test_parser_hook(tmp_path, monkeypatch):
+  (tmp_path / "my_parser.py").write_text(
+    "def parse(text):\n  r, _, l = text.partition('=>')\n  return r, l\n"
+  )
+  monkeypatch.syspath_prepend(str(tmp_path))
+  data = _cqa_dict()
+  data["parser"] = {"hook": "my_parser:parse"}
+  card = cards.card_from_dict(data, origin="hooked.yaml")
+  parsed = card.parse_completion("because reasons => zoo ")
+  assert parsed == cards.ParsedAnswer("because reasons", "zoo")
+  assert card.parse_completion("no arrow").label is None

@@ -1,0 +1,211 @@
+"""The annotation runner: retries, rate limits, the store, votes, the CLI."""
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from dss_jax import cards
+from dss_jax.teacher import aggregate, prompts, runner, sources
+from dss_jax.teacher import store as store_lib
+from dss_jax.teacher.backends import base, gemini, openai, replay
+from dss_jax.teacher.fake_server import FakeTeacherServer
+
+_FAST = runner.RunnerConfig(
+  concurrency=3,
+  max_retries=4,
+  initial_backoff_s=0.01,
+  max_backoff_s=0.05,
+  timeout_s=2.0,
+  progress=False,
+)
+
+
+@pytest.fixture
+def svamp_job(paper_data_dir):
+  card = cards.load_card("svamp")
+  examples = sources.read_examples(
+    card, "test", sources.find_root(paper_data_dir)
+  )[:12]
+  requests = runner.build_job(card, examples, "test", prompts.SamplingConfig())
+  return card, examples, requests
+
+
+def _svamp_answer(prompt: str) -> str:
+  # Answer with the gold equation of the example in the query part.
+  del prompt
+  return "Add them up. The answer is (1 + 1).\n\nQ: next"
+
+
+@pytest.mark.parametrize("kind", ["gemini", "openai"])
+def test_runner_survives_scripted_failures(
+  kind, svamp_job, tmp_path, monkeypatch
+):
+  monkeypatch.setenv("GEMINI_API_KEY", "k")
+  card, examples, requests = svamp_job
+  script = ["429", "500", "hang", "garbage", "empty"]
+  with FakeTeacherServer(
+    responder=_svamp_answer, script=script, retry_delay_s=0.2, hang_s=5
+  ) as server:
+    if kind == "gemini":
+      backend = gemini.GeminiBackend(base_url=server.url, timeout_s=0.4)
+    else:
+      backend = openai.OpenAIBackend(
+        "test-model", base_url=server.url + "/v1", timeout_s=0.4
+      )
+    stats = runner.annotate(backend, requests, str(tmp_path / "s.jsonl"), _FAST)
+    total = server.counts["requests"]
+  # 429, 500 and the hang are retried; garbage and empty answers are stored.
+  assert stats.completed == len(requests) and stats.failed == 0
+  assert stats.retries == 3
+  assert total == len(requests) + 3
+  records = store_lib.read_records(tmp_path / "s.jsonl")
+  assert len({r.key for r in records}) == len(records) == len(requests)
+  assert sorted(r.completion for r in records)[:2] == [
+    "",
+    "<<garbage>> 0x7f ??",
+  ]
+  summary = runner.summarize(
+    card, examples, requests, str(tmp_path / "s.jsonl"), backend.name
+  )
+  assert summary.annotated == 12 and summary.unparsable == 2
+
+
+def test_retry_waits_for_server_hint():
+  config = runner.RunnerConfig(initial_backoff_s=0.01, max_backoff_s=0.02)
+  for attempt in range(4):
+    assert runner.backoff_delay(attempt, config, retry_after=2.0) >= 2.0
+  delays = {
+    round(runner.backoff_delay(3, runner.RunnerConfig()), 3) for _ in range(20)
+  }
+  assert len(delays) > 1  # jittered
+  assert all(4.0 <= d <= 8.0 for d in delays)
+
+
+def test_rate_limiter_spaces_requests():
+  async def run():
+    limiter = runner.RateLimiter(requests_per_minute=1200)  # one per 50 ms
+    start = time.monotonic()
+    await asyncio.gather(*(limiter.acquire() for _ in range(11)))
+    requests_s = time.monotonic() - start
+    limiter = runner.RateLimiter(tokens_per_minute=60_000)  # 1,000 tokens/s
+    start = time.monotonic()
+    for _ in range(3):
+      await limiter.acquire(tokens=200)
+    return requests_s, time.monotonic() - start
+
+  requests_s, tokens_s = asyncio.run(run())
+  assert 0.45 <= requests_s < 1.0
+  assert 0.35 <= tokens_s < 0.8
+
+
+def test_fatal_error_stops_run(svamp_job, tmp_path, monkeypatch):
+  monkeypatch.setenv("GEMINI_API_KEY", "k")
+  _, _, requests = svamp_job
+  with FakeTeacherServer() as server:
+    backend = gemini.GeminiBackend("gemini-9-imaginary", base_url=server.url)
+    with pytest.raises(base.FatalError, match="gemini-9-imaginary"):
+      runner.annotate(backend, requests, str(tmp_path / "s.jsonl"), _FAST)
+  assert store_lib.read_records(tmp_path / "s.jsonl") == []
+
+
+def test_persistent_429_is_fatal(svamp_job, tmp_path, monkeypatch):
+  monkeypatch.setenv("GEMINI_API_KEY", "k")
+  _, _, requests = svamp_job
+  with FakeTeacherServer(script=["429"] * 50, retry_delay_s=0.01) as server:
+    backend = gemini.GeminiBackend(base_url=server.url)
+    config = runner.RunnerConfig(
+      concurrency=1, max_retries=2, initial_backoff_s=0.01, progress=False
+    )
+    with pytest.raises(base.FatalError, match="rate limited"):
+      runner.annotate(backend, requests[:1], str(tmp_path / "s.jsonl"), config)
+
+
+def test_replay_backend_through_runner(svamp_job, paper_data_dir, tmp_path):
+  card, examples, requests = svamp_job
+  backend = replay.ReplayBackend(card, sources.find_root(paper_data_dir))
+  path = str(tmp_path / "s.jsonl")
+  first = runner.annotate(backend, requests, path, _FAST)
+  backend = replay.ReplayBackend(card, sources.find_root(paper_data_dir))
+  second = runner.annotate(backend, requests, path, _FAST)
+  assert (first.completed, second.completed, second.already_stored) == (
+    12,
+    0,
+    12,
+  )
+  summary = runner.summarize(card, examples, requests, path, "palm-540b")
+  by_id = {r.id: r.completion for r in store_lib.read_records(path)}
+  expected = sum(
+    card.is_correct(card.parse_completion(by_id[e.id]).label, e.gold_label)
+    for e in examples
+  )
+  assert summary.annotated == 12 and summary.correct == expected > 0
+
+
+def test_store_repairs_torn_line_and_ignores_duplicates(tmp_path):
+  path = tmp_path / "s.jsonl"
+  record = store_lib.CompletionRecord("a", "h", "t", 0, "text")
+  with store_lib.AnnotationStore(path) as store:
+    store.append(record)
+    store.append(record)
+  with path.open("a") as f:
+    f.write('{"id": "b", "prompt_ha')  # killed mid-write
+  with store_lib.AnnotationStore(path) as store:
+    assert len(store) == 1 and record.key in store
+    store.append(store_lib.CompletionRecord("b", "h", "t", 0, "more"))
+  lines = path.read_text().splitlines()
+  assert [json.loads(line)["id"] for line in lines] == ["a", "b"]
+
+
+def test_self_consistency_vote():
+  card = cards.load_card("cqa")
+  completions = [
+    "r1. So the answer is (a) zoo.",
+    "r2. So the answer is (b) park.",
+    "r3. So the answer is (b) park.",
+    "no answer",
+  ]
+  voted = aggregate.aggregate(card, completions)
+  assert voted.teacher_label == "park"
+  assert voted.rationales == ("r2.", "r3.")
+  assert (voted.num_samples, voted.num_parsed) == (4, 3)
+  with_gold = aggregate.aggregate(card, completions, "zoo", keep="vote_or_gold")
+  assert with_gold.rationales == ("r1.", "r2.", "r3.")
+  tie = aggregate.aggregate(card, completions[:2])
+  assert tie.teacher_label == "zoo"  # first seen wins ties
+  assert aggregate.aggregate(card, ["junk"]).teacher_label == ""
+
+
+def test_cli_bad_model_is_one_line(repo_dir, paper_data_dir, tmp_path):
+  with FakeTeacherServer() as server:
+    result = subprocess.run(
+      [
+        sys.executable,
+        "-m",
+        "dss_jax.annotate",
+        "--card=svamp",
+        "--split=test",
+        "--limit=3",
+        f"--base_url={server.url}",
+        "--model=gemini-0-nonexistent",
+        f"--store={tmp_path / 's.jsonl'}",
+        "--progress=false",
+      ],
+      env={
+        **os.environ,
+        "PYTHONPATH": str(repo_dir),
+        "GEMINI_API_KEY": "k",
+        "DSS_PAPER_DATA_DIR": str(paper_data_dir),
+      },
+      capture_output=True,
+      text=True,
+      timeout=60,
+    )
+  assert result.returncode == 1
+  assert "Traceback" not in result.stderr
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: unknown Gemini model 'gemini-0-nonexistent'")
