@@ -1,0 +1,280 @@
+"""Vocabularies for the DSS tasks and models, selectable by name from gin.
+
+`get_vocabulary(name)` is gin-configurable, so one binding picks the
+vocabulary of both the SeqIO tasks and the model:
+
+    dss_jax.vocab.get_vocabulary.name = "byte"
+
+Names:
+
+* `"t5"` (default): the T5 / T5 v1.1 SentencePiece model on GCS, 32,000
+  pieces plus 100 sentinel ids (32,128 ids as the T5X checkpoints' embedding
+  tables pad it). Needs access to `gs://t5-data`.
+* `"byte"`: `seqio.ByteVocabulary()`, no files at all (tests, the demo).
+* `"local"`: a SentencePiece model trained here on the text of the released
+  paper data (`$DSS_PAPER_DATA_DIR`), cached; for machines without GCS.
+* any other string: a path to a SentencePiece `.model` file.
+
+`train_sentencepiece(texts, model_path)` trains such a model on any text.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import json
+import os
+import pathlib
+from collections.abc import Iterable, Iterator
+
+import gin
+import seqio
+
+T5_SPM_PATH = "gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model"
+# T5's sentinel ids (<extra_id_0> ... <extra_id_99>) on top of 32,000 pieces.
+T5_EXTRA_IDS = 100
+# Local models: big enough for English rationales, small enough to train in
+# seconds on the paper's few megabytes of text.
+LOCAL_VOCAB_SIZE = 8_000
+
+
+def _cache_dir() -> pathlib.Path:
+  root = os.environ.get("DSS_CACHE_DIR") or os.path.join(
+    os.path.expanduser("~"), ".cache", "dss_jax"
+  )
+  return pathlib.Path(root) / "vocab"
+
+
+@gin.configurable(module="dss_jax.vocab")
+def get_vocabulary(name: str = "t5") -> seqio.Vocabulary:
+  """Returns the vocabulary called `name`.
+
+  Args:
+    name: `"t5"`, `"byte"`, `"local"` or a path to a SentencePiece model.
+
+  Returns:
+    A `seqio.Vocabulary`. Calls with the same name return the same object, so
+    tasks and models built from one name compare equal.
+
+  Raises:
+    FileNotFoundError: for a path that does not exist, or `"local"` without
+      `$DSS_PAPER_DATA_DIR`.
+  """
+  return _vocabulary(name)
+
+
+@functools.cache
+def _vocabulary(name: str) -> seqio.Vocabulary:
+  if name == "t5":
+    # SentencePieceVocabulary reads the model lazily, on first use, so naming
+    # the GCS default costs nothing where it is never used.
+    return seqio.SentencePieceVocabulary(T5_SPM_PATH, extra_ids=T5_EXTRA_IDS)
+  if name == "byte":
+    return seqio.ByteVocabulary()
+  if name == "local":
+    return local_vocabulary()
+  if not name.startswith("gs://") and not os.path.exists(name):
+    raise FileNotFoundError(
+      f"vocabulary {name!r} is neither 't5', 'byte', 'local' nor an existing "
+      "SentencePiece model file"
+    )
+  return seqio.SentencePieceVocabulary(name, extra_ids=T5_EXTRA_IDS)
+
+
+def train_sentencepiece(
+  texts: Iterable[str],
+  model_path: str | os.PathLike[str],
+  vocab_size: int = LOCAL_VOCAB_SIZE,
+) -> pathlib.Path:
+  """Trains a T5-style SentencePiece model (unigram) on `texts`.
+
+  Ids follow T5's convention, which SeqIO and the models assume: pad 0,
+  eos 1, unk 2, no bos.
+
+  Args:
+    texts: training sentences.
+    model_path: where to write the `.model` file (its folder is created).
+    vocab_size: number of pieces.
+
+  Returns:
+    The path of the written model.
+  """
+  import sentencepiece as spm
+
+  model_path = pathlib.Path(model_path)
+  model_path.parent.mkdir(parents=True, exist_ok=True)
+  model = io.BytesIO()
+  spm.SentencePieceTrainer.train(
+    sentence_iterator=iter(texts),
+    model_writer=model,
+    vocab_size=vocab_size,
+    model_type="unigram",
+    pad_id=0,
+    eos_id=1,
+    unk_id=2,
+    bos_id=-1,
+    character_coverage=1.0,
+    # Unknown sizes of real text: let the trainer shrink instead of failing.
+    hard_vocab_limit=False,
+    minloglevel=2,
+  )
+  # Written in one go so a concurrent reader never sees half a file.
+  tmp = model_path.with_suffix(f".tmp{os.getpid()}")
+  tmp.write_bytes(model.getvalue())
+  tmp.replace(model_path)
+  return model_path
+
+
+def _lines(text: str) -> Iterator[str]:
+  return (line for line in text.splitlines() if line.strip())
+
+
+def _paper_texts(data_dir: pathlib.Path) -> Iterator[str]:
+  """The text of the paper's examples and teacher completions, by line."""
+  for path in sorted(data_dir.glob("*/*.json")):
+    with path.open(encoding="utf-8") as f:
+      for line in f:
+        for value in json.loads(line).values():
+          values = value if isinstance(value, list) else [value]
+          for v in values:
+            if isinstance(v, str):
+              yield from _lines(v)
+  # Teacher completions: the rationales the student learns to write.
+  for path in sorted(data_dir.glob("*/llm/*.json")):
+    for completion in json.loads(path.read_text(encoding="utf-8")):
+      yield from _lines(completion)
+
+
+def local_vocabulary(
+  data_dir: str | os.PathLike[str] | None = None,
+  vocab_size: int = LOCAL_VOCAB_SIZE,
+) -> seqio.SentencePieceVocabulary:
+  """A SentencePiece vocabulary trained on the released paper data, cached.
+
+  The model is trained once per (data, size) and kept under
+  `$DSS_CACHE_DIR/vocab` (default `~/.cache/dss_jax/vocab`).
+
+  Args:
+    data_dir: a folder in the paper's data layout; `$DSS_PAPER_DATA_DIR` when
+      None.
+    vocab_size: number of pieces (100 sentinel ids are added on top).
+
+  Returns:
+    The vocabulary.
+
+  Raises:
+    FileNotFoundError: when no data folder is given or found.
+  """
+  data_dir = data_dir or os.environ.get("DSS_PAPER_DATA_DIR")
+  if not data_dir or not pathlib.Path(data_dir).is_dir():
+    raise FileNotFoundError(
+      "the 'local' vocabulary trains on the paper data: set DSS_PAPER_DATA_DIR "
+      "to its folder, or call dss_jax.vocab.train_sentencepiece on your own "
+      "text and pass the .model path as the vocabulary name"
+    )
+  data_dir = pathlib.Path(data_dir)
+  files = sorted(data_dir.glob("*/*.json")) + sorted(
+    data_dir.glob("*/llm/*.json")
+  )
+  key = hashlib.sha256()
+  for path in files:
+    key.update(f"{path.relative_to(data_dir)}:{path.stat().st_size}".encode())
+  key.update(str(vocab_size).encode())
+  model_path = _cache_dir() / f"local_{vocab_size}_{key.hexdigest()[:12]}.model"
+  if not model_path.exists():
+    train_sentencepiece(_paper_texts(data_dir), model_path, vocab_size)
+  return seqio.SentencePieceVocabulary(str(model_path), extra_ids=T5_EXTRA_IDS)
+
+
+class ConfiguredVocabulary(seqio.Vocabulary):
+  """The vocabulary `get_vocabulary()` gives at the time of use.
+
+  SeqIO wants a vocabulary object when a task is registered, but tasks are
+  registered when `dss_jax.seqio_tasks` is imported, before gin has parsed
+  the bindings that follow the import. This stand-in asks gin on every use,
+  so `dss_jax.vocab.get_vocabulary.name = "byte"` (in a gin file or on the
+  command line) switches the registered tasks and a model built with
+  `@dss_jax.vocab.get_vocabulary()` together. It compares equal to the
+  vocabulary it stands for, so T5X's task/model vocabulary check passes.
+  """
+
+  def __init__(self):
+    super().__init__(extra_ids=0)
+
+  @property
+  def resolved(self) -> seqio.Vocabulary:
+    """The vocabulary currently selected in gin."""
+    return get_vocabulary()
+
+  @property
+  def bos_id(self) -> int | None:
+    return self.resolved.bos_id
+
+  @property
+  def eos_id(self) -> int | None:
+    return self.resolved.eos_id
+
+  @property
+  def pad_id(self) -> int:
+    return self.resolved.pad_id
+
+  @property
+  def unk_id(self) -> int | None:
+    return self.resolved.unk_id
+
+  @property
+  def extra_ids(self) -> int:
+    return self.resolved.extra_ids
+
+  @property
+  def vocab_size(self) -> int:
+    return self.resolved.vocab_size
+
+  @property
+  def _base_vocab_size(self) -> int:
+    return self.resolved._base_vocab_size
+
+  def _encode(self, s):
+    return self.resolved._encode(s)
+
+  def _decode(self, ids):
+    return self.resolved._decode(ids)
+
+  def _encode_tf(self, s):
+    return self.resolved._encode_tf(s)
+
+  def _decode_tf(self, ids):
+    return self.resolved._decode_tf(ids)
+
+  # The public methods delegate whole, so a subclass's own encode/decode
+  # (SentencePiece's handling of extra ids, for one) is kept.
+  def encode(self, s):
+    return self.resolved.encode(s)
+
+  def decode(self, ids):
+    return self.resolved.decode(ids)
+
+  def encode_tf(self, s):
+    return self.resolved.encode_tf(s)
+
+  def decode_tf(self, ids):
+    return self.resolved.decode_tf(ids)
+
+  def __getattr__(self, name: str):
+    # Vocabulary-specific attributes (e.g. `sp_model`, `tokenizer`).
+    if name.startswith("__"):
+      raise AttributeError(name)
+    return getattr(self.resolved, name)
+
+  def __eq__(self, other: object) -> bool:
+    if isinstance(other, ConfiguredVocabulary):
+      other = other.resolved
+    return self.resolved == other
+
+  def __hash__(self) -> int:
+    # The resolved vocabulary may define __eq__ without __hash__.
+    return hash(id(self.resolved))
+
+  def __repr__(self) -> str:
+    return f"ConfiguredVocabulary({self.resolved!r})"
