@@ -1,44 +1,16 @@
-"""A safe evaluator for the arithmetic equations of math word problems.
+"""Equation answers of math word problems, compared by value.
 
 SVAMP labels are equations such as "( 84.0 / 2.0 )" and the teacher writes its
-answer as "(84 / 2)". Both are compared by value. Teacher output is data, never
-code, so this module walks the Python AST of the text and accepts only numbers,
-the four operators `+ - * /`, parentheses and unary minus/plus; anything else
-(names, calls, attributes, powers, ...) is rejected.
+answer as "(84 / 2)". Both are compared by value through
+`dss_jax.metrics.evaluate_equation`, the project's one safe evaluator (numbers,
+`+ - * /`, parentheses and unary signs; never Python's eval). This module only
+adapts it to the teacher's needs: None for an unusable answer, and a tolerant
+comparison for votes between differently ordered equations.
 """
 
-import ast
 import math
 
-# Equations in SVAMP are at most a few dozen characters; the cap bounds the
-# parser's work and recursion depth on adversarial teacher output.
-_MAX_CHARS = 512
-_BIN_OPS = {
-  ast.Add: lambda a, b: a + b,
-  ast.Sub: lambda a, b: a - b,
-  ast.Mult: lambda a, b: a * b,
-  ast.Div: lambda a, b: a / b,
-}
-
-
-class _Rejected(ValueError):
-  """The expression uses something other than plain arithmetic."""
-
-
-def _value(node: ast.AST) -> float:
-  if isinstance(node, ast.Constant):
-    # bool is a subclass of int; "True + 1" is not an equation.
-    if isinstance(node.value, bool) or not isinstance(node.value, (int, float)):
-      raise _Rejected(f"not a number: {node.value!r}")
-    return float(node.value)
-  if isinstance(node, ast.BinOp) and type(node.op) in _BIN_OPS:
-    return _BIN_OPS[type(node.op)](_value(node.left), _value(node.right))
-  if isinstance(node, ast.UnaryOp) and isinstance(
-    node.op, (ast.USub, ast.UAdd)
-  ):
-    operand = _value(node.operand)
-    return -operand if isinstance(node.op, ast.USub) else operand
-  raise _Rejected(f"not arithmetic: {type(node).__name__}")
+from dss_jax import metrics
 
 
 def evaluate_equation(text: str | None) -> float | None:
@@ -51,15 +23,9 @@ def evaluate_equation(text: str | None) -> float | None:
     The value as a float, or None when the text is empty, is not plain
     arithmetic, divides by zero or does not give a finite number.
   """
-  if not text or len(text) > _MAX_CHARS:
+  if not text:
     return None
-  try:
-    tree = ast.parse(text.strip(), mode="eval")
-    value = _value(tree.body)
-  except (SyntaxError, _Rejected, ZeroDivisionError, OverflowError):
-    return None
-  except (RecursionError, MemoryError, ValueError):
-    return None
+  value = metrics.evaluate_equation(text)
   return value if math.isfinite(value) else None
 
 
