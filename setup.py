@@ -51,11 +51,20 @@ _EXTRAS_REQUIRE = {
     "torch>=2.4",
     "transformers>=4.45",
   ],
-  # T5X is not on PyPI: users with internet access install it from git.
+  # T5X is not on PyPI: users with internet access install it from git, at
+  # commits checked with this project's pins. Their own metadata asks for
+  # tensorflow-cpu and a tfds nightly that clash with the set above, so
+  # tpu_scripts/install.sh (and docs/tpu.md) install these three with
+  # --no-deps after the light dependencies listed here.
   "t5x": [
-    "t5x @ git+https://github.com/google-research/t5x",
-    "airio @ git+https://github.com/google/airio",
-    "jestimator @ git+https://github.com/google-research/jestimator",
+    "t5x @ git+https://github.com/google-research/t5x@cc342d419ec3e3e9c4bf1df33c82330cafdc1e16",
+    "airio @ git+https://github.com/google/airio@69897df7d9a427b947a9f7bb4164c7782b43e601",
+    "jestimator @ git+https://github.com/google-research/jestimator@326824a477feef6d92e6f44175000907a72899ca",
+    "cached-property",
+    "chex",
+    "fiddle",
+    "grain",
+    "jaxtyping",
   ],
   "tpu": ["jax[tpu]>=0.10.2"],
   "gpu": ["jax[cuda12]>=0.10.2"],

@@ -7,9 +7,10 @@ vocabulary of both the SeqIO tasks and the model:
 
 Names:
 
-* `"t5"` (default): the T5 / T5 v1.1 SentencePiece model on GCS, 32,000
-  pieces plus 100 sentinel ids (32,128 ids as the T5X checkpoints' embedding
-  tables pad it). Needs access to `gs://t5-data`.
+* `"t5"` (default): the T5 / T5 v1.1 SentencePiece model on GCS, whose
+  32,100 pieces already hold the 100 sentinels (so no extra ids are added, as
+  in T5X's gin files); the T5X checkpoints' embedding tables pad it to 32,128
+  rows. Needs access to `gs://t5-data`.
 * `"byte"`: `seqio.ByteVocabulary()`, no files at all (tests, the demo).
 * `"local"`: a SentencePiece model trained here on the text of the released
   paper data (`$DSS_PAPER_DATA_DIR`), cached; for machines without GCS.
@@ -32,7 +33,9 @@ import gin
 import seqio
 
 T5_SPM_PATH = "gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model"
-# T5's sentinel ids (<extra_id_0> ... <extra_id_99>) on top of 32,000 pieces.
+# T5's sentinel ids (<extra_id_0> ... <extra_id_99>). The GCS model of
+# `T5_SPM_PATH` ("100extra") already contains them, so it takes none on top;
+# models trained here have 8,000 plain pieces and get the 100 appended.
 T5_EXTRA_IDS = 100
 # Local models: big enough for English rationales, small enough to train in
 # seconds on the paper's few megabytes of text.
@@ -69,7 +72,7 @@ def _vocabulary(name: str) -> seqio.Vocabulary:
   if name == "t5":
     # SentencePieceVocabulary reads the model lazily, on first use, so naming
     # the GCS default costs nothing where it is never used.
-    return seqio.SentencePieceVocabulary(T5_SPM_PATH, extra_ids=T5_EXTRA_IDS)
+    return seqio.SentencePieceVocabulary(T5_SPM_PATH, extra_ids=0)
   if name == "byte":
     return seqio.ByteVocabulary()
   if name == "local":

@@ -24,7 +24,9 @@ def test_t5_vocabulary_is_the_gcs_model_without_loading_it():
   t5 = vocab.get_vocabulary()
   assert isinstance(t5, seqio.SentencePieceVocabulary)
   assert t5.sentencepiece_model_file == vocab.T5_SPM_PATH
-  assert t5.extra_ids == 100
+  # The "100extra" model holds its sentinels: 32,100 ids, under the 32,128
+  # embedding rows of the T5X checkpoints.
+  assert t5.extra_ids == 0
 
 
 def test_unknown_path_raises(tmp_path):

@@ -1,0 +1,197 @@
+#!/usr/bin/env bash
+# Starts a training, eval or inference job on every worker of a TPU VM.
+#
+#   tpu_scripts/launch.sh --name=dss-v4 --zone=us-central2-b \
+#     --job=train --trainer=t5x --model=t5_1_1_base --method=dss_gold \
+#     --dataset=cqa --model-dir=gs://BUCKET/dss/cqa_base_dss_gold \
+#     --tfds-data-dir=gs://BUCKET/tfds [--follow] [--dry-run] [-- EXTRA...]
+#
+#   tpu_scripts/launch.sh ... --job=eval --method=dss_gold \
+#     --checkpoint=gs://BUCKET/dss/cqa_base_dss_gold/checkpoint_10000 \
+#     --output-dir=gs://BUCKET/dss/cqa_base_dss_gold/eval
+#
+# --job: train, eval or infer. --trainer: t5x (python -m t5x.train with
+# gin_configs/t5x/) or builtin (python -m dss_jax.train with gin_configs/runs/).
+# --model: a file name of gin_configs/t5x/models/ (t5_1_1_base, flan_t5_xl,
+# ...). --method: standard_finetune, standard_distill, dss_gold, dss_teacher.
+# --dataset: cqa, svamp, anli1, esnli (or any registered card). --source: the
+# annotation source (default palm, the paper's released PaLM outputs).
+# Arguments after `--` go to the Python command unchanged (gin overrides such
+# as --gin.TRAIN_FRACTION=0.125).
+#
+# The job runs in the background on every worker (so an SSH drop does not
+# stop it), writing ~/dss-logs/<run name>.log there; --follow then streams
+# worker 0's log (tpu_scripts/logs.sh does that later). Needs
+# tpu_scripts/install.sh first.
+
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+JOB="train"
+TRAINER="t5x"
+MODEL="t5_1_1_base"
+METHOD="dss_gold"
+DATASET="cqa"
+SOURCE="palm"
+MODEL_DIR=""
+TFDS_DATA_DIR=""
+CHECKPOINT=""
+OUTPUT_DIR=""
+RUN_NAME=""
+FOLLOW=0
+EXTRA=()
+GIN_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/../gin_configs" && pwd)"
+
+while [[ $# -gt 0 ]]; do
+  if tpu::parse_common "$@"; then
+    shift "$SHIFT"
+    continue
+  fi
+  case "$1" in
+    --job=*) JOB=${1#*=} ;;
+    --trainer=*) TRAINER=${1#*=} ;;
+    --model=*) MODEL=${1#*=} ;;
+    --method=*) METHOD=${1#*=} ;;
+    --dataset=*) DATASET=${1#*=} ;;
+    --source=*) SOURCE=${1#*=} ;;
+    --model-dir=*) MODEL_DIR=${1#*=} ;;
+    --tfds-data-dir=*) TFDS_DATA_DIR=${1#*=} ;;
+    --checkpoint=*) CHECKPOINT=${1#*=} ;;
+    --output-dir=*) OUTPUT_DIR=${1#*=} ;;
+    --run-name=*) RUN_NAME=${1#*=} ;;
+    --follow) FOLLOW=1 ;;
+    --)
+      shift
+      EXTRA=("$@")
+      break
+      ;;
+    -h | --help)
+      sed -n '2,/^$/s/^# \{0,1\}//p' "$0"
+      exit 0
+      ;;
+    *) tpu::die "unknown flag $1" ;;
+  esac
+  shift
+done
+tpu::require_target
+
+case "$JOB" in
+  train | eval | infer) ;;
+  *) tpu::die "--job: train, eval or infer" ;;
+esac
+case "$TRAINER" in
+  t5x | builtin) ;;
+  *) tpu::die "--trainer: t5x or builtin" ;;
+esac
+case "$METHOD" in
+  standard_finetune | standard_distill | dss_gold | dss_teacher) ;;
+  *)
+    tpu::die "--method: standard_finetune, standard_distill, dss_gold or" \
+      "dss_teacher"
+    ;;
+esac
+MODEL_GIN="${GIN_DIR}/t5x/models/${MODEL}.gin"
+[[ -f "$MODEL_GIN" ]] ||
+  tpu::die "no model file gin_configs/t5x/models/${MODEL}.gin"
+if [[ "$JOB" == train ]]; then
+  [[ -n "$MODEL_DIR" ]] || tpu::die "--model-dir is required for --job=train"
+else
+  [[ -n "$CHECKPOINT" ]] || tpu::die "--checkpoint is required for --job=$JOB"
+  [[ -n "$OUTPUT_DIR" ]] || tpu::die "--output-dir is required for --job=$JOB"
+fi
+RUN_NAME=${RUN_NAME:-${DATASET}_${MODEL}_${METHOD}_${JOB}}
+
+# SeqIO names (dss_jax.seqio_tasks): what the method trains on, and the task
+# that scores it (labels only; DSS students get the "predict: " prefix).
+gold_task="dss_${DATASET}_gold_finetune"
+case "$METHOD" in
+  standard_finetune)
+    train_task=$gold_task
+    eval_task=$gold_task
+    ;;
+  standard_distill)
+    train_task="dss_${DATASET}_${SOURCE}_distill"
+    eval_task=$gold_task
+    ;;
+  dss_*)
+    train_task="dss_${DATASET}_${SOURCE}"
+    eval_task="dss_${DATASET}_${SOURCE}_label"
+    ;;
+esac
+if [[ "$METHOD" == dss_* ]]; then kind=dss; else kind=standard; fi
+
+gin_str() { printf "%s='%s'" "$1" "$2"; }
+
+command=()
+if [[ "$TRAINER" == t5x ]]; then
+  models=(--gin_file="gin_configs/t5x/models/${MODEL}.gin")
+  names=(--gin_file="gin_configs/t5x/datasets/${DATASET}.gin")
+  if [[ "$SOURCE" != palm ]]; then
+    base="dss_${DATASET}_${SOURCE}"
+    names+=("$(gin_str --gin.DSS_MIXTURE "$base")"
+      "$(gin_str --gin.DSS_LABEL_TASK "${base}_label")"
+      "$(gin_str --gin.DSS_RATIONALE_TASK "${base}_rationale")"
+      "$(gin_str --gin.DISTILL_TASK "${base}_distill")")
+  fi
+  case "$JOB" in
+    train)
+      command=(python -m t5x.train "${models[@]}"
+        --gin_file="gin_configs/t5x/${METHOD}.gin" "${names[@]}"
+        "$(gin_str --gin.MODEL_DIR "$MODEL_DIR")")
+      ;;
+    eval | infer)
+      command=(python -m "t5x.${JOB}" "${models[@]}"
+        --gin_file="gin_configs/t5x/${JOB}_${kind}.gin" "${names[@]}"
+        "$(gin_str --gin.CHECKPOINT_PATH "$CHECKPOINT")"
+        "$(gin_str "--gin.${JOB^^}_OUTPUT_DIR" "$OUTPUT_DIR")")
+      ;;
+  esac
+  if [[ -n "$TFDS_DATA_DIR" ]]; then
+    command+=(--tfds_data_dir="$TFDS_DATA_DIR")
+  fi
+  command+=(--alsologtostderr)
+else
+  models=(--gin_file="models/${MODEL}.gin")
+  case "$JOB" in
+    train)
+      # One source of truth for the public checkpoints: the T5X model file.
+      pretrained=$(sed -n \
+        "s/^PRETRAINED_CHECKPOINT_PATH = '\(.*\)'$/\1/p" "$MODEL_GIN")
+      command=(python -m dss_jax.train "${models[@]}"
+        --gin_file=runs/train.gin
+        "$(gin_str --gin.MODEL_DIR "$MODEL_DIR")"
+        "$(gin_str --gin.MIXTURE_OR_TASK_NAME "$train_task")"
+        "$(gin_str --gin.INITIAL_CHECKPOINT_PATH "$pretrained")")
+      if [[ "$MODEL" == *_xxl ]]; then
+        # The paper's XXL recipe, as gin_configs/t5x/models/*_xxl.gin.
+        command+=(--gin.BATCH_SIZE=32 --gin.TRAIN_STEPS=4000)
+      fi
+      if [[ "$METHOD" == dss_teacher ]]; then
+        command+=("$(gin_str \
+          --gin.dss_jax.seqio_tasks.options.label_source teacher)")
+      fi
+      ;;
+    eval | infer)
+      command=(python -m "dss_jax.${JOB}" "${models[@]}"
+        --gin_file="runs/${JOB}.gin"
+        "$(gin_str --gin.CHECKPOINT_PATH "$CHECKPOINT")"
+        "$(gin_str --gin.MIXTURE_OR_TASK_NAME "$eval_task")"
+        "$(gin_str "--gin.${JOB^^}_OUTPUT_DIR" "$OUTPUT_DIR")")
+      ;;
+  esac
+fi
+command+=("${EXTRA[@]}")
+# The workers' virtual environment from install.sh; the tilde expands there.
+# shellcheck disable=SC2088
+command[0]="~/dss-venv/bin/python"
+
+remote="cd ~/dss-jax && mkdir -p ~/dss-logs && "
+if [[ -n "$TFDS_DATA_DIR" ]]; then
+  remote+="export TFDS_DATA_DIR=$(tpu::quote "$TFDS_DATA_DIR") && "
+fi
+remote+="nohup ${command[0]} $(tpu::format "${command[@]:1}") \
+> ~/dss-logs/$(tpu::quote "$RUN_NAME").log 2>&1 < /dev/null &"
+tpu::ssh all "$remote"
+if ((FOLLOW)); then
+  tpu::ssh 0 "tail -n +1 -F ~/dss-logs/$(tpu::quote "$RUN_NAME").log"
+fi
