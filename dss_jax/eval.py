@@ -1,0 +1,58 @@
+"""Eval-only jobs: score one checkpoint, the latest, or every one of a run.
+
+    python -m dss_jax.eval \
+      --gin_file=models/t5_1_1_base.gin \
+      --gin_file=runs/eval.gin \
+      --gin.CHECKPOINT_PATH=\"/tmp/dss_cqa_base\" \
+      --gin.MIXTURE_OR_TASK_NAME=\"dss_cqa_palm_label\" \
+      --gin.CHECKPOINT_MODE=\"all\"
+
+Flags mirror T5X's eval: gin files and bindings (``--gin.NAME=value`` is
+accepted as T5X spells it). Metrics go to ``<output dir>/<task>-metrics.jsonl``
+with predictions and TensorBoard summaries beside them; see
+`dss_jax.evaluation.evaluate_checkpoints` and gin_configs/runs/eval.gin.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+
+from absl import app, flags
+
+
+def cli(gin_files: Sequence[str], gin_bindings: Sequence[str]) -> int:
+  """Runs the eval job configured by gin; returns the exit status."""
+  from dss_jax import evaluation
+
+  results, status = evaluation.run_from_gin(
+    evaluation.evaluate_checkpoints, gin_files, gin_bindings
+  )
+  if status:
+    return status
+  if not results:
+    print("nothing to score: every checkpoint has metrics already")
+  for step, metrics in sorted(results.items()):
+    print(json.dumps({"step": step, **metrics}, sort_keys=True))
+  return 0
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  sys.exit(cli(flags.FLAGS.gin_file, flags.FLAGS.gin_bindings))
+
+
+def run() -> None:
+  """Console entry point."""
+  from dss_jax import evaluation
+
+  evaluation.define_gin_flags("a model file (MODEL) and runs/eval.gin")
+  app.run(
+    main, flags_parser=lambda a: flags.FLAGS(evaluation.rewrite_gin_args(a))
+  )
+
+
+if __name__ == "__main__":
+  run()

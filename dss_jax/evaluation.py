@@ -1,0 +1,646 @@
+"""Scores a model on SeqIO tasks: periodic eval in training and eval-only jobs.
+
+`Evaluator` decodes a task's (or each task of a mixture's) evaluation split
+with `dss_jax.decoding`, postprocesses the predictions, computes the task's
+metric functions and logs them in the layout T5X's eval uses (it drives
+`seqio.Evaluator`, as T5X does):
+
+    <output_dir>/<task>-metrics.jsonl        {"step": 1000, "accuracy": 61.2}
+    <output_dir>/<task>-<step:06>.jsonl      input, target and prediction
+    <output_dir>/<task>/events.out.tfevents  TensorBoard scalars
+
+With ``output_dir = MODEL_DIR/inference_eval`` this is exactly T5X's layout.
+The trainer calls ``evaluator.evaluate(params, step)`` every EVAL_PERIOD steps;
+``evaluate_checkpoints`` scores saved checkpoints (``python -m dss_jax.eval``),
+skipping steps already in the metrics files so it can follow a running job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import difflib
+import functools
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import seqio
+import tensorflow as tf
+from absl import logging
+from etils import epath
+
+from dss_jax import decoding, t5x_checkpoints
+
+Params = Any
+
+# T5X's eval writes under MODEL_DIR/inference_eval.
+INFERENCE_EVAL_DIR = "inference_eval"
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeConfig:
+  """How predictions are decoded (see `dss_jax.decoding.decode`).
+
+  Attributes:
+    method: "greedy", "beam" or "sample".
+    num_beams: beam width for "beam".
+    temperature: softmax temperature for "sample".
+    max_decode_length: tokens to generate at most; None uses the "targets"
+      feature length.
+    alpha: beam search length-penalty exponent.
+    seed: PRNG seed for "sample".
+  """
+
+  method: str = "greedy"
+  num_beams: int = 4
+  temperature: float = 1.0
+  max_decode_length: int | None = None
+  alpha: float = 0.6
+  seed: int = 0
+
+
+def inference_eval_dir(model_dir: str) -> str:
+  """``<model_dir>/inference_eval``, where T5X's eval writes (for gin)."""
+  return os.path.join(os.fspath(model_dir), INFERENCE_EVAL_DIR)
+
+
+class UnknownTaskError(ValueError):
+  """A task or mixture name that SeqIO does not know."""
+
+
+def get_task_or_mixture(name: str) -> seqio.Task | seqio.Mixture:
+  """Looks a name up in SeqIO's registries, suggesting close names if absent.
+
+  Args:
+    name: a registered task or mixture name.
+
+  Returns:
+    The task or mixture.
+
+  Raises:
+    UnknownTaskError: the name is not registered (the message lists close
+      matches).
+  """
+  known = set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
+  if name in known:
+    return seqio.get_mixture_or_task(name)
+  close = difflib.get_close_matches(name, sorted(known), n=5, cutoff=0.5)
+  hint = f"; did you mean: {', '.join(close)}?" if close else ""
+  raise UnknownTaskError(
+    f"task or mixture {name!r} is not registered ({len(known)} are){hint}"
+  )
+
+
+def check_vocabulary(
+  vocabulary: seqio.Vocabulary, model_vocab_size: int, what: str
+) -> None:
+  """Fails when a vocabulary has ids beyond the model's embedding.
+
+  A model's embedding may be larger than its vocabulary (T5 pads 32,100 ids to
+  32,128 rows for the matrix units), never smaller.
+
+  Args:
+    vocabulary: the vocabulary used to tokenize.
+    model_vocab_size: rows of the model's embedding.
+    what: what the vocabulary belongs to, for the message.
+
+  Raises:
+    ValueError: the vocabulary is larger than the embedding.
+  """
+  size = vocabulary.vocab_size
+  if size > model_vocab_size:
+    raise ValueError(
+      f"vocabulary of {what} has {size} ids but the model's embedding has "
+      f"{model_vocab_size} rows; use the vocabulary the model was built for"
+    )
+
+
+def abstract_params(model: Any) -> Params:
+  """The model's parameter shapes and dtypes, without allocating them."""
+  tokens = jnp.ones((1, 4), jnp.int32)
+  shapes = jax.eval_shape(
+    functools.partial(model.init, enable_dropout=False),
+    jax.random.PRNGKey(0),
+    tokens,
+    tokens,
+    tokens,
+  )
+  return shapes["params"]
+
+
+def restore_model_params(
+  model: Any, checkpoint: str, *, step: int | None = None
+) -> Params:
+  """Restores ``model``'s parameters from any checkpoint layout.
+
+  Args:
+    model: a `dss_jax.models.t5.Transformer`.
+    checkpoint: this project's model dir or step, or a T5X checkpoint
+      (legacy or orbax), local or gs://.
+    step: the step to take from a model dir (default: latest).
+
+  Returns:
+    The parameter tree (host numpy arrays).
+
+  Raises:
+    t5x_checkpoints.CheckpointError: no usable checkpoint (one line).
+  """
+  return t5x_checkpoints.load_params(
+    checkpoint, abstract_params(model), step=step
+  )
+
+
+def place_params(params: Params, partitioner: Any = None) -> Params:
+  """Puts host parameters on devices once, rather than at every decode call.
+
+  Args:
+    params: the parameter tree.
+    partitioner: optional `dss_jax.partitioning.Partitioner`: parameters are
+      sharded by its logical axis rules (model parallelism for models that do
+      not fit one device); None puts them on the default device.
+
+  Returns:
+    The parameters as jax arrays.
+  """
+  if partitioner is None:
+    return jax.device_put(params)
+  return jax.device_put(params, partitioner.shardings(params))
+
+
+def model_from_gin() -> Any:
+  """Builds the model bound to gin's MODEL macro (a model gin file sets it).
+
+  Raises:
+    ValueError: no MODEL macro has been parsed.
+  """
+  import gin
+
+  try:
+    ref = gin.query_parameter("%MODEL")
+  except ValueError as e:
+    raise ValueError(
+      "no MODEL in the gin config; pass a model gin file, e.g. "
+      "--gin_file=models/t5_1_1_base.gin"
+    ) from e
+  if isinstance(ref, gin.config.ConfigurableReference):
+    return ref.scoped_configurable_fn()
+  return ref
+
+
+def parse_gin(files: Sequence[str], bindings: Sequence[str]) -> None:
+  """Parses gin files and bindings with the repo's gin_configs searchable."""
+  # gin's include lookup uses importlib.util without importing it.
+  import importlib.util  # noqa: F401
+
+  import gin
+
+  repo_configs = os.path.join(
+    os.path.dirname(os.path.dirname(__file__)), "gin_configs"
+  )
+  for path in (repo_configs, os.getcwd()):
+    gin.add_config_file_search_path(path)
+  # Not finalized: modules imported later (vocabularies, task registries) may
+  # still declare configurables.
+  gin.parse_config_files_and_bindings(
+    list(files), list(bindings), finalize_config=False
+  )
+
+
+def rewrite_gin_args(argv: Sequence[str]) -> list[str]:
+  """Turns T5X's ``--gin.NAME=value`` flags into ``--gin_bindings``."""
+  out = []
+  for arg in argv:
+    if arg.startswith("--gin.") and "=" in arg:
+      name, value = arg[len("--gin.") :].split("=", 1)
+      out.append(f"--gin_bindings={name} = {value}")
+    else:
+      out.append(arg)
+  return out
+
+
+def define_gin_flags(what: str) -> None:
+  """Defines ``--gin_file`` and ``--gin_bindings`` unless already defined.
+
+  Entry points call this from ``run()``, not at import, so importing several
+  of them (tests, notebooks) never defines a flag twice.
+  """
+  from absl import flags
+
+  if "gin_file" not in flags.FLAGS:
+    flags.DEFINE_multi_string("gin_file", [], f"Gin files: {what}.")
+  if "gin_bindings" not in flags.FLAGS:
+    flags.DEFINE_multi_string(
+      "gin_bindings", [], "Gin bindings, applied after the files."
+    )
+
+
+def run_from_gin(
+  configurable: Callable[..., Any],
+  gin_files: Sequence[str],
+  gin_bindings: Sequence[str],
+  *,
+  configure: bool = True,
+) -> tuple[Any, int]:
+  """Parses gin and calls ``configurable``; user errors become one line.
+
+  Args:
+    configurable: the function to call.
+    gin_files: gin files to parse.
+    gin_bindings: gin bindings to apply after them.
+    configure: call it with its gin bindings (False: call it as it is).
+
+  Returns:
+    (result, 0), or (None, 1) after printing ``error: <reason>`` to stderr.
+  """
+  import sys
+
+  import gin
+
+  try:
+    parse_gin(gin_files, gin_bindings)
+    logging.info("gin config:\n%s", gin.config_str())
+    call = gin.get_configurable(configurable) if configure else configurable
+    return call(), 0
+  except (ValueError, FileNotFoundError) as e:
+    # gin appends "In call to configurable ..." lines; the first is ours.
+    print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+    return None, 1
+
+
+# ---------------------------------------------------------------------------
+# Batched model calls.
+
+
+def _batches(
+  rows: Sequence[np.ndarray], batch_size: int
+) -> Iterable[tuple[int, np.ndarray]]:
+  """Yields (real_rows, [batch_size, ...]) with the last batch zero-padded.
+
+  A fixed batch shape keeps one compiled decode for the whole eval.
+  """
+  for start in range(0, len(rows), batch_size):
+    chunk = np.stack(rows[start : start + batch_size])
+    real = chunk.shape[0]
+    if real < batch_size:
+      pad = np.zeros((batch_size - real,) + chunk.shape[1:], chunk.dtype)
+      chunk = np.concatenate([chunk, pad])
+    yield real, chunk
+
+
+def predict_tokens(
+  model: Any,
+  params: Params,
+  encoder_input_tokens: Sequence[np.ndarray],
+  *,
+  batch_size: int,
+  decode: DecodeConfig,
+  max_decode_length: int,
+) -> np.ndarray:
+  """Decodes rows of input tokens; [n, max_decode_length], 0 after EOS."""
+  outputs = []
+  rng = jax.random.PRNGKey(decode.seed)
+  for real, batch in _batches(list(encoder_input_tokens), batch_size):
+    rng, step_rng = jax.random.split(rng)
+    tokens = decoding.decode(
+      model,
+      params,
+      batch,
+      max_decode_length=max_decode_length,
+      method=decode.method,
+      num_beams=decode.num_beams,
+      temperature=decode.temperature,
+      rng=step_rng,
+      alpha=decode.alpha,
+    )
+    outputs.append(np.asarray(tokens)[:real])
+  if not outputs:
+    return np.zeros((0, max_decode_length), np.int32)
+  return np.concatenate(outputs)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _sequence_log_likelihood(model, params, enc, dec_in, targets):
+  logits = model.apply(
+    {"params": params}, enc, dec_in, targets, enable_dropout=False
+  )
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32))
+  token_logp = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+  return jnp.sum(token_logp * (targets > 0), axis=-1)
+
+
+# ---------------------------------------------------------------------------
+# The evaluator.
+
+
+class Evaluator:
+  """Scores parameters on a task's or mixture's eval split.
+
+  Build it once (the dataset is read, tokenized and cached in memory then);
+  call `evaluate(params, step)` as often as wanted.
+  """
+
+  def __init__(
+    self,
+    mixture_or_task_name: str,
+    model: Any,
+    *,
+    feature_lengths: Mapping[str, int],
+    split: str = "validation",
+    num_examples: int | None = None,
+    batch_size: int = 32,
+    vocabulary: seqio.Vocabulary | None = None,
+    decode: DecodeConfig = DecodeConfig(),
+    output_dir: str | None = None,
+    write_predictions: bool = True,
+    use_cached: bool = False,
+    seed: int = 42,
+  ):
+    """Builds the evaluator.
+
+    Args:
+      mixture_or_task_name: a registered SeqIO task or mixture; a mixture is
+        scored task by task (tasks without metrics or without `split` are
+        skipped, as in T5X).
+      model: the `dss_jax.models.t5.Transformer`.
+      feature_lengths: {"inputs": n, "targets": m}; inputs are truncated to n,
+        at most ``max_decode_length`` (default m) tokens are decoded.
+      split: the split to score.
+      num_examples: score only the first this many examples of each task (a
+        fixed set: no shuffling), None for all.
+      batch_size: decode batch size.
+      vocabulary: optional; checked against each task's and the model's.
+      decode: decoding settings.
+      output_dir: where metrics, predictions and TensorBoard summaries go
+        (T5X: MODEL_DIR/inference_eval); None logs nothing to disk.
+      write_predictions: also write the per-step predictions JSONL.
+      use_cached: read SeqIO's offline cache of the tasks.
+      seed: SeqIO's preprocessing seed.
+
+    Raises:
+      UnknownTaskError: the name is not registered.
+      ValueError: a vocabulary larger than the model's embedding, or no task
+        with metrics and this split.
+    """
+    root = get_task_or_mixture(mixture_or_task_name)
+    self.model = model
+    self.batch_size = int(batch_size)
+    self.decode = decode
+    self.max_decode_length = int(
+      decode.max_decode_length or feature_lengths["targets"]
+    )
+    self.output_dir = output_dir
+    model_vocab = model.config.vocab_size
+    if vocabulary is not None:
+      check_vocabulary(vocabulary, model_vocab, "the given vocabulary")
+    for task in seqio.get_subtasks(root):
+      for key, feature in task.output_features.items():
+        if (
+          vocabulary is not None
+          and feature.vocabulary.vocab_size != vocabulary.vocab_size
+        ):
+          raise ValueError(
+            f"task {task.name} feature {key!r} uses a vocabulary of "
+            f"{feature.vocabulary.vocab_size} ids, not the given one of "
+            f"{vocabulary.vocab_size}"
+          )
+        check_vocabulary(feature.vocabulary, model_vocab, f"task {task.name}")
+    loggers: list[Callable[..., Any]] = []
+    if output_dir:
+      loggers = [
+        seqio.TensorBoardLogger,
+        functools.partial(
+          seqio.JSONLogger, write_n_results=None if write_predictions else 0
+        ),
+      ]
+    self._seqio = seqio.Evaluator(
+      mixture_or_task_name=mixture_or_task_name,
+      feature_converter=seqio.EncDecFeatureConverter(pack=False),
+      eval_split=split,
+      use_cached=use_cached,
+      seed=seed,
+      sequence_length=dict(feature_lengths),
+      num_examples=num_examples,
+      shuffle=False,
+      logger_cls=loggers,
+      log_dir=output_dir,
+      # Metrics are needed right away (keep-best), and a second thread
+      # would only compete with the next train steps for the host.
+      async_compute_metrics=False,
+    )
+    if not self._seqio.eval_tasks:
+      raise ValueError(
+        f"{mixture_or_task_name!r} has no task with metric functions and a "
+        f"{split!r} split"
+      )
+
+  @property
+  def task_names(self) -> list[str]:
+    """The tasks that are scored."""
+    return [t.name for t in self._seqio.eval_tasks]
+
+  def _examples(self, ds: tf.data.Dataset, keys: Sequence[str]):
+    indices, rows = [], {k: [] for k in keys}
+    for index, features in ds.as_numpy_iterator():
+      indices.append(int(index))
+      for key in keys:
+        rows[key].append(features[key])
+    return indices, rows
+
+  def _predict_fn(self, params: Params, ds: tf.data.Dataset):
+    indices, rows = self._examples(ds, ["encoder_input_tokens"])
+    tokens = predict_tokens(
+      self.model,
+      params,
+      rows["encoder_input_tokens"],
+      batch_size=self.batch_size,
+      decode=self.decode,
+      max_decode_length=self.max_decode_length,
+    )
+    return list(zip(indices, tokens, strict=True))
+
+  def _score_fn(self, params: Params, ds: tf.data.Dataset):
+    keys = [
+      "encoder_input_tokens",
+      "decoder_input_tokens",
+      "decoder_target_tokens",
+    ]
+    indices, rows = self._examples(ds, keys)
+    scores = []
+    batches = [list(_batches(rows[k], self.batch_size)) for k in keys]
+    for (real, enc), (_, dec_in), (_, targets) in zip(*batches, strict=True):
+      out = _sequence_log_likelihood(self.model, params, enc, dec_in, targets)
+      scores.extend(np.asarray(out)[:real].tolist())
+    return list(zip(indices, scores, strict=True))
+
+  def evaluate(self, params: Params, step: int) -> dict[str, float]:
+    """Decodes, scores and logs one set of parameters.
+
+    Args:
+      params: the model's parameters (host or device arrays, any sharding).
+      step: the training step, for the logs.
+
+    Returns:
+      ``{"<task>/<metric>": value}`` for every scored task.
+    """
+    start = time.time()
+    if isinstance(params, Mapping) and set(params) == {"params"}:
+      params = params["params"]
+    future, _ = self._seqio.evaluate(
+      compute_metrics=jax.process_index() == 0,
+      step=int(step),
+      predict_fn=functools.partial(self._predict_fn, params),
+      score_fn=functools.partial(self._score_fn, params),
+    )
+    results = future.result() or {}
+    flat = {}
+    for task, metrics in results.items():
+      for name, value in metrics.items():
+        value = getattr(value, "value", value)
+        try:
+          flat[f"{task}/{name}"] = float(value)
+        except (TypeError, ValueError):
+          continue  # text or image metrics have no scalar form
+    logging.info(
+      "eval at step %d in %.1fs: %s", step, time.time() - start, flat
+    )
+    return flat
+
+
+# ---------------------------------------------------------------------------
+# Eval-only jobs over saved checkpoints.
+
+
+def scored_steps(output_dir: str, task_names: Sequence[str]) -> set[int]:
+  """Steps that every task already has in ``<task>-metrics.jsonl``."""
+  per_task = []
+  for task in task_names:
+    path = epath.Path(output_dir) / f"{task}-metrics.jsonl"
+    steps = set()
+    if path.exists():
+      for line in path.read_text().splitlines():
+        if line.strip():
+          steps.add(int(json.loads(line)["step"]))
+    per_task.append(steps)
+  return set.intersection(*per_task) if per_task else set()
+
+
+def _model_dir_of(checkpoint_path: str) -> str:
+  """The run directory above a step dir, msgpack file or orbax item dir."""
+  path = os.fspath(checkpoint_path).rstrip("/")
+  step_parts = re.compile(
+    r"^(checkpoint|checkpoint_\d+|\d+|state|checkpoints)$"
+  )
+  while step_parts.match(os.path.basename(path)) and os.path.dirname(path):
+    path = os.path.dirname(path)
+  return path
+
+
+def _checkpoints_to_score(checkpoint_path: str, mode: str, step: int | None):
+  if mode == "specific":
+    return [t5x_checkpoints.resolve_checkpoint(checkpoint_path, step)]
+  refs = t5x_checkpoints.list_checkpoints(checkpoint_path)
+  if not refs:
+    # Raises the one-line "missing" or "empty" error, or finds a step dir.
+    return [t5x_checkpoints.resolve_checkpoint(checkpoint_path)]
+  return refs[-1:] if mode == "latest" else refs
+
+
+def evaluate_checkpoints(
+  model: Any,
+  checkpoint_path: str,
+  mixture_or_task_name: str,
+  *,
+  feature_lengths: Mapping[str, int],
+  output_dir: str | None = None,
+  mode: str = "latest",
+  step: int | None = None,
+  split: str = "validation",
+  batch_size: int = 32,
+  num_examples: int | None = None,
+  decode: DecodeConfig = DecodeConfig(),
+  vocabulary: seqio.Vocabulary | None = None,
+  follow_until_step: int | None = None,
+  poll_seconds: float = 60.0,
+  use_cached: bool = False,
+  partitioner: Any = None,
+) -> dict[int, dict[str, float]]:
+  """Scores saved checkpoints: one, the latest, or all of a model dir.
+
+  Args:
+    model: the `dss_jax.models.t5.Transformer`.
+    checkpoint_path: a model dir, step dir or T5X checkpoint.
+    mixture_or_task_name: what to score.
+    feature_lengths: {"inputs": n, "targets": m}.
+    output_dir: where logs go (default: ``<model dir>/inference_eval``).
+    mode: "specific" (``checkpoint_path`` itself, or ``step`` of it),
+      "latest" or "all" (every checkpoint not scored yet).
+    step: with "specific" and a model dir, the step to score.
+    split: the split to score.
+    batch_size: decode batch size.
+    num_examples: examples per task (None: all).
+    decode: decoding settings.
+    vocabulary: optional; checked against the tasks and the model.
+    follow_until_step: with "all", keep polling for new checkpoints until one
+      of at least this step has been scored (follows a running job).
+    poll_seconds: how often to look for new checkpoints when following.
+    use_cached: read SeqIO's offline cache.
+
+  Returns:
+    {step: {"<task>/<metric>": value}} for the checkpoints scored now.
+
+  Raises:
+    ValueError: unknown mode; see also `Evaluator` and
+      `t5x_checkpoints.resolve_checkpoint`.
+  """
+  if mode not in ("specific", "latest", "all"):
+    raise ValueError(
+      f"mode must be 'specific', 'latest' or 'all', got {mode!r}"
+    )
+  if output_dir is None:
+    output_dir = inference_eval_dir(_model_dir_of(checkpoint_path))
+  # Fails fast (one line) on a missing or empty path, before reading data.
+  _checkpoints_to_score(checkpoint_path, mode, step)
+  evaluator = Evaluator(
+    mixture_or_task_name,
+    model,
+    feature_lengths=feature_lengths,
+    split=split,
+    num_examples=num_examples,
+    batch_size=batch_size,
+    vocabulary=vocabulary,
+    decode=decode,
+    output_dir=output_dir,
+    use_cached=use_cached,
+  )
+  reference = abstract_params(model)
+  results: dict[int, dict[str, float]] = {}
+  while True:
+    done = scored_steps(output_dir, evaluator.task_names)
+    for ref in _checkpoints_to_score(checkpoint_path, mode, step):
+      if mode != "specific" and ref.step in done:
+        logging.info("step %s already scored; skipping", ref.step)
+        continue
+      flat = t5x_checkpoints.read_params(ref.path)
+      params, _ = t5x_checkpoints.match_params(
+        flat, reference, source=f"checkpoint {ref.path}"
+      )
+      step_num = ref.step if ref.step is not None else 0
+      context = (
+        partitioner.context() if partitioner else contextlib.nullcontext()
+      )
+      with context:
+        params = place_params(params, partitioner)
+        results[step_num] = evaluator.evaluate(params, step_num)
+      done.add(step_num)
+    if mode != "all" or follow_until_step is None:
+      return results
+    if done and max(done) >= follow_until_step:
+      return results
+    time.sleep(poll_seconds)

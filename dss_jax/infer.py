@@ -1,0 +1,342 @@
+"""Label predictions and generated rationales from a trained student.
+
+For a task split (inputs and targets from SeqIO):
+
+    python -m dss_jax.infer \
+      --gin_file=models/t5_1_1_base.gin \
+      --gin_file=runs/infer.gin \
+      --gin.CHECKPOINT_PATH=\"/tmp/dss_cqa_base\" \
+      --gin.MIXTURE_OR_TASK_NAME=\"dss_cqa_palm_label\" \
+      --gin.OUTPUT_FILE=\"/tmp/cqa_test_predictions.jsonl\"
+
+For your own inputs, a JSONL file of raw fields formatted by a task card (or
+of ``{"input": "<already formatted>"}``), or a text file with one formatted
+input per line:
+
+    python -m dss_jax.infer ... \
+      --gin.INPUT_FILE=\"questions.jsonl\" --gin.CARD=\"cqa\" \
+      --gin.RATIONALES=True --gin.OUTPUT_FILE=\"/tmp/answers.jsonl\"
+
+Every input is decoded with the ``predict: `` prefix (the label); with
+RATIONALES also with ``explain: `` (the rationale the student learned from the
+teacher), which costs a second decode. Each output line holds ``id``,
+``input``, ``prediction`` and, when known, ``rationale`` and ``target``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from absl import app, flags, logging
+
+LABEL_PREFIX = "predict: "
+RATIONALE_PREFIX = "explain: "
+
+
+def _strip_prefix(text: str) -> str:
+  for prefix in (LABEL_PREFIX, RATIONALE_PREFIX):
+    if text.startswith(prefix):
+      return text[len(prefix) :]
+  return text
+
+
+def read_input_file(path: str, card: str | None = None) -> list[dict[str, Any]]:
+  """Reads raw inputs: JSONL (fields or ``input``) or plain text lines.
+
+  Args:
+    path: a ``.jsonl`` file (one JSON object per line) or any text file (one
+      formatted input per line; blank lines skipped).
+    card: task card formatting JSONL fields (`dss_jax.cards.load_card`);
+      required for JSONL lines without an ``input`` key.
+
+  Returns:
+    [{"id": ..., "input": formatted text, "target": optional gold}].
+
+  Raises:
+    ValueError: a JSONL line is neither formatted nor formattable.
+  """
+  from etils import epath
+
+  text = epath.Path(path).read_text()
+  if not path.endswith(".jsonl"):
+    lines = [x for x in text.splitlines() if x.strip()]
+    return [{"id": i, "input": line} for i, line in enumerate(lines)]
+  task_card = None
+  if card:
+    from dss_jax import cards
+
+    task_card = cards.load_card(card)
+  rows = []
+  for i, line in enumerate(x for x in text.splitlines() if x.strip()):
+    record = json.loads(line)
+    if "input" in record:
+      formatted = record["input"]
+    elif task_card is not None:
+      fields = record.get("fields", record)
+      if isinstance(fields, str):
+        fields = json.loads(fields)
+      formatted = task_card.format_input(fields)
+    else:
+      raise ValueError(
+        f"{path} line {i + 1} has no 'input'; pass a task card (CARD) to "
+        "format its fields"
+      )
+    row = {"id": record.get("id", i), "input": _strip_prefix(formatted)}
+    for key in ("label", "gold_label", "answer", "target"):
+      if key in record and isinstance(record[key], str):
+        row["target"] = record[key]
+        break
+    rows.append(row)
+  return rows
+
+
+@dataclasses.dataclass
+class InferResult:
+  """What `infer` wrote, and the task's metrics where targets were known.
+
+  Attributes:
+    rows: the output rows (also written as JSONL).
+    metrics: {metric: value} over rows with a target (the task's metric
+      functions, or the card's for an input file); empty without targets.
+  """
+
+  rows: list[dict[str, Any]]
+  metrics: dict[str, float]
+
+
+def read_task_split(
+  mixture_or_task_name: str, split: str, num_examples: int | None = None
+) -> tuple[list[dict[str, Any]], Any]:
+  """Reads a task's inputs (prefix removed) and targets.
+
+  A mixture's first task is read.
+
+  Returns:
+    (rows, the seqio.Task).
+  """
+  from dss_jax import evaluation
+
+  task = evaluation.get_task_or_mixture(mixture_or_task_name)
+  import seqio
+
+  subtasks = seqio.get_subtasks(task)
+  first = subtasks[0]
+  ds = first.get_dataset(
+    sequence_length=None, split=split, shuffle=False, num_epochs=1
+  )
+  if num_examples is not None:
+    ds = ds.take(num_examples)
+  rows = []
+  for i, ex in enumerate(ds.as_numpy_iterator()):
+    text = ex["inputs_pretokenized"].decode("utf-8")
+    row = {"id": i, "input": _strip_prefix(text)}
+    if "targets_pretokenized" in ex:
+      row["target"] = ex["targets_pretokenized"].decode("utf-8")
+    rows.append(row)
+  return rows, first
+
+
+def predict_texts(
+  model: Any,
+  params: Any,
+  vocabulary: Any,
+  texts: Sequence[str],
+  *,
+  input_length: int,
+  max_decode_length: int,
+  batch_size: int,
+  decode: Any,
+) -> list[str]:
+  """Tokenizes (truncating to ``input_length`` with EOS), decodes, detokenizes."""
+  import numpy as np
+
+  from dss_jax import evaluation
+
+  eos = vocabulary.eos_id
+  rows = []
+  for text in texts:
+    ids = list(vocabulary.encode(text))[: input_length - 1] + [eos]
+    row = np.zeros(input_length, np.int32)
+    row[: len(ids)] = ids
+    rows.append(row)
+  tokens = evaluation.predict_tokens(
+    model,
+    params,
+    rows,
+    batch_size=batch_size,
+    decode=decode,
+    max_decode_length=max_decode_length,
+  )
+  out = []
+  for row in tokens:
+    ids = row.tolist()
+    if eos in ids:
+      ids = ids[: ids.index(eos)]
+    out.append(vocabulary.decode(ids).strip())
+  return out
+
+
+def infer(
+  model: Any,
+  checkpoint_path: str,
+  output_file: str,
+  *,
+  mixture_or_task_name: str | None = None,
+  split: str = "test",
+  input_file: str | None = None,
+  card: str | None = None,
+  vocabulary: str = "t5",
+  rationales: bool = False,
+  input_length: int = 1024,
+  max_decode_length: int = 256,
+  batch_size: int = 32,
+  num_examples: int | None = None,
+  step: int | None = None,
+  decode: Any = None,
+  partitioner: Any = None,
+) -> InferResult:
+  """Predicts labels (and rationales) and writes them as JSONL.
+
+  Args:
+    model: the `dss_jax.models.t5.Transformer` (gin's MODEL).
+    checkpoint_path: any checkpoint `dss_jax.t5x_checkpoints` reads.
+    output_file: the JSONL file to write.
+    mixture_or_task_name: read inputs from this task's (or the mixture's
+      first task's) ``split``; its vocabulary is used.
+    split: the split to read.
+    input_file: read inputs from this file instead (see `read_input_file`).
+    card: task card formatting ``input_file``'s JSONL fields.
+    vocabulary: vocabulary name or path for ``input_file`` inputs.
+    rationales: also decode the ``explain: `` task.
+    input_length: inputs are truncated to this many tokens.
+    max_decode_length: tokens to generate at most.
+    batch_size: decode batch size.
+    num_examples: only the first this many inputs.
+    step: the checkpoint step of a model dir (default: latest).
+    decode: a `dss_jax.evaluation.DecodeConfig` (default greedy).
+    partitioner: optional `dss_jax.partitioning.Partitioner` sharding the
+      parameters (default: one device).
+
+  Returns:
+    The rows written and, where targets are known, their metrics.
+
+  Raises:
+    ValueError: neither or both of ``mixture_or_task_name`` and
+      ``input_file``; a vocabulary larger than the model's embedding.
+  """
+  from etils import epath
+
+  from dss_jax import evaluation, metrics
+  from dss_jax import vocab as vocab_lib
+
+  if (mixture_or_task_name is None) == (input_file is None):
+    raise ValueError("give exactly one of MIXTURE_OR_TASK_NAME and INPUT_FILE")
+  decode = decode or evaluation.DecodeConfig()
+  postprocess = metrics.postprocess_text
+  if input_file is not None:
+    rows = read_input_file(input_file, card)[:num_examples]
+    vocab = vocab_lib.get_vocabulary(vocabulary)
+    metric_fns = [metrics.label_accuracy]
+    if card:
+      from dss_jax import cards
+
+      metric_fns = metrics.metric_fns_for(cards.load_card(card).metric)
+  else:
+    rows, task = read_task_split(mixture_or_task_name, split, num_examples)
+    vocab = task.output_features["inputs"].vocabulary
+    metric_fns = list(task.predict_metric_fns)
+    postprocess = task.postprocess_fn or (lambda x, **_: x)
+  evaluation.check_vocabulary(vocab, model.config.vocab_size, "the inputs")
+  params = evaluation.restore_model_params(model, checkpoint_path, step=step)
+  kwargs = dict(
+    input_length=input_length,
+    max_decode_length=max_decode_length,
+    batch_size=batch_size,
+    decode=decode,
+  )
+  context = partitioner.context() if partitioner else contextlib.nullcontext()
+  with context:
+    params = evaluation.place_params(params, partitioner)
+    _predict_rows(model, params, vocab, rows, rationales, kwargs)
+  out = epath.Path(output_file)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.write_text(
+    "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+  )
+  logging.info("wrote %d predictions to %s", len(rows), out)
+  return InferResult(rows, _score(rows, metric_fns, postprocess))
+
+
+def _predict_rows(model, params, vocab, rows, rationales, kwargs) -> None:
+  """Adds "prediction" (and "rationale") to each row, in place."""
+  texts = [r["input"] for r in rows]
+  labels = predict_texts(
+    model, params, vocab, [LABEL_PREFIX + t for t in texts], **kwargs
+  )
+  for row, label in zip(rows, labels, strict=True):
+    row["prediction"] = label
+  if rationales:
+    explained = predict_texts(
+      model, params, vocab, [RATIONALE_PREFIX + t for t in texts], **kwargs
+    )
+    for row, rationale in zip(rows, explained, strict=True):
+      row["rationale"] = rationale
+
+
+def _score(rows, metric_fns, postprocess) -> dict[str, float]:
+  """The metric functions over the rows that have a target."""
+  scored = [r for r in rows if "target" in r]
+  if not scored:
+    return {}
+  targets = [
+    postprocess(r["target"], example={}, is_target=True) for r in scored
+  ]
+  predictions = [
+    postprocess(r["prediction"], example={}, is_target=False) for r in scored
+  ]
+  out: dict[str, float] = {}
+  for fn in metric_fns:
+    out.update({k: float(v) for k, v in fn(targets, predictions).items()})
+  return out
+
+
+def cli(gin_files: Sequence[str], gin_bindings: Sequence[str]) -> int:
+  """Runs the inference configured by gin; returns the exit status."""
+  from dss_jax import evaluation
+
+  # Under `python -m` this module is __main__; gin registered the function of
+  # the imported module dss_jax.infer (runs/infer.gin imports it).
+  from dss_jax import infer as infer_lib
+
+  result, status = evaluation.run_from_gin(
+    infer_lib.infer, gin_files, gin_bindings
+  )
+  if status:
+    return status
+  print(json.dumps({"examples": len(result.rows), **result.metrics}))
+  return 0
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  sys.exit(cli(flags.FLAGS.gin_file, flags.FLAGS.gin_bindings))
+
+
+def run() -> None:
+  """Console entry point."""
+  from dss_jax import evaluation
+
+  evaluation.define_gin_flags("a model file (MODEL) and runs/infer.gin")
+  app.run(
+    main, flags_parser=lambda a: flags.FLAGS(evaluation.rewrite_gin_args(a))
+  )
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,242 @@
+"""Tests for eval-only jobs: dss_jax.evaluation.evaluate_checkpoints and the
+`python -m dss_jax.eval` entry point.
+
+Checkpoints are written in both layouts a model dir may hold: T5X's legacy
+`checkpoint_<step>` and this project's orbax `checkpoints/<step>/state`.
+
+Run: .venv/bin/pytest tests/eval_cli_test.py -q
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+import seqio
+
+from dss_jax import evaluation, partitioning, t5x_checkpoints
+from dss_jax.models import t5
+
+_LENGTHS = {"inputs": 16, "targets": 4}
+_TASK = "eval_cli_test_task"
+
+# Registers the task in this process and in the entry point's subprocess.
+_TASK_MODULE = textwrap.dedent(
+  f'''
+  import seqio
+  import tensorflow as tf
+  from dss_jax import metrics
+
+  def _dataset_fn(split, shuffle_files, seed=None):
+    return tf.data.Dataset.from_tensor_slices(
+      {{"inputs": ["predict: a", "predict: b", "predict: c"],
+        "targets": ["yes", "no", "yes"]}}
+    )
+
+  if "{_TASK}" not in seqio.TaskRegistry.names():
+    seqio.TaskRegistry.add(
+      "{_TASK}",
+      source=seqio.FunctionDataSource(_dataset_fn, splits=["validation"]),
+      preprocessors=[
+        seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim
+      ],
+      output_features={{
+        k: seqio.Feature(seqio.ByteVocabulary()) for k in ("inputs", "targets")
+      }},
+      postprocess_fn=metrics.postprocess_text,
+      metric_fns=[metrics.label_accuracy],
+    )
+  '''
+)
+
+
+def _register_task(tmp_path):
+  """Imports the task module from a file, as the entry point's gin does."""
+  path = tmp_path / "eval_cli_tasks.py"
+  path.write_text(_TASK_MODULE)
+  spec = importlib.util.spec_from_file_location("eval_cli_tasks", path)
+  spec.loader.exec_module(importlib.util.module_from_spec(spec))
+
+
+@pytest.fixture()
+def model_dir(tmp_path):
+  """A run with a T5X-layout checkpoint at step 5 and an orbax one at 10."""
+  model, _ = t5.make_test_model()
+  tokens = np.ones((1, 4), np.int32)
+  init = lambda seed: model.init(  # noqa: E731
+    jax.random.PRNGKey(seed), tokens, tokens, tokens, enable_dropout=False
+  )["params"]
+  t5x_checkpoints.save_t5x_checkpoint(init(0), tmp_path, 5)
+  manager = ocp.CheckpointManager(
+    tmp_path / "checkpoints",
+    item_handlers={"state": ocp.StandardCheckpointHandler()},
+  )
+  state = {"params": init(1), "step": 10}
+  manager.save(10, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
+  manager.wait_until_finished()
+  manager.close()
+  return model, tmp_path, init
+
+
+def test_scores_every_checkpoint_once(model_dir, tmp_path):
+  model, path, init = model_dir
+  _register_task(tmp_path)
+  kwargs = dict(feature_lengths=_LENGTHS, mode="all", batch_size=4)
+  results = evaluation.evaluate_checkpoints(model, str(path), _TASK, **kwargs)
+  assert sorted(results) == [5, 10]
+  assert set(results[5]) == {f"{_TASK}/accuracy"}
+  out = path / "inference_eval"
+  lines = (out / f"{_TASK}-metrics.jsonl").read_text().splitlines()
+  assert [json.loads(x)["step"] for x in lines] == [5, 10]
+  # Following a running job: only new checkpoints are scored.
+  assert (
+    evaluation.evaluate_checkpoints(model, str(path), _TASK, **kwargs) == {}
+  )
+  t5x_checkpoints.save_t5x_checkpoint(init(2), path, 15)
+  results = evaluation.evaluate_checkpoints(
+    model, str(path), _TASK, follow_until_step=15, poll_seconds=0, **kwargs
+  )
+  assert sorted(results) == [15]
+
+
+def test_specific_and_missing_checkpoints(model_dir, tmp_path):
+  model, path, _ = model_dir
+  _register_task(tmp_path)
+  results = evaluation.evaluate_checkpoints(
+    model,
+    str(path / "checkpoint_5"),
+    _TASK,
+    feature_lengths=_LENGTHS,
+    mode="specific",
+    output_dir=str(tmp_path / "out"),
+    batch_size=4,
+  )
+  assert list(results) == [5]
+  # Sharded over a (4, 2) mesh of the 8 fake devices: the same metrics.
+  sharded = evaluation.evaluate_checkpoints(
+    model,
+    str(path / "checkpoint_5"),
+    _TASK,
+    feature_lengths=_LENGTHS,
+    mode="specific",
+    output_dir=str(tmp_path / "out_sharded"),
+    batch_size=4,
+    partitioner=partitioning.Partitioner(data=-1, model=2),
+  )
+  assert sharded == results
+  with pytest.raises(t5x_checkpoints.CheckpointError, match="does not exist"):
+    evaluation.evaluate_checkpoints(
+      model,
+      str(path / "nope"),
+      _TASK,
+      feature_lengths=_LENGTHS,
+      mode="specific",
+    )
+  big, _ = t5.make_test_model(emb_dim=48)
+  with pytest.raises(
+    t5x_checkpoints.CheckpointError,
+    match=r"parameter \S+ has shape \(32,\) in the checkpoint but \(48,\)",
+  ):
+    evaluation.evaluate_checkpoints(
+      big,
+      str(path),
+      _TASK,
+      feature_lengths=_LENGTHS,
+      mode="latest",
+      output_dir=str(tmp_path / "out2"),
+    )
+
+
+def test_entry_point(model_dir, tmp_path, repo_dir):
+  _, path, _ = model_dir
+  (tmp_path / "eval_cli_tasks.py").write_text(_TASK_MODULE)
+  (tmp_path / "tiny_model.gin").write_text(
+    textwrap.dedent(
+      """
+      from __gin__ import dynamic_registration
+      import eval_cli_tasks
+      from dss_jax.models import t5
+      MODEL = @t5.Transformer()
+      t5.Transformer.config = @t5.t5_1_1_config()
+      t5.t5_1_1_config.size = "tiny"
+      """
+    )
+  )
+  env = dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{repo_dir}")
+  cmd = [
+    sys.executable,
+    "-m",
+    "dss_jax.eval",
+    f"--gin_file={tmp_path / 'tiny_model.gin'}",
+    "--gin_file=runs/eval.gin",
+    f'--gin.CHECKPOINT_PATH="{path}"',
+    f'--gin.MIXTURE_OR_TASK_NAME="{_TASK}"',
+    '--gin.CHECKPOINT_MODE="all"',
+    '--gin.TASK_FEATURE_LENGTHS={"inputs": 16, "targets": 4}',
+    "--gin.BATCH_SIZE=4",
+  ]
+  run = subprocess.run(
+    cmd, capture_output=True, text=True, cwd=repo_dir, env=env, timeout=300
+  )
+  assert run.returncode == 0, run.stderr[-3000:]
+  printed = [
+    json.loads(x) for x in run.stdout.splitlines() if x.startswith("{")
+  ]
+  assert [x["step"] for x in printed] == [5, 10]
+  assert (path / "inference_eval" / f"{_TASK}-000010.jsonl").exists()
+
+
+def test_entry_point_errors_are_one_line(tmp_path, capsys):
+  import gin
+
+  from dss_jax import eval as eval_main
+
+  (tmp_path / "tiny_model.gin").write_text(
+    "from __gin__ import dynamic_registration\n"
+    "from dss_jax.models import t5\n"
+    "MODEL = @t5.Transformer()\n"
+    "t5.Transformer.config = @t5.t5_1_1_config()\n"
+    't5.t5_1_1_config.size = "tiny"\n'
+  )
+  seqio.TaskRegistry.add(
+    "eval_cli_close_name",
+    source=seqio.FunctionDataSource(
+      lambda split, shuffle_files: None, ["validation"]
+    ),
+    preprocessors=[],
+    output_features={},
+  )
+  # Checkpoints are looked up first (no data is read for a wrong path), then
+  # the task; each error is one line. Listing needs only the msgpack file.
+  (tmp_path / "run" / "checkpoint_1").mkdir(parents=True)
+  (tmp_path / "run" / "checkpoint_1" / "checkpoint").write_bytes(b"")
+  files = [str(tmp_path / "tiny_model.gin"), "runs/eval.gin"]
+  errors = []
+  for path, task in (
+    (tmp_path / "nowhere", "eval_cli_close_name"),
+    (tmp_path / "run", "eval_cli_close_nmae"),
+  ):
+    try:
+      status = eval_main.cli(
+        files,
+        [f'CHECKPOINT_PATH = "{path}"', f'MIXTURE_OR_TASK_NAME = "{task}"'],
+      )
+    finally:
+      gin.clear_config()
+    assert status == 1
+    errors.append(capsys.readouterr().err.strip().splitlines()[-1])
+  assert (
+    errors[0] == f"error: checkpoint path does not exist: {tmp_path}/nowhere"
+  )
+  assert errors[1].startswith(
+    "error: task or mixture 'eval_cli_close_nmae' is not"
+  )
+  assert "did you mean: eval_cli_close_name" in errors[1]
