@@ -1,0 +1,421 @@
+"""Device mesh, T5X's logical axis rules, shardings and a sharded `jax.jit`.
+
+The model names every parameter and activation axis logically (`batch`,
+`vocab`, `embed`, `mlp`, `heads`, `kv`, `joined_kv`, `relpos_buckets`,
+`length`, `layers`); the rules here map those names onto a 2-D mesh
+("data", "model"), as T5X's `standard_logical_axis_rules` does:
+
+  * data parallel: mesh (N, 1), batch split over "data";
+  * model (tensor) parallel: heads, mlp, vocab split over "model";
+  * fsdp: also split each parameter's `embed` axis over "data" (T5X's
+    parameter_partitioning_dims=2), so parameters and optimizer state are
+    sharded across the data-parallel replicas.
+
+Typical use in a trainer:
+
+    partitioner = Partitioner(data=-1, model=1, fsdp=False)
+    param_sh = partitioner.shardings(params_shapes)
+    step = partitioner.jit(train_step, in_shardings=(state_sh, batch_sh),
+                           out_shardings=(state_sh, None), donate_argnums=0)
+
+With a mesh and rules from elsewhere (gin's `make_mesh()` and
+`STANDARD_LOGICAL_AXIS_RULES`), the same pieces are module functions:
+`tree_shardings(tree, mesh, rules)`, `sharded_jit(fn, mesh, rules, ...)` and
+`mesh_context(mesh, rules)`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.experimental import mesh_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from dss_jax.models.t5 import leaf_logical_axes
+
+LogicalAxisRules = Sequence[tuple[str, str | tuple[str, ...] | None]]
+
+DATA_AXIS = "data"
+MODEL_AXIS = "model"
+
+# Logical names that are never split (T5X's replicated rules).
+_REPLICATED_RULES: LogicalAxisRules = (
+  ("relpos_buckets", None),
+  ("abspos_buckets", None),
+  ("length", None),
+  ("layers", None),
+  ("stack", None),
+  ("mlp_activations", None),
+)
+
+
+def standard_logical_axis_rules(
+  activation_partitioning_dims: int = 1,
+  parameter_partitioning_dims: int = 1,
+  additional_rules: LogicalAxisRules | None = None,
+) -> tuple[tuple[str, Any], ...]:
+  """T5X's standard rules from logical axis names to mesh axes.
+
+  Rules are tried in order; a mesh axis already used by an earlier dimension
+  of the same array is skipped, so ("batch", "data") wins over
+  ("embed", "data") for activations while parameters (no batch axis) get
+  their `embed` axis split over "data".
+
+  Args:
+    activation_partitioning_dims: 2 also splits activations' `embed` over
+      "model".
+    parameter_partitioning_dims: 2 splits parameters' `embed` over "data"
+      (fully sharded data parallel).
+    additional_rules: rules appended at the end.
+
+  Returns:
+    The rules.
+
+  Raises:
+    ValueError: for dims other than 1 or 2.
+  """
+  if activation_partitioning_dims not in (1, 2) or (
+    parameter_partitioning_dims not in (1, 2)
+  ):
+    raise ValueError("partitioning dims must be 1 or 2")
+  rules: list[tuple[str, Any]] = [
+    ("batch", DATA_AXIS),
+    ("vocab", MODEL_AXIS),
+    ("mlp", MODEL_AXIS),
+    ("heads", MODEL_AXIS),
+    ("kv", None),
+    ("joined_kv", MODEL_AXIS),
+  ]
+  if activation_partitioning_dims == 2:
+    rules.append(("embed", MODEL_AXIS))
+  if parameter_partitioning_dims == 2:
+    rules.append(("embed", DATA_AXIS))
+  if activation_partitioning_dims == 1 and parameter_partitioning_dims == 1:
+    rules.append(("embed", None))
+  rules.extend(_REPLICATED_RULES)
+  rules.extend(additional_rules or ())
+  return tuple(rules)
+
+
+STANDARD_LOGICAL_AXIS_RULES = standard_logical_axis_rules()
+FSDP_LOGICAL_AXIS_RULES = standard_logical_axis_rules(
+  parameter_partitioning_dims=2
+)
+
+
+def make_mesh(
+  data: int = -1,
+  model: int = 1,
+  fsdp: bool = False,
+  devices: Sequence[jax.Device] | None = None,
+) -> Mesh:
+  """A ("data", "model") mesh over all (or the given) devices.
+
+  Args:
+    data: size of the data axis; -1 takes every device not used by `model`.
+    model: size of the model (tensor-parallel) axis.
+    fsdp: accepted for symmetry with `Partitioner`; the mesh is the same and
+      fsdp only changes the rules (see `Partitioner.rules`).
+    devices: devices to use; defaults to `jax.devices()`.
+
+  Returns:
+    The mesh.
+
+  Raises:
+    ValueError: when the sizes do not divide the device count.
+  """
+  del fsdp
+  devices = list(devices if devices is not None else jax.devices())
+  n = len(devices)
+  if model < 1 or n % model:
+    raise ValueError(f"model={model} does not divide {n} devices")
+  if data == -1:
+    data = n // model
+  if data * model != n:
+    raise ValueError(
+      f"mesh ({data}, {model}) needs {data * model} devices, got {n}"
+    )
+  try:
+    # Orders devices so that "model" neighbours share the fastest links.
+    grid = mesh_utils.create_device_mesh((data, model), devices=devices)
+  except Exception:  # noqa: BLE001 - odd topologies fall back to plain order
+    grid = np.asarray(devices).reshape(data, model)
+  return Mesh(grid, (DATA_AXIS, MODEL_AXIS))
+
+
+def logical_to_shardings(
+  logical_specs: Any, mesh: Mesh, rules: LogicalAxisRules
+) -> Any:
+  """Maps a tree of logical PartitionSpecs to NamedShardings."""
+  return nn.logical_to_mesh_sharding(logical_specs, mesh, list(rules))
+
+
+def tree_logical_axes(tree: Any) -> Any:
+  """Logical PartitionSpecs for params or any tree that embeds them.
+
+  Optimizer states (optax's mu/nu, ...) hold copies of the parameter tree;
+  their leaves end with the parameter's path and get its axes. Leaves that do
+  not match a parameter (step counts, Adafactor's factored moments) are
+  replicated.
+
+  Args:
+    tree: a pytree of arrays or `jax.ShapeDtypeStruct`s.
+
+  Returns:
+    A tree of `PartitionSpec`s of logical names.
+  """
+
+  def one(path, leaf):
+    names = []
+    for p in path:
+      for attr in ("key", "name", "idx"):
+        if hasattr(p, attr):
+          names.append(str(getattr(p, attr)))
+          break
+    shape = np.shape(leaf)
+    if len(names) < 2 or not shape:
+      return PartitionSpec()
+    try:
+      return PartitionSpec(*leaf_logical_axes(names, len(shape)))
+    except ValueError:
+      return PartitionSpec()
+
+  return jax.tree_util.tree_map_with_path(one, tree)
+
+
+@contextlib.contextmanager
+def mesh_context(mesh: Mesh, rules: LogicalAxisRules):
+  """Makes `mesh` and `rules` current for tracing the model.
+
+  Inside, `flax.linen.partitioning.with_sharding_constraint` in the model
+  turns logical names into sharding constraints on this mesh.
+  """
+  with jax.set_mesh(mesh), nn.logical_axis_rules(list(rules)):
+    yield
+
+
+def tree_shardings(tree: Any, mesh: Mesh, rules: LogicalAxisRules) -> Any:
+  """NamedShardings for params, optimizer state or a train state.
+
+  A dimension whose size the mesh axis does not divide (say 4 heads on a
+  model axis of 8) is replicated instead, with a log line, rather than
+  failing at placement time.
+
+  Args:
+    tree: arrays or `jax.ShapeDtypeStruct`s; see `tree_logical_axes`.
+    mesh: the device mesh.
+    rules: logical axis rules.
+
+  Returns:
+    A tree of `NamedSharding`s.
+  """
+  shardings = logical_to_shardings(tree_logical_axes(tree), mesh, rules)
+  return jax.tree_util.tree_map_with_path(
+    lambda path, leaf, sh: _divisible(path, np.shape(leaf), sh),
+    tree,
+    shardings,
+  )
+
+
+def sharded_jit(
+  fn: Callable[..., Any],
+  mesh: Mesh,
+  rules: LogicalAxisRules,
+  in_shardings: Any = None,
+  out_shardings: Any = None,
+  donate_argnums: int | Sequence[int] = (),
+  static_argnums: int | Sequence[int] = (),
+) -> Callable[..., Any]:
+  """`jax.jit` with shardings, traced and run under `mesh` and `rules`.
+
+  Args:
+    fn: the step function.
+    mesh: the device mesh.
+    rules: logical axis rules for the model's activation constraints.
+    in_shardings: shardings of the arguments (a tree per argument).
+    out_shardings: shardings of the outputs.
+    donate_argnums: arguments whose buffers the outputs may reuse (the
+      train state), halving peak parameter memory.
+    static_argnums: hashable, compile-time arguments.
+
+  Returns:
+    A callable with `fn`'s signature; its `.lower(...)` lowers under the
+    same mesh and rules.
+  """
+  jitted = jax.jit(
+    fn,
+    in_shardings=in_shardings,
+    out_shardings=out_shardings,
+    donate_argnums=donate_argnums,
+    static_argnums=static_argnums,
+  )
+
+  def call(*args, **kwargs):
+    with mesh_context(mesh, rules):
+      return jitted(*args, **kwargs)
+
+  def lower(*args, **kwargs):
+    with mesh_context(mesh, rules):
+      return jitted.lower(*args, **kwargs)
+
+  call.lower = lower
+  return call
+
+
+@dataclasses.dataclass
+class Partitioner:
+  """A mesh plus the rules that place the model on it.
+
+  Attributes:
+    data: data-axis size (-1: all remaining devices).
+    model: model-axis size.
+    fsdp: split parameters' `embed` axis over "data" too.
+    activation_partitioning_dims: 2 also splits activations' `embed`.
+    devices: optional explicit device list.
+  """
+
+  data: int = -1
+  model: int = 1
+  fsdp: bool = False
+  activation_partitioning_dims: int = 1
+  devices: Sequence[jax.Device] | None = None
+
+  def __post_init__(self):
+    self.mesh = make_mesh(self.data, self.model, devices=self.devices)
+    self.rules = standard_logical_axis_rules(
+      self.activation_partitioning_dims, 2 if self.fsdp else 1
+    )
+
+  def context(self):
+    """Mesh and axis rules active, so the model's logical constraints apply."""
+    return mesh_context(self.mesh, self.rules)
+
+  def shardings(self, tree: Any) -> Any:
+    """NamedShardings for params, optimizer state or a train state."""
+    return tree_shardings(tree, self.mesh, self.rules)
+
+  def batch_sharding(self) -> NamedSharding:
+    """Sharding of [batch, ...] input arrays: batch split over "data"."""
+    return NamedSharding(self.mesh, PartitionSpec(DATA_AXIS))
+
+  def replicated(self) -> NamedSharding:
+    """A fully replicated sharding (scalars, RNG keys)."""
+    return NamedSharding(self.mesh, PartitionSpec())
+
+  def jit(
+    self,
+    fn: Callable[..., Any],
+    in_shardings: Any = None,
+    out_shardings: Any = None,
+    donate_argnums: int | Sequence[int] = (),
+    static_argnums: int | Sequence[int] = (),
+  ) -> Callable[..., Any]:
+    """`jax.jit` with shardings, traced and run under this mesh and rules.
+
+    Args:
+      fn: the step function.
+      in_shardings: shardings of the arguments (a tree per argument).
+      out_shardings: shardings of the outputs.
+      donate_argnums: arguments whose buffers the outputs may reuse (the
+        train state), halving peak parameter memory.
+      static_argnums: hashable, compile-time arguments.
+
+    Returns:
+      A callable with `fn`'s signature.
+    """
+    return sharded_jit(
+      fn,
+      self.mesh,
+      self.rules,
+      in_shardings=in_shardings,
+      out_shardings=out_shardings,
+      donate_argnums=donate_argnums,
+      static_argnums=static_argnums,
+    )
+
+  def put_batch(self, batch: Any) -> Any:
+    """Assembles this host's slice of a batch into global sharded arrays."""
+    sharding = self.batch_sharding()
+    return jax.tree_util.tree_map(
+      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
+      batch,
+    )
+
+
+def _divisible(
+  path: Any, shape: tuple[int, ...], sharding: NamedSharding
+) -> NamedSharding:
+  spec = list(sharding.spec) + [None] * (len(shape) - len(sharding.spec))
+  changed = False
+  for i, axes in enumerate(spec):
+    if axes is None:
+      continue
+    names = axes if isinstance(axes, tuple) else (axes,)
+    size = int(np.prod([sharding.mesh.shape[a] for a in names]))
+    if shape[i] % size:
+      spec[i] = None
+      changed = True
+  if not changed:
+    return sharding
+  logging.info(
+    "replicating %s: shape %s not divisible by %s",
+    jax.tree_util.keystr(path),
+    shape,
+    sharding.spec,
+  )
+  return NamedSharding(sharding.mesh, PartitionSpec(*spec))
+
+
+def initialize_distributed(
+  coordinator_address: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+) -> bool:
+  """Starts `jax.distributed` on multi-host slices; a no-op on one host.
+
+  On Cloud TPU VMs and under SLURM/Open MPI, JAX discovers the coordinator
+  itself, so the arguments are only needed elsewhere (for example GPU hosts
+  without a cluster manager: set them from `--coordinator_address` flags).
+
+  Args:
+    coordinator_address: "host:port" of process 0.
+    num_processes: total processes.
+    process_id: this process's index.
+
+  Returns:
+    True if `jax.distributed.initialize` was called.
+  """
+  explicit = coordinator_address is not None
+  # Markers the cluster environments set; without one this is a single host.
+  cluster = any(
+    os.environ.get(v)
+    for v in (
+      "JAX_COORDINATOR_ADDRESS",
+      "MEGASCALE_COORDINATOR_ADDRESS",
+      "SLURM_JOB_ID",
+      "OMPI_COMM_WORLD_SIZE",
+    )
+  ) or "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
+  if not explicit and not cluster:
+    return False
+  jax.distributed.initialize(
+    coordinator_address=coordinator_address,
+    num_processes=num_processes,
+    process_id=process_id,
+  )
+  logging.info(
+    "jax.distributed: process %d of %d, %d local / %d global devices",
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+  )
+  return True
