@@ -1,0 +1,758 @@
+r"""The main job: card -> teacher -> TFDS -> SeqIO -> train -> eval -> report.
+
+With no flags it runs the offline demo on a laptop CPU: the project's own
+arithmetic word problems (tasks/arith.yaml), the built-in offline teacher
+(dss_jax.synthetic), a tiny byte-level T5 student, standard finetuning beside
+distilling step-by-step over three seeds, then a table and a plot:
+
+  dss-jax distill                       # = python -m dss_jax.distill
+  dss-jax distill --out_dir=demo_output --seeds=0,1,2,3,4
+
+Each stage is resumable: the teacher's answers go to an append-only store,
+the TFDS build is skipped once prepared, and a run whose `result.json`
+exists is not trained again. Rerun the same command after an interruption.
+
+Other cards and teachers (see docs/distill.md for the full commands):
+
+  # the paper's SVAMP from the released PaLM-540B outputs, T5-Base, GPU/TPU
+  DSS_PAPER_DATA_DIR=... dss-jax distill --task_card=svamp --teacher=replay \
+    --model_sizes=base --student_vocabulary=t5 --initial_checkpoint=gs://... \
+    --out_dir=runs/svamp_base
+  # a new dataset annotated by Gemini
+  GEMINI_API_KEY=... dss-jax distill --task_card=path/to/card.yaml \
+    --teacher=gemini --teacher_model=gemini-2.5-flash --out_dir=runs/mine
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import re
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from absl import app, flags, logging
+
+from dss_jax import grid as grid_lib
+from dss_jax import report
+
+BACKENDS = ("offline", "replay", "gemini", "openai")
+
+# Students small enough for a CPU. Widths are T5 v1.1's shape (gated GELU,
+# no biases) scaled down; "demo" trains on the arith card in one to three
+# minutes per run on two CPU cores.
+# T5 v1.1 sizes ("small", "base", "large", "xl", "xxl") are accepted as well.
+STUDENT_SIZES: dict[str, dict[str, int]] = {
+  "demo-xs": dict(
+    emb_dim=32,
+    num_heads=2,
+    head_dim=16,
+    mlp_dim=64,
+    num_encoder_layers=2,
+    num_decoder_layers=2,
+  ),
+  "demo": dict(
+    emb_dim=64,
+    num_heads=4,
+    head_dim=16,
+    mlp_dim=128,
+    num_encoder_layers=2,
+    num_decoder_layers=2,
+  ),
+  "demo-l": dict(
+    emb_dim=128,
+    num_heads=4,
+    head_dim=32,
+    mlp_dim=256,
+    num_encoder_layers=3,
+    num_decoder_layers=3,
+  ),
+}
+T5_SIZES = ("small", "base", "large", "xl", "xxl")
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillConfig:
+  """Everything a distillation job needs; the defaults are the offline demo.
+
+  Attributes:
+    card: task card name or path.
+    backend: teacher backend, one of `BACKENDS`; "replay" reads the paper's
+      released PaLM outputs (cqa, svamp, anli1, esnli).
+    teacher_model: model name for "gemini" / "openai".
+    base_url: endpoint for "openai" (or a Gemini endpoint override).
+    source: the annotation's source name; by default "offline", "palm" or
+      derived from the teacher model.
+    annotate_splits: source splits the teacher annotates (train for
+      training, test for the teacher's own accuracy).
+    num_samples: teacher samples per example (self-consistency when > 1).
+    concurrency: teacher calls in flight.
+    requests_per_minute: client-side teacher rate limit.
+    paper_data_dir: the paper's data layout (replay; default
+      $DSS_PAPER_DATA_DIR or the downloaded zip).
+    methods: training methods (`grid.METHODS`).
+    model_sizes: student sizes (`STUDENT_SIZES` or T5 v1.1 sizes).
+    fractions: training-data fractions.
+    seeds: seeds (initialization, data order, training subset).
+    vocabulary: "byte" (no files) or "t5" (SentencePiece, for pretrained T5).
+    initial_checkpoint: pretrained T5X checkpoint to start from; `{size}` in
+      it is replaced by the run's model size (one path for a grid of sizes).
+    train_steps: optimizer steps per run.
+    batch_size: training examples per step; a distilling step-by-step step
+      holds each example twice (label and rationale), as the official code.
+    learning_rate: peak learning rate (linear decay to 0).
+    warmup_steps: linear warmup steps.
+    dropout_rate: student dropout.
+    inputs_length: input tokens (longer inputs are cut).
+    targets_length: target tokens of rationale runs.
+    label_length: target tokens of label-only runs and of decoding.
+    rationale_rate: lambda, the weight of the rationale loss.
+    eval_examples: test examples to score (None: all).
+    eval_batch_size: decoding batch size.
+    out_dir: where everything goes.
+    tfds_data_dir: TFDS data dir (default: <out_dir>/tfds).
+    progress: progress bars.
+    compilation_cache: keep XLA's compiled programs in <out_dir>/xla_cache,
+      so runs after the first (and reruns) skip compilation.
+  """
+
+  card: str = "arith"
+  backend: str = "offline"
+  teacher_model: str | None = None
+  base_url: str | None = None
+  source: str | None = None
+  annotate_splits: tuple[str, ...] = ("train", "test")
+  num_samples: int = 1
+  concurrency: int = 16
+  requests_per_minute: float | None = None
+  paper_data_dir: str | None = None
+  methods: tuple[str, ...] = ("finetune", "dss_gold")
+  model_sizes: tuple[str, ...] = ("demo",)
+  fractions: tuple[float, ...] = (1.0,)
+  seeds: tuple[int, ...] = (0, 1, 2)
+  vocabulary: str = "byte"
+  initial_checkpoint: str | None = None
+  train_steps: int = 400
+  batch_size: int = 32
+  learning_rate: float = 3e-3
+  warmup_steps: int = 50
+  dropout_rate: float = 0.0
+  inputs_length: int = 120
+  targets_length: int = 28
+  label_length: int = 4
+  rationale_rate: float = 1.0
+  eval_examples: int | None = None
+  eval_batch_size: int = 100
+  out_dir: str = "demo_output"
+  tfds_data_dir: str | None = None
+  progress: bool = True
+  compilation_cache: bool = True
+
+  def __post_init__(self):
+    if self.backend not in BACKENDS:
+      raise ValueError(
+        f"backend must be one of {BACKENDS}, got {self.backend!r}"
+      )
+    for method in self.methods:
+      if method not in grid_lib.METHODS:
+        raise ValueError(
+          f"unknown method {method!r}; choose from {grid_lib.METHODS}"
+        )
+    for size in self.model_sizes:
+      if size not in STUDENT_SIZES and size not in T5_SIZES:
+        raise ValueError(
+          f"unknown model size {size!r}; choose from "
+          f"{sorted(STUDENT_SIZES)} or {T5_SIZES}"
+        )
+
+  @property
+  def source_name(self) -> str:
+    if self.source:
+      return self.source
+    if self.backend == "replay":
+      return "palm"
+    if self.backend == "offline":
+      return "offline"
+    # As `dss-jax annotate` names it: gemini-2.5-flash -> gemini_2_5_flash.
+    model = (self.teacher_model or "gemini-2.5-flash").lower().split("/")[-1]
+    return re.sub(r"[^a-z0-9]+", "_", model).strip("_")
+
+  @property
+  def data_dir(self) -> str:
+    return self.tfds_data_dir or str(pathlib.Path(self.out_dir) / "tfds")
+
+
+# Defaults of real runs (the paper's T5 recipe: AdamW 5e-5, batch 64, 10k
+# steps, inputs up to 1024 tokens), used for cards other than the demo's.
+PAPER_OVERRIDES: dict[str, Any] = dict(
+  vocabulary="t5",
+  model_sizes=("base",),
+  train_steps=10_000,
+  batch_size=64,
+  learning_rate=5e-5,
+  warmup_steps=0,
+  dropout_rate=0.1,
+  inputs_length=1024,
+  targets_length=256,
+  label_length=64,
+  eval_batch_size=64,
+)
+# `dss-jax grid` on the demo card: the paper's four methods and fractions,
+# three student sizes.
+GRID_OVERRIDES: dict[str, Any] = dict(
+  methods=grid_lib.METHODS,
+  fractions=grid_lib.PAPER_FRACTIONS,
+  model_sizes=("demo-xs", "demo", "demo-l"),
+  out_dir="runs/grid",
+)
+
+
+def _vocabulary(name: str):
+  from dss_jax import vocab
+
+  return vocab.get_vocabulary(name)
+
+
+def student_config(size: str, vocabulary_size: int, dropout_rate: float):
+  """The T5 configuration of a student size.
+
+  Args:
+    size: a `STUDENT_SIZES` name or a T5 v1.1 size.
+    vocabulary_size: ids the vocabulary uses; the embedding is padded to a
+      multiple of 128 (T5's 32,100 pieces -> 32,128), as T5X does for the
+      matmul units.
+    dropout_rate: dropout.
+
+  Returns:
+    A `dss_jax.models.t5.T5Config`.
+  """
+  from dss_jax.models import t5
+
+  vocab_size = -(-vocabulary_size // 128) * 128
+  if size in STUDENT_SIZES:
+    return t5.T5Config(
+      vocab_size=vocab_size, dropout_rate=dropout_rate, **STUDENT_SIZES[size]
+    )
+  return t5.t5_1_1_config(
+    size, vocab_size=vocab_size, dropout_rate=dropout_rate
+  )
+
+
+def _enable_compilation_cache(directory: pathlib.Path) -> None:
+  # Runs of one grid share shapes: a persistent XLA cache turns every
+  # compilation after the first into a disk read, also across restarts.
+  import jax
+
+  if jax.config.jax_compilation_cache_dir:
+    return  # the user's own cache wins
+  jax.config.update("jax_compilation_cache_dir", str(directory))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+class Pipeline:
+  """The stages of one job; each stage skips work that is already done."""
+
+  def __init__(self, config: DistillConfig, log=print):
+    """Prepares the output folder.
+
+    Args:
+      config: the job.
+      log: where progress lines go.
+    """
+    self.config = config
+    self.out_dir = pathlib.Path(config.out_dir)
+    self.out_dir.mkdir(parents=True, exist_ok=True)
+    self.log = log
+    self._card = None
+
+  @property
+  def card(self):
+    if self._card is None:
+      from dss_jax import cards
+
+      self._card = cards.load_card(self.config.card)
+    return self._card
+
+  @property
+  def store_path(self) -> pathlib.Path:
+    return (
+      self.out_dir
+      / "annotations"
+      / f"{self.card.name}_{self.config.source_name}.jsonl"
+    )
+
+  # ------------------------------------------------------------- annotation
+  def _backend(self):
+    from dss_jax import synthetic
+    from dss_jax.teacher import backends
+
+    config = self.config
+    if config.backend == "offline":
+      return synthetic.make_backend()
+    if config.backend == "openai":
+      return backends.make_backend(
+        "openai",
+        model=config.teacher_model,
+        base_url=config.base_url or "http://localhost:8000/v1",
+      )
+    return backends.make_backend(
+      "gemini",
+      model=config.teacher_model or "gemini-2.5-flash",
+      base_url=config.base_url,
+    )
+
+  def annotate(self) -> None:
+    """Stage 1: the teacher writes rationales and labels (skipped for replay)."""
+    config = self.config
+    marker = (
+      self.out_dir
+      / "annotations"
+      / f"{self.card.name}_{config.source_name}.done"
+    )
+    if config.backend == "replay":
+      self.log("annotate: replaying the paper's released teacher outputs")
+      return
+    if marker.exists():
+      self.log(f"annotate: done before ({marker})")
+      return
+    from dss_jax.teacher import prompts, runner, sources
+
+    root = None
+    if self.card.source.paper_folder:
+      root = (
+        sources.find_root(config.paper_data_dir)
+        if config.paper_data_dir
+        else sources.default_root()
+      )
+    splits = sources.source_splits(self.card, root)
+    sampling = prompts.SamplingConfig(
+      temperature=0.7 if config.num_samples > 1 else 0.0,
+      stop=tuple(self.card.prompt.stop),
+    )
+    examples, requests = [], []
+    for split in config.annotate_splits:
+      if split not in splits:
+        continue
+      rows = sources.read_source(self.card, splits[split], root)
+      examples += rows
+      requests += runner.build_job(
+        self.card, rows, splits[split], sampling, config.num_samples
+      )
+    backend = self._backend()
+    self.log(f"annotate: {len(requests)} teacher calls to {backend.name}")
+    self.store_path.parent.mkdir(parents=True, exist_ok=True)
+    stats = runner.annotate(
+      backend,
+      requests,
+      str(self.store_path),
+      runner.RunnerConfig(
+        concurrency=config.concurrency,
+        requests_per_minute=config.requests_per_minute,
+        progress=config.progress,
+      ),
+    )
+    summary = runner.summarize(
+      self.card, examples, requests, str(self.store_path), backend.name
+    )
+    self.log(
+      f"annotate: {stats.completed} calls made, {stats.already_stored} stored "
+      f"before, {stats.failed} failed; {summary.unparsable} unparsable; "
+      f"teacher accuracy {summary.accuracy:.1f}% over {summary.annotated}"
+    )
+    if stats.failed:
+      raise RuntimeError(
+        f"{stats.failed} teacher calls failed; rerun to retry them"
+      )
+    marker.write_text(json.dumps(dataclasses.asdict(stats), indent=2))
+
+  # -------------------------------------------------------------------- TFDS
+  def build_dataset(self) -> None:
+    """Stage 2: the annotated TFDS dataset (tfds skips a prepared one)."""
+    from dss_jax import datasets
+
+    config = self.config
+    start = time.monotonic()
+    if config.backend == "replay" and config.paper_data_dir:
+      os.environ.setdefault("DSS_PAPER_DATA_DIR", config.paper_data_dir)
+    store = None if config.backend == "replay" else str(self.store_path)
+    builder = datasets.build_annotated(
+      config.card, config.source_name, data_dir=config.data_dir, store=store
+    )
+    self.log(
+      f"tfds: {datasets.tfds_name(self.card.name, config.source_name)} in "
+      f"{builder.data_dir} ({time.monotonic() - start:.1f}s)"
+    )
+
+  def teacher_accuracy(self, split: str = "test") -> float | None:
+    """The teacher's accuracy against gold on a split (None if unannotated)."""
+    from dss_jax import datasets
+
+    cache = self.out_dir / f"teacher_accuracy_{split}.json"
+    if cache.exists():
+      return json.loads(cache.read_text())["accuracy"]
+    builder = datasets.build_annotated(
+      self.config.card,
+      self.config.source_name,
+      data_dir=self.config.data_dir,
+      store=None if self.config.backend == "replay" else str(self.store_path),
+    )
+    if split not in builder.info.splits:
+      return None
+    total = correct = 0
+    for row in builder.as_dataset(split=split).as_numpy_iterator():
+      teacher = row["teacher_label"].decode()
+      if not row["teacher"]:
+        continue  # not annotated on this split; unparsable answers count
+      total += 1
+      correct += self.card.is_correct(
+        teacher or None, row["gold_label"].decode()
+      )
+    accuracy = correct / total if total else None
+    cache.write_text(json.dumps({"accuracy": accuracy, "examples": total}))
+    return accuracy
+
+  # ------------------------------------------------------- train and eval
+  def task_names(self, method: str) -> tuple[str, str]:
+    """(training task or mixture, evaluation task) of a method."""
+    card, source = self.card.name, self.config.source_name
+    if method == "finetune":
+      return f"dss_{card}_gold_finetune", f"dss_{card}_gold_finetune"
+    if method == "distill":
+      return f"dss_{card}_{source}_distill", f"dss_{card}_{source}_distill"
+    return f"dss_{card}_{source}", f"dss_{card}_{source}_label"
+
+  def run(
+    self, spec: grid_lib.RunSpec, directory: pathlib.Path
+  ) -> dict[str, Any]:
+    """Stage 3: trains one student and scores it on the test split.
+
+    Args:
+      spec: the run.
+      directory: its folder (checkpoints; a rerun resumes from them).
+
+    Returns:
+      The run's result row (`report.RESULT_FIELDS`).
+    """
+    import jax
+
+    from dss_jax import evaluation, optimizers, seqio_tasks, trainer
+    from dss_jax.models import t5
+
+    config = self.config
+    vocabulary = _vocabulary(config.vocabulary)
+    seqio_tasks.register_card(
+      config.card,
+      config.source_name,
+      data_dir=config.data_dir,
+      vocabulary=vocabulary,
+      label_source="teacher" if spec.method == "dss_teacher" else "gold",
+      rationale_rate=config.rationale_rate,
+      train_fraction=spec.fraction,
+      fraction_seed=spec.seed,
+    )
+    train_name, eval_name = self.task_names(spec.method)
+    model = t5.Transformer(
+      student_config(
+        spec.model_size, vocabulary.vocab_size, config.dropout_rate
+      )
+    )
+    targets = (
+      config.targets_length if spec.uses_rationales else config.label_length
+    )
+    start = time.monotonic()
+    result = trainer.train(
+      model=model,
+      mixture_or_task_name=train_name,
+      task_feature_lengths={"inputs": config.inputs_length, "targets": targets},
+      train_steps=config.train_steps,
+      # Paired: every example once per task in the same step.
+      batch_size=config.batch_size * (2 if spec.uses_rationales else 1),
+      model_dir=str(directory),
+      optimizer=optimizers.AdamW(
+        learning_rate=optimizers.LearningRateSchedule(
+          peak=config.learning_rate,
+          name="linear",
+          warmup_steps=config.warmup_steps,
+        )
+      ),
+      paired=spec.uses_rationales,
+      random_seed=spec.seed,
+      initial_checkpoint_path=(
+        config.initial_checkpoint.replace("{size}", spec.model_size)
+        if config.initial_checkpoint
+        else None
+      ),
+      checkpoint_period=config.train_steps,
+      keep_checkpoints=1,
+      log_period=max(1, config.train_steps // 10),
+      # A fixed number skips the trainer's matmul benchmark on CPU; MFU is
+      # beside the point here.
+      peak_flops=1e12,
+      progress_bar=config.progress,
+    )
+    train_seconds = time.monotonic() - start
+    if result.preempted:
+      # The trainer saved a checkpoint on SIGTERM; no result is written, so
+      # rerunning the command resumes this run from that checkpoint.
+      raise SystemExit(
+        f"stopped at step {result.step} of {spec.name}; rerun to resume"
+      )
+    evaluator = evaluation.Evaluator(
+      eval_name,
+      model,
+      feature_lengths={
+        "inputs": config.inputs_length,
+        "targets": config.label_length,
+      },
+      split="test",
+      num_examples=config.eval_examples,
+      batch_size=config.eval_batch_size,
+      output_dir=str(directory / evaluation.INFERENCE_EVAL_DIR),
+    )
+    metrics = evaluator.evaluate(result.state.params, result.step)
+    metric = (
+      "equation_accuracy"
+      if self.card.metric == "equation_accuracy"
+      else "accuracy"
+    )
+    value = metrics.get(f"{eval_name}/{metric}")
+    if value is None:
+      value = next(
+        v for k, v in metrics.items() if k.startswith(f"{eval_name}/")
+      )
+    num_params = sum(
+      x.size for x in jax.tree_util.tree_leaves(result.state.params)
+    )
+    return {
+      "card": self.card.name,
+      "source": config.source_name,
+      "method": spec.method,
+      "model_size": spec.model_size,
+      "num_params": int(num_params),
+      "fraction": spec.fraction,
+      "seed": spec.seed,
+      "metric": "accuracy",
+      "value": round(value / 100.0, 6),
+      "steps": int(result.step),
+      "train_seconds": round(train_seconds, 1),
+      "run_dir": str(directory),
+      "checkpoint": str(directory / "checkpoints"),
+    }
+
+  # ---------------------------------------------------------------- report
+  def write_report(
+    self, rows: Sequence[Mapping[str, Any]]
+  ) -> dict[str, pathlib.Path]:
+    """Stage 4: results.csv, summary tables and plots."""
+    results = grid_lib.write_results_csv(rows, self.out_dir / "results.csv")
+    paths = report.write_report(
+      results,
+      self.out_dir,
+      teacher_accuracy=self.teacher_accuracy("test"),
+      teacher_name=self._teacher_name(),
+      title=self.card.name,
+    )
+    return {"results_csv": results, **paths}
+
+  def _teacher_name(self) -> str:
+    if self.config.backend == "replay":
+      return "PaLM 540B"
+    if self.config.backend == "offline":
+      return "offline teacher"
+    return self.config.teacher_model or self.config.backend
+
+
+def run(config: DistillConfig, log=print) -> dict[str, pathlib.Path]:
+  """Runs every stage of a job, skipping finished work.
+
+  Args:
+    config: the job.
+    log: where progress lines go.
+
+  Returns:
+    Name -> written file (results CSV, summary tables, plots).
+  """
+  start = time.monotonic()
+  pipeline = Pipeline(config, log)
+  if config.compilation_cache:
+    _enable_compilation_cache(pipeline.out_dir / "xla_cache")
+  pipeline.annotate()
+  pipeline.build_dataset()
+  specs = grid_lib.expand(
+    config.methods, config.model_sizes, config.fractions, config.seeds
+  )
+  rows = grid_lib.run_grid(specs, pipeline.run, pipeline.out_dir, log=log)
+  paths = pipeline.write_report(rows)
+  log("")
+  log(paths["summary_md"].read_text())
+  log(f"{'results_csv:':<20}{paths['results_csv']}")
+  for name in (
+    "summary_md",
+    "summary_csv",
+    "accuracy_by_method",
+    "accuracy_vs_data",
+    "accuracy_vs_size",
+  ):
+    if name in paths:
+      log(f"{name + ':':<20}{paths[name]}")
+  runs = pipeline.out_dir / "runs"
+  teacher = (
+    "the released PaLM outputs"
+    if config.backend == "replay"
+    else pipeline.store_path
+  )
+  log(f"{'checkpoints:':<20}{runs}/<method>/<size>/<frac>/<seed>/checkpoints")
+  log(
+    f"{'predictions:':<20}{runs}/<method>/<size>/<frac>/<seed>/inference_eval"
+  )
+  log(f"{'teacher answers:':<20}{teacher}")
+  log(f"{'tfds data:':<20}{config.data_dir}")
+  log(f"{'wall time:':<20}{time.monotonic() - start:.0f}s")
+  return paths
+
+
+# ------------------------------------------------------------------ the CLI
+
+# Names differ from those of the other entry points (`dss-jax annotate` has
+# --card, --backend, ...), since `dss-jax` imports several entry modules into
+# one process and absl flags are global.
+_FLAGS: dict[str, tuple[str, str]] = {
+  # name: (kind, help); every default is None (= "not set") but the last.
+  "task_card": ("string", "Card name or path (default: arith, the demo)."),
+  "teacher": ("enum", "offline, replay (released PaLM), gemini or openai."),
+  "teacher_model": ("string", "gemini/openai model, e.g. gemini-2.5-flash."),
+  "teacher_url": ("string", "OpenAI-compatible /v1 root or Gemini endpoint."),
+  "teacher_source": ("string", "Annotation name (default: from the teacher)."),
+  "teacher_samples": ("integer", "Samples per example (vote when > 1)."),
+  "teacher_concurrency": ("integer", "Teacher calls in flight."),
+  "teacher_rpm": ("float", "Client-side teacher requests per minute."),
+  "paper_data": ("string", "Released paper data (else $DSS_PAPER_DATA_DIR)."),
+  "methods": ("list", f"Among {','.join(grid_lib.METHODS)}."),
+  "model_sizes": ("list", "demo-xs, demo, demo-l or T5 small ... xxl."),
+  "fractions": ("list", "Training-data fractions, e.g. 0.125,0.25,0.5,1."),
+  "seeds": ("list", "Seeds, e.g. 0,1,2."),
+  "student_vocabulary": ("string", "byte, t5 or a SentencePiece path."),
+  "initial_checkpoint": ("string", "Pretrained T5X checkpoint; {size} = size."),
+  "train_steps": ("integer", "Optimizer steps per run."),
+  "batch_size": ("integer", "Training examples per step."),
+  "learning_rate": ("float", "Peak learning rate."),
+  "inputs_length": ("integer", "Input tokens."),
+  "targets_length": ("integer", "Target tokens of rationale runs."),
+  "label_length": ("integer", "Target tokens of labels."),
+  "rationale_rate": ("float", "lambda, the rationale loss weight."),
+  "eval_examples": ("integer", "Test examples to score (default: all)."),
+  "out_dir": ("string", "Output folder (default: demo_output, runs/...)."),
+  "tfds_data_dir": ("string", "TFDS data dir (default: <out_dir>/tfds)."),
+  "progress_bars": ("bool", "Show progress bars."),
+}
+# Flag name -> DistillConfig field, where they differ.
+_FIELD_OF_FLAG = {
+  "task_card": "card",
+  "teacher": "backend",
+  "teacher_url": "base_url",
+  "teacher_source": "source",
+  "teacher_samples": "num_samples",
+  "teacher_concurrency": "concurrency",
+  "teacher_rpm": "requests_per_minute",
+  "paper_data": "paper_data_dir",
+  "student_vocabulary": "vocabulary",
+  "progress_bars": "progress",
+}
+
+
+def define_flags() -> None:
+  """Defines the flags of `dss-jax distill` and `dss-jax grid`, once.
+
+  Idempotent: `python -m dss_jax.distill` imports this module twice (as
+  `__main__` and by name), and both copies read the same global flags.
+  """
+  for name, (kind, help_text) in _FLAGS.items():
+    if name in flags.FLAGS:
+      continue
+    if kind == "enum":
+      flags.DEFINE_enum(name, None, BACKENDS, help_text)
+    elif kind == "bool":
+      flags.DEFINE_bool(name, True, help_text)
+    else:
+      getattr(flags, f"DEFINE_{kind}")(name, None, help_text)
+
+
+define_flags()
+
+
+def _flag_values() -> dict[str, Any]:
+  """Explicitly set flags as DistillConfig fields (unset flags left out)."""
+  values = {}
+  for name, (kind, _) in _FLAGS.items():
+    flag = flags.FLAGS[name]
+    if flag.value is None or (kind == "bool" and not flag.present):
+      continue
+    value = flag.value
+    if name == "fractions":
+      value = tuple(float(v) for v in value)
+    elif name == "seeds":
+      value = tuple(int(v) for v in value)
+    elif kind == "list":
+      value = tuple(value)
+    values[_FIELD_OF_FLAG.get(name, name)] = value
+  return values
+
+
+def config_from_flags(grid_defaults: bool = False) -> DistillConfig:
+  """The job the command line asks for.
+
+  The demo card keeps the CPU-sized defaults; other cards start from the
+  paper's recipe (`PAPER_OVERRIDES`); `dss-jax grid` adds the grid's axes
+  (`GRID_OVERRIDES`); explicit flags win over all of them.
+
+  Args:
+    grid_defaults: fill unset axes with the paper's grid.
+
+  Returns:
+    The config.
+  """
+  explicit = _flag_values()
+  card = explicit.get("card", "arith")
+  values: dict[str, Any] = {"card": card}
+  is_demo = pathlib.Path(card).stem == "arith"
+  if not is_demo:
+    values.update(PAPER_OVERRIDES)
+    values["backend"] = "replay"
+    values["out_dir"] = f"runs/{pathlib.Path(card).stem}"
+  if grid_defaults:
+    values.update(GRID_OVERRIDES)
+    if not is_demo:
+      values["model_sizes"] = ("small", "base", "large")
+      values["out_dir"] = f"runs/{pathlib.Path(card).stem}_grid"
+  values.update(explicit)
+  return DistillConfig(**values)
+
+
+def main(argv: Sequence[str], grid_defaults: bool = False) -> None:
+  """`dss-jax distill`: runs the job the flags describe."""
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  try:
+    config = config_from_flags(grid_defaults)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+  if not flags.FLAGS["verbosity"].present:
+    # Checkpointing and SeqIO log every step at INFO, which buries the
+    # progress bars and the summary; --verbosity=0 brings them back.
+    logging.set_verbosity(logging.WARNING)
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  run(config)
+  sys.stdout.flush()
+
+
+if __name__ == "__main__":
+  # --helpshort lists the job's flags (they may be defined by the imported
+  # copy of this module, see `define_flags`).
+  for _name in _FLAGS:
+    flags.declare_key_flag(_name)
+  app.run(main)

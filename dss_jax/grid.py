@@ -1,0 +1,229 @@
+r"""The paper's experiment grid: methods x data fractions x seeds x model sizes.
+
+Every cell of the grid is one training run with its own folder; a run that
+finished (its `result.json` exists) is never redone, so an interrupted grid
+resumes by rerunning the same command. Results go to `results.csv` (one row
+per run), then to the tables and plots of `dss_jax.report`.
+
+The four methods (Hsieh et al., 2023, Section 4):
+
+  finetune     standard finetuning on gold labels
+  distill      standard task distillation on the teacher's labels
+  dss_gold     distilling step-by-step, gold labels + teacher rationales
+  dss_teacher  distilling step-by-step, teacher labels + teacher rationales
+
+The offline grid on CPU (the demo card and teacher, three student sizes):
+
+  dss-jax grid --out_dir=runs/grid
+
+The paper's SVAMP grid from the released PaLM outputs, T5-Base, on GPU/TPU
+(see docs/distill.md for the pretrained checkpoint and the full flags):
+
+  dss-jax grid --task_card=svamp --teacher=replay --model_sizes=base \
+    --student_vocabulary=t5 --train_steps=10000 --batch_size=64 --out_dir=runs/svamp
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import pathlib
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from dss_jax import report
+
+METHODS = ("finetune", "distill", "dss_gold", "dss_teacher")
+# Methods that train on the teacher's rationales.
+RATIONALE_METHODS = ("dss_gold", "dss_teacher")
+# The paper's training-data fractions for the data-size figures.
+PAPER_FRACTIONS = (0.125, 0.25, 0.5, 1.0)
+RESULT_FILE = "result.json"
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class RunSpec:
+  """One cell of the grid.
+
+  Attributes:
+    method: one of `METHODS`.
+    model_size: a student size name (`dss_jax.distill.STUDENT_SIZES` or a
+      T5 v1.1 size).
+    fraction: share of the training split, in (0, 1].
+    seed: the seed of initialization, data order and the training subset.
+  """
+
+  method: str
+  model_size: str
+  fraction: float
+  seed: int
+
+  def __post_init__(self):
+    if self.method not in METHODS:
+      raise ValueError(f"unknown method {self.method!r}; choose from {METHODS}")
+    if not 0.0 < self.fraction <= 1.0:
+      raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
+
+  @property
+  def name(self) -> str:
+    """A readable, path-safe name, e.g. `dss_gold/demo/frac100/seed0`."""
+    return (
+      f"{self.method}/{self.model_size}/frac{100 * self.fraction:g}/"
+      f"seed{self.seed}"
+    )
+
+  @property
+  def uses_rationales(self) -> bool:
+    return self.method in RATIONALE_METHODS
+
+
+def expand(
+  methods: Sequence[str],
+  model_sizes: Sequence[str],
+  fractions: Sequence[float],
+  seeds: Sequence[int],
+) -> list[RunSpec]:
+  """All cells of a grid, smallest models first, then by fraction and seed.
+
+  Small runs first, so that a grid stopped early has complete small-model
+  results rather than one big model's.
+
+  Args:
+    methods: training methods.
+    model_sizes: student sizes, smallest first.
+    fractions: training-data fractions.
+    seeds: seeds.
+
+  Returns:
+    The run specs.
+  """
+  return [
+    RunSpec(method, size, float(fraction), int(seed))
+    for size, fraction, seed, method in itertools.product(
+      model_sizes, sorted(fractions), seeds, methods
+    )
+  ]
+
+
+def run_dir(root: str | pathlib.Path, spec: RunSpec) -> pathlib.Path:
+  """The folder of one run: `<root>/runs/<method>/<size>/frac<f>/seed<s>`."""
+  return pathlib.Path(root) / "runs" / spec.name
+
+
+def read_result(directory: str | pathlib.Path) -> dict[str, Any] | None:
+  """The stored result of a finished run, or None if it has not finished."""
+  path = pathlib.Path(directory) / RESULT_FILE
+  if not path.is_file():
+    return None
+  try:
+    return json.loads(path.read_text())
+  except json.JSONDecodeError:
+    return None  # a torn write: the run counts as unfinished
+
+
+def write_result(
+  directory: str | pathlib.Path, result: Mapping[str, Any]
+) -> None:
+  """Marks a run finished, atomically (a rename), with its result row."""
+  directory = pathlib.Path(directory)
+  directory.mkdir(parents=True, exist_ok=True)
+  tmp = directory / (RESULT_FILE + ".tmp")
+  tmp.write_text(json.dumps(dict(result), indent=2, sort_keys=True))
+  tmp.replace(directory / RESULT_FILE)
+
+
+def collect_results(
+  root: str | pathlib.Path, specs: Iterable[RunSpec] | None = None
+) -> list[dict[str, Any]]:
+  """The result rows of finished runs (of `specs`, or every run under root)."""
+  root = pathlib.Path(root)
+  if specs is None:
+    dirs = sorted(p.parent for p in (root / "runs").glob(f"**/{RESULT_FILE}"))
+  else:
+    dirs = [run_dir(root, spec) for spec in specs]
+  rows = []
+  for directory in dirs:
+    result = read_result(directory)
+    if result is not None:
+      rows.append(result)
+  return rows
+
+
+def write_results_csv(
+  rows: Sequence[Mapping[str, Any]], path: str | pathlib.Path
+) -> pathlib.Path:
+  """Writes result rows to a fresh CSV (`report.RESULT_FIELDS` columns).
+
+  The CSV is rebuilt from the runs' own `result.json` files rather than
+  appended to, so it never holds a run twice or a run that was redone.
+  """
+  path = pathlib.Path(path)
+  tmp = path.with_suffix(".tmp")
+  tmp.unlink(missing_ok=True)
+  for row in rows:
+    report.append_result(
+      tmp, {k: v for k, v in row.items() if k in report.RESULT_FIELDS}
+    )
+  if not rows:
+    tmp.write_text(",".join(report.RESULT_FIELDS) + "\n")
+  tmp.replace(path)
+  return path
+
+
+RunFn = Callable[[RunSpec, pathlib.Path], Mapping[str, Any]]
+
+
+def run_grid(
+  specs: Sequence[RunSpec],
+  run_fn: RunFn,
+  root: str | pathlib.Path,
+  *,
+  log: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+  """Runs every unfinished cell, in order, and returns all results.
+
+  Args:
+    specs: the grid.
+    run_fn: trains and evaluates one run in the given folder; returns its
+      result row (`report.RESULT_FIELDS`). It may resume from checkpoints in
+      the folder.
+    root: the grid's output folder.
+    log: where progress lines go.
+
+  Returns:
+    The result rows of all finished runs of `specs`, in order.
+  """
+  root = pathlib.Path(root)
+  done = sum(read_result(run_dir(root, s)) is not None for s in specs)
+  if done:
+    log(f"grid: {done}/{len(specs)} runs already finished; skipping them")
+  for index, spec in enumerate(specs, start=1):
+    directory = run_dir(root, spec)
+    if read_result(directory) is not None:
+      continue
+    log(f"grid: run {index}/{len(specs)}: {spec.name}")
+    start = time.monotonic()
+    result = dict(run_fn(spec, directory))
+    result.setdefault("train_seconds", round(time.monotonic() - start, 1))
+    result.setdefault("run_dir", str(directory))
+    write_result(directory, result)
+  return collect_results(root, specs)
+
+
+def main(argv: Sequence[str]) -> None:
+  """`dss-jax grid`: the paper's grid through the main job's pipeline."""
+  distill.main(argv, grid_defaults=True)
+
+
+# Last, because distill imports this module: distill defines the flags that
+# `dss-jax grid` shares with `dss-jax distill`.
+from dss_jax import distill  # noqa: E402
+
+if __name__ == "__main__":
+  from absl import app, flags
+
+  for _name in distill._FLAGS:  # --helpshort lists the shared flags
+    flags.declare_key_flag(_name)
+  app.run(main)

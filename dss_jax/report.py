@@ -1,0 +1,497 @@
+"""Tables and plots of distillation results, in the style of the paper.
+
+Reads the results CSV that `dss-jax distill` and `dss-jax grid` write (one row
+per finished run) and produces:
+
+* `summary.csv` and `summary.md`: mean, standard deviation, standard error and
+  count of the metric per (method, model size, data fraction);
+* `accuracy_by_method.png`: one bar per method (mean, standard error, seeds
+  as dots) with the teacher's accuracy as a line, for runs at one data size;
+* `accuracy_vs_data.png`: accuracy against the percentage of training data,
+  one line per method with standard-error bars (the paper's Figures 4 and 5);
+* `accuracy_vs_size.png`: accuracy against student size, with the teacher's
+  few-shot accuracy as a horizontal line (the paper's Figures 6 and 7).
+
+Run on an existing results file:
+
+  python -m dss_jax.report --results=runs/grid/results.csv --out_dir=runs/grid
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import pathlib
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+
+# Columns of the results CSV, in order. `value` is the metric in [0, 1].
+RESULT_FIELDS = (
+  "card",
+  "source",
+  "method",
+  "model_size",
+  "num_params",
+  "fraction",
+  "seed",
+  "metric",
+  "value",
+  "steps",
+  "train_seconds",
+  "run_dir",
+  "checkpoint",
+)
+
+# The paper's names for the methods, for legends and tables.
+METHOD_TITLES = {
+  "finetune": "Standard finetuning",
+  "distill": "Standard distillation",
+  "dss_gold": "Distilling step-by-step",
+  "dss_teacher": "Distilling step-by-step (teacher labels)",
+}
+# Fixed colors so the same method looks the same in every figure.
+_METHOD_STYLE = {
+  "finetune": ("tab:blue", "o"),
+  "distill": ("tab:orange", "s"),
+  "dss_gold": ("tab:red", "^"),
+  "dss_teacher": ("tab:purple", "v"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Summary:
+  """The metric over seeds for one (method, model size, fraction) cell."""
+
+  method: str
+  model_size: str
+  num_params: int
+  fraction: float
+  metric: str
+  mean: float
+  std: float
+  stderr: float
+  count: int
+  values: tuple[float, ...]
+
+
+def read_results(path: str | pathlib.Path) -> list[dict[str, str]]:
+  """Reads a results CSV; a missing file reads as no rows."""
+  path = pathlib.Path(path)
+  if not path.exists():
+    return []
+  with path.open(newline="") as f:
+    return list(csv.DictReader(f))
+
+
+def append_result(path: str | pathlib.Path, row: Mapping[str, object]) -> None:
+  """Appends one run's row to a results CSV, writing the header if new.
+
+  Args:
+    path: the CSV file.
+    row: values keyed by `RESULT_FIELDS`; missing keys are left empty.
+
+  Raises:
+    KeyError: `row` has a key that is not a result field.
+  """
+  unknown = set(row) - set(RESULT_FIELDS)
+  if unknown:
+    raise KeyError(f"not result fields: {sorted(unknown)}")
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  is_new = not path.exists() or path.stat().st_size == 0
+  with path.open("a", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=RESULT_FIELDS)
+    if is_new:
+      writer.writeheader()
+    writer.writerow({k: row.get(k, "") for k in RESULT_FIELDS})
+
+
+def _method_order(method: str) -> tuple[int, str]:
+  order = list(METHOD_TITLES)
+  return (order.index(method) if method in order else len(order), method)
+
+
+def summarize(
+  rows: Iterable[Mapping[str, str]], metric: str | None = None
+) -> list[Summary]:
+  """Groups runs by (method, model size, fraction) and aggregates over seeds.
+
+  A run that appears twice (same cell and seed) counts once, with its last
+  value, so re-running a finished run never doubles its weight.
+
+  Args:
+    rows: rows of a results CSV.
+    metric: the metric to keep; by default the first one seen.
+
+  Returns:
+    One `Summary` per cell, sorted by model size, method and fraction.
+  """
+  cells: dict[tuple[str, str, float], dict[str, float]] = {}
+  params: dict[str, int] = {}
+  for row in rows:
+    if metric is None:
+      metric = row["metric"]
+    if row["metric"] != metric or row["value"] in ("", None):
+      continue
+    key = (row["method"], row["model_size"], float(row["fraction"]))
+    cells.setdefault(key, {})[row["seed"]] = float(row["value"])
+    if row.get("num_params"):
+      params[row["model_size"]] = int(float(row["num_params"]))
+  summaries = []
+  for (method, size, fraction), by_seed in cells.items():
+    values = tuple(by_seed.values())
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    summaries.append(
+      Summary(
+        method=method,
+        model_size=size,
+        num_params=params.get(size, 0),
+        fraction=fraction,
+        metric=metric or "",
+        mean=statistics.fmean(values),
+        std=std,
+        stderr=std / math.sqrt(len(values)),
+        count=len(values),
+        values=values,
+      )
+    )
+  summaries.sort(
+    key=lambda s: (
+      s.num_params,
+      s.model_size,
+      _method_order(s.method),
+      s.fraction,
+    )
+  )
+  return summaries
+
+
+def markdown_table(
+  summaries: Sequence[Summary], teacher_accuracy: float | None = None
+) -> str:
+  """A Markdown table, accuracies in percent as `mean ± std (n=seeds)`.
+
+  Args:
+    summaries: output of `summarize`.
+    teacher_accuracy: the teacher's accuracy on the test split, shown as a
+      last line when given.
+
+  Returns:
+    The table text.
+  """
+  lines = [
+    "| method | model | % data | mean | std | stderr | seeds | runs |",
+    "|---|---|---:|---:|---:|---:|---:|---|",
+  ]
+  for s in summaries:
+    runs = ", ".join(f"{100 * v:.1f}" for v in s.values)
+    lines.append(
+      f"| {METHOD_TITLES.get(s.method, s.method)} | {s.model_size} | "
+      f"{100 * s.fraction:g} | {100 * s.mean:.2f} | {100 * s.std:.2f} | "
+      f"{100 * s.stderr:.2f} | {s.count} | {runs} |"
+    )
+  if teacher_accuracy is not None:
+    lines.append(
+      f"| Teacher (few-shot CoT) | - | - | {100 * teacher_accuracy:.2f} "
+      "| - | - | - | - |"
+    )
+  return "\n".join(lines) + "\n"
+
+
+def write_summary_csv(
+  summaries: Sequence[Summary], path: str | pathlib.Path
+) -> None:
+  """Writes the aggregated cells as CSV."""
+  fields = [f.name for f in dataclasses.fields(Summary)]
+  with open(path, "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=fields)
+    writer.writeheader()
+    for s in summaries:
+      row = dataclasses.asdict(s)
+      row["values"] = " ".join(f"{v:.6f}" for v in s.values)
+      writer.writerow(row)
+
+
+def _pyplot():
+  # A file backend: reports are written on servers without displays.
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  return plt
+
+
+def plot_accuracy_vs_data(
+  summaries: Sequence[Summary],
+  path: str | pathlib.Path,
+  *,
+  title: str = "",
+  model_size: str | None = None,
+) -> pathlib.Path:
+  """Accuracy against % of training data, standard-error bars per method.
+
+  Args:
+    summaries: output of `summarize`.
+    path: the PNG to write.
+    title: the figure title (for example the dataset name).
+    model_size: the student size to plot; by default the largest present.
+
+  Returns:
+    The written path.
+  """
+  plt = _pyplot()
+  if model_size is None and summaries:
+    model_size = max(summaries, key=lambda s: s.num_params).model_size
+  cells = [s for s in summaries if s.model_size == model_size]
+  fig, ax = plt.subplots(figsize=(4.5, 3.5))
+  for method in sorted({s.method for s in cells}, key=_method_order):
+    points = sorted(
+      (s for s in cells if s.method == method), key=lambda s: s.fraction
+    )
+    color, marker = _METHOD_STYLE.get(method, (None, "o"))
+    ax.errorbar(
+      [100 * s.fraction for s in points],
+      [100 * s.mean for s in points],
+      yerr=[100 * s.stderr for s in points],
+      label=METHOD_TITLES.get(method, method),
+      color=color,
+      marker=marker,
+      capsize=3,
+    )
+  fractions = sorted({100 * s.fraction for s in cells})
+  if len(fractions) > 1 and min(fractions) > 0:
+    # The paper's data axis doubles per tick (12.5, 25, 50, 100).
+    ax.set_xscale("log", base=2)
+  ax.set_xticks(fractions, [f"{f:g}" for f in fractions])
+  ax.set_xlabel("% of training data")
+  ax.set_ylabel("Accuracy (%)")
+  ax.set_title(f"{title} ({model_size})".strip() if title else str(model_size))
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return pathlib.Path(path)
+
+
+def plot_accuracy_vs_size(
+  summaries: Sequence[Summary],
+  path: str | pathlib.Path,
+  *,
+  teacher_accuracy: float | None = None,
+  teacher_name: str = "teacher",
+  title: str = "",
+  fraction: float | None = None,
+) -> pathlib.Path:
+  """Accuracy against student size, the teacher's accuracy as a line.
+
+  Args:
+    summaries: output of `summarize`.
+    path: the PNG to write.
+    teacher_accuracy: the teacher's few-shot accuracy, drawn horizontally.
+    teacher_name: legend label of the teacher line.
+    title: the figure title.
+    fraction: the data fraction to plot; by default the largest present.
+
+  Returns:
+    The written path.
+  """
+  plt = _pyplot()
+  if fraction is None and summaries:
+    fraction = max(s.fraction for s in summaries)
+  cells = [s for s in summaries if s.fraction == fraction]
+  sizes = sorted({(s.num_params, s.model_size) for s in cells})
+  position = {size: i for i, (_, size) in enumerate(sizes)}
+  fig, ax = plt.subplots(figsize=(4.5, 3.5))
+  for method in sorted({s.method for s in cells}, key=_method_order):
+    points = sorted(
+      (s for s in cells if s.method == method),
+      key=lambda s: position[s.model_size],
+    )
+    color, marker = _METHOD_STYLE.get(method, (None, "o"))
+    ax.errorbar(
+      [position[s.model_size] for s in points],
+      [100 * s.mean for s in points],
+      yerr=[100 * s.stderr for s in points],
+      label=METHOD_TITLES.get(method, method),
+      color=color,
+      marker=marker,
+      capsize=3,
+    )
+  if teacher_accuracy is not None:
+    ax.axhline(
+      100 * teacher_accuracy,
+      color="black",
+      linestyle="--",
+      label=f"Few-shot CoT ({teacher_name})",
+    )
+  ax.set_xticks(
+    range(len(sizes)),
+    [f"{size}\n{_human_params(n)}" if n else size for n, size in sizes],
+  )
+  ax.set_xlabel("student model size")
+  ax.set_ylabel("Accuracy (%)")
+  name = f"{100 * fraction:g}% data" if fraction is not None else ""
+  ax.set_title(f"{title} ({name})" if title else name)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return pathlib.Path(path)
+
+
+def plot_accuracy_by_method(
+  summaries: Sequence[Summary],
+  path: str | pathlib.Path,
+  *,
+  teacher_accuracy: float | None = None,
+  teacher_name: str = "teacher",
+  title: str = "",
+) -> pathlib.Path:
+  """One bar per method (largest size and fraction), seeds as dots.
+
+  The figure for a run at a single data size, such as the offline demo.
+
+  Args:
+    summaries: output of `summarize`.
+    path: the PNG to write.
+    teacher_accuracy: the teacher's few-shot accuracy, drawn horizontally.
+    teacher_name: legend label of the teacher line.
+    title: the figure title.
+
+  Returns:
+    The written path.
+  """
+  plt = _pyplot()
+  size = max(summaries, key=lambda s: s.num_params).model_size
+  fraction = max(s.fraction for s in summaries)
+  cells = sorted(
+    (s for s in summaries if s.model_size == size and s.fraction == fraction),
+    key=lambda s: _method_order(s.method),
+  )
+  fig, ax = plt.subplots(figsize=(4.5, 3.5))
+  for i, s in enumerate(cells):
+    color, _ = _METHOD_STYLE.get(s.method, ("tab:gray", "o"))
+    ax.bar(
+      i, 100 * s.mean, yerr=100 * s.stderr, color=color, alpha=0.7, capsize=4
+    )
+    ax.plot([i] * len(s.values), [100 * v for v in s.values], "k.", alpha=0.6)
+  if teacher_accuracy is not None:
+    ax.axhline(
+      100 * teacher_accuracy,
+      color="black",
+      linestyle="--",
+      label=f"Few-shot CoT ({teacher_name})",
+    )
+    ax.legend(fontsize=7)
+  ax.set_xticks(
+    range(len(cells)),
+    [
+      METHOD_TITLES.get(s.method, s.method).replace(" ", "\n", 1) for s in cells
+    ],
+    fontsize=7,
+  )
+  ax.set_ylabel("Accuracy (%)")
+  name = f"{size}, {100 * fraction:g}% data, mean ± s.e. over seeds"
+  ax.set_title(f"{title} ({name})" if title else name, fontsize=8)
+  ax.grid(alpha=0.3, axis="y")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return pathlib.Path(path)
+
+
+def _human_params(n: int) -> str:
+  for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+    if n >= scale:
+      return f"{n / scale:.3g}{suffix}"
+  return str(n)
+
+
+def write_report(
+  results_csv: str | pathlib.Path,
+  out_dir: str | pathlib.Path,
+  *,
+  teacher_accuracy: float | None = None,
+  teacher_name: str = "teacher",
+  title: str = "",
+) -> dict[str, pathlib.Path]:
+  """Writes the summary tables and whichever plots the results support.
+
+  The method plot is always written; the data plot needs two or more
+  fractions, the size plot two or more model sizes.
+
+  Args:
+    results_csv: the per-run results.
+    out_dir: where to write.
+    teacher_accuracy: the teacher's accuracy on the test split, if known.
+    teacher_name: the teacher's name for the legend.
+    title: figure title prefix (the dataset).
+
+  Returns:
+    Name -> written file (`summary_csv`, `summary_md`, and the plots).
+
+  Raises:
+    ValueError: the results file has no rows.
+  """
+  rows = read_results(results_csv)
+  if not rows:
+    raise ValueError(f"no results in {results_csv}")
+  out_dir = pathlib.Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  summaries = summarize(rows)
+  paths = {
+    "summary_csv": out_dir / "summary.csv",
+    "summary_md": out_dir / "summary.md",
+  }
+  write_summary_csv(summaries, paths["summary_csv"])
+  paths["summary_md"].write_text(markdown_table(summaries, teacher_accuracy))
+  paths["accuracy_by_method"] = plot_accuracy_by_method(
+    summaries,
+    out_dir / "accuracy_by_method.png",
+    teacher_accuracy=teacher_accuracy,
+    teacher_name=teacher_name,
+    title=title,
+  )
+  if len({s.fraction for s in summaries}) > 1:
+    paths["accuracy_vs_data"] = plot_accuracy_vs_data(
+      summaries, out_dir / "accuracy_vs_data.png", title=title
+    )
+  if len({s.model_size for s in summaries}) > 1:
+    paths["accuracy_vs_size"] = plot_accuracy_vs_size(
+      summaries,
+      out_dir / "accuracy_vs_size.png",
+      teacher_accuracy=teacher_accuracy,
+      teacher_name=teacher_name,
+      title=title,
+    )
+  return paths
+
+
+def main(argv: Sequence[str]) -> None:
+  """Entry point: `python -m dss_jax.report --results=... --out_dir=...`."""
+  del argv
+  paths = write_report(
+    _RESULTS.value,
+    _OUT_DIR.value or pathlib.Path(_RESULTS.value).parent,
+    teacher_accuracy=_TEACHER_ACCURACY.value,
+    title=_TITLE.value,
+  )
+  print(paths["summary_md"].read_text())
+  for name, path in paths.items():
+    print(f"{name}: {path}")
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+
+  _RESULTS = flags.DEFINE_string("results", None, "results CSV", required=True)
+  _OUT_DIR = flags.DEFINE_string("out_dir", None, "default: the CSV's folder")
+  _TEACHER_ACCURACY = flags.DEFINE_float(
+    "teacher_accuracy", None, "teacher's test accuracy in [0, 1]"
+  )
+  _TITLE = flags.DEFINE_string("title", "", "figure title (the dataset)")
+  app.run(main)

@@ -1,0 +1,104 @@
+"""The main job end to end on the offline demo card, and its resumability.
+
+Every stage runs for real (offline teacher through the annotation runner, a
+TFDS build, SeqIO tasks, the built-in trainer, the evaluator, the report),
+with a tiny student and two training steps per run.
+"""
+
+import json
+
+import pytest
+
+from dss_jax import distill, grid
+from dss_jax.teacher import runner
+
+_PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _config(out_dir, **overrides):
+  values = dict(
+    # Gold labels without rationales, and teacher labels with rationales:
+    # between them every data path (gold, teacher label, rationale) runs.
+    methods=("finetune", "dss_teacher"),
+    model_sizes=("demo-xs",),
+    seeds=(0,),
+    train_steps=2,
+    batch_size=8,
+    label_length=4,
+    eval_examples=16,
+    eval_batch_size=16,
+    out_dir=str(out_dir),
+    progress=False,
+    compilation_cache=False,
+  )
+  values.update(overrides)
+  return distill.DistillConfig(**values)
+
+
+def test_every_stage_runs_and_a_rerun_redoes_nothing(tmp_path, monkeypatch):
+  config = _config(tmp_path / "out")
+  logs = []
+  paths = distill.run(config, log=logs.append)
+
+  out = tmp_path / "out"
+  store = out / "annotations" / "arith_offline.jsonl"
+  assert len(store.read_text().splitlines()) == 2300  # train + test
+  assert (out / "tfds" / "dss_annotated" / "arith_offline" / "1.0.0").is_dir()
+  for spec in grid.expand(config.methods, ["demo-xs"], [1.0], [0]):
+    directory = grid.run_dir(out, spec)
+    result = json.loads((directory / grid.RESULT_FILE).read_text())
+    assert result["steps"] == 2 and 0.0 <= result["value"] <= 1.0
+    assert result["num_params"] > 0
+    assert any((directory / "checkpoints").iterdir())
+  assert paths["accuracy_by_method"].read_bytes().startswith(_PNG)
+  summary = paths["summary_md"].read_text()
+  for title in ("Standard finetuning", "Distilling step-by-step (teacher"):
+    assert title in summary
+  assert "Teacher (few-shot CoT)" in summary
+  teacher = json.loads((out / "teacher_accuracy_test.json").read_text())
+  assert 0.7 < teacher["accuracy"] < 0.95
+  assert "checkpoints:" in "\n".join(logs)
+
+  def must_not_run(*args, **kwargs):
+    raise AssertionError("a finished stage ran again")
+
+  monkeypatch.setattr(distill.Pipeline, "run", must_not_run)
+  monkeypatch.setattr(runner, "annotate", must_not_run)
+  logs.clear()
+  again = distill.run(config, log=logs.append)
+  assert "2/2 runs already finished" in "\n".join(logs)
+  assert again["results_csv"].read_text() == paths["results_csv"].read_text()
+
+
+def test_task_names_follow_the_seqio_contract(tmp_path):
+  pipeline = distill.Pipeline(_config(tmp_path), log=lambda _: None)
+  assert pipeline.task_names("finetune") == ("dss_arith_gold_finetune",) * 2
+  assert pipeline.task_names("distill") == ("dss_arith_offline_distill",) * 2
+  assert pipeline.task_names("dss_teacher") == (
+    "dss_arith_offline",
+    "dss_arith_offline_label",
+  )
+
+
+def test_student_sizes_pad_the_vocabulary():
+  config = distill.student_config("demo", 259, 0.0)
+  assert config.vocab_size == 384 and config.emb_dim == 64
+  assert distill.student_config("base", 32100, 0.1).vocab_size == 32128
+  with pytest.raises(ValueError, match="backend"):
+    distill.DistillConfig(backend="palm")
+
+
+def test_a_stopped_run_is_not_marked_finished(tmp_path, monkeypatch):
+  from dss_jax import trainer
+
+  def stopped(**kwargs):
+    return trainer.TrainResult(step=1, state=None, metrics={}, preempted=True)
+
+  monkeypatch.setattr(trainer, "train", stopped)
+  config = _config(tmp_path)
+  pipeline = distill.Pipeline(config, log=lambda _: None)
+  spec = grid.RunSpec("finetune", "demo-xs", 1.0, 0)
+  directory = grid.run_dir(tmp_path, spec)
+  with pytest.raises(SystemExit, match="rerun to resume"):
+    grid.run_grid([spec], pipeline.run, tmp_path, log=lambda _: None)
+  assert grid.read_result(directory) is None

@@ -1,0 +1,75 @@
+"""The experiment grid: expansion, per-run resumability, results collection."""
+
+import pytest
+from absl import flags
+from absl.testing import flagsaver
+
+from dss_jax import distill, grid, report
+
+
+def test_expand_is_the_full_product_smallest_models_first():
+  specs = grid.expand(grid.METHODS, ["demo-xs", "demo"], [1.0, 0.25], [0, 1])
+  assert len(specs) == 4 * 2 * 2 * 2
+  assert len(set(specs)) == len(specs)
+  assert [s.model_size for s in specs[:16]] == ["demo-xs"] * 16
+  assert specs[0] == grid.RunSpec("finetune", "demo-xs", 0.25, 0)
+  assert grid.run_dir("out", specs[0]).as_posix() == (
+    "out/runs/finetune/demo-xs/frac25/seed0"
+  )
+  with pytest.raises(ValueError, match="method"):
+    grid.RunSpec("prompting", "demo", 1.0, 0)
+  with pytest.raises(ValueError, match="fraction"):
+    grid.RunSpec("finetune", "demo", 0.0, 0)
+
+
+def test_finished_runs_are_not_redone_and_a_crash_resumes(tmp_path):
+  specs = grid.expand(["finetune", "dss_gold"], ["demo"], [1.0], [0, 1])
+  calls = []
+
+  def run_fn(spec, directory):
+    calls.append(spec)
+    if spec.seed == 1 and spec.method == "dss_gold" and len(calls) < 5:
+      raise RuntimeError("killed")
+    return {"method": spec.method, "seed": spec.seed, "value": 0.5}
+
+  with pytest.raises(RuntimeError):
+    grid.run_grid(specs, run_fn, tmp_path, log=lambda _: None)
+  assert len(calls) == 4
+  assert len(grid.collect_results(tmp_path, specs)) == 3
+  rows = grid.run_grid(specs, run_fn, tmp_path, log=lambda _: None)
+  # Only the crashed run ran again.
+  assert calls[4:] == [specs[3]]
+  assert len(rows) == 4
+  assert all(r["run_dir"] for r in rows)
+  path = grid.write_results_csv(rows, tmp_path / "results.csv")
+  assert len(report.read_results(path)) == 4
+  rows = grid.run_grid(specs, run_fn, tmp_path, log=lambda _: None)
+  assert len(calls) == 5
+
+
+def test_a_torn_result_counts_as_unfinished(tmp_path):
+  (tmp_path / grid.RESULT_FILE).write_text('{"value": ')
+  assert grid.read_result(tmp_path) is None
+  grid.write_result(tmp_path, {"value": 1})
+  assert grid.read_result(tmp_path) == {"value": 1}
+
+
+def test_flags_pick_demo_paper_and_grid_defaults():
+  with flagsaver.flagsaver():
+    flags.FLAGS(["distill"])
+    config = distill.config_from_flags()
+    assert config.card == "arith" and config.backend == "offline"
+    assert config.methods == ("finetune", "dss_gold")
+    assert len(config.seeds) >= 3
+    config = distill.config_from_flags(grid_defaults=True)
+    assert config.methods == grid.METHODS
+    assert config.fractions == grid.PAPER_FRACTIONS
+    flags.FLAGS(
+      ["distill", "--task_card=svamp", "--seeds=4", "--fractions=0.5"]
+    )
+    config = distill.config_from_flags()
+    assert config.backend == "replay" and config.source_name == "palm"
+    assert config.vocabulary == "t5" and config.train_steps == 10_000
+    assert config.seeds == (4,) and config.fractions == (0.5,)
+  with pytest.raises(ValueError, match="model size"):
+    distill.DistillConfig(model_sizes=("huge",))

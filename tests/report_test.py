@@ -1,0 +1,92 @@
+"""Results CSV, summary tables and the paper-style plots (dss_jax.report)."""
+
+import math
+
+import pytest
+
+from dss_jax import report
+
+_PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _row(method, size, fraction, seed, value, params=1000):
+  return {
+    "card": "arith",
+    "source": "offline",
+    "method": method,
+    "model_size": size,
+    "num_params": params,
+    "fraction": fraction,
+    "seed": seed,
+    "metric": "accuracy",
+    "value": value,
+  }
+
+
+def _write(path, rows):
+  for row in rows:
+    report.append_result(path, row)
+
+
+def test_summary_has_mean_std_and_standard_error_over_seeds(tmp_path):
+  path = tmp_path / "results.csv"
+  _write(
+    path,
+    [
+      _row("finetune", "s", 1.0, 0, 0.5),
+      _row("finetune", "s", 1.0, 1, 0.6),
+      _row("finetune", "s", 1.0, 2, 0.7),
+      _row("dss_gold", "s", 1.0, 0, 0.8),
+      # A rerun of a finished run replaces it, never double counts.
+      _row("dss_gold", "s", 1.0, 0, 0.9),
+    ],
+  )
+  rows = report.read_results(path)
+  assert len(rows) == 5
+  by_method = {s.method: s for s in report.summarize(rows)}
+  finetune = by_method["finetune"]
+  assert finetune.mean == pytest.approx(0.6)
+  assert finetune.std == pytest.approx(0.1)
+  assert finetune.stderr == pytest.approx(0.1 / math.sqrt(3))
+  assert finetune.count == 3
+  assert by_method["dss_gold"].count == 1
+  assert by_method["dss_gold"].mean == pytest.approx(0.9)
+  table = report.markdown_table(report.summarize(rows), teacher_accuracy=0.85)
+  assert "| Standard finetuning | s | 100 | 60.00 | 10.00 | 5.77 | 3 |" in table
+  assert "| Teacher (few-shot CoT) | - | - | 85.00 |" in table
+
+
+def test_unknown_result_fields_are_rejected(tmp_path):
+  with pytest.raises(KeyError, match="accuracy"):
+    report.append_result(tmp_path / "r.csv", {"accuracy": 1.0})
+
+
+def test_report_writes_tables_and_both_figures(tmp_path):
+  path = tmp_path / "results.csv"
+  rows = []
+  for size, params in (("small", 10), ("base", 100)):
+    for fraction in (0.125, 0.5, 1.0):
+      for seed in (0, 1):
+        for method, bonus in (("finetune", 0.0), ("dss_gold", 0.05)):
+          value = 0.3 + 0.2 * fraction + bonus + 0.01 * seed
+          rows.append(_row(method, size, fraction, seed, value, params))
+  _write(path, rows)
+  paths = report.write_report(
+    path, tmp_path / "out", teacher_accuracy=0.7, title="arith"
+  )
+  for name in ("accuracy_by_method", "accuracy_vs_data", "accuracy_vs_size"):
+    assert paths[name].read_bytes().startswith(_PNG), name
+  summary = paths["summary_md"].read_text()
+  assert summary.count("Distilling step-by-step") == 6
+  header = paths["summary_csv"].read_text().splitlines()[0]
+  assert header.startswith("method,model_size,num_params,fraction")
+
+
+def test_one_size_and_fraction_gives_the_method_figure_only(tmp_path):
+  path = tmp_path / "results.csv"
+  _write(path, [_row("finetune", "s", 1.0, 0, 0.5)])
+  paths = report.write_report(path, tmp_path)
+  assert "accuracy_vs_size" not in paths and "accuracy_vs_data" not in paths
+  assert paths["accuracy_by_method"].read_bytes().startswith(_PNG)
+  with pytest.raises(ValueError, match="no results"):
+    report.write_report(tmp_path / "missing.csv", tmp_path)
