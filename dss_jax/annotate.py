@@ -104,6 +104,8 @@ def source_name(model: str) -> str:
 def _backend(card: cards.TaskCard, root) -> backends.TeacherBackend:
   if _BACKEND.value == "replay":
     return backends.make_backend("replay", card=card, root=root)
+  if _BACKEND.value == "offline":
+    return backends.make_backend("offline")
   if _BACKEND.value == "openai":
     return backends.make_backend(
       "openai",

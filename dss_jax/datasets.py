@@ -75,7 +75,12 @@ class DssAnnotatedConfig(tfds.core.BuilderConfig):
         "vote_or_gold").
       **kwargs: passed to tfds.core.BuilderConfig.
     """
-    card_name = pathlib.Path(card).stem if card.endswith(".yaml") else card
+    # A card given by path is named by its `name:` field, as SeqIO names it.
+    card_name = (
+      cards_lib.load_card(card).name
+      if card.endswith((".yaml", ".yml"))
+      else card
+    )
     super().__init__(
       name=f"{card_name}_{source}",
       version=VERSION,

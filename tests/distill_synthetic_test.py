@@ -6,7 +6,7 @@ import re
 import pytest
 
 from dss_jax import cards, synthetic
-from dss_jax.teacher import prompts
+from dss_jax.teacher import backends, prompts
 
 
 def test_problems_are_deterministic_distinct_and_solved_by_their_rationale():
@@ -85,9 +85,13 @@ def test_the_default_teacher_errs_like_an_llm():
   assert teacher.complete(prompt) == teacher.complete(prompt)
 
 
-def test_backend_answers_runner_requests():
+@pytest.mark.parametrize("by_name", [False, True])
+def test_backend_answers_runner_requests(by_name):
   card = cards.load_card("arith")
-  backend = synthetic.make_backend(synthetic.PERFECT)
+  if by_name:  # as `dss-jax annotate --backend=offline` creates it
+    backend = backends.make_backend("offline", error_model=synthetic.PERFECT)
+  else:
+    backend = synthetic.make_backend(synthetic.PERFECT)
   problem = synthetic.demo_problems("train")[0]
   sampling = prompts.SamplingConfig()
   (request,) = prompts.build_requests(

@@ -4,6 +4,7 @@ make_backend("gemini", model="gemini-2.5-flash")
 make_backend("openai", model="meta-llama/Llama-3.1-8B-Instruct",
              base_url="http://localhost:8000/v1")
 make_backend("replay", card=card)
+make_backend("offline")  # the demo's built-in teacher (dss_jax.synthetic)
 """
 
 from typing import Any
@@ -17,14 +18,14 @@ from dss_jax.teacher.backends.base import (
   TeacherError,
 )
 
-BACKENDS = ("gemini", "openai", "replay")
+BACKENDS = ("gemini", "openai", "replay", "offline")
 
 
 def make_backend(kind: str, **options: Any) -> TeacherBackend:
   """Creates a backend by name.
 
   Args:
-    kind: "gemini", "openai" or "replay".
+    kind: "gemini", "openai", "replay" or "offline".
     **options: the backend's constructor arguments.
 
   Returns:
@@ -45,6 +46,10 @@ def make_backend(kind: str, **options: Any) -> TeacherBackend:
     from dss_jax.teacher.backends import replay
 
     return replay.ReplayBackend(**options)
+  if kind == "offline":
+    from dss_jax import synthetic
+
+    return synthetic.make_backend(**options)
   raise ValueError(f"unknown backend {kind!r}; choose from {BACKENDS}")
 
 
