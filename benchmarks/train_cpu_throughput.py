@@ -1,0 +1,179 @@
+r"""CPU training throughput: this trainer vs Hugging Face PyTorch T5, and MFU.
+
+    python benchmarks/train_cpu_throughput.py [--steps=4] [--dropout=0.0]
+
+Measures in one run, so the machine's drift cancels (the peak is measured
+before and after the trainers):
+  1. the CPU's float32 matmul GFLOP/s (jax, large square matmuls): the peak
+     that MFU is computed against;
+  2. this trainer (`dss_jax.trainer.Trainer`) training T5 v1.1 small
+     (vocabulary 32,128, float32, batch 8, inputs 256, targets 128, AdamW, no
+     packing): step time, tokens/s, MFU;
+  3. Hugging Face `T5ForConditionalGeneration` (PyTorch) with the same
+     configuration, batch and optimizer (`torch.optim.AdamW`), the stack of the
+     official distilling step-by-step implementation.
+
+Both models get the same random full-length batches (no padding), and MFU
+uses the same FLOP count (`dss_jax.trainer.train_flops_per_step`). Needs
+`pip install torch transformers` for part 3 (skipped with a note otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import statistics
+import sys
+import time
+
+import numpy as np
+
+# PyTorch's OpenMP threads spin while they wait; on a machine shared with other
+# jobs that stalls every barrier (steps measured 5-10x slower and erratic).
+# Passive waiting must be set before torch loads its OpenMP runtime.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+# Run from a checkout without installing the package.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+import optax  # noqa: E402
+
+from dss_jax import partitioning, trainer  # noqa: E402
+from dss_jax.models import t5  # noqa: E402
+
+BATCH, INPUTS, TARGETS = 8, 256, 128
+
+
+def _batch(rng: np.random.RandomState, vocab: int) -> dict[str, np.ndarray]:
+  # Token 0 is padding and 1 is EOS; draw real tokens from the rest.
+  inputs = rng.randint(2, vocab, size=(BATCH, INPUTS)).astype(np.int32)
+  targets = rng.randint(2, vocab, size=(BATCH, TARGETS)).astype(np.int32)
+  return {
+    "encoder_input_tokens": inputs,
+    "decoder_input_tokens": np.pad(targets[:, :-1], ((0, 0), (1, 0))),
+    "decoder_target_tokens": targets,
+    "decoder_loss_weights": np.ones_like(targets),
+  }
+
+
+def _time_steps(step, steps: int) -> list[float]:
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    step()
+    times.append(time.perf_counter() - start)
+  return times
+
+
+def bench_jax(config: t5.T5Config, steps: int) -> float:
+  """Median seconds per training step of this trainer."""
+  model = t5.Transformer(config)
+  mesh = partitioning.make_mesh(devices=jax.devices()[:1])
+  tr = trainer.Trainer(
+    model,
+    optax.adamw(5e-5),
+    mesh,
+    partitioning.STANDARD_LOGICAL_AXIS_RULES,
+    dropout=config.dropout_rate > 0,
+  )
+  rng = np.random.RandomState(0)
+  batch = tr.device_batch(_batch(rng, config.vocab_size))
+  state = tr.init_state(jax.random.PRNGKey(0), batch)
+  holder = {"state": state}
+
+  def step():
+    holder["state"], metrics = tr.train_step(holder["state"], batch)
+    jax.block_until_ready(metrics["loss"])
+
+  step()  # compile
+  return statistics.median(_time_steps(step, steps))
+
+
+def bench_torch(config: t5.T5Config, steps: int) -> float | None:
+  """Median seconds per training step of HF PyTorch T5, or None."""
+  try:
+    import torch
+    import transformers
+  except ImportError as e:
+    print(f"PyTorch peer skipped: {e}")
+    return None
+  torch.manual_seed(0)
+  torch.set_num_threads(os.cpu_count() or 1)
+  hf_config = transformers.T5Config(
+    vocab_size=config.vocab_size,
+    d_model=config.emb_dim,
+    d_kv=config.head_dim,
+    d_ff=config.mlp_dim,
+    num_layers=config.num_encoder_layers,
+    num_decoder_layers=config.num_decoder_layers,
+    num_heads=config.num_heads,
+    feed_forward_proj="gated-gelu",
+    tie_word_embeddings=False,
+    dropout_rate=config.dropout_rate,
+    relative_attention_num_buckets=config.relative_attention_num_buckets,
+    relative_attention_max_distance=config.relative_attention_max_distance,
+    decoder_start_token_id=0,
+    pad_token_id=0,
+    eos_token_id=1,
+  )
+  model = transformers.T5ForConditionalGeneration(hf_config).train()
+  optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5)
+  rng = np.random.RandomState(0)
+  batch = _batch(rng, config.vocab_size)
+  input_ids = torch.from_numpy(batch["encoder_input_tokens"]).long()
+  labels = torch.from_numpy(batch["decoder_target_tokens"]).long()
+
+  def step():
+    optimizer.zero_grad(set_to_none=True)
+    loss = model(input_ids=input_ids, labels=labels).loss
+    loss.backward()
+    optimizer.step()
+
+  step()  # warm up the allocator
+  return statistics.median(_time_steps(step, steps))
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--steps", type=int, default=4)
+  parser.add_argument("--dropout", type=float, default=0.0)
+  parser.add_argument("--matmul_size", type=int, default=2048)
+  args = parser.parse_args()
+
+  config = t5.t5_1_1_config("small", dtype="float32", dropout_rate=args.dropout)
+  flops = trainer.train_flops_per_step(config, BATCH, INPUTS, TARGETS)
+  tokens = BATCH * (INPUTS + TARGETS)
+  peak_before = trainer.measure_matmul_flops(args.matmul_size, seconds=3.0)
+  jax_step = bench_jax(config, args.steps)
+  torch_step = bench_torch(config, args.steps)
+  peak_after = trainer.measure_matmul_flops(args.matmul_size, seconds=3.0)
+  peak = max(peak_before, peak_after)
+
+  print(
+    f"cores: {os.cpu_count()}  jax {jax.__version__}  devices {jax.devices()}"
+  )
+  print(
+    f"float32 matmul peak ({args.matmul_size}^2): "
+    f"{peak_before / 1e9:.1f} GFLOP/s before, {peak_after / 1e9:.1f} after"
+  )
+  print(
+    f"T5 v1.1 small, f32, batch {BATCH}, inputs {INPUTS}, targets {TARGETS},"
+    f" AdamW, dropout {args.dropout}: {flops / 1e9:.1f} GFLOP per step"
+  )
+  print(f"{'trainer':<24}{'step s':>9}{'tokens/s':>11}{'TFLOP/s':>9}{'MFU':>7}")
+  rows = [("dss_jax (JAX/XLA)", jax_step), ("HF T5 (PyTorch)", torch_step)]
+  for name, seconds in rows:
+    if seconds is None:
+      continue
+    print(
+      f"{name:<24}{seconds:>9.3f}{tokens / seconds:>11.0f}"
+      f"{flops / seconds / 1e12:>9.3f}{flops / seconds / peak:>7.1%}"
+    )
+  if torch_step is not None:
+    print(f"speedup dss_jax / PyTorch: {torch_step / jax_step:.2f}x")
+
+
+if __name__ == "__main__":
+  main()

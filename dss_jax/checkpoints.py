@@ -1,0 +1,237 @@
+"""Orbax checkpoints of the built-in trainer, and parameter loading for eval.
+
+Layout (one orbax `CheckpointManager` per folder):
+
+    MODEL_DIR/checkpoints/<step>/state   params, opt_state, step, rng
+    MODEL_DIR/checkpoints/<step>/data    {"batches": N}: data-stream position
+    MODEL_DIR/best_checkpoints/<step>/   the same items, kept by an eval metric
+
+Saves are asynchronous (the arrays are copied to host, the write happens in
+the background) and the manager keeps the latest N. A resumed run restores
+everything a step depends on, so interrupted + resumed == uninterrupted.
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from etils import epath
+
+PyTree = Any
+
+STATE = "state"
+DATA = "data"
+CHECKPOINTS = "checkpoints"
+BEST_CHECKPOINTS = "best_checkpoints"
+
+
+def _manager(
+  directory: epath.PathLike,
+  max_to_keep: int | None,
+  async_save: bool,
+  best_metric: str | None = None,
+  best_mode: str = "max",
+) -> ocp.CheckpointManager:
+  best_fn = None
+  if best_metric is not None:
+
+    def best_fn(metrics: Mapping[str, float]) -> float:
+      return float(metrics[best_metric])
+
+  options = ocp.CheckpointManagerOptions(
+    max_to_keep=max_to_keep,
+    enable_async_checkpointing=async_save,
+    best_fn=best_fn,
+    best_mode=best_mode,
+    create=True,
+  )
+  return ocp.CheckpointManager(
+    epath.Path(directory), options=options, item_names=(STATE, DATA)
+  )
+
+
+class Checkpointer:
+  """Saves and restores the train state and the data-stream position.
+
+  Args:
+    model_dir: the run's MODEL_DIR.
+    max_to_keep: how many of the latest checkpoints to keep.
+    async_save: write in the background.
+    best_metric: an eval metric name; when set, `save_best` keeps the
+      `keep_best` checkpoints with the best value in MODEL_DIR/best_checkpoints.
+    best_mode: "max" or "min" for `best_metric`.
+    keep_best: how many best checkpoints to keep.
+  """
+
+  def __init__(
+    self,
+    model_dir: epath.PathLike,
+    *,
+    max_to_keep: int = 3,
+    async_save: bool = True,
+    best_metric: str | None = None,
+    best_mode: str = "max",
+    keep_best: int = 1,
+  ):
+    model_dir = epath.Path(model_dir)
+    self._latest = _manager(model_dir / CHECKPOINTS, max_to_keep, async_save)
+    self._best = None
+    if best_metric is not None:
+      self._best = _manager(
+        model_dir / BEST_CHECKPOINTS,
+        keep_best,
+        async_save,
+        best_metric=best_metric,
+        best_mode=best_mode,
+      )
+
+  @property
+  def directory(self) -> epath.Path:
+    """MODEL_DIR/checkpoints."""
+    return self._latest.directory
+
+  def latest_step(self) -> int | None:
+    """The newest saved step, or None."""
+    return self._latest.latest_step()
+
+  def save(self, step: int, state: PyTree, batches: int) -> bool:
+    """Saves `state` and the data position at `step` (async).
+
+    Args:
+      step: the training step the state is at.
+      state: a pytree of arrays (params, opt_state, step, rng).
+      batches: how many batches the data stream has produced.
+
+    Returns:
+      Whether a checkpoint was written (False if `step` already exists).
+    """
+    if step in self._latest.all_steps():
+      return False
+    return self._latest.save(step, args=_save_args(state, batches), force=True)
+
+  def save_best(
+    self,
+    step: int,
+    state: PyTree,
+    batches: int,
+    metrics: Mapping[str, float],
+  ) -> None:
+    """Offers the checkpoint at `step` with eval `metrics` to the keep-best set."""
+    if self._best is None:
+      return
+    self._best.save(
+      step,
+      args=_save_args(state, batches),
+      metrics={k: float(v) for k, v in metrics.items()},
+      force=True,
+    )
+
+  def restore(self, step: int, abstract_state: PyTree) -> tuple[PyTree, int]:
+    """Restores the state and data position saved at `step`.
+
+    Args:
+      step: a saved step.
+      abstract_state: `jax.ShapeDtypeStruct`s with shardings for the state,
+        so arrays come back sharded as the trainer wants them.
+
+    Returns:
+      (state, batches consumed).
+    """
+    restored = self._latest.restore(
+      step,
+      args=ocp.args.Composite(
+        **{
+          STATE: ocp.args.StandardRestore(abstract_state),
+          DATA: ocp.args.JsonRestore(),
+        }
+      ),
+    )
+    return restored[STATE], int(restored[DATA]["batches"])
+
+  def wait(self) -> None:
+    """Blocks until background saves are on disk."""
+    self._latest.wait_until_finished()
+    if self._best is not None:
+      self._best.wait_until_finished()
+
+  def close(self) -> None:
+    """Waits for pending saves and releases the managers."""
+    self._latest.close()
+    if self._best is not None:
+      self._best.close()
+
+
+def _save_args(state: PyTree, batches: int) -> ocp.args.Composite:
+  return ocp.args.Composite(
+    **{
+      STATE: ocp.args.StandardSave(state),
+      DATA: ocp.args.JsonSave({"batches": int(batches)}),
+    }
+  )
+
+
+def _state_dir(path: epath.PathLike) -> epath.Path:
+  """Finds the orbax `state` item under a model dir, a manager or a step."""
+  path = epath.Path(path)
+  if path.name == STATE:
+    return path
+  if (path / STATE).exists():
+    return path / STATE
+  for manager_dir in (path / CHECKPOINTS, path):
+    if manager_dir.exists():
+      steps = [int(p.name) for p in manager_dir.iterdir() if p.name.isdigit()]
+      if steps:
+        return manager_dir / str(max(steps)) / STATE
+  raise FileNotFoundError(f"no checkpoint found under {path}")
+
+
+def restore_params(path: epath.PathLike) -> PyTree:
+  """Loads only the parameters of a checkpoint written by the trainer.
+
+  Args:
+    path: MODEL_DIR (takes the newest step), MODEL_DIR/checkpoints, or one
+      step folder such as MODEL_DIR/checkpoints/1000.
+
+  Returns:
+    The parameter pytree (T5X's tree: token_embedder, encoder, decoder), as
+    arrays on the default device.
+
+  Raises:
+    FileNotFoundError: if no checkpoint is found.
+  """
+  state_dir = _state_dir(path)
+  logging.info("restoring parameters from %s", state_dir)
+  checkpointer = ocp.PyTreeCheckpointer()
+  metadata = checkpointer.metadata(state_dir)
+  tree = getattr(metadata, "item_metadata", metadata)
+  tree = getattr(tree, "tree", tree)
+  params_meta = tree["params"]
+  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.tree.map(
+    lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
+    params_meta,
+  )
+  restored = checkpointer.restore(
+    state_dir,
+    args=ocp.args.PyTreeRestore(
+      item={"params": abstract},
+      restore_args={
+        "params": ocp.checkpoint_utils.construct_restore_args(abstract)
+      },
+      partial_restore=True,
+    ),
+  )
+  return restored["params"]
+
+
+def checkpoint_steps(model_dir: str | pathlib.Path) -> list[int]:
+  """The saved steps of a run, oldest first."""
+  directory = epath.Path(model_dir) / CHECKPOINTS
+  if not directory.exists():
+    return []
+  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())

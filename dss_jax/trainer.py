@@ -1,0 +1,895 @@
+"""The built-in trainer: a jitted, sharded train step and the training loop.
+
+`train()` is what `python -m dss_jax.train` runs (gin binds its arguments; see
+gin_configs/runs/train.gin). It reads a SeqIO mixture through
+`dss_jax.input_pipeline`, trains a `dss_jax.models.t5.Transformer` with an
+optimizer from `dss_jax.optimizers`, shards parameters, optimizer state and
+batches over a mesh with T5X's logical axis rules, and checkpoints with orbax
+(`dss_jax.checkpoints`).
+
+Guarantees the tests check:
+  * resume is exact: a run interrupted (SIGTERM) and resumed ends with the
+    same parameters as one that never stopped;
+  * a NaN or Inf loss stops the run with one clear error, and no state at or
+    after the bad step is ever saved;
+  * the loss of each task of a mixture is logged, and in paired mode the
+    optimized loss is exactly sum_t rate_t * L_t (L_label + lambda * L_rat).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Protocol
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from dss_jax import losses, optimizers
+
+Array = jax.Array
+PyTree = Any
+Batch = Mapping[str, Array]
+
+# T5X's names for the loss normalization, mapped to dss_jax.losses' names.
+LOSS_NORMALIZATIONS = {
+  "AVERAGE_PER_SEQUENCE": "per_sequence",
+  "NUM_REAL_TARGET_TOKENS": "tokens",
+}
+
+# Peak dense bfloat16 FLOP/s per chip, for MFU on accelerators (vendor
+# datasheets; H100/H200 SXM dense, TPU per chip). CPUs are measured instead.
+PEAK_FLOPS_BY_DEVICE_KIND = {
+  "NVIDIA H100 80GB HBM3": 989e12,
+  "NVIDIA H100": 989e12,
+  "NVIDIA H200": 989e12,
+  "NVIDIA A100-SXM4-80GB": 312e12,
+  "NVIDIA A100-SXM4-40GB": 312e12,
+  "TPU v4": 275e12,
+  "TPU v5 lite": 197e12,
+  "TPU v5e": 197e12,
+  "TPU v5p": 459e12,
+  "TPU v5": 459e12,
+  "TPU v6 lite": 918e12,
+  "TPU v6e": 918e12,
+}
+
+_BATCH_AXES = ("batch", "length")
+# `input_pipeline.TASK_IDS`, named here so the train step (and benchmarks on
+# machines without TensorFlow) need not import the input pipeline.
+TASK_IDS = "decoder_task_ids"
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss became NaN or Inf; the last good checkpoint is kept."""
+
+
+class Evaluator(Protocol):
+  """What the trainer needs from `dss_jax.evaluation.Evaluator`."""
+
+  def evaluate(self, params: PyTree, step: int) -> Mapping[str, float]: ...
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a training step depends on (and a checkpoint stores)."""
+
+  step: Array
+  params: PyTree
+  opt_state: PyTree
+  rng: Array
+
+  def as_dict(self) -> dict[str, PyTree]:
+    """The state as a plain dict, the checkpoint layout."""
+    return {
+      "step": self.step,
+      "params": self.params,
+      "opt_state": self.opt_state,
+      "rng": self.rng,
+    }
+
+  @classmethod
+  def from_dict(cls, d: Mapping[str, PyTree]) -> TrainState:
+    """Inverse of `as_dict`."""
+    return cls(d["step"], d["params"], d["opt_state"], d["rng"])
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+  """How the cross-entropy is normalized and regularized.
+
+  Attributes:
+    normalizing_factor: "AVERAGE_PER_SEQUENCE" (default; mixture rates then
+      mean lambda) or "NUM_REAL_TARGET_TOKENS" (T5X's token normalization).
+    z_loss: coefficient of log(Z)^2.
+    label_smoothing: label smoothing mass.
+  """
+
+  normalizing_factor: str = "AVERAGE_PER_SEQUENCE"
+  z_loss: float = 0.0
+  label_smoothing: float = 0.0
+
+  def __post_init__(self):
+    if self.normalizing_factor not in LOSS_NORMALIZATIONS:
+      raise ValueError(
+        f"LOSS_NORMALIZING_FACTOR must be one of "
+        f"{sorted(LOSS_NORMALIZATIONS)}, got {self.normalizing_factor!r}"
+      )
+
+
+# ----------------------------------------------------------------------------
+# FLOPs and MFU.
+# ----------------------------------------------------------------------------
+
+
+def train_flops_per_step(
+  config: Any, batch_size: int, inputs_length: int, targets_length: int
+) -> float:
+  """Model FLOPs of one training step (forward + backward = 3x forward).
+
+  Counts every matmul with weights (2 FLOPs per multiply-add, the 6*N*tokens
+  rule split by encoder and decoder tokens), the output projection, and the
+  attention score and value matmuls, on the padded lengths (the work the
+  hardware does). Embedding gathers, norms and softmax are not counted, as in
+  the PaLM MFU definition.
+
+  Args:
+    config: a `T5Config` (emb_dim, num_heads, head_dim, mlp_dim, layers,
+      vocab_size, mlp_activations).
+    batch_size: global rows per step.
+    inputs_length: encoder length.
+    targets_length: decoder length.
+
+  Returns:
+    FLOPs per training step.
+  """
+  d, hd = config.emb_dim, config.num_heads * config.head_dim
+  mlp = (len(config.mlp_activations) + 1) * d * config.mlp_dim
+  attn = 4 * d * hd  # query, key, value, out projections
+  enc_weights = config.num_encoder_layers * (attn + mlp)
+  dec_weights = config.num_decoder_layers * (2 * attn + mlp)
+  logits = d * config.vocab_size
+  li, lt = inputs_length, targets_length
+  forward = 2 * (li * enc_weights + lt * (dec_weights + logits))
+  # Scores q.k and the weighted sum of values: 2 matmuls of 2*L_q*L_k*hd.
+  forward += 4 * hd * config.num_encoder_layers * li * li
+  forward += 4 * hd * config.num_decoder_layers * (lt * lt + lt * li)
+  return 3.0 * forward * batch_size
+
+
+def measure_matmul_flops(size: int = 2048, seconds: float = 2.0) -> float:
+  """Measured float32 matmul FLOP/s of the first device (the CPU's peak).
+
+  Args:
+    size: side of the square matrices.
+    seconds: roughly how long to measure.
+
+  Returns:
+    FLOP/s of the best of a few timed repetitions.
+  """
+  x = jax.device_put(
+    jax.random.normal(jax.random.PRNGKey(0), (size, size), jnp.float32),
+    jax.devices()[0],
+  )
+
+  @jax.jit
+  def chain(a):
+    # Four dependent matmuls per call amortize the dispatch overhead.
+    for _ in range(4):
+      a = a @ x * (1.0 / size)
+    return a
+
+  chain(x).block_until_ready()
+  best, deadline = 0.0, time.perf_counter() + seconds
+  while time.perf_counter() < deadline:
+    start = time.perf_counter()
+    chain(x).block_until_ready()
+    elapsed = time.perf_counter() - start
+    best = max(best, 4 * 2 * size**3 / elapsed)
+  return best
+
+
+def peak_flops_per_second(peak_flops: float | None = None) -> float:
+  """Peak FLOP/s of all devices: given, from the device table, or measured.
+
+  Args:
+    peak_flops: per-device peak to use as is; None looks the device kind up,
+      and on CPU measures a float32 matmul (all fake CPU devices share the
+      same cores, so the CPU peak is not multiplied by the device count).
+
+  Returns:
+    FLOP/s of the whole job.
+  """
+  device = jax.devices()[0]
+  count = jax.device_count()
+  if peak_flops is not None:
+    return peak_flops * (1 if device.platform == "cpu" else count)
+  if device.platform == "cpu":
+    return measure_matmul_flops()
+  for kind, flops in PEAK_FLOPS_BY_DEVICE_KIND.items():
+    if device.device_kind.startswith(kind):
+      return flops * count
+  logging.warning("unknown device %s: MFU not reported", device.device_kind)
+  return float("nan")
+
+
+# ----------------------------------------------------------------------------
+# The train step.
+# ----------------------------------------------------------------------------
+
+
+def _logical_param_axes(model: nn.Module, params: PyTree) -> PyTree:
+  from dss_jax.models import t5
+
+  if isinstance(model, t5.Transformer):
+    return t5.get_logical_axes(params)
+  return nn.get_partition_spec(params)
+
+
+class Trainer:
+  """Builds the sharded, jitted init and train step for one model.
+
+  Args:
+    model: a flax module with T5X's `Transformer.__call__` signature.
+    optimizer: an optax transformation.
+    mesh: the device mesh.
+    logical_axis_rules: logical-to-mesh axis rules (T5X's standard rules).
+    task_names: the mixture's tasks, in `decoder_task_ids` order.
+    task_weights: paired mode: the loss is sum_t task_weights[t] * L_t, each
+      L_t normalized over task t's sequences; None: one loss over the batch.
+    loss: normalization and regularizers.
+    num_microbatches: gradient accumulation: the batch is split into this many
+      micro-batches whose gradients are averaged inside one step.
+    dropout: enable dropout (the model's `dropout_rate` sets the rate).
+  """
+
+  def __init__(
+    self,
+    model: nn.Module,
+    optimizer: optax.GradientTransformation,
+    mesh: Mesh,
+    logical_axis_rules: Sequence[tuple[str, Any]],
+    task_names: Sequence[str] = (),
+    task_weights: Sequence[float] | None = None,
+    loss: LossConfig = LossConfig(),
+    num_microbatches: int = 1,
+    dropout: bool = True,
+  ):
+    self.model = model
+    self.optimizer = optimizer
+    self.mesh = mesh
+    self.rules = tuple(logical_axis_rules)
+    self.task_names = tuple(task_names)
+    self.task_weights = None if task_weights is None else tuple(task_weights)
+    self.loss = loss
+    self.num_microbatches = num_microbatches
+    self.dropout = dropout
+    self._train_step = None
+
+  # -- shardings -------------------------------------------------------------
+
+  def batch_sharding(self) -> NamedSharding:
+    """Sharding of every [batch, length] input array."""
+    spec = nn.logical_to_mesh_axes(_BATCH_AXES, self.rules)
+    return NamedSharding(self.mesh, spec)
+
+  def _init_params(self, rng: Array, batch: Mapping[str, Any]) -> PyTree:
+    # One row of zeros is enough to trace shapes; parameters do not depend on
+    # the batch size.
+    dummy = {
+      k: jnp.zeros((1,) + tuple(v.shape[1:]), v.dtype)
+      for k, v in _model_inputs(batch).items()
+    }
+    variables = self.model.init(
+      {"params": rng, "dropout": rng}, **dummy, enable_dropout=False
+    )
+    return variables["params"]
+
+  def abstract_state(self, batch: Mapping[str, Any]) -> TrainState:
+    """Shapes, dtypes and shardings of the state, without allocating it."""
+    params = jax.eval_shape(self._init_params, jax.random.PRNGKey(0), batch)
+    axes = _logical_param_axes(self.model, params)
+    param_shardings = nn.logical_to_mesh_sharding(axes, self.mesh, self.rules)
+    opt_state = jax.eval_shape(self.optimizer.init, params)
+    replicated = NamedSharding(self.mesh, PartitionSpec())
+
+    # Moments shaped like their parameter share its sharding; scalars and
+    # factored (Adafactor) moments are replicated.
+    def opt_sharding(leaf, param, sharding):
+      return sharding if leaf.shape == param.shape else replicated
+
+    opt_shardings = optax.tree_map_params(
+      self.optimizer,
+      opt_sharding,
+      opt_state,
+      params,
+      param_shardings,
+      transform_non_params=lambda _: replicated,
+    )
+
+    def with_sharding(x, s):
+      return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
+
+    return TrainState(
+      step=jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated),
+      params=jax.tree.map(with_sharding, params, param_shardings),
+      opt_state=jax.tree.map(with_sharding, opt_state, opt_shardings),
+      rng=jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=replicated),
+    )
+
+  def init_state(
+    self,
+    rng: Array,
+    batch: Mapping[str, Any],
+    params: PyTree | None = None,
+  ) -> TrainState:
+    """Initializes (or wraps given `params` in) a sharded train state.
+
+    Args:
+      rng: a `jax.random.PRNGKey`; split into init and dropout keys.
+      batch: a batch (or its shapes) to trace the model with.
+      params: pretrained parameters (INITIAL_CHECKPOINT_PATH), already placed.
+
+    Returns:
+      The state at step 0.
+    """
+    abstract = self.abstract_state(batch)
+    shardings = jax.tree.map(lambda x: x.sharding, abstract)
+    init_rng, train_rng = jax.random.split(rng)
+
+    def init(init_rng, train_rng, params):
+      if params is None:
+        params = self._init_params(init_rng, batch)
+      return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=self.optimizer.init(params),
+        rng=train_rng,
+      )
+
+    with self.mesh:
+      return jax.jit(init, out_shardings=shardings)(init_rng, train_rng, params)
+
+  # -- the step --------------------------------------------------------------
+
+  def _loss_fn(
+    self, params: PyTree, batch: Batch, rng: Array
+  ) -> tuple[Array, dict[str, Array]]:
+    logits = self.model.apply(
+      {"params": params},
+      **_model_inputs(batch),
+      enable_dropout=self.dropout,
+      rngs={"dropout": rng},
+    )
+    targets = batch["decoder_target_tokens"]
+    weights = batch["decoder_loss_weights"].astype(jnp.float32)
+    segments = batch.get("decoder_segment_ids")
+    kwargs = dict(
+      segment_ids=segments,
+      normalization=LOSS_NORMALIZATIONS[self.loss.normalizing_factor],
+      z_loss=self.loss.z_loss,
+      label_smoothing=self.loss.label_smoothing,
+    )
+    metrics = {}
+    task_losses = []
+    task_ids = batch.get(TASK_IDS)
+    if task_ids is not None and len(self.task_names) > 1:
+      # XLA shares the log-softmax between these calls (same logits); only
+      # the masked reductions are repeated.
+      for t, name in enumerate(self.task_names):
+        mask = (task_ids == t + 1).astype(jnp.float32)
+        task_loss, _ = losses.cross_entropy_loss(
+          logits, targets, weights * mask, **kwargs
+        )
+        task_losses.append(task_loss)
+        metrics[f"loss/{name}"] = task_loss
+    if self.task_weights is not None:
+      loss = sum(
+        w * task_loss
+        for w, task_loss in zip(self.task_weights, task_losses, strict=True)
+      )
+    else:
+      loss, _ = losses.cross_entropy_loss(logits, targets, weights, **kwargs)
+    metrics["loss"] = loss
+    return loss, metrics
+
+  def _grads(
+    self, params: PyTree, batch: Batch, rng: Array
+  ) -> tuple[PyTree, dict[str, Array]]:
+    grad_fn = jax.grad(self._loss_fn, has_aux=True)
+    if self.num_microbatches == 1:
+      return grad_fn(params, batch, rng)
+    m = self.num_microbatches
+    micro = jax.tree.map(
+      lambda x: x.reshape((m, x.shape[0] // m) + x.shape[1:]), batch
+    )
+
+    def body(carry, inputs):
+      i, mb = inputs
+      grads, metrics = grad_fn(params, mb, jax.random.fold_in(rng, i))
+      acc = jax.tree.map(jnp.add, carry, (grads, metrics))
+      return acc, None
+
+    zeros = jax.tree.map(
+      jnp.zeros_like,
+      jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], micro), rng),
+    )
+    (grads, metrics), _ = jax.lax.scan(body, zeros, (jnp.arange(m), micro))
+    return jax.tree.map(lambda x: x / m, (grads, metrics))
+
+  def _step(self, state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
+    rng = jax.random.fold_in(state.rng, state.step)
+    grads, metrics = self._grads(state.params, batch, rng)
+    updates, opt_state = self.optimizer.update(
+      grads, state.opt_state, state.params
+    )
+    params = optax.apply_updates(state.params, updates)
+    metrics["grad_norm"] = optax.global_norm(grads)
+    new_state = state.replace(
+      step=state.step + 1, params=params, opt_state=opt_state
+    )
+    return new_state, metrics
+
+  def train_step(
+    self, state: TrainState, batch: Batch
+  ) -> tuple[TrainState, dict[str, Array]]:
+    """One optimizer update; the input state's buffers are donated."""
+    if self._train_step is None:
+      state_shardings = jax.tree.map(lambda x: x.sharding, state)
+      batch_shardings = jax.tree.map(lambda _: self.batch_sharding(), batch)
+      self._train_step = jax.jit(
+        self._step,
+        in_shardings=(state_shardings, batch_shardings),
+        out_shardings=(state_shardings, None),
+        donate_argnums=(0,),
+      )
+    with self.mesh, nn.logical_axis_rules(self.rules):
+      return self._train_step(state, batch)
+
+  def device_batch(self, batch: Mapping[str, np.ndarray]) -> dict[str, Array]:
+    """Places this host's numpy batch as global arrays on the mesh."""
+    sharding = self.batch_sharding()
+    return {
+      k: jax.make_array_from_process_local_data(sharding, v)
+      for k, v in batch.items()
+    }
+
+
+def _model_inputs(batch: Mapping[str, Any]) -> dict[str, Any]:
+  names = (
+    "encoder_input_tokens",
+    "decoder_input_tokens",
+    "decoder_target_tokens",
+    "encoder_segment_ids",
+    "decoder_segment_ids",
+    "encoder_positions",
+    "decoder_positions",
+  )
+  return {k: batch[k] for k in names if k in batch}
+
+
+# ----------------------------------------------------------------------------
+# The loop.
+# ----------------------------------------------------------------------------
+
+
+class _Preemption:
+  """Turns SIGTERM (a preempted VM) into a flag the loop checks each step."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self) -> _Preemption:
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread: no handler, no preemption
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning("SIGTERM: saving a checkpoint and stopping")
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+  def should_stop(self) -> bool:
+    """True on every host once any host got SIGTERM."""
+    if jax.process_count() == 1:
+      return self.requested
+    from jax.experimental import multihost_utils
+
+    flags = multihost_utils.process_allgather(np.array(self.requested))
+    return bool(np.any(flags))
+
+
+@dataclasses.dataclass
+class _Meter:
+  """Accumulates host-side metrics between two log lines."""
+
+  flops_per_step: float
+  peak_flops: float
+  sums: dict[str, float] = dataclasses.field(default_factory=dict)
+  steps: int = 0
+  tokens: int = 0
+  real_tokens: int = 0
+  start: float = dataclasses.field(default_factory=time.perf_counter)
+
+  def add(self, metrics: Mapping[str, float], batch: Mapping[str, Any]):
+    for k, v in metrics.items():
+      self.sums[k] = self.sums.get(k, 0.0) + float(v)
+    self.steps += 1
+    n = jax.process_count()
+    self.tokens += n * (
+      batch["encoder_input_tokens"].size + batch["decoder_target_tokens"].size
+    )
+    self.real_tokens += n * int(
+      np.count_nonzero(batch["encoder_input_tokens"])
+      + np.count_nonzero(batch["decoder_loss_weights"])
+    )
+
+  def summary(self) -> dict[str, float]:
+    elapsed = max(time.perf_counter() - self.start, 1e-9)
+    out = {k: v / max(self.steps, 1) for k, v in self.sums.items()}
+    out["steps_per_sec"] = self.steps / elapsed
+    out["tokens_per_sec"] = self.tokens / elapsed
+    out["real_tokens_per_sec"] = self.real_tokens / elapsed
+    out["mfu"] = self.flops_per_step * out["steps_per_sec"] / self.peak_flops
+    return out
+
+
+def _check_finite(step: int, metrics: Mapping[str, float]) -> None:
+  if not all(math.isfinite(metrics[k]) for k in ("loss", "grad_norm")):
+    raise NonFiniteLossError(
+      f"loss became {metrics['loss']} (grad norm {metrics['grad_norm']}) at "
+      f"step {step}; stopping. The last good checkpoint is kept; lower the "
+      "learning rate or check the data, then resume."
+    )
+
+
+@dataclasses.dataclass
+class TrainResult:
+  """What `train` returns: where it stopped and how."""
+
+  step: int
+  state: TrainState
+  metrics: dict[str, float]
+  preempted: bool = False
+
+
+def train(
+  *,
+  model: nn.Module,
+  mixture_or_task_name: str,
+  task_feature_lengths: Mapping[str, int],
+  train_steps: int,
+  batch_size: int,
+  model_dir: str,
+  optimizer: optimizers.Optimizer = optimizers.AdamW(),
+  loss: LossConfig = LossConfig(),
+  pack: bool = False,
+  paired: bool = False,
+  use_cached_tasks: bool = False,
+  random_seed: int = 0,
+  num_microbatches: int = 1,
+  mesh: Mesh | None = None,
+  logical_axis_rules: Sequence[tuple[str, Any]] | None = None,
+  initial_checkpoint_path: str | None = None,
+  checkpoint_period: int = 1000,
+  keep_checkpoints: int = 3,
+  async_checkpointing: bool = True,
+  log_period: int = 100,
+  evaluator: Evaluator | None = None,
+  eval_period: int = 0,
+  best_metric: str | None = None,
+  best_mode: str = "max",
+  peak_flops: float | None = None,
+  progress_bar: bool = True,
+) -> TrainResult:
+  """Trains (or resumes training) a model on a SeqIO mixture.
+
+  Args:
+    model: the student (`dss_jax.models.t5.Transformer`).
+    mixture_or_task_name: MIXTURE_OR_TASK_NAME.
+    task_feature_lengths: TASK_FEATURE_LENGTHS.
+    train_steps: TRAIN_STEPS, the total number of optimizer updates.
+    batch_size: BATCH_SIZE, global.
+    model_dir: MODEL_DIR: checkpoints and TensorBoard logs.
+    optimizer: `optimizers.AdamW` or `optimizers.Adafactor`.
+    loss: LOSS_NORMALIZING_FACTOR and regularizers.
+    pack: pack examples (SeqIO packing).
+    paired: feed each source example with every task of the mixture in the
+      same step and optimize sum_t rate_t * L_t (the official recipe).
+    use_cached_tasks: USE_CACHED_TASKS.
+    random_seed: RANDOM_SEED: parameters, dropout and data order.
+    num_microbatches: gradient accumulation steps inside one update.
+    mesh: the device mesh; default `partitioning.make_mesh()`.
+    logical_axis_rules: default `partitioning.STANDARD_LOGICAL_AXIS_RULES`.
+    initial_checkpoint_path: INITIAL_CHECKPOINT_PATH: parameters to start
+      from (T5X or this trainer's checkpoints); ignored when resuming.
+    checkpoint_period: save every this many steps (and at the end).
+    keep_checkpoints: how many latest checkpoints to keep.
+    async_checkpointing: write checkpoints in the background.
+    log_period: write metrics every this many steps.
+    evaluator: optional `dss_jax.evaluation.Evaluator`.
+    eval_period: EVAL_PERIOD: evaluate every this many steps (0: only at
+      the end, if an evaluator is given).
+    best_metric: keep the best checkpoint by this eval metric.
+    best_mode: "max" or "min".
+    peak_flops: per-device peak FLOP/s for MFU; None looks it up (measured
+      on CPU).
+    progress_bar: show a console progress bar on host 0.
+
+  Returns:
+    The final step, state and last logged metrics.
+
+  Raises:
+    NonFiniteLossError: the loss became NaN or Inf.
+  """
+  # The loop's I/O (TensorFlow, SeqIO, orbax, CLU) loads only when training
+  # from a mixture; `Trainer` alone needs JAX, flax and optax.
+  from clu import metric_writers
+  from etils import epath
+
+  from dss_jax import checkpoints as checkpoints_lib
+  from dss_jax import input_pipeline
+
+  mesh, rules = _mesh_and_rules(mesh, logical_axis_rules)
+  rates = input_pipeline.task_rates(mixture_or_task_name)
+  data_config = input_pipeline.DatasetConfig(
+    mixture_or_task_name=mixture_or_task_name,
+    task_feature_lengths=dict(task_feature_lengths),
+    batch_size=batch_size,
+    seed=random_seed,
+    pack=pack,
+    use_cached=use_cached_tasks,
+    paired=paired,
+  )
+  trainer = Trainer(
+    model,
+    optimizer.build(train_steps),
+    mesh,
+    rules,
+    task_names=list(rates),
+    task_weights=list(rates.values()) if paired else None,
+    loss=loss,
+    num_microbatches=num_microbatches,
+    dropout=getattr(getattr(model, "config", None), "dropout_rate", 1.0) > 0,
+  )
+  checkpointer = checkpoints_lib.Checkpointer(
+    model_dir,
+    max_to_keep=keep_checkpoints,
+    async_save=async_checkpointing,
+    best_metric=best_metric,
+    best_mode=best_mode,
+  )
+  dataset = input_pipeline.make_dataset(data_config)
+  state, batches_done = _initial_state(
+    trainer, checkpointer, dataset, random_seed, initial_checkpoint_path
+  )
+  writer = metric_writers.create_default_writer(
+    str(epath.Path(model_dir) / "train"),
+    just_logging=jax.process_index() > 0,
+  )
+  loop = _Loop(
+    trainer=trainer,
+    checkpointer=checkpointer,
+    writer=writer,
+    schedule=optimizer.schedule(train_steps),
+    train_steps=train_steps,
+    checkpoint_period=checkpoint_period,
+    log_period=log_period,
+    evaluator=evaluator,
+    eval_period=eval_period,
+    meter=_Meter(
+      train_flops_per_step(
+        model.config,
+        batch_size,
+        task_feature_lengths["inputs"],
+        task_feature_lengths["targets"],
+      ),
+      peak_flops_per_second(peak_flops),
+    ),
+    progress_bar=progress_bar and jax.process_index() == 0,
+  )
+  try:
+    with _Preemption() as preemption:
+      return loop.run(
+        state,
+        input_pipeline.iterate(dataset, batches_done),
+        batches_done,
+        preemption,
+      )
+  finally:
+    checkpointer.close()
+    writer.close()
+
+
+def _mesh_and_rules(
+  mesh: Mesh | None, rules: Sequence[tuple[str, Any]] | None
+) -> tuple[Mesh, Sequence[tuple[str, Any]]]:
+  if mesh is None or rules is None:
+    from dss_jax import partitioning
+
+    mesh = mesh if mesh is not None else partitioning.make_mesh()
+    rules = (
+      rules if rules is not None else partitioning.STANDARD_LOGICAL_AXIS_RULES
+    )
+  return mesh, rules
+
+
+def _initial_state(
+  trainer: Trainer,
+  checkpointer: Any,
+  dataset: Any,
+  seed: int,
+  initial_checkpoint_path: str | None,
+) -> tuple[TrainState, int]:
+  """Resumes from MODEL_DIR if it has a checkpoint, else initializes."""
+  shapes = {
+    k: jax.ShapeDtypeStruct(
+      (trainer_rows(dataset),) + tuple(v.shape[1:]), v.dtype.as_numpy_dtype
+    )
+    for k, v in dataset.element_spec.items()
+  }
+  step = checkpointer.latest_step()
+  if step is not None:
+    abstract = trainer.abstract_state(shapes)
+    restored, batches = checkpointer.restore(step, abstract.as_dict())
+    logging.info("resumed from step %d (%d batches read)", step, batches)
+    return TrainState.from_dict(restored), batches
+  params = None
+  if initial_checkpoint_path:
+    from dss_jax import t5x_checkpoints
+
+    abstract = trainer.abstract_state(shapes)
+    params = t5x_checkpoints.load_params(
+      initial_checkpoint_path,
+      abstract.params,
+      shardings=jax.tree.map(lambda x: x.sharding, abstract.params),
+    )
+    logging.info("initialized parameters from %s", initial_checkpoint_path)
+  return trainer.init_state(jax.random.PRNGKey(seed), shapes, params), 0
+
+
+def trainer_rows(dataset: Any) -> int:
+  """Global batch rows of a per-host dataset of batches."""
+  rows = dataset.element_spec["encoder_input_tokens"].shape[0]
+  return int(rows) * jax.process_count()
+
+
+@dataclasses.dataclass
+class _Loop:
+  """The training loop's state between steps (kept small and explicit)."""
+
+  trainer: Trainer
+  checkpointer: Any  # checkpoints.Checkpointer
+  writer: Any  # clu.metric_writers.MetricWriter
+  schedule: Callable[[int], Any]
+  train_steps: int
+  checkpoint_period: int
+  log_period: int
+  evaluator: Evaluator | None
+  eval_period: int
+  meter: _Meter
+  progress_bar: bool
+
+  def run(
+    self,
+    state: TrainState,
+    batches: Iterator[Mapping[str, np.ndarray]],
+    batches_done: int,
+    preemption: _Preemption,
+  ) -> TrainResult:
+    step = int(state.step)
+    bar = _progress(self.progress_bar, step, self.train_steps)
+    pending = None  # (step, device metrics, host batch) of the last step
+    last: dict[str, float] = {}
+    preempted = False
+    while step < self.train_steps:
+      host_batch = next(batches)
+      state, metrics = self.trainer.train_step(
+        state, self.trainer.device_batch(host_batch)
+      )
+      step += 1
+      batches_done += 1
+      # Read the previous step's metrics only now, so the host never waits
+      # for the device; a NaN is still caught before anything is saved.
+      if pending is not None:
+        last = self._record(*pending, bar)
+      pending = (step, metrics, host_batch)
+      if preemption.should_stop():
+        preempted = True
+        break
+      if step % self.checkpoint_period == 0 or self._eval_due(step):
+        last = self._record(*pending, bar)
+        pending = None
+        self._save(step, state, batches_done)
+        if self._eval_due(step):
+          self._evaluate(step, state, batches_done)
+    if pending is not None:
+      last = self._record(*pending, bar)
+    self._save(step, state, batches_done)
+    if not preempted and self.evaluator is not None and self.eval_period == 0:
+      self._evaluate(step, state, batches_done)
+    self.checkpointer.wait()
+    if bar is not None:
+      bar.close()
+    return TrainResult(step, state, last, preempted)
+
+  def _eval_due(self, step: int) -> bool:
+    return (
+      self.evaluator is not None
+      and self.eval_period > 0
+      and step % self.eval_period == 0
+    )
+
+  def _record(self, step, metrics, host_batch, bar) -> dict[str, float]:
+    values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    _check_finite(step, values)
+    self.meter.add(values, host_batch)
+    if bar is not None:
+      bar.update(1)
+      bar.set_postfix(loss=f"{values['loss']:.4f}", refresh=False)
+    if step % self.log_period == 0 or step == self.train_steps:
+      summary = self.meter.summary()
+      summary["learning_rate"] = float(self.schedule(step - 1))
+      self.writer.write_scalars(step, summary)
+      self.meter = dataclasses.replace(
+        self.meter,
+        sums={},
+        steps=0,
+        tokens=0,
+        real_tokens=0,
+        start=time.perf_counter(),
+      )
+      return summary
+    return values
+
+  def _save(self, step: int, state: TrainState, batches_done: int) -> None:
+    if self.checkpointer.save(step, state.as_dict(), batches_done):
+      logging.info("saved checkpoint at step %d", step)
+
+  def _evaluate(self, step: int, state: TrainState, batches_done: int) -> None:
+    metrics = dict(self.evaluator.evaluate(state.params, step))
+    scalars = {
+      f"eval/{k}": float(v)
+      for k, v in metrics.items()
+      if isinstance(v, (int, float, np.number))
+    }
+    self.writer.write_scalars(step, scalars)
+    self.checkpointer.save_best(
+      step,
+      state.as_dict(),
+      batches_done,
+      {k.removeprefix("eval/"): v for k, v in scalars.items()},
+    )
+
+
+def _progress(enabled: bool, step: int, total: int):
+  if not enabled:
+    return None
+  import tqdm
+
+  return tqdm.tqdm(
+    total=total,
+    initial=step,
+    desc="train",
+    unit="step",
+    file=sys.stderr,
+    dynamic_ncols=True,
+    mininterval=1.0,
+  )

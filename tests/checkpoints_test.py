@@ -1,0 +1,98 @@
+"""Orbax checkpoints: round trip with shardings, keep-N, keep-best, params."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec
+
+from dss_jax import checkpoints
+
+
+def _state(mesh, seed=0):
+  rng = np.random.RandomState(seed)
+  sharded = NamedSharding(mesh, PartitionSpec("data"))
+  replicated = NamedSharding(mesh, PartitionSpec())
+  return {
+    "step": jax.device_put(jnp.int32(seed), replicated),
+    "params": {
+      "encoder": {
+        "kernel": jax.device_put(rng.randn(8, 4).astype(np.float32), sharded)
+      }
+    },
+    "opt_state": (jax.device_put(jnp.zeros((8, 4)), sharded),),
+    "rng": jax.device_put(jnp.array([1, 2], jnp.uint32), replicated),
+  }
+
+
+def _abstract(state):
+  return jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+    state,
+  )
+
+
+@pytest.fixture
+def mesh():
+  return jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+
+
+def test_round_trip_keeps_values_shardings_and_data_position(tmp_path, mesh):
+  ckpt = checkpoints.Checkpointer(tmp_path, max_to_keep=2)
+  state = _state(mesh, seed=3)
+  assert ckpt.save(3, state, batches=7)
+  ckpt.wait()
+  restored, batches = ckpt.restore(3, _abstract(state))
+  ckpt.close()
+  assert batches == 7
+  got = restored["params"]["encoder"]["kernel"]
+  np.testing.assert_array_equal(got, state["params"]["encoder"]["kernel"])
+  assert got.sharding.is_equivalent_to(
+    state["params"]["encoder"]["kernel"].sharding, 2
+  )
+  assert (tmp_path / "checkpoints" / "3" / "state").is_dir()
+
+
+def test_keeps_only_the_latest_n(tmp_path, mesh):
+  ckpt = checkpoints.Checkpointer(tmp_path, max_to_keep=2, async_save=False)
+  for step in (1, 2, 3):
+    ckpt.save(step, _state(mesh, seed=step), batches=step)
+  assert not ckpt.save(3, _state(mesh, seed=3), batches=3)  # already there
+  ckpt.close()
+  assert checkpoints.checkpoint_steps(tmp_path) == [2, 3]
+
+
+def test_restore_params_reads_newest_step_or_given_step(tmp_path, mesh):
+  ckpt = checkpoints.Checkpointer(tmp_path, async_save=False)
+  for step in (1, 2):
+    ckpt.save(step, _state(mesh, seed=step), batches=step)
+  ckpt.close()
+  newest = checkpoints.restore_params(tmp_path)
+  first = checkpoints.restore_params(tmp_path / "checkpoints" / "1")
+  np.testing.assert_array_equal(
+    newest["encoder"]["kernel"], _state(mesh, 2)["params"]["encoder"]["kernel"]
+  )
+  np.testing.assert_array_equal(
+    first["encoder"]["kernel"], _state(mesh, 1)["params"]["encoder"]["kernel"]
+  )
+  assert set(newest) == {"encoder"}  # no optimizer state
+
+
+def test_restore_params_fails_clearly_without_checkpoint(tmp_path):
+  with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    checkpoints.restore_params(tmp_path)
+
+
+def test_keep_best_by_metric(tmp_path, mesh):
+  ckpt = checkpoints.Checkpointer(
+    tmp_path,
+    best_metric="accuracy",
+    best_mode="max",
+    keep_best=1,
+    async_save=False,
+  )
+  for step, accuracy in ((1, 0.5), (2, 0.9), (3, 0.7)):
+    ckpt.save_best(step, _state(mesh, step), step, {"accuracy": accuracy})
+  ckpt.close()
+  kept = sorted(p.name for p in (tmp_path / "best_checkpoints").iterdir())
+  assert [k for k in kept if k.isdigit()] == ["2"]
