@@ -28,6 +28,10 @@ ENTRY_POINTS: dict[str, tuple[str, str]] = {
 }
 
 
+# Entry points driven by gin files, started through their `run()`.
+GIN_ENTRY_POINTS = frozenset({"train", "eval", "infer"})
+
+
 def usage() -> str:
   lines = [
     "usage: dss-jax COMMAND [FLAGS]   (or python -m dss_jax.COMMAND)",
@@ -53,11 +57,15 @@ def main(argv: list[str] | None = None) -> int:
     print(usage(), file=sys.stderr)
     return 2
   module = importlib.import_module(ENTRY_POINTS[command][0])
-  from absl import app
-
   # absl parses sys.argv; present the command as its own program.
   sys.argv = [f"dss-jax {command}", *argv[2:]]
-  app.run(module.main)
+  if command in GIN_ENTRY_POINTS:
+    # They define their gin flags and accept T5X's `--gin.NAME=value`.
+    module.run()
+  else:
+    from absl import app
+
+    app.run(module.main)
   return 0
 
 

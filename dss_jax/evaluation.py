@@ -194,53 +194,6 @@ def model_from_gin() -> Any:
   return ref
 
 
-def parse_gin(files: Sequence[str], bindings: Sequence[str]) -> None:
-  """Parses gin files and bindings with the repo's gin_configs searchable."""
-  # gin's include lookup uses importlib.util without importing it.
-  import importlib.util  # noqa: F401
-
-  import gin
-
-  repo_configs = os.path.join(
-    os.path.dirname(os.path.dirname(__file__)), "gin_configs"
-  )
-  for path in (repo_configs, os.getcwd()):
-    gin.add_config_file_search_path(path)
-  # Not finalized: modules imported later (vocabularies, task registries) may
-  # still declare configurables.
-  gin.parse_config_files_and_bindings(
-    list(files), list(bindings), finalize_config=False
-  )
-
-
-def rewrite_gin_args(argv: Sequence[str]) -> list[str]:
-  """Turns T5X's ``--gin.NAME=value`` flags into ``--gin_bindings``."""
-  out = []
-  for arg in argv:
-    if arg.startswith("--gin.") and "=" in arg:
-      name, value = arg[len("--gin.") :].split("=", 1)
-      out.append(f"--gin_bindings={name} = {value}")
-    else:
-      out.append(arg)
-  return out
-
-
-def define_gin_flags(what: str) -> None:
-  """Defines ``--gin_file`` and ``--gin_bindings`` unless already defined.
-
-  Entry points call this from ``run()``, not at import, so importing several
-  of them (tests, notebooks) never defines a flag twice.
-  """
-  from absl import flags
-
-  if "gin_file" not in flags.FLAGS:
-    flags.DEFINE_multi_string("gin_file", [], f"Gin files: {what}.")
-  if "gin_bindings" not in flags.FLAGS:
-    flags.DEFINE_multi_string(
-      "gin_bindings", [], "Gin bindings, applied after the files."
-    )
-
-
 def run_from_gin(
   configurable: Callable[..., Any],
   gin_files: Sequence[str],
@@ -264,7 +217,9 @@ def run_from_gin(
   import gin
 
   try:
-    parse_gin(gin_files, gin_bindings)
+    from dss_jax import gin_flags
+
+    gin_flags.parse_gin(gin_files, gin_bindings)
     logging.info("gin config:\n%s", gin.config_str())
     call = gin.get_configurable(configurable) if configure else configurable
     return call(), 0

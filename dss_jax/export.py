@@ -299,9 +299,9 @@ def _bfloat16() -> Any:
 
 def _define_flags() -> None:
   """Defines the command-line flags (in `run`, so importing defines none)."""
-  from dss_jax import evaluation
+  from dss_jax import gin_flags
 
-  evaluation.define_gin_flags("model file(s) defining MODEL")
+  gin_flags.define_gin_flags("model file(s) defining MODEL")
   flags.DEFINE_string(
     "checkpoint", None, "Model dir, step dir or T5X checkpoint to export."
   )

@@ -330,12 +330,9 @@ def main(argv: Sequence[str]) -> None:
 
 def run() -> None:
   """Console entry point."""
-  from dss_jax import evaluation
+  from dss_jax import gin_flags
 
-  evaluation.define_gin_flags("a model file (MODEL) and runs/infer.gin")
-  app.run(
-    main, flags_parser=lambda a: flags.FLAGS(evaluation.rewrite_gin_args(a))
-  )
+  gin_flags.run(main, "a model file (MODEL) and runs/infer.gin")
 
 
 if __name__ == "__main__":

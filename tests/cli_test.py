@@ -26,3 +26,23 @@ def test_unknown_command_fails_with_usage(capsys):
 def test_every_entry_point_has_an_absl_main():
   for module, _ in cli.ENTRY_POINTS.values():
     assert callable(importlib.import_module(module).main), module
+
+
+def test_gin_entry_points_take_t5x_style_flags():
+  """`dss-jax eval --gin.X=...` reaches gin (and fails on the missing path)."""
+  out = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "dss_jax",
+      "eval",
+      "--gin_file=models/t5_1_1_tiny.gin",
+      "--gin_file=runs/eval.gin",
+      '--gin.CHECKPOINT_PATH="/nonexistent/model_dir"',
+      '--gin.MIXTURE_OR_TASK_NAME="no_such_task"',
+    ],
+    capture_output=True,
+    text=True,
+  )
+  assert out.returncode == 1, out.stderr[-2000:]
+  assert out.stderr.strip().splitlines()[-1].startswith("error: ")
