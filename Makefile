@@ -34,7 +34,8 @@ comma := ,
 
 venv: $(VENV)/.stamp-dev+export
 
-demo: $(VENV)/.stamp-export
+# One install serves both commands, so `make demo && make test` installs once.
+demo: $(VENV)/.stamp-dev+export
 	$(BIN)/python -m dss_jax.distill
 
 lint: $(VENV)/.stamp-dev+export
