@@ -38,7 +38,7 @@ from typing import Any
 from absl import app, flags, logging
 
 from dss_jax import grid as grid_lib
-from dss_jax import report
+from dss_jax import host, report
 
 BACKENDS = ("offline", "replay", "gemini", "openai")
 
@@ -737,6 +737,7 @@ def main(argv: Sequence[str], grid_defaults: bool = False) -> None:
   """`dss-jax distill`: runs the job the flags describe."""
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  host.keep_freed_memory()
   try:
     config = config_from_flags(grid_defaults)
   except ValueError as e:

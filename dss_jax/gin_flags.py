@@ -92,5 +92,8 @@ def parse_gin_flags(finalize: bool = False) -> None:
 
 def run(main: Callable[[Sequence[str]], None], what: str) -> None:
   """`app.run(main)` with the gin flags defined and `--gin.X=` accepted."""
+  from dss_jax import host
+
+  host.keep_freed_memory()
   define_gin_flags(what)
   app.run(main, flags_parser=lambda argv: flags.FLAGS(rewrite_gin_args(argv)))

@@ -22,6 +22,11 @@ os.environ.setdefault("NO_GCE_CHECK", "true")
 
 import pathlib  # noqa: E402
 
+from dss_jax import host  # noqa: E402
+
+# Before JAX starts: the suite is mostly small XLA:CPU steps (see dss_jax.host).
+host.keep_freed_memory()
+
 import pytest  # noqa: E402
 
 _REPO = pathlib.Path(__file__).resolve().parents[1]
