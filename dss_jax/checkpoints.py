@@ -30,6 +30,12 @@ CHECKPOINTS = "checkpoints"
 BEST_CHECKPOINTS = "best_checkpoints"
 
 
+def absolute_path(path: epath.PathLike) -> epath.Path:
+  """`path` made absolute when it is local; orbax refuses relative paths."""
+  path = epath.Path(path)
+  return path if "://" in str(path) else path.absolute()
+
+
 def _manager(
   directory: epath.PathLike,
   max_to_keep: int | None,
@@ -51,7 +57,7 @@ def _manager(
     create=True,
   )
   return ocp.CheckpointManager(
-    epath.Path(directory), options=options, item_names=(STATE, DATA)
+    absolute_path(directory), options=options, item_names=(STATE, DATA)
   )
 
 
@@ -177,7 +183,7 @@ def _save_args(state: PyTree, batches: int) -> ocp.args.Composite:
 
 def _state_dir(path: epath.PathLike) -> epath.Path:
   """Finds the orbax `state` item under a model dir, a manager or a step."""
-  path = epath.Path(path)
+  path = absolute_path(path)
   if path.name == STATE:
     return path
   if (path / STATE).exists():

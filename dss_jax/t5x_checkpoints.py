@@ -346,6 +346,10 @@ def _read_orbax_target(item_dir: str) -> dict[str, Any]:
   """Reads only the parameter subtree of an orbax checkpoint as numpy."""
   import orbax.checkpoint as ocp
 
+  from dss_jax import checkpoints
+
+  # orbax refuses relative paths.
+  item_dir = str(checkpoints.absolute_path(item_dir))
   tree = _orbax_tree_metadata(item_dir)
   key = _params_key(tree, item_dir)
   sub = tree[key] if key else tree

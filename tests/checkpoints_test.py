@@ -96,3 +96,18 @@ def test_keep_best_by_metric(tmp_path, mesh):
   ckpt.close()
   kept = sorted(p.name for p in (tmp_path / "best_checkpoints").iterdir())
   assert [k for k in kept if k.isdigit()] == ["2"]
+
+
+def test_relative_model_dir_saves_and_restores(tmp_path, mesh, monkeypatch):
+  """`make demo` writes under a relative out_dir; orbax wants absolute paths."""
+  monkeypatch.chdir(tmp_path)
+  ckpt = checkpoints.Checkpointer("run/model", async_save=True)
+  state = _state(mesh, seed=5)
+  assert ckpt.save(5, state, batches=5)
+  ckpt.wait()
+  ckpt.close()
+  params = checkpoints.restore_params("run/model")
+  np.testing.assert_array_equal(
+    params["encoder"]["kernel"], state["params"]["encoder"]["kernel"]
+  )
+  assert (tmp_path / "run" / "model" / "checkpoints" / "5" / "state").is_dir()
