@@ -37,6 +37,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # Run from a checkout without installing the package.
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+# As the entry points do: XLA:CPU's per-step temporaries stay in the heap
+# (dss_jax/host.py), for both trainers in this process.
+from dss_jax import host  # noqa: E402
+
+host.keep_freed_memory()
+
 import jax  # noqa: E402
 import optax  # noqa: E402
 
