@@ -38,7 +38,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import jax  # noqa: E402
 import optax  # noqa: E402
 
-from dss_jax import partitioning, trainer  # noqa: E402
+from dss_jax import export, partitioning, trainer  # noqa: E402
 from dss_jax.models import t5  # noqa: E402
 
 INPUTS, TARGETS = 512, 128
@@ -161,21 +161,8 @@ def bench_torch(config, batches: list, steps: int, compile_model: bool):
     return None
   torch.manual_seed(0)
   torch.backends.cuda.matmul.allow_tf32 = True
-  hf_config = transformers.T5Config(
-    vocab_size=config.vocab_size,
-    d_model=config.emb_dim,
-    d_kv=config.head_dim,
-    d_ff=config.mlp_dim,
-    num_layers=config.num_encoder_layers,
-    num_decoder_layers=config.num_decoder_layers,
-    num_heads=config.num_heads,
-    feed_forward_proj="gated-gelu",
-    tie_word_embeddings=False,
-    dropout_rate=config.dropout_rate,
-    decoder_start_token_id=0,
-    pad_token_id=0,
-    eos_token_id=1,
-  )
+  # The same mapping as the exported checkpoints (dss_jax.export).
+  hf_config = transformers.T5Config(**export.hf_config(config))
   # CUDA when there is one; the CPU path only smoke-tests this script.
   device = "cuda" if torch.cuda.is_available() else "cpu"
   sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)

@@ -64,7 +64,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dss_jax import losses
+from dss_jax import export, losses
 from dss_jax.models import t5
 
 # Dense peak TFLOP/s by device kind and dtype (vendor datasheets).
@@ -202,20 +202,9 @@ def bench_torch(args: argparse.Namespace) -> dict[str, Any]:
   import transformers
 
   cfg = t5.t5_1_1_config(args.size, dtype=args.dtype)
+  # The same mapping as the exported checkpoints (dss_jax.export).
   hf_cfg = transformers.T5Config(
-    vocab_size=cfg.vocab_size,
-    d_model=cfg.emb_dim,
-    d_kv=cfg.head_dim,
-    d_ff=cfg.mlp_dim,
-    num_layers=cfg.num_encoder_layers,
-    num_decoder_layers=cfg.num_decoder_layers,
-    num_heads=cfg.num_heads,
-    feed_forward_proj="gated-gelu",
-    dropout_rate=0.0,
-    tie_word_embeddings=False,
-    decoder_start_token_id=0,
-    pad_token_id=0,
-    eos_token_id=1,
+    **export.hf_config(dataclasses.replace(cfg, dropout_rate=0.0))
   )
   device = "cuda" if torch.cuda.is_available() else "cpu"
   model = transformers.T5ForConditionalGeneration(hf_cfg).to(device)

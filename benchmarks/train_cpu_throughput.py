@@ -46,7 +46,7 @@ host.keep_freed_memory()
 import jax  # noqa: E402
 import optax  # noqa: E402
 
-from dss_jax import partitioning, trainer  # noqa: E402
+from dss_jax import export, partitioning, trainer  # noqa: E402
 from dss_jax.models import t5  # noqa: E402
 
 BATCH, INPUTS, TARGETS = 8, 256, 128
@@ -107,23 +107,8 @@ def bench_torch(config: t5.T5Config, steps: int) -> float | None:
     return None
   torch.manual_seed(0)
   torch.set_num_threads(os.cpu_count() or 1)
-  hf_config = transformers.T5Config(
-    vocab_size=config.vocab_size,
-    d_model=config.emb_dim,
-    d_kv=config.head_dim,
-    d_ff=config.mlp_dim,
-    num_layers=config.num_encoder_layers,
-    num_decoder_layers=config.num_decoder_layers,
-    num_heads=config.num_heads,
-    feed_forward_proj="gated-gelu",
-    tie_word_embeddings=False,
-    dropout_rate=config.dropout_rate,
-    relative_attention_num_buckets=config.relative_attention_num_buckets,
-    relative_attention_max_distance=config.relative_attention_max_distance,
-    decoder_start_token_id=0,
-    pad_token_id=0,
-    eos_token_id=1,
-  )
+  # The same mapping as the exported checkpoints (dss_jax.export).
+  hf_config = transformers.T5Config(**export.hf_config(config))
   model = transformers.T5ForConditionalGeneration(hf_config).train()
   optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5)
   rng = np.random.RandomState(0)

@@ -25,6 +25,7 @@ The "local" vocabulary is a SentencePiece model trained on the paper data
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import pathlib
 import statistics
@@ -50,7 +51,7 @@ host.keep_freed_memory()
 import jax  # noqa: E402
 import optax  # noqa: E402
 
-from dss_jax import input_pipeline, partitioning, trainer  # noqa: E402
+from dss_jax import export, input_pipeline, partitioning, trainer  # noqa: E402
 from dss_jax.models import t5  # noqa: E402
 
 PACKED_LENGTHS = {"inputs": 256, "targets": 128}
@@ -150,20 +151,9 @@ def bench_official(
     return None
   torch.manual_seed(0)
   torch.set_num_threads(os.cpu_count() or 1)
+  # The same mapping as the exported checkpoints (dss_jax.export).
   hf_config = transformers.T5Config(
-    vocab_size=config.vocab_size,
-    d_model=config.emb_dim,
-    d_kv=config.head_dim,
-    d_ff=config.mlp_dim,
-    num_layers=config.num_encoder_layers,
-    num_decoder_layers=config.num_decoder_layers,
-    num_heads=config.num_heads,
-    feed_forward_proj="gated-gelu",
-    tie_word_embeddings=False,
-    dropout_rate=0.0,
-    decoder_start_token_id=0,
-    pad_token_id=0,
-    eos_token_id=1,
+    **export.hf_config(dataclasses.replace(config, dropout_rate=0.0))
   )
   model = transformers.T5ForConditionalGeneration(hf_config).train()
   optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5)

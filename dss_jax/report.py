@@ -223,6 +223,14 @@ def _pyplot():
   return plt
 
 
+def _save(fig, path: str | pathlib.Path) -> pathlib.Path:
+  """Writes a finished figure to `path` and frees it."""
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  _pyplot().close(fig)
+  return pathlib.Path(path)
+
+
 def plot_accuracy_vs_data(
   summaries: Sequence[Summary],
   path: str | pathlib.Path,
@@ -270,10 +278,7 @@ def plot_accuracy_vs_data(
   ax.set_title(f"{title} ({model_size})".strip() if title else str(model_size))
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return pathlib.Path(path)
+  return _save(fig, path)
 
 
 def plot_accuracy_vs_size(
@@ -337,10 +342,7 @@ def plot_accuracy_vs_size(
   ax.set_title(f"{title} ({name})" if title else name)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return pathlib.Path(path)
+  return _save(fig, path)
 
 
 def plot_accuracy_by_method(
@@ -398,10 +400,7 @@ def plot_accuracy_by_method(
   name = f"{size}, {100 * fraction:g}% data, mean ± s.e. over seeds"
   ax.set_title(f"{title} ({name})" if title else name, fontsize=8)
   ax.grid(alpha=0.3, axis="y")
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return pathlib.Path(path)
+  return _save(fig, path)
 
 
 def _human_params(n: int) -> str:
