@@ -192,3 +192,72 @@ def test_query_scaling_is_folded_into_init():
   ratio = k_std / q_std
   assert abs(ratio - np.sqrt(cfg.head_dim)) < 0.3
   assert abs(k_std - 1 / np.sqrt(cfg.emb_dim)) < 0.01
+
+
+def test_dense_gradients_match_autodiff():
+  """The hand-written dense backward gives autodiff's gradients."""
+  from dss_jax.models import layers
+
+  kx, kk, kg = jax.random.split(jax.random.PRNGKey(3), 3)
+  x = jax.random.normal(kx, (2, 5, 8), jnp.float32)
+  kernel = jax.random.normal(kk, (8, 16), jnp.float32)
+  g = jax.random.normal(kg, (2, 5, 16), jnp.float32)
+
+  def reference(x, kernel, out_dtype):
+    return jnp.einsum(
+      "btd,df->btf", x, kernel, preferred_element_type=out_dtype
+    )
+
+  def grads(f, x, kernel):
+    return jax.grad(lambda x, k: jnp.sum(f(x, k) * g), argnums=(0, 1))(
+      x, kernel
+    )
+
+  # float32 throughout: exactly autodiff's dots.
+  ours = grads(lambda x, k: layers._dense_dot(x, k, None), x, kernel)
+  ref = grads(lambda x, k: reference(x, k, jnp.float32), x, kernel)
+  for a, b in zip(ours, ref, strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+  # bfloat16 inputs with a float32 result (the logits): the float32
+  # cotangent enters the backward matmuls as bfloat16, and the gradients
+  # are autodiff's on the bfloat16-rounded cotangent.
+  xb, kb = x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16)
+  dx, dk = jax.grad(
+    lambda x, k: jnp.sum(layers._dense_dot(x, k, jnp.float32) * g),
+    argnums=(0, 1),
+  )(xb, kb)
+  assert dx.dtype == dk.dtype == jnp.bfloat16
+  # Every matmul, forward and backward, takes bfloat16 operands.
+  jaxpr = jax.make_jaxpr(
+    jax.grad(
+      lambda x, k: jnp.sum(layers._dense_dot(x, k, jnp.float32) * g),
+      argnums=(0, 1),
+    )
+  )(xb, kb)
+  operand_dtypes = [
+    tuple(str(v.aval.dtype) for v in eqn.invars)
+    for eqn in _all_eqns(jaxpr.jaxpr)
+    if eqn.primitive.name == "dot_general"
+  ]
+  assert len(operand_dtypes) >= 3, operand_dtypes
+  assert set(operand_dtypes) == {("bfloat16", "bfloat16")}, operand_dtypes
+  g16 = g.astype(jnp.bfloat16).astype(jnp.float32)
+  x32, k32 = xb.astype(jnp.float32), kb.astype(jnp.float32)
+  np.testing.assert_allclose(
+    dx.astype(jnp.float32), jnp.einsum("btf,df->btd", g16, k32), rtol=2e-2
+  )
+  np.testing.assert_allclose(
+    dk.astype(jnp.float32), jnp.einsum("btd,btf->df", x32, g16), rtol=2e-2
+  )
+
+
+def _all_eqns(jaxpr):
+  """Equations of a jaxpr and of every jaxpr nested in their parameters."""
+  for eqn in jaxpr.eqns:
+    yield eqn
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (list, tuple)) else (param,):
+        inner = getattr(sub, "jaxpr", sub)
+        if hasattr(inner, "eqns"):
+          yield from _all_eqns(inner)

@@ -53,9 +53,9 @@ def _activation(name: str) -> Callable[[Array], Array]:
 def _dense_dot(x: Array, kernel: Array, preferred_element_type: Any) -> Array:
   """`x @ kernel` over the last axis of `x`, with a hand-written backward.
 
-  The gradients are the ones autodiff gives (same dots, precision and
-  dtypes); only the kernel's gradient is written as x^T g in [in, out]
-  order. Autodiff computes it as (g^T x)^T, which XLA:CPU lowers to a
+  The gradients are the ones autodiff gives (same dots and precision, the
+  cotangent taken in the inputs' dtype); only the kernel's gradient is
+  written as x^T g in [in, out] order. Autodiff computes it as (g^T x)^T, which XLA:CPU lowers to a
   transposed copy of g (recomputing its elementwise producers, e.g. the
   GELU backward) feeding a dot YNNPACK does not take: the T5-small MLP
   block's forward and backward took 1.7x longer, a whole training step 1.4x.
@@ -75,6 +75,11 @@ def _dense_dot_fwd(x, kernel, preferred_element_type):
 
 def _dense_dot_bwd(preferred_element_type, residuals, grad):
   x, kernel = residuals
+  # A float32 result (the logits) gets a float32 cotangent; the backward
+  # matmuls take it in the computation dtype, as the forward took its
+  # inputs, so bfloat16 models stay on bfloat16 matrix units (TF32 doubled
+  # the logits' backward time on an H100) with float32 accumulation.
+  grad = grad.astype(x.dtype)
   dx = jax.lax.dot_general(
     grad,
     kernel,
@@ -280,13 +285,15 @@ def _batch_sum(x: Array) -> Array:
     # XLA:CPU hands a reduce over the leading axis to YNNPACK, which runs
     # it ~90x slower than memory speed (18 ms instead of 0.2 ms for the
     # [8, 6, 256, 256] logits of T5 small); a contraction with a ones
-    # vector is a plain matrix-vector product there. It accumulates in
-    # float32, as jnp.sum does for 16-bit inputs.
+    # vector is a plain matrix-vector product there. The ones come first:
+    # [1, b] @ [b, rest] reads x in its own layout, where x first needs a
+    # transposed copy of x (0.76 ms instead of 0.15 ms for those logits).
+    # It accumulates in float32, as jnp.sum does for 16-bit inputs.
     ones = jnp.ones((x.shape[0],), x.dtype)
     total = jnp.einsum(
-      "b...,b->...",
-      x,
+      "b,b...->...",
       ones,
+      x,
       precision=jax.lax.Precision.HIGHEST,
       preferred_element_type=jnp.float32,
     )
