@@ -738,6 +738,7 @@ def main(argv: Sequence[str], grid_defaults: bool = False) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   host.keep_freed_memory()
+  host.add_xla_flag_defaults()
   try:
     config = config_from_flags(grid_defaults)
   except ValueError as e:

@@ -95,5 +95,6 @@ def run(main: Callable[[Sequence[str]], None], what: str) -> None:
   from dss_jax import host
 
   host.keep_freed_memory()
+  host.add_xla_flag_defaults()
   define_gin_flags(what)
   app.run(main, flags_parser=lambda argv: flags.FLAGS(rewrite_gin_args(argv)))

@@ -13,6 +13,14 @@ of system time and 34 s to 28 s of wall time.
     host.keep_freed_memory()   # first thing in an entry point's main
 
 Set DSS_JAX_SYSTEM_MALLOC=1 to keep glibc's defaults.
+
+`add_xla_flag_defaults()` adds the XLA flags this project's models run faster
+with, unless XLA_FLAGS already sets them: on GPUs, no merging of the dots
+that share an operand (attention's query, key and value projections). XLA
+merges them into one matmul and then copies each result out of it, and merges
+their weight gradients after copying the activations' gradients side by side:
+a T5 v1.1 base training step on an H100 spent 3-4 ms of 80 in those copies,
+and the step went from 79.6 to 75.9 ms without the merging.
 """
 
 from __future__ import annotations
@@ -63,3 +71,25 @@ def keep_freed_memory() -> bool:
     )
   )
   return _applied
+
+
+# Flag defaults for XLA_FLAGS; GPU flags are ignored by the other backends.
+XLA_FLAG_DEFAULTS = ("--xla_gpu_dot_merger_threshold_mb=0",)
+
+
+def add_xla_flag_defaults() -> str:
+  """Adds `XLA_FLAG_DEFAULTS` to XLA_FLAGS where it leaves them unset.
+
+  Call it before JAX starts its backends (the first computation); later,
+  XLA has read its flags. A flag the user set keeps the user's value.
+
+  Returns:
+    The resulting XLA_FLAGS.
+  """
+  flags = os.environ.get("XLA_FLAGS", "").split()
+  names = {f.split("=", 1)[0] for f in flags}
+  for flag in XLA_FLAG_DEFAULTS:
+    if flag.split("=", 1)[0] not in names:
+      flags.append(flag)
+  os.environ["XLA_FLAGS"] = " ".join(flags)
+  return os.environ["XLA_FLAGS"]

@@ -25,3 +25,30 @@ def test_opt_out_keeps_glibc_defaults():
     check=True,
   )
   assert out.stdout.strip() == "False"
+
+
+def test_xla_flag_defaults_added_and_user_value_kept(monkeypatch):
+  monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")
+  flags = host.add_xla_flag_defaults().split()
+  assert flags[0] == "--xla_dump_to=/tmp/x"
+  assert set(host.XLA_FLAG_DEFAULTS) <= set(flags)
+  # Idempotent, and the user's own value of a default flag wins.
+  assert host.add_xla_flag_defaults().split() == flags
+  monkeypatch.setenv("XLA_FLAGS", "--xla_gpu_dot_merger_threshold_mb=32")
+  assert host.add_xla_flag_defaults() == "--xla_gpu_dot_merger_threshold_mb=32"
+
+
+def test_xla_accepts_the_flag_defaults():
+  # XLA aborts on a flag it does not know; this backend must start with them.
+  code = (
+    "from dss_jax import host; host.add_xla_flag_defaults();"
+    " import jax.numpy as jnp; print(int(jnp.ones(3).sum()))"
+  )
+  out = subprocess.run(
+    [sys.executable, "-c", code],
+    env={"PATH": "", "JAX_PLATFORMS": "cpu"},
+    capture_output=True,
+    text=True,
+    check=True,
+  )
+  assert out.stdout.strip() == "3"
