@@ -1,6 +1,6 @@
 r"""CPU training throughput: this trainer vs Hugging Face PyTorch T5, and MFU.
 
-    python benchmarks/train_cpu_throughput.py [--steps=4] [--dropout=0.0]
+    python benchmarks/train_cpu_throughput.py [--steps=8] [--dropout=0.0]
 
 Measures in one run, so the machine's drift cancels (the peak is measured
 before and after the trainers):
@@ -73,8 +73,8 @@ def _time_steps(step, steps: int) -> list[float]:
   return times
 
 
-def bench_jax(config: t5.T5Config, steps: int) -> float:
-  """Median seconds per training step of this trainer."""
+def bench_jax(config: t5.T5Config, steps: int) -> list[float]:
+  """Seconds of each timed training step of this trainer."""
   model = t5.Transformer(config)
   mesh = partitioning.make_mesh(devices=jax.devices()[:1])
   tr = trainer.Trainer(
@@ -94,11 +94,11 @@ def bench_jax(config: t5.T5Config, steps: int) -> float:
     jax.block_until_ready(metrics["loss"])
 
   step()  # compile
-  return statistics.median(_time_steps(step, steps))
+  return _time_steps(step, steps)
 
 
-def bench_torch(config: t5.T5Config, steps: int) -> float | None:
-  """Median seconds per training step of HF PyTorch T5, or None."""
+def bench_torch(config: t5.T5Config, steps: int) -> list[float] | None:
+  """Seconds of each timed training step of HF PyTorch T5, or None."""
   try:
     import torch
     import transformers
@@ -123,12 +123,12 @@ def bench_torch(config: t5.T5Config, steps: int) -> float | None:
     optimizer.step()
 
   step()  # warm up the allocator
-  return statistics.median(_time_steps(step, steps))
+  return _time_steps(step, steps)
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--steps", type=int, default=4)
+  parser.add_argument("--steps", type=int, default=8)
   parser.add_argument("--dropout", type=float, default=0.0)
   parser.add_argument("--matmul_size", type=int, default=2048)
   args = parser.parse_args()
@@ -137,8 +137,8 @@ def main() -> None:
   flops = trainer.train_flops_per_step(config, BATCH, INPUTS, TARGETS)
   tokens = BATCH * (INPUTS + TARGETS)
   peak_before = trainer.measure_matmul_flops(args.matmul_size, seconds=3.0)
-  jax_step = bench_jax(config, args.steps)
-  torch_step = bench_torch(config, args.steps)
+  jax_times = bench_jax(config, args.steps)
+  torch_times = bench_torch(config, args.steps)
   peak_after = trainer.measure_matmul_flops(args.matmul_size, seconds=3.0)
   peak = max(peak_before, peak_after)
 
@@ -153,17 +153,24 @@ def main() -> None:
     f"T5 v1.1 small, f32, batch {BATCH}, inputs {INPUTS}, targets {TARGETS},"
     f" AdamW, dropout {args.dropout}: {flops / 1e9:.1f} GFLOP per step"
   )
-  print(f"{'trainer':<24}{'step s':>9}{'tokens/s':>11}{'TFLOP/s':>9}{'MFU':>7}")
-  rows = [("dss_jax (JAX/XLA)", jax_step), ("HF T5 (PyTorch)", torch_step)]
-  for name, seconds in rows:
-    if seconds is None:
+  print(
+    f"{'trainer':<24}{'step s':>9}{'tokens/s':>11}{'TFLOP/s':>9}{'MFU':>7}"
+    "   (median step; fastest-slowest)"
+  )
+  rows = [("dss_jax (JAX/XLA)", jax_times), ("HF T5 (PyTorch)", torch_times)]
+  median = {}
+  for name, times in rows:
+    if times is None:
       continue
+    seconds = median[name] = statistics.median(times)
     print(
       f"{name:<24}{seconds:>9.3f}{tokens / seconds:>11.0f}"
       f"{flops / seconds / 1e12:>9.3f}{flops / seconds / peak:>7.1%}"
+      f"   ({min(times):.3f}-{max(times):.3f} s)"
     )
-  if torch_step is not None:
-    print(f"speedup dss_jax / PyTorch: {torch_step / jax_step:.2f}x")
+  if torch_times is not None:
+    speedup = median["HF T5 (PyTorch)"] / median["dss_jax (JAX/XLA)"]
+    print(f"speedup dss_jax / PyTorch: {speedup:.2f}x")
 
 
 if __name__ == "__main__":
