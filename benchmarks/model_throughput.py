@@ -64,7 +64,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dss_jax import export, losses
+from dss_jax import export, losses, trainer
 from dss_jax.models import t5
 
 # Dense peak TFLOP/s by device kind and dtype (vendor datasheets).
@@ -76,31 +76,6 @@ _PEAKS = {
   ("H100", "float32"): 67.0,
   ("A100", "float32"): 19.5,
 }
-
-
-def model_flops(
-  cfg: t5.T5Config, batch: int, inputs: int, targets: int
-) -> float:
-  """Training FLOPs of one step: 3 x (2 x multiply-adds) of every matmul."""
-  e, hd, m = cfg.emb_dim, cfg.num_heads * cfg.head_dim, cfg.mlp_dim
-  v = cfg.vocab_size
-  gated = len(cfg.mlp_activations)
-  attn_proj = 4 * e * hd
-  mlp = (gated + 1) * e * m
-  enc_tokens, dec_tokens = batch * inputs, batch * targets
-  fwd = 2 * enc_tokens * cfg.num_encoder_layers * (attn_proj + mlp)
-  # Decoder: self-attention and cross-attention projections (cross K/V run
-  # over the encoder tokens), MLP, logits.
-  fwd += (
-    2 * dec_tokens * cfg.num_decoder_layers * (attn_proj + 2 * e * hd + mlp)
-  )
-  fwd += 2 * enc_tokens * cfg.num_decoder_layers * (2 * e * hd)
-  fwd += 2 * dec_tokens * e * v
-  # Attention scores and weighted values: 2 matmuls of q_len x k_len x hd.
-  fwd += 2 * 2 * batch * inputs * inputs * hd * cfg.num_encoder_layers
-  fwd += 2 * 2 * batch * targets * targets * hd * cfg.num_decoder_layers
-  fwd += 2 * 2 * batch * targets * inputs * hd * cfg.num_decoder_layers
-  return 3.0 * fwd
 
 
 def _batch(
@@ -352,7 +327,9 @@ def bench_decode(args: argparse.Namespace) -> None:
 def _report(name, cfg, args, times, extra) -> dict[str, Any]:
   step_s = float(np.median(times))
   tokens = args.batch * (args.inputs + args.targets)
-  flops = model_flops(cfg, args.batch, args.inputs, args.targets)
+  flops = trainer.train_flops_per_step(
+    cfg, args.batch, args.inputs, args.targets
+  )
   kind = jax.devices()[0].device_kind
   peak = args.peak_tflops or next(
     (p for (k, d), p in _PEAKS.items() if k in kind and d == args.dtype), None

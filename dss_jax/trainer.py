@@ -138,10 +138,11 @@ def train_flops_per_step(
   """Model FLOPs of one training step (forward + backward = 3x forward).
 
   Counts every matmul with weights (2 FLOPs per multiply-add, the 6*N*tokens
-  rule split by encoder and decoder tokens), the output projection, and the
+  rule split by the tokens each weight sees: the decoder's cross-attention
+  keys and values project encoder tokens), the output projection, and the
   attention score and value matmuls, on the padded lengths (the work the
-  hardware does). Embedding gathers, norms and softmax are not counted, as in
-  the PaLM MFU definition.
+  hardware does). Embedding gathers, the position-bias lookup, norms and
+  softmax are not counted, as in the PaLM MFU definition.
 
   Args:
     config: a `T5Config` (emb_dim, num_heads, head_dim, mlp_dim, layers,
@@ -155,12 +156,14 @@ def train_flops_per_step(
   """
   d, hd = config.emb_dim, config.num_heads * config.head_dim
   mlp = (len(config.mlp_activations) + 1) * d * config.mlp_dim
-  attn = 4 * d * hd  # query, key, value, out projections
-  enc_weights = config.num_encoder_layers * (attn + mlp)
-  dec_weights = config.num_decoder_layers * (2 * attn + mlp)
-  logits = d * config.vocab_size
+  proj = d * hd  # one of the query, key, value and out projections
   li, lt = inputs_length, targets_length
-  forward = 2 * (li * enc_weights + lt * (dec_weights + logits))
+  enc = config.num_encoder_layers * li * (4 * proj + mlp)
+  # Decoder tokens: self-attention's 4 projections, cross-attention's query
+  # and out, the MLP; encoder tokens: cross-attention's key and value.
+  dec = config.num_decoder_layers * (lt * (6 * proj + mlp) + li * 2 * proj)
+  logits = lt * d * config.vocab_size
+  forward = 2 * (enc + dec + logits)
   # Scores q.k and the weighted sum of values: 2 matmuls of 2*L_q*L_k*hd.
   forward += 4 * hd * config.num_encoder_layers * li * li
   forward += 4 * hd * config.num_decoder_layers * (lt * lt + lt * li)
