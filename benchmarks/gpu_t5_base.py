@@ -19,22 +19,23 @@ next); the median of 3 windows of `--steps` steps is reported. Examples have
 random lengths (inputs 64..512, targets 8..128, uniform), the same for every
 trainer, so "real tok/s" (non-padding input + target tokens per second) shows
 what packing buys; "tok/s" counts padded positions. MFU = model FLOPs of the
-padded batch (`dss_jax.trainer.train_flops_per_step`) per second over the
+padded batch (`dss_jax.flops.train_flops_per_step`) per second over the
 chip's dense bf16 datasheet peak (989 TFLOP/s for H100/H200 SXM; override
 with --peak_tflops); "MFU/meas" is over a bf16 8192^3 matmul measured on the
 card in the same process. `--profile_dir` traces 3 steps of each dss_jax row
 and prints GPU kernel time by class and the 30 costliest kernels.
 
 Measured 2026-11-26 on one NVIDIA H100 80GB HBM3 (jax 0.11.2, flax 0.12.10,
-torch 2.11.0+cu130), 25.91 TFLOP of model math per step, bf16 matmul measured
-at 784-794 TFLOP/s:
+torch 2.11.0+cu130), 28.00 TFLOP of model math per step, bf16 matmul measured
+at 784-794 TFLOP/s (the runs printed 25.91 TFLOP, a count that took the
+cross-attention keys and values over decoder tokens; recomputed here):
 
     row (packing off)                        step ms  TFLOP/s    MFU  MFU/meas
-    dss_jax, cuDNN attention                    75.9    341.3  34.5%     43.5%
-      the same with XLA's dot merging           79.6    325.5  32.9%     41.4%
-      the same, earlier version (a)             86.4    299.8  30.3%         -
-    dss_jax, XLA attention, earlier (a)        127.0    204.0  20.6%         -
-    HF T5 PyTorch                              376.5     68.8   7.0%      8.8%
+    dss_jax, cuDNN attention                    75.9    368.9  37.3%     47.0%
+      the same with XLA's dot merging           79.6    351.8  35.6%     44.8%
+      the same, earlier version (a)             86.4    324.1  32.8%     40.8%
+    dss_jax, XLA attention, earlier (a)        127.0    220.5  22.3%     27.8%
+    HF T5 PyTorch                              376.5     74.4   7.5%      9.5%
 
   (a) the previous version of this script, which synchronized after every
       step, with the logits' backward matmuls still in TF32.
@@ -78,6 +79,7 @@ import jax  # noqa: E402
 import optax  # noqa: E402
 
 from dss_jax import export, partitioning, trainer  # noqa: E402
+from dss_jax.flops import peak_flops_per_second, train_flops_per_step  # noqa: E402
 from dss_jax.models import t5  # noqa: E402
 
 INPUTS, TARGETS = 512, 128
@@ -417,9 +419,9 @@ def main() -> None:
   peak = (
     args.peak_tflops * 1e12 * jax.device_count()
     if args.peak_tflops
-    else trainer.peak_flops_per_second()
+    else peak_flops_per_second()
   )
-  flops = trainer.train_flops_per_step(config, args.batch, INPUTS, TARGETS)
+  flops = train_flops_per_step(config, args.batch, INPUTS, TARGETS)
   tokens = args.batch * (INPUTS + TARGETS)
   measured = 0.0
   if jax.devices()[0].platform == "gpu":

@@ -64,7 +64,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dss_jax import export, losses, trainer
+from dss_jax import export, losses
+from dss_jax.flops import train_flops_per_step
 from dss_jax.models import t5
 
 # Dense peak TFLOP/s by device kind and dtype (vendor datasheets).
@@ -327,9 +328,7 @@ def bench_decode(args: argparse.Namespace) -> None:
 def _report(name, cfg, args, times, extra) -> dict[str, Any]:
   step_s = float(np.median(times))
   tokens = args.batch * (args.inputs + args.targets)
-  flops = trainer.train_flops_per_step(
-    cfg, args.batch, args.inputs, args.targets
-  )
+  flops = train_flops_per_step(cfg, args.batch, args.inputs, args.targets)
   kind = jax.devices()[0].device_kind
   peak = args.peak_tflops or next(
     (p for (k, d), p in _PEAKS.items() if k in kind and d == args.dtype), None

@@ -36,6 +36,12 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from dss_jax import losses, optimizers
+from dss_jax.flops import (  # noqa: F401  (the trainer's API too)
+  PEAK_FLOPS_BY_DEVICE_KIND,
+  measure_matmul_flops,
+  peak_flops_per_second,
+  train_flops_per_step,
+)
 
 Array = jax.Array
 PyTree = Any
@@ -45,23 +51,6 @@ Batch = Mapping[str, Array]
 LOSS_NORMALIZATIONS = {
   "AVERAGE_PER_SEQUENCE": "per_sequence",
   "NUM_REAL_TARGET_TOKENS": "tokens",
-}
-
-# Peak dense bfloat16 FLOP/s per chip, for MFU on accelerators (vendor
-# datasheets; H100/H200 SXM dense, TPU per chip). CPUs are measured instead.
-PEAK_FLOPS_BY_DEVICE_KIND = {
-  "NVIDIA H100 80GB HBM3": 989e12,
-  "NVIDIA H100": 989e12,
-  "NVIDIA H200": 989e12,
-  "NVIDIA A100-SXM4-80GB": 312e12,
-  "NVIDIA A100-SXM4-40GB": 312e12,
-  "TPU v4": 275e12,
-  "TPU v5 lite": 197e12,
-  "TPU v5e": 197e12,
-  "TPU v5p": 459e12,
-  "TPU v5": 459e12,
-  "TPU v6 lite": 918e12,
-  "TPU v6e": 918e12,
 }
 
 _BATCH_AXES = ("batch", "length")
@@ -125,105 +114,6 @@ class LossConfig:
         f"LOSS_NORMALIZING_FACTOR must be one of "
         f"{sorted(LOSS_NORMALIZATIONS)}, got {self.normalizing_factor!r}"
       )
-
-
-# ----------------------------------------------------------------------------
-# FLOPs and MFU.
-# ----------------------------------------------------------------------------
-
-
-def train_flops_per_step(
-  config: Any, batch_size: int, inputs_length: int, targets_length: int
-) -> float:
-  """Model FLOPs of one training step (forward + backward = 3x forward).
-
-  Counts every matmul with weights (2 FLOPs per multiply-add, the 6*N*tokens
-  rule split by the tokens each weight sees: the decoder's cross-attention
-  keys and values project encoder tokens), the output projection, and the
-  attention score and value matmuls, on the padded lengths (the work the
-  hardware does). Embedding gathers, the position-bias lookup, norms and
-  softmax are not counted, as in the PaLM MFU definition.
-
-  Args:
-    config: a `T5Config` (emb_dim, num_heads, head_dim, mlp_dim, layers,
-      vocab_size, mlp_activations).
-    batch_size: global rows per step.
-    inputs_length: encoder length.
-    targets_length: decoder length.
-
-  Returns:
-    FLOPs per training step.
-  """
-  d, hd = config.emb_dim, config.num_heads * config.head_dim
-  mlp = (len(config.mlp_activations) + 1) * d * config.mlp_dim
-  proj = d * hd  # one of the query, key, value and out projections
-  li, lt = inputs_length, targets_length
-  enc = config.num_encoder_layers * li * (4 * proj + mlp)
-  # Decoder tokens: self-attention's 4 projections, cross-attention's query
-  # and out, the MLP; encoder tokens: cross-attention's key and value.
-  dec = config.num_decoder_layers * (lt * (6 * proj + mlp) + li * 2 * proj)
-  logits = lt * d * config.vocab_size
-  forward = 2 * (enc + dec + logits)
-  # Scores q.k and the weighted sum of values: 2 matmuls of 2*L_q*L_k*hd.
-  forward += 4 * hd * config.num_encoder_layers * li * li
-  forward += 4 * hd * config.num_decoder_layers * (lt * lt + lt * li)
-  return 3.0 * forward * batch_size
-
-
-def measure_matmul_flops(size: int = 2048, seconds: float = 2.0) -> float:
-  """Measured float32 matmul FLOP/s of the first device (the CPU's peak).
-
-  Args:
-    size: side of the square matrices.
-    seconds: roughly how long to measure.
-
-  Returns:
-    FLOP/s of the best of a few timed repetitions.
-  """
-  x = jax.device_put(
-    jax.random.normal(jax.random.PRNGKey(0), (size, size), jnp.float32),
-    jax.devices()[0],
-  )
-
-  @jax.jit
-  def chain(a):
-    # Four dependent matmuls per call amortize the dispatch overhead.
-    for _ in range(4):
-      a = a @ x * (1.0 / size)
-    return a
-
-  chain(x).block_until_ready()
-  best, deadline = 0.0, time.perf_counter() + seconds
-  while time.perf_counter() < deadline:
-    start = time.perf_counter()
-    chain(x).block_until_ready()
-    elapsed = time.perf_counter() - start
-    best = max(best, 4 * 2 * size**3 / elapsed)
-  return best
-
-
-def peak_flops_per_second(peak_flops: float | None = None) -> float:
-  """Peak FLOP/s of all devices: given, from the device table, or measured.
-
-  Args:
-    peak_flops: per-device peak to use as is; None looks the device kind up,
-      and on CPU measures a float32 matmul (all fake CPU devices share the
-      same cores, so the CPU peak is not multiplied by the device count).
-
-  Returns:
-    FLOP/s of the whole job.
-  """
-  device = jax.devices()[0]
-  count = jax.device_count()
-  if peak_flops is not None:
-    return peak_flops * (1 if device.platform == "cpu" else count)
-  if device.platform == "cpu":
-    return measure_matmul_flops()
-  for kind, flops in PEAK_FLOPS_BY_DEVICE_KIND.items():
-    if device.device_kind.startswith(kind):
-      return flops * count
-  logging.warning("unknown device %s: MFU not reported", device.device_kind)
-  return float("nan")
 
 
 # ----------------------------------------------------------------------------
