@@ -66,3 +66,20 @@ def clear_seqio_registry():
     seqio.MixtureRegistry.remove(name)
   for name in set(seqio.TaskRegistry.names()) - tasks:
     seqio.TaskRegistry.remove(name)
+
+
+def _jaxpr_eqns(jaxpr):
+  """Equations of a jaxpr and of every jaxpr nested in their parameters."""
+  for eqn in jaxpr.eqns:
+    yield eqn
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (list, tuple)) else (param,):
+        inner = getattr(sub, "jaxpr", sub)
+        if hasattr(inner, "eqns"):
+          yield from _jaxpr_eqns(inner)
+
+
+@pytest.fixture
+def jaxpr_eqns():
+  """`jaxpr_eqns(jaxpr)` walks a jaxpr's equations, nested ones included."""
+  return _jaxpr_eqns

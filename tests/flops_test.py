@@ -8,7 +8,7 @@ from dss_jax import flops
 from dss_jax.models import t5
 
 
-def test_flops_per_step_counts_every_model_matmul():
+def test_flops_per_step_counts_every_model_matmul(jaxpr_eqns):
   """The MFU numerator equals 3x the forward's matmul FLOPs, counted from
   the model's own dot_generals (the position bias's one-hot lookup aside).
   Unequal encoder and decoder lengths catch a projection counted over the
@@ -24,7 +24,7 @@ def test_flops_per_step_counts_every_model_matmul():
   params = model.init(jax.random.PRNGKey(0), **tokens)["params"]
   jaxpr = jax.make_jaxpr(lambda p: model.apply({"params": p}, **tokens))(params)
   counted = 0
-  for eqn in _all_eqns(jaxpr.jaxpr):
+  for eqn in jaxpr_eqns(jaxpr.jaxpr):
     if eqn.primitive.name != "dot_general":
       continue
     shapes = [v.aval.shape for v in eqn.invars]
@@ -34,17 +34,6 @@ def test_flops_per_step_counts_every_model_matmul():
     k = int(np.prod([shapes[0][i] for i in contracting]))
     counted += 2 * k * int(np.prod(eqn.outvars[0].aval.shape))
   assert flops.train_flops_per_step(cfg, batch, inputs, targets) == 3 * counted
-
-
-def _all_eqns(jaxpr):
-  """Equations of a jaxpr and of every jaxpr nested in their parameters."""
-  for eqn in jaxpr.eqns:
-    yield eqn
-    for param in eqn.params.values():
-      for sub in param if isinstance(param, (list, tuple)) else (param,):
-        inner = getattr(sub, "jaxpr", sub)
-        if hasattr(inner, "eqns"):
-          yield from _all_eqns(inner)
 
 
 def test_a_given_cpu_peak_counts_once_for_all_fake_devices():

@@ -15,16 +15,21 @@ def test_applied_on_linux_and_idempotent():
   assert host.keep_freed_memory()
 
 
-def test_opt_out_keeps_glibc_defaults():
-  code = "from dss_jax import host; print(host.keep_freed_memory())"
+def _python(code: str, **env: str) -> str:
+  """Runs `code` in a fresh interpreter with only `env`; its stdout."""
   out = subprocess.run(
     [sys.executable, "-c", code],
-    env={"DSS_JAX_SYSTEM_MALLOC": "1", "PATH": ""},
+    env={"PATH": "", **env},
     capture_output=True,
     text=True,
     check=True,
   )
-  assert out.stdout.strip() == "False"
+  return out.stdout.strip()
+
+
+def test_opt_out_keeps_glibc_defaults():
+  code = "from dss_jax import host; print(host.keep_freed_memory())"
+  assert _python(code, DSS_JAX_SYSTEM_MALLOC="1") == "False"
 
 
 def test_xla_flag_defaults_added_and_user_value_kept(monkeypatch):
@@ -44,11 +49,4 @@ def test_xla_accepts_the_flag_defaults():
     "from dss_jax import host; host.add_xla_flag_defaults();"
     " import jax.numpy as jnp; print(int(jnp.ones(3).sum()))"
   )
-  out = subprocess.run(
-    [sys.executable, "-c", code],
-    env={"PATH": "", "JAX_PLATFORMS": "cpu"},
-    capture_output=True,
-    text=True,
-    check=True,
-  )
-  assert out.stdout.strip() == "3"
+  assert _python(code, JAX_PLATFORMS="cpu") == "3"

@@ -194,7 +194,7 @@ def test_query_scaling_is_folded_into_init():
   assert abs(k_std - 1 / np.sqrt(cfg.emb_dim)) < 0.01
 
 
-def test_dense_gradients_match_autodiff():
+def test_dense_gradients_match_autodiff(jaxpr_eqns):
   """The hand-written dense backward gives autodiff's gradients."""
   from dss_jax.models import layers
 
@@ -237,7 +237,7 @@ def test_dense_gradients_match_autodiff():
   )(xb, kb)
   operand_dtypes = [
     tuple(str(v.aval.dtype) for v in eqn.invars)
-    for eqn in _all_eqns(jaxpr.jaxpr)
+    for eqn in jaxpr_eqns(jaxpr.jaxpr)
     if eqn.primitive.name == "dot_general"
   ]
   assert len(operand_dtypes) >= 3, operand_dtypes
@@ -250,14 +250,3 @@ def test_dense_gradients_match_autodiff():
   np.testing.assert_allclose(
     dk.astype(jnp.float32), jnp.einsum("btd,btf->df", x32, g16), rtol=2e-2
   )
-
-
-def _all_eqns(jaxpr):
-  """Equations of a jaxpr and of every jaxpr nested in their parameters."""
-  for eqn in jaxpr.eqns:
-    yield eqn
-    for param in eqn.params.values():
-      for sub in param if isinstance(param, (list, tuple)) else (param,):
-        inner = getattr(sub, "jaxpr", sub)
-        if hasattr(inner, "eqns"):
-          yield from _all_eqns(inner)
