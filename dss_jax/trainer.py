@@ -35,7 +35,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from dss_jax import losses, optimizers
+from dss_jax import losses, optimizers, partitioning
 from dss_jax.flops import (  # noqa: F401  (the trainer's API too)
   PEAK_FLOPS_BY_DEVICE_KIND,
   measure_matmul_flops,
@@ -121,14 +121,6 @@ class LossConfig:
 # ----------------------------------------------------------------------------
 
 
-def _logical_param_axes(model: nn.Module, params: PyTree) -> PyTree:
-  from dss_jax.models import t5
-
-  if isinstance(model, t5.Transformer):
-    return t5.get_logical_axes(params)
-  return nn.get_partition_spec(params)
-
-
 class Trainer:
   """Builds the sharded, jitted init and train step for one model.
 
@@ -191,32 +183,21 @@ class Trainer:
   def abstract_state(self, batch: Mapping[str, Any]) -> TrainState:
     """Shapes, dtypes and shardings of the state, without allocating it."""
     params = jax.eval_shape(self._init_params, jax.random.PRNGKey(0), batch)
-    axes = _logical_param_axes(self.model, params)
-    param_shardings = nn.logical_to_mesh_sharding(axes, self.mesh, self.rules)
     opt_state = jax.eval_shape(self.optimizer.init, params)
-    replicated = NamedSharding(self.mesh, PartitionSpec())
-
-    # Moments shaped like their parameter share its sharding; scalars and
-    # factored (Adafactor) moments are replicated.
-    def opt_sharding(leaf, param, sharding):
-      return sharding if leaf.shape == param.shape else replicated
-
-    opt_shardings = optax.tree_map_params(
-      self.optimizer,
-      opt_sharding,
-      opt_state,
-      params,
-      param_shardings,
-      transform_non_params=lambda _: replicated,
+    # Moments get their parameter's sharding (matched by path); scalars and
+    # factored moments, and dims a mesh axis does not divide, are replicated.
+    shardings = partitioning.tree_shardings(
+      {"params": params, "opt_state": opt_state}, self.mesh, self.rules
     )
+    replicated = NamedSharding(self.mesh, PartitionSpec())
 
     def with_sharding(x, s):
       return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
 
     return TrainState(
       step=jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated),
-      params=jax.tree.map(with_sharding, params, param_shardings),
-      opt_state=jax.tree.map(with_sharding, opt_state, opt_shardings),
+      params=jax.tree.map(with_sharding, params, shardings["params"]),
+      opt_state=jax.tree.map(with_sharding, opt_state, shardings["opt_state"]),
       rng=jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=replicated),
     )
 
@@ -250,8 +231,9 @@ class Trainer:
         rng=train_rng,
       )
 
-    with self.mesh:
-      return jax.jit(init, out_shardings=shardings)(init_rng, train_rng, params)
+    return partitioning.sharded_jit(
+      init, self.mesh, self.rules, out_shardings=shardings
+    )(init_rng, train_rng, params)
 
   # -- the step --------------------------------------------------------------
 
@@ -340,14 +322,15 @@ class Trainer:
     if self._train_step is None:
       state_shardings = jax.tree.map(lambda x: x.sharding, state)
       batch_shardings = jax.tree.map(lambda _: self.batch_sharding(), batch)
-      self._train_step = jax.jit(
+      self._train_step = partitioning.sharded_jit(
         self._step,
+        self.mesh,
+        self.rules,
         in_shardings=(state_shardings, batch_shardings),
         out_shardings=(state_shardings, None),
         donate_argnums=(0,),
       )
-    with self.mesh, nn.logical_axis_rules(self.rules):
-      return self._train_step(state, batch)
+    return self._train_step(state, batch)
 
   def device_batch(self, batch: Mapping[str, np.ndarray]) -> dict[str, Array]:
     """Places this host's numpy batch as global arrays on the mesh."""

@@ -270,3 +270,26 @@ def test_sharded_training_on_8_devices_logs_per_task_losses(tmp_path):
   assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, "model")
   events = list((tmp_path / "train").glob("events.out.tfevents.*"))
   assert events, "no TensorBoard event file written"
+
+
+def test_a_model_axis_wider_than_the_heads_replicates_them():
+  """tiny has 4 heads: on a model axis of 8 the heads-sharded position-bias
+  table (and its moments) cannot be split, so it is replicated, and the
+  state still initializes and trains."""
+  model, _ = t5.make_test_model()
+  assert model.config.num_heads == 4
+  tr = trainer.Trainer(
+    model,
+    optax.adamw(1e-3),
+    partitioning.make_mesh(data=1, model=8),
+    partitioning.STANDARD_LOGICAL_AXIS_RULES,
+    dropout=False,
+  )
+  batch = tr.device_batch(_batch([1] * 8))
+  state = tr.init_state(jax.random.PRNGKey(0), batch)
+  table = state.params["encoder"]["relpos_bias"]["rel_embedding"]
+  assert table.sharding.is_fully_replicated
+  kernel = state.params["encoder"]["layers_0"]["mlp"]["wi_0"]["kernel"]
+  assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, "model")
+  state, metrics = tr.train_step(state, batch)
+  assert np.isfinite(float(metrics["loss"]))
