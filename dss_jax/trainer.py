@@ -597,13 +597,10 @@ def train(
 def _mesh_and_rules(
   mesh: Mesh | None, rules: Sequence[tuple[str, Any]] | None
 ) -> tuple[Mesh, Sequence[tuple[str, Any]]]:
-  if mesh is None or rules is None:
-    from dss_jax import partitioning
-
-    mesh = mesh if mesh is not None else partitioning.make_mesh()
-    rules = (
-      rules if rules is not None else partitioning.STANDARD_LOGICAL_AXIS_RULES
-    )
+  if mesh is None:
+    mesh = partitioning.make_mesh()
+  if rules is None:
+    rules = partitioning.STANDARD_LOGICAL_AXIS_RULES
   return mesh, rules
 
 

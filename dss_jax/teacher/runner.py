@@ -252,17 +252,7 @@ class _Run:
     # call counts as done only once its line is durable.
     await asyncio.to_thread(
       self.store.append,
-      store_lib.CompletionRecord(
-        id=request.example_id,
-        prompt_hash=request.prompt_hash,
-        teacher=self.backend.name,
-        sample=request.sample,
-        completion=completion.text,
-        split=request.split,
-        finish_reason=completion.finish_reason,
-        input_tokens=completion.input_tokens,
-        output_tokens=completion.output_tokens,
-      ),
+      store_lib.CompletionRecord.of(request, completion, self.backend.name),
     )
     self.request_errors_in_a_row = 0
     stats = self.stats

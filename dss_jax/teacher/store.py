@@ -60,6 +60,24 @@ class CompletionRecord:
     return RecordKey(self.id, self.prompt_hash, self.teacher, self.sample)
 
   @classmethod
+  def of(
+    cls, request: Any, completion: Any, teacher: str
+  ) -> "CompletionRecord":
+    """The record of a `prompts.TeacherRequest` answered by a backend's
+    `base.Completion` (text, finish reason, token counts)."""
+    return cls(
+      id=request.example_id,
+      prompt_hash=request.prompt_hash,
+      teacher=teacher,
+      sample=request.sample,
+      completion=completion.text,
+      split=request.split,
+      finish_reason=completion.finish_reason,
+      input_tokens=completion.input_tokens,
+      output_tokens=completion.output_tokens,
+    )
+
+  @classmethod
   def from_json(cls, data: dict[str, Any]) -> "CompletionRecord":
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in data.items() if k in names})

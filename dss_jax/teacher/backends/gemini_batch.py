@@ -116,19 +116,7 @@ def _store_answers(
       stats.failed += 1
       continue
     completion = gemini.completion_from_response(item.response)
-    store.append(
-      store_lib.CompletionRecord(
-        id=request.example_id,
-        prompt_hash=request.prompt_hash,
-        teacher=teacher,
-        sample=request.sample,
-        completion=completion.text,
-        split=request.split,
-        finish_reason=completion.finish_reason,
-        input_tokens=completion.input_tokens,
-        output_tokens=completion.output_tokens,
-      )
-    )
+    store.append(store_lib.CompletionRecord.of(request, completion, teacher))
     stats.completed += 1
     stats.input_tokens += completion.input_tokens
     stats.output_tokens += completion.output_tokens
