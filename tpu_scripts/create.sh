@@ -32,10 +32,6 @@ while [[ $# -gt 0 ]]; do
     --version=*) RUNTIME=${1#*=} ;;
     --spot) CAPACITY=(--spot) ;;
     --reserved) CAPACITY=(--reserved) ;;
-    -h | --help)
-      sed -n '2,/^$/s/^# \{0,1\}//p' "$0"
-      exit 0
-      ;;
     *) tpu::die "unknown flag $1" ;;
   esac
   shift

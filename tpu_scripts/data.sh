@@ -32,10 +32,6 @@ while [[ $# -gt 0 ]]; do
     --source=*) SOURCE=${1#*=} ;;
     --local-dir=*) LOCAL_DIR=${1#*=} ;;
     --python=*) PYTHON=${1#*=} ;;
-    -h | --help)
-      sed -n '2,/^$/s/^# \{0,1\}//p' "$0"
-      exit 0
-      ;;
     *) tpu::die "unknown flag $1" ;;
   esac
   shift

@@ -16,10 +16,6 @@ while [[ $# -gt 0 ]]; do
     continue
   fi
   case "$1" in
-    -h | --help)
-      sed -n '2,/^$/s/^# \{0,1\}//p' "$0"
-      exit 0
-      ;;
     *) tpu::die "unknown flag $1" ;;
   esac
 done

@@ -38,10 +38,6 @@ while [[ $# -gt 0 ]]; do
     --extras=*) EXTRAS=${1#*=} ;;
     --git-url=*) GIT_URL=${1#*=} ;;
     --git-ref=*) GIT_REF=${1#*=} ;;
-    -h | --help)
-      sed -n '2,/^$/s/^# \{0,1\}//p' "$0"
-      exit 0
-      ;;
     *) tpu::die "unknown flag $1" ;;
   esac
   shift

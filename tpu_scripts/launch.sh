@@ -65,10 +65,6 @@ while [[ $# -gt 0 ]]; do
       EXTRA=("$@")
       break
       ;;
-    -h | --help)
-      sed -n '2,/^$/s/^# \{0,1\}//p' "$0"
-      exit 0
-      ;;
     *) tpu::die "unknown flag $1" ;;
   esac
   shift

@@ -71,6 +71,11 @@ tpu::scope_flags() {
 tpu::parse_common() {
   SHIFT=1
   case "$1" in
+    -h | --help)
+      # The calling script's header comment is its usage.
+      sed -n '2,/^$/s/^# \{0,1\}//p' "$0"
+      exit 0
+      ;;
     --dry-run) DRY_RUN=1 ;;
     --queued) QUEUED=1 ;;
     --name=* | --zone=* | --project=*)

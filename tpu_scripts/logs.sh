@@ -20,10 +20,6 @@ while [[ $# -gt 0 ]]; do
   case "$1" in
     --run-name=*) RUN_NAME=${1#*=} ;;
     --worker=*) WORKER=${1#*=} ;;
-    -h | --help)
-      sed -n '2,/^$/s/^# \{0,1\}//p' "$0"
-      exit 0
-      ;;
     *) tpu::die "unknown flag $1" ;;
   esac
   shift
