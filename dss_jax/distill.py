@@ -490,9 +490,6 @@ class Pipeline:
       checkpoint_period=config.train_steps,
       keep_checkpoints=1,
       log_period=max(1, config.train_steps // 10),
-      # A fixed number skips the trainer's matmul benchmark on CPU; MFU is
-      # beside the point here.
-      peak_flops=1e12,
       progress_bar=config.progress,
     )
     train_seconds = time.monotonic() - start

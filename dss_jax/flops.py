@@ -7,6 +7,7 @@ float32 matmul measured on the spot (`measure_matmul_flops`).
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from typing import Any
@@ -102,13 +103,20 @@ def measure_matmul_flops(size: int = 2048, seconds: float = 2.0) -> float:
   return best
 
 
+@functools.cache
+def _measured_cpu_peak() -> float:
+  # 2-3 s; a job that trains several models (the distill grid) pays it once.
+  return measure_matmul_flops()
+
+
 def peak_flops_per_second(peak_flops: float | None = None) -> float:
   """Peak FLOP/s of all devices: given, from the device table, or measured.
 
   Args:
     peak_flops: per-device peak to use as is; None looks the device kind up,
-      and on CPU measures a float32 matmul (all fake CPU devices share the
-      same cores, so the CPU peak is not multiplied by the device count).
+      and on CPU measures a float32 matmul, once per process (all fake CPU
+      devices share the same cores, so the CPU peak is not multiplied by the
+      device count).
 
   Returns:
     FLOP/s of the whole job.
@@ -118,7 +126,7 @@ def peak_flops_per_second(peak_flops: float | None = None) -> float:
   if peak_flops is not None:
     return peak_flops * (1 if device.platform == "cpu" else count)
   if device.platform == "cpu":
-    return measure_matmul_flops()
+    return _measured_cpu_peak()
   for kind, flops in PEAK_FLOPS_BY_DEVICE_KIND.items():
     if device.device_kind.startswith(kind):
       return flops * count

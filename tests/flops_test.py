@@ -45,3 +45,20 @@ def test_a_given_cpu_peak_counts_once_for_all_fake_devices():
 def test_measured_cpu_matmul_rate_is_positive_and_finite():
   rate = flops.measure_matmul_flops(size=128, seconds=0.2)
   assert np.isfinite(rate) and rate > 0
+
+
+def test_the_cpu_peak_is_measured_once_per_process(monkeypatch):
+  calls = []
+
+  def measure(*args, **kwargs):
+    calls.append(1)
+    return 4.5e11
+
+  monkeypatch.setattr(flops, "measure_matmul_flops", measure)
+  flops._measured_cpu_peak.cache_clear()
+  try:
+    assert flops.peak_flops_per_second() == 4.5e11
+    assert flops.peak_flops_per_second() == 4.5e11
+    assert len(calls) == 1
+  finally:
+    flops._measured_cpu_peak.cache_clear()
