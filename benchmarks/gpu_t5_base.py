@@ -189,6 +189,7 @@ def profile_steps(tr, state, batches: list, label: str, out_dir: str):
   from jax.profiler import ProfileData
 
   slug = "".join(c if c.isalnum() else "_" for c in label)
+  pathlib.Path(out_dir).mkdir(parents=True, exist_ok=True)
   trace_dir = pathlib.Path(out_dir) / f"trace_{slug}"
   lowered = tr._train_step.lower(state, batches[0])  # noqa: SLF001
   (pathlib.Path(out_dir) / f"hlo_{slug}.txt").write_text(
