@@ -1,7 +1,8 @@
 """Training-step throughput and MFU of the T5 student, beside HF's PyTorch T5.
 
-Times one optimizer step (forward, backward, AdamW) of `dss_jax.models.t5`
-at a fixed batch shape, with and without packing masks, and the same step of
+Times one optimizer step (forward, backward, AdamW) of `dss_jax.trainer.Trainer`
+on model variants (attention, remat, scan, float32 logits) at a fixed batch
+shape, with and without packing masks, and the same step of
 Hugging Face transformers' `T5ForConditionalGeneration` (the official
 implementation's stack) on the same device, configuration and optimizer.
 
@@ -64,7 +65,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dss_jax import export, losses
+from dss_jax import export, losses, partitioning, trainer
 from dss_jax.flops import train_flops_per_step
 from dss_jax.models import t5
 
@@ -112,50 +113,38 @@ def bench_jax(args: argparse.Namespace, packed: bool) -> dict[str, Any]:
     float32_attention_logits=args.f32_attention_logits,
     attention_impl=args.attention,
   )
-  model = t5.Transformer(cfg)
-  # numpy init: XLA compiles per-parameter RNG slowly, and the values do
-  # not change the step time.
-  params = t5.make_test_params(cfg)
-  optimizer = optax.adamw(5e-5)
-  opt_state = optimizer.init(params)
-  batch = jax.device_put(
-    _batch(args.batch, args.inputs, args.targets, cfg.vocab_size, packed)
+  # The trainer's own step (the one `python -m dss_jax.train` runs), on one
+  # device. numpy init: XLA compiles per-parameter RNG slowly, and the
+  # values do not change the step time.
+  tr = trainer.Trainer(
+    t5.Transformer(cfg),
+    optax.adamw(5e-5),
+    partitioning.make_mesh(devices=jax.devices()[:1]),
+    partitioning.STANDARD_LOGICAL_AXIS_RULES,
+    dropout=False,
   )
-
-  def step(params, opt_state, batch):
-    def loss_fn(p):
-      logits = model.apply(
-        {"params": p},
-        batch["encoder_input_tokens"],
-        batch["decoder_input_tokens"],
-        batch["decoder_target_tokens"],
-        encoder_segment_ids=batch.get("encoder_segment_ids"),
-        decoder_segment_ids=batch.get("decoder_segment_ids"),
-        enable_dropout=False,
-      )
-      return losses.cross_entropy_loss(
-        logits,
-        batch["decoder_target_tokens"],
-        segment_ids=batch.get("decoder_segment_ids"),
-      )[0]
-
-    loss, grads = jax.value_and_grad(loss_fn)(params)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
-
-  jitted = jax.jit(step, donate_argnums=(0, 1))
+  host = _batch(args.batch, args.inputs, args.targets, cfg.vocab_size, packed)
+  host["decoder_loss_weights"] = np.ones_like(host["decoder_target_tokens"])
+  batch = tr.device_batch(host)
+  state = tr.init_state(
+    jax.random.PRNGKey(0),
+    batch,
+    params=jax.device_put(t5.make_test_params(cfg)),
+  )
   t0 = time.perf_counter()
-  compiled = jitted.lower(params, opt_state, batch).compile()
+  state, metrics = tr.train_step(state, batch)  # compiles
+  jax.block_until_ready(metrics["loss"])
   compile_s = time.perf_counter() - t0
   for _ in range(args.warmup):
-    params, opt_state, loss = compiled(params, opt_state, batch)
-  jax.block_until_ready(loss)
+    state, metrics = tr.train_step(state, batch)
+  jax.block_until_ready(metrics["loss"])
   times = []
   for _ in range(args.steps):
     t0 = time.perf_counter()
-    params, opt_state, loss = compiled(params, opt_state, batch)
-    jax.block_until_ready(loss)
+    state, metrics = tr.train_step(state, batch)
+    jax.block_until_ready(metrics["loss"])
     times.append(time.perf_counter() - t0)
+  loss = metrics["loss"]
   return _report(
     "jax",
     cfg,
