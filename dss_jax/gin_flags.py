@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util  # noqa: F401
 import os
 import pathlib
+import sys
 from collections.abc import Callable, Sequence
 
 import gin
@@ -98,3 +99,16 @@ def run(main: Callable[[Sequence[str]], None], what: str) -> None:
   host.add_xla_flag_defaults()
   define_gin_flags(what)
   app.run(main, flags_parser=lambda argv: flags.FLAGS(rewrite_gin_args(argv)))
+
+
+def cli_main(
+  cli: Callable[[Sequence[str], Sequence[str]], int],
+) -> Callable[[Sequence[str]], None]:
+  """An absl `main` for a `cli(gin_files, gin_bindings)` -> exit status."""
+
+  def main(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+      raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    sys.exit(cli(flags.FLAGS.gin_file, flags.FLAGS.gin_bindings))
+
+  return main

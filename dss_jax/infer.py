@@ -28,11 +28,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import sys
 from collections.abc import Sequence
 from typing import Any
 
-from absl import app, flags, logging
+from absl import logging
+
+from dss_jax import gin_flags
 
 LABEL_PREFIX = "predict: "
 RATIONALE_PREFIX = "explain: "
@@ -322,16 +323,11 @@ def cli(gin_files: Sequence[str], gin_bindings: Sequence[str]) -> int:
   return 0
 
 
-def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  sys.exit(cli(flags.FLAGS.gin_file, flags.FLAGS.gin_bindings))
+main = gin_flags.cli_main(cli)
 
 
 def run() -> None:
   """Console entry point."""
-  from dss_jax import gin_flags
-
   gin_flags.run(main, "a model file (MODEL) and runs/infer.gin")
 
 
