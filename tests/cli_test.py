@@ -46,3 +46,12 @@ def test_gin_entry_points_take_t5x_style_flags():
   )
   assert out.returncode == 1, out.stderr[-2000:]
   assert out.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_gin_entry_points_refuse_stray_arguments():
+  for module in ("dss_jax.eval", "dss_jax.infer"):
+    out = subprocess.run(
+      [sys.executable, "-m", module, "stray"], capture_output=True, text=True
+    )
+    assert out.returncode == 1, (module, out.stderr[-2000:])
+    assert "unexpected arguments: ['stray']" in out.stderr, module
