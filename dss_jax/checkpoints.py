@@ -235,9 +235,16 @@ def restore_params(path: epath.PathLike) -> PyTree:
   return restored["params"]
 
 
-def checkpoint_steps(model_dir: str | pathlib.Path) -> list[int]:
-  """The saved steps of a run, oldest first."""
-  directory = epath.Path(model_dir) / CHECKPOINTS
+def checkpoint_steps(
+  model_dir: str | pathlib.Path, folder: str = CHECKPOINTS
+) -> list[int]:
+  """The saved steps of a run, oldest first.
+
+  Args:
+    model_dir: MODEL_DIR.
+    folder: `CHECKPOINTS` (the latest ones) or `BEST_CHECKPOINTS`.
+  """
+  directory = epath.Path(model_dir) / folder
   if not directory.exists():
     return []
   return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())

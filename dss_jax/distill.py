@@ -102,8 +102,16 @@ class DistillConfig:
     initial_checkpoint: pretrained T5X checkpoint to start from; `{size}` in
       it is replaced by the run's model size (one path for a grid of sizes).
     train_steps: optimizer steps per run.
-    batch_size: training examples per step; a distilling step-by-step step
-      holds each example twice (label and rationale), as the official code.
+    batch_size: training inputs per step, the paper's batch (64). Baselines
+      train `batch_size` examples a step; distilling step-by-step trains
+      2 x `batch_size` sequences a step, as the official step's `batch_size`
+      inputs each with its label and its rationale (see `recipe`).
+    recipe: what a distilling step-by-step step holds: "mixture" (default;
+      the SeqIO mixture sampled at rates 1 : lambda, so at lambda 1 a step
+      holds `batch_size` label and `batch_size` rationale examples in
+      expectation, per-sequence loss) or "official" (each input with its
+      label and its rationale in the same step, loss alpha * L_label +
+      (1 - alpha) * L_rationale, alpha = 1 / (1 + lambda), token means).
     learning_rate: peak learning rate (linear decay to 0).
     warmup_steps: linear warmup steps.
     dropout_rate: student dropout.
@@ -112,6 +120,10 @@ class DistillConfig:
     label_length: target tokens of label-only runs and of decoding.
     rationale_rate: lambda, the weight of the rationale loss.
     eval_examples: test examples to score (None: all).
+    validation_period: score the validation split every this many steps
+      (and at the last step) and keep the best checkpoint; the test split is
+      then scored at the last step and at that checkpoint. 0: last step only.
+    validation_examples: validation examples to score (None: all).
     eval_batch_size: decoding batch size.
     out_dir: where everything goes.
     tfds_data_dir: TFDS data dir (default: <out_dir>/tfds).
@@ -138,6 +150,7 @@ class DistillConfig:
   initial_checkpoint: str | None = None
   train_steps: int = 400
   batch_size: int = 32
+  recipe: str = "mixture"
   learning_rate: float = 3e-3
   warmup_steps: int = 50
   dropout_rate: float = 0.0
@@ -146,6 +159,8 @@ class DistillConfig:
   label_length: int = 4
   rationale_rate: float = 1.0
   eval_examples: int | None = None
+  validation_period: int = 100
+  validation_examples: int | None = 200
   eval_batch_size: int = 100
   out_dir: str = "demo_output"
   tfds_data_dir: str | None = None
@@ -153,6 +168,12 @@ class DistillConfig:
   compilation_cache: bool = True
 
   def __post_init__(self):
+    from dss_jax import trainer
+
+    if self.recipe not in trainer.RECIPES:
+      raise ValueError(
+        f"recipe must be one of {trainer.RECIPES}, got {self.recipe!r}"
+      )
     if self.backend not in BACKENDS:
       raise ValueError(
         f"backend must be one of {BACKENDS}, got {self.backend!r}"
@@ -200,6 +221,9 @@ PAPER_OVERRIDES: dict[str, Any] = dict(
   targets_length=256,
   label_length=64,
   eval_batch_size=64,
+  # The official code scores every 250 steps (its eval_steps).
+  validation_period=250,
+  validation_examples=None,
 )
 # `dss-jax grid` on the demo card: the paper's four methods and fractions,
 # three student sizes.
@@ -240,6 +264,14 @@ def student_config(size: str, vocabulary_size: int, dropout_rate: float):
   return t5.t5_1_1_config(
     size, vocab_size=vocab_size, dropout_rate=dropout_rate
   )
+
+
+def _metric_value(metrics: Mapping[str, float], name: str) -> float:
+  """The named metric, else the task's first (a card's custom metric)."""
+  if name in metrics:
+    return metrics[name]
+  task = name.split("/")[0]
+  return next(v for k, v in metrics.items() if k.startswith(f"{task}/"))
 
 
 def _enable_compilation_cache(directory: pathlib.Path) -> None:
@@ -426,22 +458,9 @@ class Pipeline:
       return f"dss_{card}_{source}_distill", f"dss_{card}_{source}_distill"
     return f"dss_{card}_{source}", f"dss_{card}_{source}_label"
 
-  def run(
-    self, spec: grid_lib.RunSpec, directory: pathlib.Path
-  ) -> dict[str, Any]:
-    """Stage 3: trains one student and scores it on the test split.
-
-    Args:
-      spec: the run.
-      directory: its folder (checkpoints; a rerun resumes from them).
-
-    Returns:
-      The run's result row (`report.RESULT_FIELDS`).
-    """
-    import jax
-
-    from dss_jax import evaluation, optimizers, seqio_tasks, trainer
-    from dss_jax.models import t5
+  def register_tasks(self, spec: grid_lib.RunSpec):
+    """Registers the SeqIO tasks of a run; returns its vocabulary."""
+    from dss_jax import seqio_tasks
 
     config = self.config
     vocabulary = _vocabulary(config.vocabulary)
@@ -455,23 +474,100 @@ class Pipeline:
       train_fraction=spec.fraction,
       fraction_seed=spec.seed,
     )
-    train_name, eval_name = self.task_names(spec.method)
+    return vocabulary
+
+  def train_kwargs(self, spec: grid_lib.RunSpec) -> dict[str, Any]:
+    """What a run trains on: `dss_jax.trainer.train`'s data arguments.
+
+    Baselines train `batch_size` examples a step. Distilling step-by-step
+    trains 2 x `batch_size` sequences a step: the official step's
+    `batch_size` inputs, each with its label and its rationale, exactly
+    ("official") or in expectation ("mixture").
+    """
+    config = self.config
+    train_name, _ = self.task_names(spec.method)
+    targets = (
+      config.targets_length if spec.uses_rationales else config.label_length
+    )
+    return dict(
+      mixture_or_task_name=train_name,
+      task_feature_lengths={"inputs": config.inputs_length, "targets": targets},
+      batch_size=config.batch_size * (2 if spec.uses_rationales else 1),
+      recipe=config.recipe if spec.uses_rationales else "mixture",
+      pack=False,
+      random_seed=spec.seed,
+    )
+
+  def _metric_name(self, eval_name: str) -> str:
+    metric = (
+      "equation_accuracy"
+      if self.card.metric == "equation_accuracy"
+      else "accuracy"
+    )
+    return f"{eval_name}/{metric}"
+
+  def _evaluator(self, eval_name, model, split, num_examples, output_dir):
+    from dss_jax import evaluation
+
+    config = self.config
+    return evaluation.Evaluator(
+      eval_name,
+      model,
+      feature_lengths={
+        "inputs": config.inputs_length,
+        "targets": config.label_length,
+      },
+      split=split,
+      num_examples=num_examples,
+      batch_size=config.eval_batch_size,
+      output_dir=str(output_dir),
+    )
+
+  def run(
+    self, spec: grid_lib.RunSpec, directory: pathlib.Path
+  ) -> dict[str, Any]:
+    """Stage 3: trains one student and scores it on the test split.
+
+    The test split is scored with the last step's parameters and, when
+    `validation_period` is set, with the checkpoint that scored best on the
+    validation split (the official code scores every 250 steps; the paper's
+    numbers are means over runs).
+
+    Args:
+      spec: the run.
+      directory: its folder (checkpoints; a rerun resumes from them).
+
+    Returns:
+      The run's result row (`report.RESULT_FIELDS`).
+    """
+    import jax
+
+    from dss_jax import checkpoints, evaluation, optimizers, trainer
+    from dss_jax.models import t5
+
+    config = self.config
+    vocabulary = self.register_tasks(spec)
+    _, eval_name = self.task_names(spec.method)
+    metric = self._metric_name(eval_name)
     model = t5.Transformer(
       student_config(
         spec.model_size, vocabulary.vocab_size, config.dropout_rate
       )
     )
-    targets = (
-      config.targets_length if spec.uses_rationales else config.label_length
-    )
+    validation = None
+    if config.validation_period:
+      validation = self._evaluator(
+        eval_name,
+        model,
+        "validation",
+        config.validation_examples,
+        directory / "validation_eval",
+      )
     start = time.monotonic()
     result = trainer.train(
       model=model,
-      mixture_or_task_name=train_name,
-      task_feature_lengths={"inputs": config.inputs_length, "targets": targets},
+      **self.train_kwargs(spec),
       train_steps=config.train_steps,
-      # Paired: every example once per task in the same step.
-      batch_size=config.batch_size * (2 if spec.uses_rationales else 1),
       model_dir=str(directory),
       optimizer=optimizers.AdamW(
         learning_rate=optimizers.LearningRateSchedule(
@@ -480,8 +576,6 @@ class Pipeline:
           warmup_steps=config.warmup_steps,
         )
       ),
-      paired=spec.uses_rationales,
-      random_seed=spec.seed,
       initial_checkpoint_path=(
         config.initial_checkpoint.replace("{size}", spec.model_size)
         if config.initial_checkpoint
@@ -490,6 +584,9 @@ class Pipeline:
       checkpoint_period=config.train_steps,
       keep_checkpoints=1,
       log_period=max(1, config.train_steps // 10),
+      evaluator=validation,
+      eval_period=config.validation_period,
+      best_metric=metric if validation else None,
       progress_bar=config.progress,
     )
     train_seconds = time.monotonic() - start
@@ -499,29 +596,25 @@ class Pipeline:
       raise SystemExit(
         f"stopped at step {result.step} of {spec.name}; rerun to resume"
       )
-    evaluator = evaluation.Evaluator(
+    test = self._evaluator(
       eval_name,
       model,
-      feature_lengths={
-        "inputs": config.inputs_length,
-        "targets": config.label_length,
-      },
-      split="test",
-      num_examples=config.eval_examples,
-      batch_size=config.eval_batch_size,
-      output_dir=str(directory / evaluation.INFERENCE_EVAL_DIR),
+      "test",
+      config.eval_examples,
+      directory / evaluation.INFERENCE_EVAL_DIR,
     )
-    metrics = evaluator.evaluate(result.state.params, result.step)
-    metric = (
-      "equation_accuracy"
-      if self.card.metric == "equation_accuracy"
-      else "accuracy"
+    value = _metric_value(
+      test.evaluate(result.state.params, result.step), metric
     )
-    value = metrics.get(f"{eval_name}/{metric}")
-    if value is None:
-      value = next(
-        v for k, v in metrics.items() if k.startswith(f"{eval_name}/")
-      )
+    picked_value, picked_step = value, int(result.step)
+    best = checkpoints.BEST_CHECKPOINTS
+    best_steps = (
+      checkpoints.checkpoint_steps(directory, best) if validation else []
+    )
+    if best_steps and best_steps[-1] != result.step:
+      picked_step = best_steps[-1]
+      params = checkpoints.restore_params(directory / best / str(picked_step))
+      picked_value = _metric_value(test.evaluate(params, picked_step), metric)
     num_params = sum(
       x.size for x in jax.tree_util.tree_leaves(result.state.params)
     )
@@ -535,6 +628,8 @@ class Pipeline:
       "seed": spec.seed,
       "metric": "accuracy",
       "value": round(value / 100.0, 6),
+      "value_picked": round(picked_value / 100.0, 6),
+      "picked_step": picked_step,
       "steps": int(result.step),
       "train_seconds": round(train_seconds, 1),
       "run_dir": str(directory),
@@ -636,13 +731,16 @@ _FLAGS: dict[str, tuple[str, str]] = {
   "student_vocabulary": ("string", "byte, t5 or a SentencePiece path."),
   "initial_checkpoint": ("string", "Pretrained T5X checkpoint; {size} = size."),
   "train_steps": ("integer", "Optimizer steps per run."),
-  "batch_size": ("integer", "Training examples per step."),
+  "batch_size": ("integer", "Training inputs per step (DSS: x2 sequences)."),
+  "recipe": ("string", "DSS step: mixture (sampled) or official (paired)."),
   "learning_rate": ("float", "Peak learning rate."),
   "inputs_length": ("integer", "Input tokens."),
   "targets_length": ("integer", "Target tokens of rationale runs."),
   "label_length": ("integer", "Target tokens of labels."),
   "rationale_rate": ("float", "lambda, the rationale loss weight."),
   "eval_examples": ("integer", "Test examples to score (default: all)."),
+  "validation_period": ("integer", "Score validation every N steps; 0: off."),
+  "validation_examples": ("integer", "Validation examples to score."),
   "out_dir": ("string", "Output folder (default: demo_output, runs/...)."),
   "tfds_data_dir": ("string", "TFDS data dir (default: <out_dir>/tfds)."),
   "progress_bars": ("bool", "Show progress bars."),

@@ -9,9 +9,10 @@ AVERAGE_PER_SEQUENCE): each sequence contributes its token-mean loss. With
 packing, "sequence" means segment: each packed segment's token-mean loss, summed
 over segments, divided by the number of segments in the batch.
 
-`paired_loss` is the official implementation's alternative: each example is fed
-with both prefixes in the same step and the loss is exactly
-`L_label + lambda * L_rationale`.
+`compute_official_loss` is the official implementation's step: each example is
+fed with both prefixes in the same step, and the loss is
+`alpha * L_label + (1 - alpha) * L_rationale`, each L a mean over that pass's
+real target tokens (Hugging Face's cross-entropy).
 """
 
 from __future__ import annotations
@@ -149,49 +150,55 @@ def _segment_means(
   return means, present
 
 
-def paired_loss(
-  label_loss: Array, rationale_loss: Array, rationale_weight: float = 1.0
+def official_loss(
+  label_loss: Array, rationale_loss: Array, alpha: float = 0.5
 ) -> Array:
-  """The official combiner: `L_label + lambda * L_rationale`.
+  """The official combiner: `alpha * L_label + (1 - alpha) * L_rationale`.
 
-  The paper's alpha = 0.5 equals lambda = 1 with the sum halved; both give the
-  same optimum, and AdamW is scale invariant up to epsilon.
+  alpha 0.5 (the paper's) is lambda 1 of `L_label + lambda * L_rationale`
+  halved; as a mixture rate, lambda gives `alpha = 1 / (1 + lambda)`.
 
   Args:
     label_loss: scalar loss of the `predict: ` pass.
     rationale_loss: scalar loss of the `explain: ` pass.
-    rationale_weight: lambda.
+    alpha: the label loss's weight, in [0, 1].
 
   Returns:
     The combined scalar loss.
   """
-  return label_loss + rationale_weight * rationale_loss
+  return alpha * label_loss + (1.0 - alpha) * rationale_loss
 
 
-def compute_paired_loss(
+def compute_official_loss(
   label_logits: Array,
   label_targets: Array,
   rationale_logits: Array,
   rationale_targets: Array,
-  rationale_weight: float = 1.0,
+  alpha: float = 0.5,
   **loss_kwargs: Any,
 ) -> tuple[Array, dict[str, Array]]:
-  """Cross-entropy of both passes combined as `L_label + lambda * L_rat`.
+  """The official step's loss over its two passes.
+
+  Each pass's loss is a mean over its real (non-padding) target tokens, as
+  Hugging Face's seq2seq cross-entropy in the official code, then
+  `official_loss` combines them.
 
   Args:
     label_logits: [batch, label_len, vocab] logits of the label pass.
     label_targets: [batch, label_len].
     rationale_logits: [batch, rationale_len, vocab].
     rationale_targets: [batch, rationale_len].
-    rationale_weight: lambda.
-    **loss_kwargs: passed to `cross_entropy_loss` for both passes.
+    alpha: the label loss's weight.
+    **loss_kwargs: z_loss, label_smoothing for `cross_entropy_loss`.
 
   Returns:
     (loss, aux) with aux "label_loss" and "rationale_loss".
   """
-  label, _ = cross_entropy_loss(label_logits, label_targets, **loss_kwargs)
-  rationale, _ = cross_entropy_loss(
-    rationale_logits, rationale_targets, **loss_kwargs
+  label, _ = cross_entropy_loss(
+    label_logits, label_targets, normalization="tokens", **loss_kwargs
   )
-  loss = paired_loss(label, rationale, rationale_weight)
+  rationale, _ = cross_entropy_loss(
+    rationale_logits, rationale_targets, normalization="tokens", **loss_kwargs
+  )
+  loss = official_loss(label, rationale, alpha)
   return loss, {"label_loss": label, "rationale_loss": rationale}

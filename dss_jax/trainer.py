@@ -12,8 +12,10 @@ Guarantees the tests check:
     same parameters as one that never stopped;
   * a NaN or Inf loss stops the run with one clear error, and no state at or
     after the bad step is ever saved;
-  * the loss of each task of a mixture is logged, and in paired mode the
-    optimized loss is exactly sum_t rate_t * L_t (L_label + lambda * L_rat).
+  * the loss of each task of a mixture is logged, and under the official
+    recipe the optimized loss is exactly alpha * L_label + (1 - alpha) *
+    L_rationale, alpha = 1 / (1 + lambda), each L a mean over that task's
+    real target tokens in the step (the official implementation's loss).
 """
 
 from __future__ import annotations
@@ -54,6 +56,12 @@ LOSS_NORMALIZATIONS = {
 }
 
 _BATCH_AXES = ("batch", "length")
+# What a distilling step-by-step step holds (see `train`'s `recipe`):
+#   mixture   SeqIO samples every row from one task at the mixture's rates
+#             (lambda is the rationale task's rate); per-sequence loss.
+#   official  the official implementation's step: every input with its label
+#             and its rationale example; alpha-weighted token-mean losses.
+RECIPES = ("mixture", "official")
 # `input_pipeline.TASK_IDS`, named here so the train step (and benchmarks on
 # machines without TensorFlow) need not import the input pipeline.
 TASK_IDS = "decoder_task_ids"
@@ -130,8 +138,9 @@ class Trainer:
     mesh: the device mesh.
     logical_axis_rules: logical-to-mesh axis rules (T5X's standard rules).
     task_names: the mixture's tasks, in `decoder_task_ids` order.
-    task_weights: paired mode: the loss is sum_t task_weights[t] * L_t, each
-      L_t normalized over task t's sequences; None: one loss over the batch.
+    task_weights: the loss is sum_t task_weights[t] * L_t, each L_t the
+      configured normalization over task t's tokens only (the official
+      recipe); None: one loss over the whole batch.
     loss: normalization and regularizers.
     num_microbatches: gradient accumulation: the batch is split into this many
       micro-batches whose gradients are averaged inside one step.
@@ -457,7 +466,7 @@ def train(
   optimizer: optimizers.Optimizer = optimizers.AdamW(),
   loss: LossConfig = LossConfig(),
   pack: bool = False,
-  paired: bool = False,
+  recipe: str = "mixture",
   use_cached_tasks: bool = False,
   random_seed: int = 0,
   num_microbatches: int = 1,
@@ -487,8 +496,15 @@ def train(
     optimizer: `optimizers.AdamW` or `optimizers.Adafactor`.
     loss: LOSS_NORMALIZING_FACTOR and regularizers.
     pack: pack examples (SeqIO packing).
-    paired: feed each source example with every task of the mixture in the
-      same step and optimize sum_t rate_t * L_t (the official recipe).
+    recipe: what a step of a mixture holds (`RECIPES`). "mixture": SeqIO
+      samples each of the `batch_size` rows from one task at the mixture's
+      rates, and `loss` normalizes it (per sequence by default, so the
+      rationale rate is lambda). "official": the official implementation's
+      step: `batch_size` / 2 inputs, each with its label and its rationale
+      example, loss `alpha * L_label + (1 - alpha) * L_rationale` with alpha
+      = rate_label / (sum of rates), each L a mean over that task's real
+      target tokens in the step (`loss.normalizing_factor` does not apply).
+      With the paper's 64 inputs a step, both recipes use `batch_size` 128.
     use_cached_tasks: USE_CACHED_TASKS.
     random_seed: RANDOM_SEED: parameters, dropout and data order.
     num_microbatches: gradient accumulation steps inside one update.
@@ -501,8 +517,8 @@ def train(
     async_checkpointing: write checkpoints in the background.
     log_period: write metrics every this many steps.
     evaluator: optional `dss_jax.evaluation.Evaluator`.
-    eval_period: EVAL_PERIOD: evaluate every this many steps (0: only at
-      the end, if an evaluator is given).
+    eval_period: EVAL_PERIOD: evaluate every this many steps and at the
+      last step (0: only at the last step), if an evaluator is given.
     best_metric: keep the best checkpoint by this eval metric.
     best_mode: "max" or "min".
     peak_flops: per-device peak FLOP/s for MFU; None looks it up (measured
@@ -523,8 +539,14 @@ def train(
   from dss_jax import checkpoints as checkpoints_lib
   from dss_jax import input_pipeline
 
+  if recipe not in RECIPES:
+    raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}")
   mesh, rules = _mesh_and_rules(mesh, logical_axis_rules)
   rates = input_pipeline.task_rates(mixture_or_task_name)
+  official = recipe == "official"
+  if official:
+    loss = official_loss(loss)
+  _log_step_contents(rates, batch_size, recipe, pack)
   data_config = input_pipeline.DatasetConfig(
     mixture_or_task_name=mixture_or_task_name,
     task_feature_lengths=dict(task_feature_lengths),
@@ -532,7 +554,7 @@ def train(
     seed=random_seed,
     pack=pack,
     use_cached=use_cached_tasks,
-    paired=paired,
+    paired=official,
   )
   trainer = Trainer(
     model,
@@ -540,7 +562,7 @@ def train(
     mesh,
     rules,
     task_names=list(rates),
-    task_weights=list(rates.values()) if paired else None,
+    task_weights=official_task_weights(rates) if official else None,
     loss=loss,
     num_microbatches=num_microbatches,
     dropout=getattr(getattr(model, "config", None), "dropout_rate", 1.0) > 0,
@@ -592,6 +614,57 @@ def train(
   finally:
     checkpointer.close()
     writer.close()
+
+
+def official_task_weights(rates: Mapping[str, float]) -> list[float]:
+  """The official recipe's loss weights: the rates, normalized to sum 1.
+
+  Rates 1 : lambda give `alpha = 1 / (1 + lambda)` for the label loss and
+  `1 - alpha` for the rationale loss: lambda 1 is the paper's alpha 0.5.
+
+  Args:
+    rates: {task: mixture rate}, label task first.
+
+  Returns:
+    The weights, in the order of `rates`.
+  """
+  total = sum(rates.values())
+  if total <= 0:
+    raise ValueError(f"mixture rates must sum to more than 0, got {rates}")
+  return [rate / total for rate in rates.values()]
+
+
+def official_loss(loss: LossConfig) -> LossConfig:
+  """`loss` with each task's loss a mean over its real target tokens.
+
+  The official implementation takes Hugging Face's cross-entropy of each
+  pass, a mean over the pass's non-padding target tokens.
+  """
+  return dataclasses.replace(loss, normalizing_factor="NUM_REAL_TARGET_TOKENS")
+
+
+def _log_step_contents(
+  rates: Mapping[str, float], batch_size: int, recipe: str, pack: bool
+) -> None:
+  """Says what one step trains on, the number the paper's recipe fixes."""
+  names = list(rates)
+  if len(names) == 1:
+    what = f"{batch_size} examples of {names[0]}"
+  elif recipe == "official":
+    what = (
+      f"{batch_size // len(names)} inputs, each with its "
+      + " and ".join(names)
+      + " example (official recipe)"
+    )
+  else:
+    total = sum(rates.values())
+    what = " + ".join(
+      f"{batch_size * rate / total:g} {name}" for name, rate in rates.items()
+    )
+    what += " examples in expectation (sampled mixture)"
+  if pack:
+    what = f"{batch_size} packed rows (examples per step vary)"
+  logging.info("each step trains on %s", what)
 
 
 def _mesh_and_rules(
@@ -696,7 +769,10 @@ class _Loop:
     if pending is not None:
       last = self._record(*pending, bar)
     self._save(step, state, batches_done)
-    if not preempted and self.evaluator is not None and self.eval_period == 0:
+    if (
+      not preempted and self.evaluator is not None and not self._eval_due(step)
+    ):
+      # The last step is always scored, so keep-best sees it too.
       self._evaluate(step, state, batches_done)
     self.checkpointer.wait()
     if bar is not None:

@@ -27,6 +27,9 @@ def _config(out_dir, **overrides):
     label_length=4,
     eval_examples=16,
     eval_batch_size=16,
+    # Validation at both steps: the picked checkpoint is scored on test too.
+    validation_period=1,
+    validation_examples=8,
     out_dir=str(out_dir),
     progress=False,
     compilation_cache=False,
@@ -48,12 +51,21 @@ def test_every_stage_runs_and_a_rerun_redoes_nothing(tmp_path, monkeypatch):
     directory = grid.run_dir(out, spec)
     result = json.loads((directory / grid.RESULT_FILE).read_text())
     assert result["steps"] == 2 and 0.0 <= result["value"] <= 1.0
+    assert 0.0 <= result["value_picked"] <= 1.0
+    assert result["picked_step"] in (1, 2)
+    assert (directory / "best_checkpoints" / str(result["picked_step"])).is_dir()
+    scored = (directory / "validation_eval").glob("*-metrics.jsonl")
+    assert [
+      json.loads(line)["step"] for f in scored for line in f.open()
+    ] == [1, 2]
     assert result["num_params"] > 0
     assert any((directory / "checkpoints").iterdir())
   assert paths["accuracy_by_method"].read_bytes().startswith(_PNG)
   summary = paths["summary_md"].read_text()
   for title in ("Standard finetuning", "Distilling step-by-step (teacher"):
     assert title in summary
+  assert "at the last step" in summary
+  assert "checkpoint picked on validation" in summary
   assert "Teacher (few-shot CoT)" in summary
   teacher = json.loads((out / "teacher_accuracy_test.json").read_text())
   assert 0.7 < teacher["accuracy"] < 0.95
@@ -95,7 +107,7 @@ def test_a_stopped_run_is_not_marked_finished(tmp_path, monkeypatch):
     return trainer.TrainResult(step=1, state=None, metrics={}, preempted=True)
 
   monkeypatch.setattr(trainer, "train", stopped)
-  config = _config(tmp_path)
+  config = _config(tmp_path, validation_period=0)
   pipeline = distill.Pipeline(config, log=lambda _: None)
   spec = grid.RunSpec("finetune", "demo-xs", 1.0, 0)
   directory = grid.run_dir(tmp_path, spec)

@@ -97,17 +97,24 @@ def test_z_loss_adds_log_z_squared():
   np.testing.assert_allclose(aux["z_loss"], 1e-2 * np.sum(log_z**2), rtol=1e-5)
 
 
-def test_paired_loss_is_label_plus_lambda_rationale():
+def test_official_loss_is_alpha_weighted_token_means():
   label_logits, rat_logits = _logits(5, (2, 2, 9)), _logits(6, (2, 7, 9))
   label_t = jnp.array([[3, 1], [4, 1]])
   rat_t = jnp.array([[2, 3, 4, 5, 6, 7, 1], [5, 5, 1, 0, 0, 0, 0]])
-  loss, aux = jax.jit(losses.compute_paired_loss)(
-    label_logits, label_t, rat_logits, rat_t, rationale_weight=0.5
+  loss, aux = jax.jit(losses.compute_official_loss, static_argnums=4)(
+    label_logits, label_t, rat_logits, rat_t, 0.25
   )
-  label, _ = _ce(label_logits, label_t)
-  rat, _ = _ce(rat_logits, rat_t)
-  np.testing.assert_allclose(loss, label + 0.5 * rat, rtol=1e-6)
+  # Independently: mean token NLL over each pass's non-padding targets.
+  label_nll = np.asarray(_token_nll(label_logits, label_t))
+  rat_nll = np.asarray(_token_nll(rat_logits, rat_t))
+  label = label_nll[np.asarray(label_t) > 0].mean()
+  rat = rat_nll[np.asarray(rat_t) > 0].mean()
+  np.testing.assert_allclose(loss, 0.25 * label + 0.75 * rat, rtol=1e-6)
   np.testing.assert_allclose(aux["rationale_loss"], rat, rtol=1e-6)
+  # Token means, not sequence means: the 6-token rationale row weighs 6:2.
+  assert not np.isclose(
+    rat, np.mean([rat_nll[0, :7].mean(), rat_nll[1, :3].mean()])
+  )
 
 
 def test_unknown_normalization_raises():

@@ -19,7 +19,6 @@ import tensorflow as tf
 from dss_jax import (
   checkpoints,
   input_pipeline,
-  losses,
   optimizers,
   partitioning,
   trainer,
@@ -203,33 +202,38 @@ def _trainer(model, **kwargs):
   )
 
 
-def test_paired_loss_is_label_plus_lambda_rationale():
+def test_official_recipe_loss_is_alpha_weighted_token_means():
   model, _ = t5.make_test_model()
   batch = _batch([1, 2, 1, 2])
-  tr = _trainer(model, task_weights=(1.0, 0.25))
+  rates = {"label": 1.0, "rationale": 3.0}  # lambda 3: alpha 0.25
+  tr = _trainer(
+    model,
+    task_weights=trainer.official_task_weights(rates),
+    loss=trainer.official_loss(trainer.LossConfig()),
+  )
   state = tr.init_state(jax.random.PRNGKey(0), batch)
   loss, metrics = jax.jit(tr._loss_fn)(
     state.params, batch, jax.random.PRNGKey(1)
   )
+  logits = model.apply(
+    {"params": state.params},
+    batch["encoder_input_tokens"],
+    batch["decoder_input_tokens"],
+    batch["decoder_target_tokens"],
+    enable_dropout=False,
+  )
+  # The official formula in numpy: each task's NLL averaged over its real
+  # target tokens, then alpha * label + (1 - alpha) * rationale.
+  logp = np.asarray(jax.nn.log_softmax(logits.astype(np.float32)))
+  targets = batch["decoder_target_tokens"]
+  nll = -np.take_along_axis(logp, targets[..., None], -1)[..., 0]
+  real = batch["decoder_loss_weights"] > 0
 
-  @jax.jit
-  def reference_loss(sub):
-    logits = model.apply(
-      {"params": state.params},
-      sub["encoder_input_tokens"],
-      sub["decoder_input_tokens"],
-      sub["decoder_target_tokens"],
-      enable_dropout=False,
-    )
-    return losses.cross_entropy_loss(
-      logits, sub["decoder_target_tokens"], sub["decoder_loss_weights"]
-    )[0]
+  def task_mean(rows):
+    return nll[rows][real[rows]].mean()
 
-  def task_loss(rows):
-    return reference_loss({k: v[rows] for k, v in batch.items()})
-
-  label, rationale = task_loss([0, 2]), task_loss([1, 3])
-  np.testing.assert_allclose(loss, label + 0.25 * rationale, rtol=1e-5)
+  label, rationale = task_mean([0, 2]), task_mean([1, 3])
+  np.testing.assert_allclose(loss, 0.25 * label + 0.75 * rationale, rtol=1e-5)
   np.testing.assert_allclose(metrics["loss/label"], label, rtol=1e-5)
   np.testing.assert_allclose(metrics["loss/rationale"], rationale, rtol=1e-5)
 
