@@ -547,14 +547,14 @@ def train(
   if official:
     loss = official_loss(loss)
   _log_step_contents(rates, batch_size, recipe, pack)
-  data_config = input_pipeline.DatasetConfig(
+  data_config = dataset_config(
     mixture_or_task_name=mixture_or_task_name,
-    task_feature_lengths=dict(task_feature_lengths),
+    task_feature_lengths=task_feature_lengths,
     batch_size=batch_size,
-    seed=random_seed,
+    recipe=recipe,
     pack=pack,
-    use_cached=use_cached_tasks,
-    paired=official,
+    random_seed=random_seed,
+    use_cached_tasks=use_cached_tasks,
   )
   trainer = Trainer(
     model,
@@ -614,6 +614,45 @@ def train(
   finally:
     checkpointer.close()
     writer.close()
+
+
+def dataset_config(
+  *,
+  mixture_or_task_name: str,
+  task_feature_lengths: Mapping[str, int],
+  batch_size: int,
+  recipe: str = "mixture",
+  pack: bool = False,
+  random_seed: int = 0,
+  use_cached_tasks: bool = False,
+) -> Any:
+  """The training data `train` reads, from its own arguments.
+
+  Args:
+    mixture_or_task_name: MIXTURE_OR_TASK_NAME.
+    task_feature_lengths: TASK_FEATURE_LENGTHS.
+    batch_size: BATCH_SIZE, rows per step (all hosts).
+    recipe: one of `RECIPES` (see `train`).
+    pack: PACK.
+    random_seed: RANDOM_SEED (data order and mixing).
+    use_cached_tasks: USE_CACHED_TASKS.
+
+  Returns:
+    An `input_pipeline.DatasetConfig`.
+  """
+  from dss_jax import input_pipeline
+
+  if recipe not in RECIPES:
+    raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}")
+  return input_pipeline.DatasetConfig(
+    mixture_or_task_name=mixture_or_task_name,
+    task_feature_lengths=dict(task_feature_lengths),
+    batch_size=batch_size,
+    seed=random_seed,
+    pack=pack,
+    use_cached=use_cached_tasks,
+    paired=recipe == "official",
+  )
 
 
 def official_task_weights(rates: Mapping[str, float]) -> list[float]:
