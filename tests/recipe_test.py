@@ -94,7 +94,9 @@ def _assert_mixture_step(batches, rows):
   assert np.all(np.abs(labels_per_step - rows // 2) <= 24), labels_per_step
   assert abs((tasks == 1).mean() - 0.5) < 0.06
   for batch in batches:
-    for row, task in zip(batch["encoder_input_tokens"], _row_tasks(batch)):
+    for row, task in zip(
+      batch["encoder_input_tokens"], _row_tasks(batch), strict=True
+    ):
       prefix = "predict: " if task == 1 else "explain: "
       assert _text(row).startswith(prefix)
 
@@ -106,7 +108,7 @@ def _assert_official_step(batches, inputs):
     np.testing.assert_array_equal(_row_tasks(batch), [1, 2] * inputs)
     rows = batch["encoder_input_tokens"]
     questions = set()
-    for label_row, rationale_row in zip(rows[0::2], rows[1::2]):
+    for label_row, rationale_row in zip(rows[0::2], rows[1::2], strict=True):
       label, rationale = _text(label_row), _text(rationale_row)
       # The step's rationale examples are of the same inputs as its labels.
       assert label.removeprefix("predict: ") == rationale.removeprefix(
