@@ -260,8 +260,8 @@ def tokenize_at_eos(
 
   `inputs` are tokenized with `encode_at_eos` (an input without the
   separator, the readable format of every card, tokenizes exactly as
-  SeqIO's `tokenize` would), `targets` by SeqIO; both keep their text as
-  `<feature>_pretokenized`.
+  SeqIO's `tokenize` would), `targets` with their vocabulary; both keep
+  their text as `<feature>_pretokenized`.
 
   Args:
     dataset: examples with string `inputs` and `targets`.
@@ -270,15 +270,17 @@ def tokenize_at_eos(
   Returns:
     The tokenized examples (no EOS appended yet).
   """
-  vocabulary = output_features["inputs"].vocabulary
+  inputs_vocabulary = output_features["inputs"].vocabulary
+  targets_vocabulary = output_features["targets"].vocabulary
 
-  def encode_inputs(example: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+  def encode(example: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    inputs, targets = example["inputs"], example["targets"]
     return {
       **example,
-      "inputs_pretokenized": example["inputs"],
-      "inputs": _encode_at_eos_tf(vocabulary, example["inputs"]),
+      "inputs_pretokenized": inputs,
+      "inputs": _encode_at_eos_tf(inputs_vocabulary, inputs),
+      "targets_pretokenized": targets,
+      "targets": tf.cast(targets_vocabulary.encode_tf(targets), tf.int32),
     }
 
-  dataset = dataset.map(encode_inputs, num_parallel_calls=tf.data.AUTOTUNE)
-  # `inputs` are ids now, so SeqIO tokenizes (and copies) only the targets.
-  return seqio.preprocessors.tokenize(dataset, output_features)
+  return dataset.map(encode, num_parallel_calls=tf.data.AUTOTUNE)
