@@ -9,7 +9,15 @@ parser, named by a dotted-path hook.
     from dss_jax import cards
     card = cards.load_card("cqa")          # tasks/cqa.yaml
     card.format_input(fields)      # "question\\nAnswer Choices:\\n(a) ..."
+    card.format_student_input(fields)  # what the student reads (see below)
     card.parse_completion(text)            # ParsedAnswer(rationale, label)
+
+The teacher always reads `input_template`. The student reads it too unless
+the card sets `student_input: {join: eos, fields: [...]}`: then its input is
+those fields joined by `EOS_SEPARATOR` ("</s>"), which tokenizing turns into
+the EOS id, as the official code feeds NLI pairs to T5 (see
+`dss_jax.preprocessors.encode_at_eos`). `student_input: {join: template}`
+(the default) keeps the readable template.
 
 Errors name the file and the field, e.g.
 `tasks/cqa.yaml: parser.answer_marker: Field required`.
@@ -28,6 +36,10 @@ import yaml
 from dss_jax.teacher import arithmetic, parsers
 
 ParsedAnswer = parsers.ParsedAnswer
+
+# Hugging Face's T5 tokenizers read this literal as the EOS token wherever it
+# appears; the official code joins NLI premise and hypothesis with it.
+EOS_SEPARATOR = "</s>"
 
 # Built-in cards live next to the package in the source tree.
 TASKS_DIR = pathlib.Path(__file__).resolve().parents[1] / "tasks"
@@ -135,6 +147,30 @@ class PromptSpec(_Strict):
   stop: list[str] = []
 
 
+class StudentInputSpec(_Strict):
+  """How the student's input text is written.
+
+  Attributes:
+    join: "template" writes `input_template` (what the teacher reads); "eos"
+      joins `fields` with `EOS_SEPARATOR`, which becomes the EOS id when
+      tokenized (the official code's NLI inputs: premise, EOS, hypothesis).
+    fields: with join "eos", the input fields in order (at least two).
+  """
+
+  join: Literal["template", "eos"] = "template"
+  fields: list[str] = []
+
+  @pydantic.model_validator(mode="after")
+  def _fields_match_join(self) -> "StudentInputSpec":
+    if self.join == "eos" and len(self.fields) < 2:
+      raise ValueError("join 'eos' needs at least two fields")
+    if self.join == "template" and self.fields:
+      raise ValueError(
+        "join 'template' takes no fields (the template names them)"
+      )
+    return self
+
+
 class TaskCard(_Strict):
   """A validated task card. Field meanings are in the module docstring."""
 
@@ -142,6 +178,7 @@ class TaskCard(_Strict):
   description: str = ""
   source: SourceSpec
   input_template: str
+  student_input: StudentInputSpec = StudentInputSpec()
   answer_type: Literal["choice", "nli", "equation", "free"]
   labels: list[str] | None = None
   choices_field: str | None = None
@@ -160,6 +197,15 @@ class TaskCard(_Strict):
     if self.answer_type == "equation" and self.metric != "equation_accuracy":
       raise ValueError(
         "answer_type 'equation' needs metric 'equation_accuracy'"
+      )
+    unknown = [
+      f for f in self.student_input.fields if f not in self.source.input_fields
+    ]
+    if unknown:
+      # Raised from the nested model it would lack the card's input fields.
+      raise ValueError(
+        f"student_input.fields: {unknown} not in source.input_fields "
+        f"{self.source.input_fields}"
       )
     for template in (self.input_template, self.prompt.exemplar_template):
       _check_template(template)
@@ -191,6 +237,22 @@ class TaskCard(_Strict):
       The input text (no "predict: " prefix).
     """
     return self.input_template.format(**fields)
+
+  def format_student_input(self, fields: Mapping[str, Any]) -> str:
+    """Writes an example's input as the student reads it (`student_input`).
+
+    Args:
+      fields: the raw input fields.
+
+    Returns:
+      The template text, or the fields joined by `EOS_SEPARATOR` (no
+      "predict: " prefix).
+    """
+    if self.student_input.join == "template":
+      return self.format_input(fields)
+    return EOS_SEPARATOR.join(
+      str(fields[name]) for name in self.student_input.fields
+    )
 
   def gold_label(self, row: Mapping[str, Any]) -> str:
     """The gold label of a dataset row as text ('' when it has none)."""
@@ -367,8 +429,10 @@ def input_fields(card: TaskCard, row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 __all__ = (
+  "EOS_SEPARATOR",
   "CardError",
   "ParsedAnswer",
+  "StudentInputSpec",
   "TaskCard",
   "card_from_dict",
   "fields_json",

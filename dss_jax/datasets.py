@@ -199,7 +199,8 @@ def _features(
 ) -> dict[str, Any]:
   return {
     "id": example.id,
-    "input": card.format_input(example.fields),
+    # What the student reads; the teacher's readable text is in the card.
+    "input": card.format_student_input(example.fields),
     "fields": cards_lib.fields_json(example.fields),
     "gold_label": example.gold_label,
     "teacher_label": annotation.teacher_label,

@@ -81,7 +81,7 @@ def read_input_file(path: str, card: str | None = None) -> list[dict[str, Any]]:
       fields = record.get("fields", record)
       if isinstance(fields, str):
         fields = json.loads(fields)
-      formatted = task_card.format_input(fields)
+      formatted = task_card.format_student_input(fields)
     else:
       raise ValueError(
         f"{path} line {i + 1} has no 'input'; pass a task card (CARD) to "
@@ -156,12 +156,14 @@ def predict_texts(
   """Tokenizes (truncating to ``input_length`` with EOS), decodes, detokenizes."""
   import numpy as np
 
-  from dss_jax import evaluation
+  from dss_jax import evaluation, preprocessors
 
   eos = vocabulary.eos_id
   rows = []
   for text in texts:
-    ids = list(vocabulary.encode(text))[: input_length - 1] + [eos]
+    # As the SeqIO tasks tokenize: "</s>" (NLI cards) is the EOS id.
+    ids = preprocessors.encode_at_eos(vocabulary, text)
+    ids = ids[: input_length - 1] + [eos]
     row = np.zeros(input_length, np.int32)
     row[: len(ids)] = ids
     rows.append(row)

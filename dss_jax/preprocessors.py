@@ -9,6 +9,9 @@ The functions here turn them into SeqIO's `inputs`/`targets`:
   answer teaches nothing);
 * `add_prefix_and_target` writes `inputs = prefix + input` (`"predict: "`,
   `"explain: "` or nothing for the baselines) and `targets`;
+* `tokenize_at_eos` is SeqIO's `tokenize` except that the inputs' literal
+  `</s>` becomes the EOS id, as Hugging Face's T5 tokenizer does in the
+  official code (its NLI inputs are `premise</s>hypothesis`);
 * `hash_keys` / `rank_threshold` / `filter_by_key` select deterministic subsets
   by a seeded hash of the example id: the validation hold-out (10% of train
   where a dataset has no validation split) and the training fractions of the
@@ -21,10 +24,14 @@ The functions here turn them into SeqIO's `inputs`/`targets`:
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 
 import numpy as np
+import seqio
 import tensorflow as tf
+
+from dss_jax.cards import EOS_SEPARATOR
 
 # Target kinds a task can train on.
 TARGET_FIELDS: Mapping[str, str] = {
@@ -32,6 +39,12 @@ TARGET_FIELDS: Mapping[str, str] = {
   "teacher": "teacher_label",
   "rationale": "rationale",
 }
+
+# SentencePiece's word-boundary piece, which the official tokenizer emits alone
+# before an EOS that follows whitespace (see `encode_at_eos`).
+_SPACE_PIECE = "\u2581"
+# RE2 (TF) and Python agree on this: the text ends in whitespace.
+_ENDS_IN_SPACE = r"(?s).*\s"
 
 # SipHash keys must be two 64-bit integers; the salt keeps the hold-out hash
 # and the fraction hash independent, so a fraction of train is not biased
@@ -162,3 +175,112 @@ def add_prefix_and_target(
     }
 
   return dataset.map(fmt, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _space_piece_id(vocabulary: seqio.Vocabulary) -> int | None:
+  """The id of SentencePiece's lone "\u2581" piece; None for other vocabularies."""
+  # dss_jax.vocab.ConfiguredVocabulary stands for the vocabulary gin selects.
+  vocabulary = getattr(vocabulary, "resolved", vocabulary)
+  if isinstance(vocabulary, seqio.SentencePieceVocabulary):
+    return vocabulary.tokenizer.piece_to_id(_SPACE_PIECE)
+  return None
+
+
+def encode_at_eos(vocabulary: seqio.Vocabulary, text: str) -> list[int]:
+  """Token ids of `text` with each `EOS_SEPARATOR` read as the EOS id.
+
+  This is what the official code's tokenizer (transformers 4.24's
+  `T5TokenizerFast`, via `AutoTokenizer`) does to `premise</s>hypothesis`:
+  each piece between separators is tokenized on its own, so the hypothesis
+  starts a new word ("\u2581" prefix), and a piece that ends in whitespace
+  keeps a lone "\u2581" before the EOS. The fast tokenizer is matched, not
+  the slow `T5Tokenizer` (which drops that piece), because it is what the
+  paper's runs used. The final EOS is not added here (SeqIO appends it after
+  trimming).
+
+  Args:
+    vocabulary: the inputs' vocabulary (EOS id 1 for T5 and bytes).
+    text: the input text, e.g. "predict: premise</s>hypothesis".
+
+  Returns:
+    The ids, without the final EOS.
+  """
+  pieces = text.split(EOS_SEPARATOR)
+  # Without a separator the text tokenizes as SeqIO's `tokenize` does it.
+  space_id = _space_piece_id(vocabulary) if len(pieces) > 1 else None
+  ids = []
+  for piece in pieces:
+    ids += list(vocabulary.encode(piece))
+    if space_id is not None and re.fullmatch(_ENDS_IN_SPACE, piece):
+      ids.append(space_id)
+    ids.append(vocabulary.eos_id)
+  return ids[:-1]
+
+
+def _encode_at_eos_tf(
+  vocabulary: seqio.Vocabulary, text: tf.Tensor
+) -> tf.Tensor:
+  """`encode_at_eos` in TensorFlow, for one scalar string."""
+  pieces = tf.strings.split(text, sep=EOS_SEPARATOR)
+  count = tf.shape(pieces, out_type=tf.int64)[0]
+  # Piece by piece: seqio.ByteVocabulary encodes only scalars.
+  parts = [
+    tf.map_fn(
+      lambda piece: tf.cast(vocabulary.encode_tf(piece), tf.int32),
+      pieces,
+      fn_output_signature=tf.RaggedTensorSpec([None], tf.int32, ragged_rank=0),
+    )
+  ]
+  space_id = _space_piece_id(vocabulary)
+  if space_id is not None:
+    # Without a separator the text tokenizes as SeqIO's `tokenize` does it.
+    spaced = tf.cast(
+      tf.logical_and(
+        tf.strings.regex_full_match(pieces, _ENDS_IN_SPACE), count > 1
+      ),
+      tf.int64,
+    )
+    parts.append(
+      tf.RaggedTensor.from_row_lengths(
+        tf.fill([tf.reduce_sum(spaced)], space_id), spaced
+      )
+    )
+  parts.append(
+    tf.RaggedTensor.from_row_lengths(
+      tf.fill([count], vocabulary.eos_id), tf.ones([count], tf.int64)
+    )
+  )
+  return tf.concat(parts, axis=1).flat_values[:-1]
+
+
+def tokenize_at_eos(
+  dataset: tf.data.Dataset, output_features: Mapping[str, seqio.Feature]
+) -> tf.data.Dataset:
+  """SeqIO preprocessor: `seqio.preprocessors.tokenize`, EOS-aware inputs.
+
+  `inputs` are tokenized with `encode_at_eos` (an input without the
+  separator, the readable format of every card, tokenizes exactly as
+  SeqIO's `tokenize` would), `targets` with their vocabulary; both keep
+  their text as `<feature>_pretokenized`.
+
+  Args:
+    dataset: examples with string `inputs` and `targets`.
+    output_features: the task's features (their vocabularies).
+
+  Returns:
+    The tokenized examples (no EOS appended yet).
+  """
+  inputs_vocabulary = output_features["inputs"].vocabulary
+  targets_vocabulary = output_features["targets"].vocabulary
+
+  def encode(example: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    inputs, targets = example["inputs"], example["targets"]
+    return {
+      **example,
+      "inputs_pretokenized": inputs,
+      "inputs": _encode_at_eos_tf(inputs_vocabulary, inputs),
+      "targets_pretokenized": targets,
+      "targets": tf.cast(targets_vocabulary.encode_tf(targets), tf.int32),
+    }
+
+  return dataset.map(encode, num_parallel_calls=tf.data.AUTOTUNE)

@@ -347,7 +347,9 @@ def _add_task(
     ),
     preprocessors=[
       functools.partial(preprocessors.add_prefix_and_target, prefix=prefix),
-      seqio.preprocessors.tokenize,
+      # SeqIO's tokenize, except that "</s>" in an input is the EOS id (the
+      # NLI cards' premise</s>hypothesis, as the official code feeds them).
+      preprocessors.tokenize_at_eos,
       seqio.preprocessors.append_eos_after_trim,
     ],
     output_features=features,

@@ -105,3 +105,68 @@ def test_parser_hook(tmp_path, monkeypatch):
   parsed = card.parse_completion("because reasons => zoo ")
   assert parsed == cards.ParsedAnswer("because reasons", "zoo")
   assert card.parse_completion("no arrow").label is None
+
+
+def _anli_dict():
+  return yaml.safe_load((cards.TASKS_DIR / "anli1.yaml").read_text())
+
+
+@pytest.mark.parametrize("name", ["anli1", "esnli"])
+def test_nli_student_reads_premise_eos_hypothesis(name):
+  card = cards.load_card(name)
+  fields = {"premise": "A dog runs.", "hypothesis": "An animal moves."}
+  # The official code's `tokenizer.eos_token.join([premise, hypothesis])`.
+  assert card.format_student_input(fields) == "A dog runs.</s>An animal moves."
+  # The teacher still reads the plain-text template.
+  assert card.format_input(fields) == (
+    "Premise: A dog runs.\nHypothesis: An animal moves."
+  )
+  assert card.build_prompt(fields).endswith(
+    "Premise: A dog runs.\nHypothesis: An animal moves.\n"
+    + card.prompt.query_template.split("\n")[-1]
+  )
+
+
+def test_student_input_template_option_is_the_readable_input():
+  data = _anli_dict()
+  data["student_input"] = {"join": "template"}
+  card = cards.card_from_dict(data, "readable.yaml")
+  fields = {"premise": "A dog runs.", "hypothesis": "An animal moves."}
+  assert card.format_student_input(fields) == (
+    "Premise: A dog runs.\nHypothesis: An animal moves."
+  )
+  # Cards without the field (cqa) default to the template as well.
+  assert cards.load_card("cqa").student_input.join == "template"
+
+
+@pytest.mark.parametrize(
+  "student_input, message",
+  [
+    (
+      {"join": "eos", "fields": ["premise", "claim"]},
+      r"bad\.yaml: .*student_input\.fields: \['claim'\] not in "
+      r"source\.input_fields",
+    ),
+    (
+      {"join": "eos", "fields": ["premise"]},
+      r"bad\.yaml: student_input: join 'eos' needs at least two fields",
+    ),
+    (
+      {"join": "template", "fields": ["premise", "hypothesis"]},
+      r"bad\.yaml: student_input: join 'template' takes no fields",
+    ),
+    (
+      {"join": "tab", "fields": ["premise", "hypothesis"]},
+      r"bad\.yaml: student_input\.join: Input should be 'template' or 'eos'",
+    ),
+    (
+      {"join": "eos", "field": ["premise", "hypothesis"]},
+      r"bad\.yaml: student_input\.field: Extra inputs",
+    ),
+  ],
+)
+def test_student_input_errors_name_file_and_field(student_input, message):
+  data = _anli_dict()
+  data["student_input"] = student_input
+  with pytest.raises(cards.CardError, match=message):
+    cards.card_from_dict(data, "bad.yaml")

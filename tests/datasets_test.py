@@ -56,7 +56,12 @@ def test_nli_palm_build_has_validation_with_names(paper_env, tmp_path):
     b"neutral",
     b"contradiction",
   }
-  assert all(r["input"].startswith(b"Premise: ") for r in rows)
+  # The student's input, as the official code builds it: premise</s>hypothesis.
+  first = json.loads(rows[0]["fields"])
+  assert rows[0]["input"].decode() == (
+    first["premise"] + "</s>" + first["hypothesis"]
+  )
+  assert all(r["input"].count(b"</s>") == 1 for r in rows)
 
 
 def test_store_source_build_votes(paper_env, tmp_path):

@@ -120,3 +120,38 @@ def test_filter_by_key_splits_into_complements():
   assert (
     list(preprocessors.filter_by_key(ds, None, 3, 7, keep_below=False)) == []
   )
+
+
+def test_tokenize_at_eos_reads_the_separator_as_eos():
+  import seqio
+
+  byte = seqio.ByteVocabulary()
+  features = {
+    "inputs": seqio.Feature(byte, add_eos=True),
+    "targets": seqio.Feature(byte, add_eos=True),
+  }
+  ds = tf.data.Dataset.from_tensor_slices(
+    {"inputs": ["predict: A b.</s>C", "no separator "], "targets": ["x", "y"]}
+  )
+  ds = preprocessors.tokenize_at_eos(ds, features)
+  ids = [b + 3 for b in b"predict: A b."] + [1] + [b"C"[0] + 3]
+  test_utils.assert_dataset(
+    ds,
+    [
+      {
+        "inputs_pretokenized": "predict: A b.</s>C",
+        "inputs": ids,
+        "targets_pretokenized": "x",
+        "targets": [b"x"[0] + 3],
+      },
+      # Without the separator: exactly SeqIO's tokenize.
+      {
+        "inputs_pretokenized": "no separator ",
+        "inputs": list(byte.encode("no separator ")),
+        "targets_pretokenized": "y",
+        "targets": [b"y"[0] + 3],
+      },
+    ],
+  )
+  # Inference tokenizes the same way.
+  assert preprocessors.encode_at_eos(byte, "predict: A b.</s>C") == ids

@@ -343,3 +343,134 @@ def test_tfds_data_dir_override(tfds_dir, monkeypatch):
   assert seqio_tasks.dataset_dir("cqa", "palm") == os.path.join(
     tfds_dir, "dss_annotated", "cqa_palm", "1.0.0"
   )
+
+
+@pytest.fixture(scope="session")
+def nli_tfds_dir(tmp_path_factory, paper_data_dir):
+  """anli1_palm and esnli_palm (the 64-row samples), plus a readable anli1."""
+  import yaml
+
+  from dss_jax import cards, datasets
+
+  root = tmp_path_factory.mktemp("nli")
+  data = yaml.safe_load((cards.TASKS_DIR / "anli1.yaml").read_text())
+  data.update(name="anli1_readable", student_input={"join": "template"})
+  readable = root / "anli1_readable.yaml"
+  readable.write_text(yaml.safe_dump(data))
+  data_dir = str(root / "tfds")
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setenv("DSS_PAPER_DATA_DIR", str(paper_data_dir))
+    for card in ("anli1", "esnli", str(readable)):
+      datasets.build_annotated(card, "palm", data_dir=data_dir)
+  return data_dir, str(readable)
+
+
+def _paper_pairs(paper_data_dir, card):
+  """(premise, hypothesis) of the sample's rows, read straight from its file."""
+  import json
+
+  path = paper_data_dir / f"{card}_sample" / f"{card}_valid.json"
+  rows = [json.loads(line) for line in path.read_text().splitlines()]
+  return [(r["premise"], r["hypothesis"]) for r in rows]
+
+
+def _task_inputs(name):
+  ds = seqio.get_mixture_or_task(name).get_dataset(
+    None, split="validation", shuffle=False
+  )
+  return {
+    ex["inputs_pretokenized"].decode(): ex["inputs"].tolist()
+    for ex in ds.as_numpy_iterator()
+  }
+
+
+def _official_t5_tokenizer(model_path, out_dir):
+  """transformers' T5TokenizerFast set up as transformers 4.24 converted it.
+
+  The official code (README: transformers v4.24.0) tokenizes with
+  `AutoTokenizer`, i.e. T5TokenizerFast converted from the SentencePiece
+  model: precompiled normalizer, runs of spaces collapsed, Metaspace
+  pre-tokenizer. transformers 5 puts a WhitespaceSplit before the Metaspace,
+  which drops a field's trailing whitespace (4.24 kept it as a lone "\u2581"
+  piece before the EOS, on 2 of ANLI's 64 sample rows); this restores 4.24.
+  """
+  import shutil
+
+  transformers = pytest.importorskip(
+    "transformers", reason="transformers not installed (export extra)"
+  )
+  from tokenizers import Regex, normalizers, pre_tokenizers
+
+  out_dir.mkdir()
+  shutil.copy(model_path, out_dir / "spiece.model")
+  tokenizer = transformers.T5TokenizerFast.from_pretrained(str(out_dir))
+  backend = tokenizer.backend_tokenizer
+  backend.normalizer = normalizers.Sequence(
+    [backend.normalizer, normalizers.Replace(Regex(" {2,}"), " ")]
+  )
+  backend.pre_tokenizer = pre_tokenizers.Metaspace(
+    replacement="\u2581", prepend_scheme="always", split=True
+  )
+  return tokenizer
+
+
+@pytest.mark.parametrize("card", ["anli1", "esnli"])
+def test_nli_inputs_match_official_t5_tokenizer(
+  card, nli_tfds_dir, paper_data_dir, tmp_path
+):
+  from dss_jax import vocab
+
+  pairs = _paper_pairs(paper_data_dir, card)
+  model_path = vocab.train_sentencepiece(
+    [text for pair in pairs for text in pair], tmp_path / "nli.model", 500
+  )
+  sentencepiece = seqio.SentencePieceVocabulary(str(model_path), extra_ids=100)
+  tokenizer = _official_t5_tokenizer(model_path, tmp_path / "hf")
+  assert tokenizer.eos_token == "</s>" and tokenizer.eos_token_id == 1
+  data_dir, _ = nli_tfds_dir
+  names = seqio_tasks.register_card(
+    card, "palm", data_dir=data_dir, vocabulary=sentencepiece
+  )
+  for name, prefix in (
+    (names[0], "predict: "),
+    (names[1], "explain: "),
+    (names[3], ""),  # standard finetuning: no prefix, as in run.py
+  ):
+    # run.py: tokenizer(prefix + tokenizer.eos_token.join([premise, hyp])).
+    official = {prefix + tokenizer.eos_token.join(pair) for pair in pairs}
+    inputs = _task_inputs(name)
+    # The rationale task drops rows whose completion gave no rationale.
+    assert len(inputs) == 64 if prefix != "explain: " else len(inputs) > 32
+    for text, ids in inputs.items():
+      assert text in official
+      assert ids == tokenizer(text)["input_ids"], text
+
+
+@pytest.mark.parametrize("card", ["anli1", "esnli"])
+def test_nli_inputs_bytes_are_premise_eos_hypothesis(
+  card, nli_tfds_dir, paper_data_dir
+):
+  data_dir, _ = nli_tfds_dir
+  names = seqio_tasks.register_card(
+    card, "palm", data_dir=data_dir, vocabulary=BYTE
+  )
+  inputs = _task_inputs(names[0])
+  assert len(inputs) == 64
+  for premise, hypothesis in _paper_pairs(paper_data_dir, card):
+    expected = _tokens("predict: " + premise)[:-1] + [1] + _tokens(hypothesis)
+    assert inputs[f"predict: {premise}</s>{hypothesis}"] == expected
+
+
+def test_nli_readable_option_keeps_template_inputs(
+  nli_tfds_dir, paper_data_dir
+):
+  data_dir, readable = nli_tfds_dir
+  names = seqio_tasks.register_card(
+    readable, "palm", data_dir=data_dir, vocabulary=BYTE
+  )
+  inputs = _task_inputs(names[0])
+  pairs = _paper_pairs(paper_data_dir, "anli1")
+  assert len(inputs) == len(pairs) == 64
+  for premise, hypothesis in pairs:
+    text = f"predict: Premise: {premise}\nHypothesis: {hypothesis}"
+    assert inputs[text] == _tokens(text)
