@@ -6,8 +6,7 @@ that needs no network. This module provides both:
 
 * `generate_problems` writes multi-step word problems such as
 
-      Mia has 3 boxes of 4 pens. She gives away 5 pens.
-      How many pens does Mia have now?
+      Mia has 3 boxes of 4 pens. She gives away 5. How many now?
 
   with the gold rationale `3 * 4 = 12. 12 - 5 = 7.` and the gold label `7`.
   `read_split` is the reader hook of the demo card, tasks/arith.yaml.
@@ -67,7 +66,11 @@ _BOXES = ("boxes", "bags", "packs", "jars")
 
 # One sentence per operation. Each template is (operation, text, pattern). The
 # pattern reads the operand back from the sentence; the teacher solves problems
-# with these patterns alone, so the question text is all it sees.
+# with these patterns alone, so the question text is all it sees. Sentences
+# are terse ("She sells 4.", "How many now?") because the demo's students are
+# byte-level: input bytes are most of a training step's cost, and on the
+# demo's budget a student reading 80 bytes learned the task better than one
+# reading the 120 bytes of full sentences (docs/distill.md).
 _START_TEMPLATES = (
   ("=", "{name} has {a} {item}.", r"has (\d+) \w+\.$"),
   (
@@ -77,17 +80,17 @@ _START_TEMPLATES = (
   ),
 )
 _STEP_TEMPLATES = (
-  ("+", "{pron} buys {c} more {item}.", r"buys (\d+) more"),
-  ("+", "{pron} finds {c} more {item}.", r"finds (\d+) more"),
-  ("+", "A friend gives {obj} {c} {item}.", r"gives (?:her|him) (\d+)"),
-  ("-", "{pron} gives away {c} {item}.", r"gives away (\d+)"),
-  ("-", "{pron} loses {c} {item}.", r"loses (\d+)"),
-  ("-", "{pron} sells {c} {item}.", r"sells (\d+)"),
-  ("*", "Then {pron_lower} doubles the {item}.", r"doubles"),
-  ("*", "Then {pron_lower} triples the {item}.", r"triples"),
+  ("+", "{pron} buys {c} more.", r"buys (\d+) more"),
+  ("+", "{pron} finds {c} more.", r"finds (\d+) more"),
+  ("+", "{pron} gets {c} more.", r"gets (\d+) more"),
+  ("-", "{pron} gives away {c}.", r"gives away (\d+)"),
+  ("-", "{pron} loses {c}.", r"loses (\d+)"),
+  ("-", "{pron} sells {c}.", r"sells (\d+)"),
+  ("*", "{pron} doubles them.", r"doubles"),
+  ("*", "{pron} triples them.", r"triples"),
 )
 _WORD_FACTORS = {"doubles": 2, "triples": 3}
-_QUESTION = "How many {item} does {name} have now?"
+_QUESTION = "How many now?"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,8 +167,6 @@ def _sample_problem(
   fill = {
     "name": name,
     "pron": pron,
-    "pron_lower": pron.lower(),
-    "obj": "her" if pron == "She" else "him",
     "item": item,
     "box": rng.choice(_BOXES),
   }
