@@ -25,8 +25,12 @@ Other cards and teachers (see docs/distill.md for the full commands):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
+import io
 import json
+import logging as py_logging
 import os
 import pathlib
 import re
@@ -39,12 +43,15 @@ from absl import app, flags, logging
 
 from dss_jax import grid as grid_lib
 from dss_jax import host, report
+from dss_jax import workers as workers_lib
 
 BACKENDS = ("offline", "replay", "gemini", "openai")
 
 # Students small enough for a CPU. Widths are T5 v1.1's shape (gated GELU,
-# no biases) scaled down; "demo" trains on the arith card in one to three
-# minutes per run on two CPU cores.
+# no biases) scaled down; "demo" trains a run of the arith demo in about a
+# minute on one core. In a sweep on the demo task (docs/distill.md) "demo"
+# learned more in the demo's budget than both "demo-xs" (less stable) and a
+# 128-wide student (slower to start at the demo's learning rate).
 # T5 v1.1 sizes ("small", "base", "large", "xl", "xxl") are accepted as well.
 STUDENT_SIZES: dict[str, dict[str, int]] = {
   "demo-xs": dict(
@@ -130,6 +137,11 @@ class DistillConfig:
     progress: progress bars.
     compilation_cache: keep XLA's compiled programs in <out_dir>/xla_cache,
       so runs after the first (and reruns) skip compilation.
+    workers: runs trained side by side, each in its own single-threaded
+      process (`dss_jax.workers`); None: one per core, at most 2; 1: all in
+      this process.
+    show_examples: test examples whose rationale and label a distilling
+      step-by-step student decodes at the end, beside the teacher's.
   """
 
   card: str = "arith"
@@ -144,28 +156,31 @@ class DistillConfig:
   paper_data_dir: str | None = None
   methods: tuple[str, ...] = ("finetune", "dss_gold")
   model_sizes: tuple[str, ...] = ("demo",)
-  fractions: tuple[float, ...] = (1.0,)
+  # Half the data beside all of it: the paper's data-efficiency claim.
+  fractions: tuple[float, ...] = (0.5, 1.0)
   seeds: tuple[int, ...] = (0, 1, 2)
   vocabulary: str = "byte"
   initial_checkpoint: str | None = None
-  train_steps: int = 400
+  train_steps: int = 1000
   batch_size: int = 32
   recipe: str = "mixture"
   learning_rate: float = 3e-3
   warmup_steps: int = 50
   dropout_rate: float = 0.0
-  inputs_length: int = 120
+  inputs_length: int = 80
   targets_length: int = 28
   label_length: int = 4
   rationale_rate: float = 1.0
   eval_examples: int | None = None
-  validation_period: int = 100
+  validation_period: int = 250
   validation_examples: int | None = 200
   eval_batch_size: int = 100
   out_dir: str = "demo_output"
   tfds_data_dir: str | None = None
   progress: bool = True
   compilation_cache: bool = True
+  workers: int | None = None
+  show_examples: int = 3
 
   def __post_init__(self):
     from dss_jax import trainer
@@ -221,6 +236,9 @@ PAPER_OVERRIDES: dict[str, Any] = dict(
   targets_length=256,
   label_length=64,
   eval_batch_size=64,
+  fractions=(1.0,),
+  # One accelerator: runs one after another, each using all of it.
+  workers=1,
   # The official code scores every 250 steps (its eval_steps).
   validation_period=250,
   validation_examples=None,
@@ -405,6 +423,8 @@ class Pipeline:
   # -------------------------------------------------------------------- TFDS
   def build_dataset(self) -> None:
     """Stage 2: the annotated TFDS dataset (tfds skips a prepared one)."""
+    import tensorflow_datasets as tfds
+
     from dss_jax import datasets
 
     config = self.config
@@ -412,9 +432,16 @@ class Pipeline:
     if config.backend == "replay" and config.paper_data_dir:
       os.environ.setdefault("DSS_PAPER_DATA_DIR", config.paper_data_dir)
     store = None if config.backend == "replay" else str(self.store_path)
-    builder = datasets.build_annotated(
-      config.card, config.source_name, data_dir=config.data_dir, store=store
-    )
+    # TFDS prints its own banners to stdout and draws nested bars for a
+    # build of seconds; the stage line below says what happened.
+    tfds.disable_progress_bar()
+    banners = io.StringIO()
+    with contextlib.redirect_stdout(banners):
+      builder = datasets.build_annotated(
+        config.card, config.source_name, data_dir=config.data_dir, store=store
+      )
+    if banners.getvalue().strip():
+      logging.info("tfds: %s", banners.getvalue().strip())
     self.log(
       f"tfds: {datasets.tfds_name(self.card.name, config.source_name)} in "
       f"{builder.data_dir} ({time.monotonic() - start:.1f}s)"
@@ -651,6 +678,66 @@ class Pipeline:
     )
     return {"results_csv": results, **paths}
 
+  def show_examples(self, count: int) -> str | None:
+    """Decodes `count` test examples with a distilling step-by-step student.
+
+    The first finished rationale run on the most data (its lowest seed)
+    writes a rationale (`explain: `) and a label (`predict: `) for each,
+    beside the teacher's; None when the job trained no rationale run.
+    """
+    from dss_jax import checkpoints, datasets, showcase
+    from dss_jax.models import t5
+
+    config = self.config
+    specs = [
+      s
+      for s in grid_lib.expand(
+        config.methods, config.model_sizes, config.fractions, config.seeds
+      )
+      if s.uses_rationales
+      and grid_lib.read_result(grid_lib.run_dir(self.out_dir, s))
+    ]
+    if not specs or not count:
+      return None
+    spec = min(specs, key=lambda s: (-s.fraction, s.seed))
+    directory = grid_lib.run_dir(self.out_dir, spec)
+    vocabulary = self.register_tasks(spec)
+    model = t5.Transformer(
+      student_config(
+        spec.model_size, vocabulary.vocab_size, config.dropout_rate
+      )
+    )
+    params = checkpoints.restore_params(directory / checkpoints.CHECKPOINTS)
+    builder = datasets.build_annotated(
+      config.card,
+      config.source_name,
+      data_dir=config.data_dir,
+      store=None if config.backend == "replay" else str(self.store_path),
+    )
+    teacher_rows = {
+      row["input"].decode(): {
+        k: v.decode() for k, v in row.items() if isinstance(v, bytes)
+      }
+      for row in builder.as_dataset(split="test").as_numpy_iterator()
+    }
+    card, source = self.card.name, config.source_name
+    examples = showcase.student_examples(
+      model=model,
+      params=params,
+      vocabulary=vocabulary,
+      label_task=f"dss_{card}_{source}_label",
+      rationale_task=f"dss_{card}_{source}_rationale",
+      teacher_rows=teacher_rows,
+      inputs_length=config.inputs_length,
+      targets_length=config.targets_length,
+      label_length=config.label_length,
+      count=count,
+    )
+    return (
+      f"Test examples, {spec.name} (greedy; only the label is scored):\n"
+      + showcase.format_examples(examples)
+    )
+
   def _teacher_name(self) -> str:
     if self.config.backend == "replay":
       return "PaLM 540B"
@@ -678,15 +765,37 @@ def run(config: DistillConfig, log=print) -> dict[str, pathlib.Path]:
   specs = grid_lib.expand(
     config.methods, config.model_sizes, config.fractions, config.seeds
   )
-  rows = grid_lib.run_grid(specs, pipeline.run, pipeline.out_dir, log=log)
+  workers = config.workers or workers_lib.default_workers()
+  if workers > 1 and len(specs) > 1:
+    rows = workers_lib.run_grid(
+      specs,
+      functools.partial(_run_in_worker, config),
+      pipeline.out_dir,
+      workers=workers,
+      log_dir=pipeline.out_dir / "logs",
+      setup=functools.partial(_setup_worker, config),
+      log=log,
+      progress=config.progress,
+    )
+  else:
+    rows = grid_lib.run_grid(specs, pipeline.run, pipeline.out_dir, log=log)
   paths = pipeline.write_report(rows)
+  examples = pipeline.show_examples(config.show_examples)
   log("")
   log(paths["summary_md"].read_text())
+  pair = report.data_efficiency(
+    report.summarize(report.read_results(paths["results_csv"]))
+  )
+  if pair is not None:
+    log(report.data_efficiency_text(pair))
+  if examples:
+    log(examples)
   log(f"{'results_csv:':<20}{paths['results_csv']}")
   for name in (
     "summary_md",
     "summary_csv",
     "accuracy_by_method",
+    "data_efficiency",
     "accuracy_vs_data",
     "accuracy_vs_size",
   ):
@@ -704,8 +813,30 @@ def run(config: DistillConfig, log=print) -> dict[str, pathlib.Path]:
   )
   log(f"{'teacher answers:':<20}{teacher}")
   log(f"{'tfds data:':<20}{config.data_dir}")
+  log(f"{'logs:':<20}{pipeline.out_dir / 'logs'}")
   log(f"{'wall time:':<20}{time.monotonic() - start:.0f}s")
   return paths
+
+
+# A worker process's pipeline (`dss_jax.workers`), built on its first run.
+_WORKER_PIPELINE: Pipeline | None = None
+
+
+def _setup_worker(config: DistillConfig) -> None:
+  host.keep_freed_memory()
+  if config.compilation_cache:
+    _enable_compilation_cache(pathlib.Path(config.out_dir) / "xla_cache")
+
+
+def _run_in_worker(
+  config: DistillConfig, spec: grid_lib.RunSpec, directory: pathlib.Path
+) -> dict[str, Any]:
+  global _WORKER_PIPELINE
+  if _WORKER_PIPELINE is None:
+    # The worker's output goes to its log file; bars there are noise.
+    quiet = dataclasses.replace(config, progress=False)
+    _WORKER_PIPELINE = Pipeline(quiet, log=logging.info)
+  return _WORKER_PIPELINE.run(spec, directory)
 
 
 # ------------------------------------------------------------------ the CLI
@@ -744,6 +875,7 @@ _FLAGS: dict[str, tuple[str, str]] = {
   "out_dir": ("string", "Output folder (default: demo_output, runs/...)."),
   "tfds_data_dir": ("string", "TFDS data dir (default: <out_dir>/tfds)."),
   "progress_bars": ("bool", "Show progress bars."),
+  "workers": ("integer", "Runs side by side (default: 1 per core, max 2)."),
 }
 # Flag name -> DistillConfig field, where they differ.
 _FIELD_OF_FLAG = {
@@ -828,6 +960,27 @@ def config_from_flags(grid_defaults: bool = False) -> DistillConfig:
   return DistillConfig(**values)
 
 
+def _log_to_file(log_dir: pathlib.Path) -> None:
+  """Sends logs and warnings to `log_dir`; the terminal keeps errors only.
+
+  Checkpointing, SeqIO and TFDS log at INFO and WARNING on every run (SeqIO
+  warns about uncached datasets and padded lengths the demo chooses on
+  purpose), which would bury the progress bars and the table. The full log
+  is `log_dir/distill.INFO`; --stderrthreshold=info brings it back to the
+  terminal.
+  """
+  # Read by TensorFlow when the stages first import it: no cuInit, CUDA or
+  # oneDNN lines from its C++ side.
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  log_dir.mkdir(parents=True, exist_ok=True)
+  logging.get_absl_handler().use_absl_log_file("distill", str(log_dir))
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.INFO)
+  if not flags.FLAGS["stderrthreshold"].present:
+    flags.FLAGS.stderrthreshold = "error"
+  py_logging.captureWarnings(True)
+
+
 def main(argv: Sequence[str], grid_defaults: bool = False) -> None:
   """`dss-jax distill`: runs the job the flags describe."""
   if len(argv) > 1:
@@ -838,11 +991,7 @@ def main(argv: Sequence[str], grid_defaults: bool = False) -> None:
     config = config_from_flags(grid_defaults)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
-  if not flags.FLAGS["verbosity"].present:
-    # Checkpointing and SeqIO log every step at INFO, which buries the
-    # progress bars and the summary; --verbosity=0 brings them back.
-    logging.set_verbosity(logging.WARNING)
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  _log_to_file(pathlib.Path(config.out_dir) / "logs")
   run(config)
   sys.stdout.flush()
 

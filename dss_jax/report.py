@@ -9,6 +9,10 @@ per finished run) and produces:
   summary is `summary_picked.csv`;
 * `accuracy_by_method.png`: one bar per method (mean, standard error, seeds
   as dots) with the teacher's accuracy as a line, for runs at one data size;
+* `data_efficiency.png`: distilling step-by-step against % of training data,
+  with standard finetuning's full-data mean as a dashed line (the paper's
+  claim that it needs less data to match finetuning), when the results have
+  distilling step-by-step runs on less data than finetuning's largest;
 * `accuracy_vs_data.png`: accuracy against the percentage of training data,
   one line per method with standard-error bars (the paper's Figures 4 and 5);
 * `accuracy_vs_size.png`: accuracy against student size, with the teacher's
@@ -414,6 +418,138 @@ def plot_accuracy_by_method(
   return _save(fig, path)
 
 
+def data_efficiency(
+  summaries: Sequence[Summary],
+  *,
+  method: str = "dss_gold",
+  baseline: str = "finetune",
+) -> tuple[Summary, Summary] | None:
+  """The paper's data-efficiency comparison, if the results hold it.
+
+  Args:
+    summaries: output of `summarize`.
+    method: the data-efficient method.
+    baseline: the method trained on all the data.
+
+  Returns:
+    (`method` on the smallest fraction where its mean reaches the
+    baseline's full-data mean, else on its smallest fraction; `baseline` on
+    its largest fraction), for the largest model size with both; None when
+    `method` has no run on less data than the baseline's largest fraction.
+  """
+  for size in sorted(
+    {s.model_size for s in summaries},
+    key=lambda m: -max(s.num_params for s in summaries if s.model_size == m),
+  ):
+    cells = [s for s in summaries if s.model_size == size]
+    full = [s for s in cells if s.method == baseline]
+    if not full:
+      continue
+    reference = max(full, key=lambda s: s.fraction)
+    less = sorted(
+      (
+        s
+        for s in cells
+        if s.method == method and s.fraction < reference.fraction
+      ),
+      key=lambda s: s.fraction,
+    )
+    if not less:
+      continue
+    matching = [s for s in less if s.mean >= reference.mean]
+    return (matching[0] if matching else less[0]), reference
+  return None
+
+
+def data_efficiency_text(pair: tuple[Summary, Summary]) -> str:
+  """One sentence: does the method on less data match the baseline?"""
+  ours, reference = pair
+  verb = "matches or beats" if ours.mean >= reference.mean else "falls below"
+  return (
+    f"{METHOD_TITLES.get(ours.method, ours.method)} on "
+    f"{100 * ours.fraction:g}% of the training data "
+    f"({100 * ours.mean:.1f} ± {100 * ours.stderr:.1f}) {verb} "
+    f"{METHOD_TITLES.get(reference.method, reference.method).lower()} on "
+    f"{100 * reference.fraction:g}% ({100 * reference.mean:.1f} ± "
+    f"{100 * reference.stderr:.1f}); mean ± s.e. over seeds.\n"
+  )
+
+
+def plot_data_efficiency(
+  summaries: Sequence[Summary],
+  path: str | pathlib.Path,
+  *,
+  title: str = "",
+  method: str = "dss_gold",
+  baseline: str = "finetune",
+) -> pathlib.Path:
+  """Accuracy against % of data, the baseline's full-data mean as a line.
+
+  The figure of the paper's data-efficiency claim at a glance: where the
+  method's curve crosses the dashed line, it matches the baseline trained on
+  all the data.
+
+  Args:
+    summaries: output of `summarize`.
+    path: the PNG to write.
+    title: the figure title (the dataset).
+    method: the data-efficient method.
+    baseline: the method whose largest-fraction mean is the dashed line.
+
+  Returns:
+    The written path.
+
+  Raises:
+    ValueError: the results hold no such comparison (`data_efficiency`).
+  """
+  pair = data_efficiency(summaries, method=method, baseline=baseline)
+  if pair is None:
+    raise ValueError(f"no {method} runs on less data than {baseline}'s")
+  ours, reference = pair
+  plt = _pyplot()
+  cells = [s for s in summaries if s.model_size == reference.model_size]
+  fig, ax = plt.subplots(figsize=(4.5, 3.5))
+  for name in sorted({s.method for s in cells}, key=_method_order):
+    points = sorted(
+      (s for s in cells if s.method == name), key=lambda s: s.fraction
+    )
+    color, marker = _METHOD_STYLE.get(name, (None, "o"))
+    ax.errorbar(
+      [100 * s.fraction for s in points],
+      [100 * s.mean for s in points],
+      yerr=[100 * s.stderr for s in points],
+      label=METHOD_TITLES.get(name, name),
+      color=color,
+      marker=marker,
+      capsize=3,
+    )
+  color, _ = _METHOD_STYLE.get(baseline, ("black", "o"))
+  ax.axhline(
+    100 * reference.mean,
+    color=color,
+    linestyle="--",
+    label=f"{METHOD_TITLES.get(baseline, baseline)}, "
+    f"{100 * reference.fraction:g}% data",
+  )
+  ax.annotate(
+    f"{100 * ours.fraction:g}% data",
+    (100 * ours.fraction, 100 * ours.mean),
+    textcoords="offset points",
+    xytext=(6, -12),
+    fontsize=7,
+  )
+  fractions = sorted({100 * s.fraction for s in cells})
+  ax.set_xscale("log", base=2)
+  ax.set_xticks(fractions, [f"{f:g}" for f in fractions])
+  ax.set_xlabel("% of training data")
+  ax.set_ylabel("Accuracy (%)")
+  name = f"{reference.model_size}, mean ± s.e. over seeds"
+  ax.set_title(f"{title} ({name})" if title else name, fontsize=8)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7)
+  return _save(fig, path)
+
+
 def _human_params(n: int) -> str:
   for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
     if n >= scale:
@@ -472,6 +608,7 @@ def write_report(
     paths["summary_picked_csv"] = out_dir / "summary_picked.csv"
     write_summary_csv(picked, paths["summary_picked_csv"])
   paths["summary_md"].write_text(text)
+  pair = data_efficiency(summaries)
   paths["accuracy_by_method"] = plot_accuracy_by_method(
     summaries,
     out_dir / "accuracy_by_method.png",
@@ -479,6 +616,10 @@ def write_report(
     teacher_name=teacher_name,
     title=title,
   )
+  if pair is not None:
+    paths["data_efficiency"] = plot_data_efficiency(
+      summaries, out_dir / "data_efficiency.png", title=title
+    )
   if len({s.fraction for s in summaries}) > 1:
     paths["accuracy_vs_data"] = plot_accuracy_vs_data(
       summaries, out_dir / "accuracy_vs_data.png", title=title

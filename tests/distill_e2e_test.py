@@ -22,6 +22,7 @@ def _config(out_dir, **overrides):
     methods=("finetune", "dss_teacher"),
     model_sizes=("demo-xs",),
     seeds=(0,),
+    fractions=(1.0,),
     train_steps=2,
     batch_size=8,
     label_length=4,
@@ -33,13 +34,15 @@ def _config(out_dir, **overrides):
     out_dir=str(out_dir),
     progress=False,
     compilation_cache=False,
+    workers=1,
   )
   values.update(overrides)
   return distill.DistillConfig(**values)
 
 
 def test_every_stage_runs_and_a_rerun_redoes_nothing(tmp_path, monkeypatch):
-  config = _config(tmp_path / "out")
+  # Two worker processes, as the demo trains, and examples at the end.
+  config = _config(tmp_path / "out", workers=2, show_examples=2)
   logs = []
   paths = distill.run(config, log=logs.append)
 
@@ -53,11 +56,14 @@ def test_every_stage_runs_and_a_rerun_redoes_nothing(tmp_path, monkeypatch):
     assert result["steps"] == 2 and 0.0 <= result["value"] <= 1.0
     assert 0.0 <= result["value_picked"] <= 1.0
     assert result["picked_step"] in (1, 2)
-    assert (directory / "best_checkpoints" / str(result["picked_step"])).is_dir()
+    assert (
+      directory / "best_checkpoints" / str(result["picked_step"])
+    ).is_dir()
     scored = (directory / "validation_eval").glob("*-metrics.jsonl")
-    assert [
-      json.loads(line)["step"] for f in scored for line in f.open()
-    ] == [1, 2]
+    assert [json.loads(line)["step"] for f in scored for line in f.open()] == [
+      1,
+      2,
+    ]
     assert result["num_params"] > 0
     assert any((directory / "checkpoints").iterdir())
   assert paths["accuracy_by_method"].read_bytes().startswith(_PNG)
@@ -70,6 +76,15 @@ def test_every_stage_runs_and_a_rerun_redoes_nothing(tmp_path, monkeypatch):
   teacher = json.loads((out / "teacher_accuracy_test.json").read_text())
   assert 0.7 < teacher["accuracy"] < 0.95
   assert "checkpoints:" in "\n".join(logs)
+  # Each worker's own output went to its log file, not to the terminal.
+  assert sorted(p.name for p in (out / "logs").glob("worker*.log")) == [
+    "worker1.log",
+    "worker2.log",
+  ]
+  # The dss_teacher student decoded two test examples, each with a
+  # rationale line and a label line beside the teacher's.
+  shown = "\n".join(logs).split("Test examples, dss_teacher/")[1]
+  assert shown.count("   teacher  ") == 2 and shown.count("   student  ") == 2
 
   def must_not_run(*args, **kwargs):
     raise AssertionError("a finished stage ran again")

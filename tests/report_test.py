@@ -82,11 +82,44 @@ def test_report_writes_tables_and_both_figures(tmp_path):
   assert header.startswith("method,model_size,num_params,fraction")
 
 
+def test_data_efficiency_compares_less_data_with_the_full_baseline(tmp_path):
+  rows = [
+    _row(method, "s", fraction, seed, value + 0.01 * seed)
+    for method, fraction, value in (
+      ("finetune", 0.5, 0.2),
+      ("finetune", 1.0, 0.3),
+      ("dss_gold", 0.25, 0.25),
+      ("dss_gold", 0.5, 0.35),
+      ("dss_gold", 1.0, 0.5),
+    )
+    for seed in (0, 1, 2)
+  ]
+  ours, reference = report.data_efficiency(report.summarize(rows))
+  # The smallest fraction that reaches finetuning on all the data.
+  assert (ours.method, ours.fraction) == ("dss_gold", 0.5)
+  assert (reference.method, reference.fraction) == ("finetune", 1.0)
+  text = report.data_efficiency_text((ours, reference))
+  assert text.startswith("Distilling step-by-step on 50% of the training")
+  assert "(36.0 ± 0.6) matches or beats standard finetuning on 100%" in text
+  # Short of it on every fraction: the smallest is shown, as falling below.
+  below = [r for r in rows if r["fraction"] != 0.5 or r["method"] != "dss_gold"]
+  ours, _ = report.data_efficiency(report.summarize(below))
+  assert ours.fraction == 0.25
+  assert "falls below" in report.data_efficiency_text((ours, reference))
+  path = tmp_path / "results.csv"
+  _write(path, rows)
+  paths = report.write_report(path, tmp_path / "out", title="arith")
+  assert paths["data_efficiency"].read_bytes().startswith(_PNG)
+  # Without distilling step-by-step on less data there is nothing to show.
+  assert report.data_efficiency(report.summarize(rows[:6])) is None
+
+
 def test_one_size_and_fraction_gives_the_method_figure_only(tmp_path):
   path = tmp_path / "results.csv"
   _write(path, [_row("finetune", "s", 1.0, 0, 0.5)])
   paths = report.write_report(path, tmp_path)
   assert "accuracy_vs_size" not in paths and "accuracy_vs_data" not in paths
+  assert "data_efficiency" not in paths
   assert paths["accuracy_by_method"].read_bytes().startswith(_PNG)
   with pytest.raises(ValueError, match="no results"):
     report.write_report(tmp_path / "missing.csv", tmp_path)

@@ -1,0 +1,203 @@
+"""Runs the cells of a grid side by side, one worker process per CPU core.
+
+The demo's students are tiny: a training step is a chain of small matmuls that
+one core runs nearly as fast as two, so two single-threaded processes, each
+training its own run, finish a grid in a little more than half the time of one
+two-threaded process. `run_grid` here is `dss_jax.grid.run_grid` with a pool
+of such workers:
+
+    rows = workers.run_grid(specs, run_fn, root, workers=2,
+                            log_dir=root / "logs")
+
+Each worker is a fresh (spawned) Python process: XLA and TensorFlow start
+there with one thread, its stdout and stderr (TensorFlow's and XLA's own C++
+lines included) go to `<log_dir>/worker<i>.log`, and Python logging goes to
+the same file, so the terminal only shows what the caller logs. A run that
+finished (its `result.json` exists) is skipped, as in `dss_jax.grid`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import logging as py_logging
+import multiprocessing
+import os
+import pathlib
+import signal
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from dss_jax import grid as grid_lib
+
+# One XLA:CPU thread: the pool, not XLA, spreads the work over the cores.
+SINGLE_THREAD_XLA_FLAGS = (
+  "--xla_cpu_multi_thread_eigen=false",
+  "intra_op_parallelism_threads=1",
+)
+
+# From <linux/prctl.h>.
+_PR_SET_PDEATHSIG = 1
+
+RunFn = Callable[[grid_lib.RunSpec, pathlib.Path], Mapping[str, Any]]
+
+
+def default_workers() -> int:
+  """One worker per core this process may use, at most 2.
+
+  More than two small runs side by side only share the same memory
+  bandwidth, and on a laptop the user still wants a responsive machine.
+  """
+  try:
+    cores = len(os.sched_getaffinity(0))
+  except AttributeError:  # macOS has no affinity API
+    cores = os.cpu_count() or 1
+  return max(1, min(2, cores))
+
+
+def _quiet_process(log_path: str) -> None:
+  """Sends this process's output, C++ included, to `log_path`."""
+  flags = os.environ.get("XLA_FLAGS", "").split()
+  names = {f.split("=", 1)[0] for f in flags}
+  flags += [f for f in SINGLE_THREAD_XLA_FLAGS if f.split("=")[0] not in names]
+  os.environ["XLA_FLAGS"] = " ".join(flags)
+  # TensorFlow reads these when it is first imported, which happens later,
+  # inside the run: no cuInit or oneDNN banners, one thread per pool.
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
+  os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
+  pathlib.Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+  sink = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+  # File descriptors, not just sys.stdout: the C++ libraries write to them.
+  os.dup2(sink, 1)
+  os.dup2(sink, 2)
+  os.close(sink)
+  sys.stdout = os.fdopen(1, "w", buffering=1)
+  sys.stderr = os.fdopen(2, "w", buffering=1)
+  from absl import logging
+
+  logging.use_absl_handler()
+  logging.set_verbosity(logging.INFO)
+  py_logging.captureWarnings(True)
+
+
+def _stop_with_parent() -> None:
+  """Asks Linux to send this process SIGTERM when its parent dies.
+
+  A pool's workers are stopped when the parent exits normally, but not when
+  it is killed; they would train on, unseen. SIGTERM makes the trainer save
+  a checkpoint and stop, so a rerun resumes the run.
+  """
+  if not sys.platform.startswith("linux"):
+    return
+  try:
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+  except (OSError, AttributeError):
+    pass
+
+
+def _init_worker(
+  log_dir: str, counter, setup: Callable[[], None] | None
+) -> None:
+  _stop_with_parent()
+  with counter.get_lock():
+    counter.value += 1
+    index = counter.value
+  _quiet_process(str(pathlib.Path(log_dir) / f"worker{index}.log"))
+  if setup is not None:
+    setup()
+
+
+def _run_one(
+  run_fn: RunFn, root: str, spec: grid_lib.RunSpec
+) -> tuple[grid_lib.RunSpec, dict[str, Any]]:
+  directory = grid_lib.run_dir(root, spec)
+  start = time.monotonic()
+  result = dict(run_fn(spec, directory))
+  result.setdefault("train_seconds", round(time.monotonic() - start, 1))
+  result.setdefault("run_dir", str(directory))
+  grid_lib.write_result(directory, result)
+  return spec, result
+
+
+def run_grid(
+  specs: Sequence[grid_lib.RunSpec],
+  run_fn: RunFn,
+  root: str | pathlib.Path,
+  *,
+  workers: int,
+  log_dir: str | pathlib.Path,
+  setup: Callable[[], None] | None = None,
+  log: Callable[[str], None] = print,
+  progress: bool = True,
+) -> list[dict[str, Any]]:
+  """Runs every unfinished cell in `workers` processes; returns all results.
+
+  Args:
+    specs: the grid.
+    run_fn: trains and evaluates one run in the given folder and returns its
+      result row, as for `dss_jax.grid.run_grid`; it must pickle (a module
+      function, or a `functools.partial` of one).
+    root: the grid's output folder.
+    workers: processes side by side.
+    log_dir: where each worker's output goes (`worker<i>.log`).
+    setup: called once in each worker before its first run (picklable).
+    log: where the per-run lines go.
+    progress: a progress bar over the runs.
+
+  Returns:
+    The result rows of all finished runs of `specs`, in `specs`' order.
+  """
+  import tqdm
+
+  root = pathlib.Path(root)
+  todo = [
+    s for s in specs if grid_lib.read_result(grid_lib.run_dir(root, s)) is None
+  ]
+  if len(todo) < len(specs):
+    log(
+      f"grid: {len(specs) - len(todo)}/{len(specs)} runs already finished; "
+      "skipping them"
+    )
+  # Runs with rationales take longest; starting them first keeps the
+  # workers busy to the end (longest processing time first).
+  todo.sort(key=lambda s: not s.uses_rationales)
+  if not todo:
+    return grid_lib.collect_results(root, specs)
+  workers = max(1, min(workers, len(todo)))
+  log(
+    f"grid: {len(todo)} runs in {workers} worker processes "
+    f"(their logs: {log_dir}/worker<i>.log)"
+  )
+  context = multiprocessing.get_context("spawn")
+  counter = context.Value("i", 0)
+  bar = tqdm.tqdm(
+    total=len(todo),
+    desc="runs",
+    unit="run",
+    file=sys.stderr,
+    dynamic_ncols=True,
+    disable=not progress,
+  )
+  write = bar.write if progress else log
+  start = time.monotonic()
+  with context.Pool(
+    workers, _init_worker, (str(log_dir), counter, setup)
+  ) as pool:
+    for spec, result in pool.imap_unordered(
+      functools.partial(_run_one, run_fn, str(root)), todo
+    ):
+      value = result.get("value")
+      shown = f"{100 * value:.1f}%" if isinstance(value, float) else value
+      write(
+        f"grid: {spec.name}: test {result.get('metric', '')} {shown} "
+        f"({result['train_seconds']:.0f}s training, "
+        f"{time.monotonic() - start:.0f}s so far)"
+      )
+      bar.update()
+  bar.close()
+  return grid_lib.collect_results(root, specs)
