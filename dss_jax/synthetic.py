@@ -6,9 +6,11 @@ that needs no network. This module provides both:
 
 * `generate_problems` writes multi-step word problems such as
 
-      Mia has 3 boxes of 4 pens. She gives away 5. How many now?
+      Mia has 3 boxes of 4 pens. She gives away 5.
 
-  with the gold rationale `3 * 4 = 12. 12 - 5 = 7.` and the gold label `7`.
+  with the gold rationale `3 * 4 = 12. 12 - 5 = 7.` and the gold label `7`
+  (how many the person has at the end; the card's prompt says so once, so
+  the problems need no question sentence).
   `read_split` is the reader hook of the demo card, tasks/arith.yaml.
 
 * `OfflineTeacher` plays the part of a few-shot chain-of-thought LLM. It reads
@@ -67,10 +69,11 @@ _BOXES = ("boxes", "bags", "packs", "jars")
 # One sentence per operation. Each template is (operation, text, pattern). The
 # pattern reads the operand back from the sentence; the teacher solves problems
 # with these patterns alone, so the question text is all it sees. Sentences
-# are terse ("She sells 4.", "How many now?") because the demo's students are
-# byte-level: input bytes are most of a training step's cost, and on the
-# demo's budget a student reading 80 bytes learned the task better than one
-# reading the 120 bytes of full sentences (docs/distill.md).
+# are terse ("She sells 4.") and there is no question sentence because the
+# demo's students are byte-level: input bytes are most of a training step's
+# cost, and on the demo's budget a student reading at most 64 bytes learned
+# the task better than one reading the 120 bytes of full sentences
+# (docs/distill.md).
 _START_TEMPLATES = (
   ("=", "{name} has {a} {item}.", r"has (\d+) \w+\.$"),
   (
@@ -90,7 +93,9 @@ _STEP_TEMPLATES = (
   ("*", "{pron} triples them.", r"triples"),
 )
 _WORD_FACTORS = {"doubles": 2, "triples": 3}
-_QUESTION = "How many now?"
+# Problems of older versions of this module ended with a question; the
+# teacher still stops reading there.
+_QUESTION_START = "How many"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,7 +204,6 @@ def _sample_problem(
     sentences.append(text.format(c=operand, **fill))
     steps.append(Step(value, op, operand))
     value = steps[-1].result
-  sentences.append(_QUESTION.format(**fill))
   return Problem(
     id=f"{split}-{index}",
     question=" ".join(sentences),
@@ -270,7 +274,7 @@ def read_question(question: str) -> list[Step]:
   steps: list[Step] = []
   value: int | None = None
   for sentence in (s.strip() for s in sentences):
-    if sentence.startswith("How many"):
+    if sentence.startswith(_QUESTION_START):
       break
     if value is None:
       for kind, _, pattern in _START_TEMPLATES:

@@ -107,6 +107,22 @@ def test_task_names_follow_the_seqio_contract(tmp_path):
   )
 
 
+def test_the_demo_trains_baselines_on_all_the_data_only():
+  # Distilling step-by-step on 50% and 100%, finetuning on 100%: what the
+  # data-efficiency comparison needs, three seeds each.
+  specs = distill.DistillConfig().specs()
+  assert sorted({(s.method, s.fraction) for s in specs}) == [
+    ("dss_gold", 0.5),
+    ("dss_gold", 1.0),
+    ("finetune", 1.0),
+  ]
+  assert len(specs) == 9
+  every = distill.DistillConfig(baseline_fractions=None).specs()
+  assert len(every) == 12 and ("finetune", 0.5) in {
+    (s.method, s.fraction) for s in every
+  }
+
+
 def test_student_sizes_pad_the_vocabulary():
   config = distill.student_config("demo", 259, 0.0)
   assert config.vocab_size == 384 and config.emb_dim == 64
