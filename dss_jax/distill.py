@@ -35,7 +35,6 @@ import os
 import pathlib
 import re
 import sys
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -80,6 +79,8 @@ STUDENT_SIZES: dict[str, dict[str, int]] = {
     num_decoder_layers=3,
   ),
 }
+# A run's test examples with the student's rationale (`show_examples`).
+EXAMPLES_FILE = "examples.txt"
 T5_SIZES = ("small", "base", "large", "xl", "xxl")
 
 
@@ -179,7 +180,7 @@ class DistillConfig:
   label_length: int = 4
   rationale_rate: float = 1.0
   eval_examples: int | None = None
-  validation_period: int = 250
+  validation_period: int = 400
   validation_examples: int | None = 200
   eval_batch_size: int = 100
   out_dir: str = "demo_output"
@@ -700,27 +701,48 @@ class Pipeline:
     )
     return {"results_csv": results, **paths}
 
-  def show_examples(self, count: int) -> str | None:
-    """Decodes `count` test examples with a distilling step-by-step student.
+  def showcase_spec(self) -> grid_lib.RunSpec | None:
+    """The run whose student shows test examples: with rationales, on the
+    most data, lowest seed; None when the job has no such run."""
+    specs = [s for s in self.config.specs() if s.uses_rationales]
+    if not specs or not self.config.show_examples:
+      return None
+    return min(specs, key=lambda s: (-s.fraction, s.model_size, s.seed))
 
-    The first finished rationale run on the most data (its lowest seed)
-    writes a rationale (`explain: `) and a label (`predict: `) for each,
-    beside the teacher's; None when the job trained no rationale run.
+  def show_examples(self) -> str | None:
+    """Test examples decoded by the `showcase_spec` student, as text.
+
+    Each has the student's rationale (`explain: `) and label (`predict: `)
+    beside the teacher's. Written once to the run's `examples.txt` (a
+    worker does it right after training the run); None when the job has no
+    such run or it has not finished.
     """
+    spec = self.showcase_spec()
+    if spec is None:
+      return None
+    directory = grid_lib.run_dir(self.out_dir, spec)
+    path = directory / EXAMPLES_FILE
+    if not path.exists():
+      if grid_lib.read_result(directory) is None:
+        return None
+      self.write_examples(spec, directory)
+    return path.read_text()
+
+  def write_examples(
+    self, spec: grid_lib.RunSpec, directory: pathlib.Path
+  ) -> pathlib.Path:
+    """Decodes the test examples with a trained run; writes EXAMPLES_FILE."""
+    path = directory / EXAMPLES_FILE
+    path.write_text(self._decode_examples(spec, directory))
+    return path
+
+  def _decode_examples(
+    self, spec: grid_lib.RunSpec, directory: pathlib.Path
+  ) -> str:
     from dss_jax import checkpoints, datasets, showcase
     from dss_jax.models import t5
 
     config = self.config
-    specs = [
-      s
-      for s in config.specs()
-      if s.uses_rationales
-      and grid_lib.read_result(grid_lib.run_dir(self.out_dir, s))
-    ]
-    if not specs or not count:
-      return None
-    spec = min(specs, key=lambda s: (-s.fraction, s.seed))
-    directory = grid_lib.run_dir(self.out_dir, spec)
     vocabulary = self.register_tasks(spec)
     model = t5.Transformer(
       student_config(
@@ -751,7 +773,7 @@ class Pipeline:
       inputs_length=config.inputs_length,
       targets_length=config.targets_length,
       label_length=config.label_length,
-      count=count,
+      count=config.show_examples,
     )
     return (
       f"Test examples, {spec.name} (greedy; only the label is scored):\n"
@@ -798,7 +820,7 @@ def run(config: DistillConfig, log=print) -> dict[str, pathlib.Path]:
   else:
     rows = grid_lib.run_grid(specs, pipeline.run, pipeline.out_dir, log=log)
   paths = pipeline.write_report(rows)
-  examples = pipeline.show_examples(config.show_examples)
+  examples = pipeline.show_examples()
   log("")
   log(paths["summary_md"].read_text())
   pair = report.data_efficiency(
@@ -854,7 +876,12 @@ def _run_in_worker(
     # The worker's output goes to its log file; bars there are noise.
     quiet = dataclasses.replace(config, progress=False)
     _WORKER_PIPELINE = Pipeline(quiet, log=logging.info)
-  return _WORKER_PIPELINE.run(spec, directory)
+  result = _WORKER_PIPELINE.run(spec, directory)
+  if spec == _WORKER_PIPELINE.showcase_spec():
+    # Here, beside the other runs still training, rather than in the main
+    # process after the last one.
+    _WORKER_PIPELINE.write_examples(spec, directory)
+  return result
 
 
 # ------------------------------------------------------------------ the CLI
@@ -949,7 +976,7 @@ def _flag_values() -> dict[str, Any]:
   return values
 
 
-def config_from_flags(grid_defaults: bool = False) -> DistillConfig:
+def _config_values(grid_defaults: bool = False) -> dict[str, Any]:
   """The job the command line asks for.
 
   The demo card keeps the CPU-sized defaults; other cards start from the
@@ -960,7 +987,7 @@ def config_from_flags(grid_defaults: bool = False) -> DistillConfig:
     grid_defaults: fill unset axes with the paper's grid.
 
   Returns:
-    The config.
+    The `DistillConfig` fields.
   """
   explicit = _flag_values()
   card = explicit.get("card", "arith")
@@ -976,24 +1003,12 @@ def config_from_flags(grid_defaults: bool = False) -> DistillConfig:
       values["model_sizes"] = ("small", "base", "large")
       values["out_dir"] = f"runs/{pathlib.Path(card).stem}_grid"
   values.update(explicit)
-  return DistillConfig(**values)
+  return values
 
 
-@contextlib.contextmanager
-def _native_stderr_captured(sink: list[str]):
-  """Collects into `sink` what is written to file descriptor 2 meanwhile."""
-  sys.stderr.flush()
-  saved = os.dup(2)
-  with tempfile.TemporaryFile() as captured:
-    os.dup2(captured.fileno(), 2)
-    try:
-      yield
-    finally:
-      sys.stderr.flush()
-      os.dup2(saved, 2)
-      os.close(saved)
-      captured.seek(0)
-      sink.append(captured.read().decode(errors="replace"))
+def config_from_flags(grid_defaults: bool = False) -> DistillConfig:
+  """The job the command line asks for (see `_config_values`)."""
+  return DistillConfig(**_config_values(grid_defaults))
 
 
 def _log_to_file(log_dir: pathlib.Path) -> None:
@@ -1005,13 +1020,11 @@ def _log_to_file(log_dir: pathlib.Path) -> None:
   is `log_dir/distill.INFO`; --stderrthreshold=info brings it back to the
   terminal.
   """
-  log_dir.mkdir(parents=True, exist_ok=True)
   logging.get_absl_handler().use_absl_log_file("distill", str(log_dir))
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.INFO)
   if not flags.FLAGS["stderrthreshold"].present:
     flags.FLAGS.stderrthreshold = "error"
-  py_logging.captureWarnings(True)
 
 
 def main(argv: Sequence[str], grid_defaults: bool = False) -> None:
@@ -1021,20 +1034,18 @@ def main(argv: Sequence[str], grid_defaults: bool = False) -> None:
   host.keep_freed_memory()
   host.add_xla_flag_defaults()
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-  native: list[str] = []
-  with _native_stderr_captured(native):
-    # TensorFlow's C++ side writes oneDNN, CUDA and cuInit lines to stderr
-    # when it is imported and first looks for devices, before any logging
-    # setting applies; the config's checks import it too.
-    import tensorflow as tf
-
-    tf.config.list_physical_devices()
-    try:
-      config = config_from_flags(grid_defaults)
-    except ValueError as e:
-      raise app.UsageError(str(e)) from None
-  _log_to_file(pathlib.Path(config.out_dir) / "logs")
-  logging.info("native libraries at start-up:\n%s", native[0])
+  py_logging.captureWarnings(True)
+  values = _config_values(grid_defaults)
+  log_dir = pathlib.Path(values.get("out_dir", DistillConfig.out_dir)) / "logs"
+  # Before the config's checks import TensorFlow, whose C++ side writes
+  # oneDNN, CUDA and cuInit lines (and later oneDNN and tf.data warnings)
+  # to stderr whatever the log level.
+  workers_lib.redirect_native_stderr(log_dir / "native.log")
+  try:
+    config = DistillConfig(**values)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+  _log_to_file(log_dir)
   run(config)
   sys.stdout.flush()
 

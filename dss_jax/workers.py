@@ -100,6 +100,27 @@ def _stop_with_parent() -> None:
     pass
 
 
+def redirect_native_stderr(path: str | pathlib.Path) -> None:
+  """Points file descriptor 2 at `path`; Python's `sys.stderr` stays put.
+
+  For the main process: TensorFlow's and XLA's C++ code writes banners and
+  warnings straight to descriptor 2, whatever the log level, while progress
+  bars and errors from Python should still reach the terminal. Python's
+  stderr becomes a new descriptor for the terminal, and descriptor 2 a file.
+
+  Args:
+    path: the file for the C++ libraries' lines (appended to).
+  """
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  sys.stderr.flush()
+  terminal = os.dup(2)
+  sink = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+  os.dup2(sink, 2)
+  os.close(sink)
+  sys.stderr = os.fdopen(terminal, "w", buffering=1)
+
+
 def _init_worker(
   log_dir: str, counter, setup: Callable[[], None] | None
 ) -> None:
