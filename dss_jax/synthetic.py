@@ -470,8 +470,8 @@ def extract_last_question(prompt: str) -> str:
 # The demo card's data and the teacher backend the annotation runner drives.
 
 # The demo's problems (tasks/arith.yaml reads them through `read_split`):
-# two steps with small numbers, so that a tiny byte-level student can learn
-# the task on a laptop CPU in about a minute per run.
+# two steps with small numbers, so that a tiny byte-level student learns
+# the task on one CPU core in two to three minutes per run.
 DEMO_GENERATOR = {
   "min_ops": 2,
   "max_ops": 2,
