@@ -17,6 +17,11 @@ Two ways to feed a distilling step-by-step mixture:
     same batch, so the trainer can optimize L_label + lambda * L_rationale
     exactly.
 
+Packing (`pack=True`) never changes how many examples a step trains on: the
+step's `batch_size` examples are taken first, then packed first-fit into
+`packed_rows` rows (segment ids and positions as SeqIO's packed features), so
+packing is an optimization of the same recipe, not a larger batch.
+
 The position in the stream is the number of batches already consumed; the
 pipeline is deterministic given its seed, so a resumed run skips that many
 batches and sees exactly the batches an uninterrupted run would have seen.
@@ -79,11 +84,15 @@ class DatasetConfig:
   Attributes:
     mixture_or_task_name: a registered SeqIO task or mixture.
     task_feature_lengths: {"inputs": ..., "targets": ...}.
-    batch_size: the global batch size (all hosts together).
+    batch_size: the global number of examples a step trains on (all hosts
+      together); without packing, also the number of rows.
     split: the split to read.
     shuffle: shuffle the examples (training) or not.
     seed: seed of shuffling and mixing; fixed so a resume is exact.
-    pack: pack several examples into one row (SeqIO packing).
+    pack: pack each step's `batch_size` examples into `packed_rows` rows.
+    packed_rows: global rows of a packed step (required with `pack`); a
+      step whose examples do not fit stops with an error naming the rows
+      they need.
     use_cached: read the SeqIO cache of the tasks.
     paired: feed each source example with all of the mixture's tasks in the
       same batch (the official implementation's way); the mixture's tasks must
@@ -97,6 +106,7 @@ class DatasetConfig:
   shuffle: bool = True
   seed: int = 0
   pack: bool = False
+  packed_rows: int | None = None
   use_cached: bool = False
   paired: bool = False
 
@@ -267,7 +277,7 @@ def make_dataset(config: DatasetConfig) -> tf.data.Dataset:
   if config.paired:
     if len(names) < 2:
       raise ValueError("paired mode needs a mixture of at least two tasks")
-    if not config.pack and config.batch_size % len(names):
+    if config.batch_size % len(names):
       raise ValueError(
         f"paired mode: batch size {config.batch_size} must be a multiple of "
         f"the {len(names)} tasks so each pair stays in one batch"
@@ -277,10 +287,137 @@ def make_dataset(config: DatasetConfig) -> tf.data.Dataset:
     examples = _sampled_examples(config, names, list(rates.values()))
   lengths = dict(config.task_feature_lengths)
   lengths["task_ids"] = lengths["targets"]
-  converter = TaskIdEncDecFeatureConverter(pack=config.pack)
+  converter = TaskIdEncDecFeatureConverter(pack=False)
   ds = converter(examples, lengths)
   ds = ds.batch(config.batch_size // jax.process_count(), drop_remainder=True)
+  if config.pack:
+    ds = _packed(ds, config)
   return ds.prefetch(tf.data.AUTOTUNE)
+
+
+PACKED_FEATURES = (
+  "encoder_input_tokens",
+  "encoder_segment_ids",
+  "encoder_positions",
+  "decoder_target_tokens",
+  "decoder_input_tokens",
+  "decoder_loss_weights",
+  "decoder_segment_ids",
+  "decoder_positions",
+  TASK_IDS,
+)
+
+
+def pack_examples(batch: Mapping[str, np.ndarray], rows: int) -> Batch:
+  """Packs one step's padded examples first-fit into `rows` rows.
+
+  Every example keeps its tokens, its own decoder inputs (each segment's
+  starts at 0, as SeqIO's packed `decoder_input_tokens`), loss weights and
+  task ids; segment ids number the examples of a row from 1 and positions
+  restart at 0 per segment.
+
+  Args:
+    batch: unpacked `EncDecFeatureConverter` features (+ task ids), one
+      example per row, padded with 0.
+    rows: rows to pack into.
+
+  Returns:
+    The packed features (`PACKED_FEATURES`), [rows, length] each.
+
+  Raises:
+    ValueError: the examples need more than `rows` rows (says how many).
+  """
+  enc = batch["encoder_input_tokens"]
+  dec = batch["decoder_target_tokens"]
+  enc_len, dec_len = enc.shape[1], dec.shape[1]
+  enc_real = np.count_nonzero(enc, axis=1)
+  dec_real = np.count_nonzero(dec, axis=1)
+  fill_enc, fill_dec, where = [], [], []
+  for a, b in zip(enc_real, dec_real, strict=True):
+    fits = (
+      r
+      for r in range(len(fill_enc))
+      if fill_enc[r] + a <= enc_len and fill_dec[r] + b <= dec_len
+    )
+    row = next(fits, None)
+    if row is None:
+      row = len(fill_enc)
+      fill_enc.append(0)
+      fill_dec.append(0)
+    where.append((row, fill_enc[row], fill_dec[row]))
+    fill_enc[row] += a
+    fill_dec[row] += b
+  if len(fill_enc) > rows:
+    raise ValueError(
+      f"the {len(enc)} examples of a step need {len(fill_enc)} packed rows "
+      f"of {enc_len}/{dec_len} tokens, but only {rows} are set: raise "
+      "PACKED_ROWS (DatasetConfig.packed_rows)"
+    )
+  out = {
+    "encoder_input_tokens": np.zeros((rows, enc_len), enc.dtype),
+    "encoder_segment_ids": np.zeros((rows, enc_len), np.int32),
+    "encoder_positions": np.zeros((rows, enc_len), np.int32),
+  }
+  for name in PACKED_FEATURES[3:]:
+    out[name] = np.zeros((rows, dec_len), np.int32)
+  segments = [0] * rows
+  for i, (row, at_enc, at_dec) in enumerate(where):
+    segments[row] += 1
+    a, b = enc_real[i], dec_real[i]
+    out["encoder_input_tokens"][row, at_enc : at_enc + a] = enc[i, :a]
+    out["encoder_segment_ids"][row, at_enc : at_enc + a] = segments[row]
+    out["encoder_positions"][row, at_enc : at_enc + a] = np.arange(a)
+    for name, source in (
+      ("decoder_target_tokens", dec),
+      ("decoder_input_tokens", batch["decoder_input_tokens"]),
+      ("decoder_loss_weights", batch["decoder_loss_weights"]),
+      (TASK_IDS, batch[TASK_IDS]),
+    ):
+      out[name][row, at_dec : at_dec + b] = source[i, :b]
+    out["decoder_segment_ids"][row, at_dec : at_dec + b] = segments[row]
+    out["decoder_positions"][row, at_dec : at_dec + b] = np.arange(b)
+  return out
+
+
+def _packed(ds: tf.data.Dataset, config: DatasetConfig) -> tf.data.Dataset:
+  """Packs each host batch of examples into its share of the packed rows."""
+  if not config.packed_rows:
+    raise ValueError(
+      "packing needs PACKED_ROWS (DatasetConfig.packed_rows): the rows a "
+      f"step's {config.batch_size} examples are packed into"
+    )
+  if config.packed_rows % jax.process_count():
+    raise ValueError(
+      f"packed rows {config.packed_rows} do not split over "
+      f"{jax.process_count()} hosts"
+    )
+  rows = config.packed_rows // jax.process_count()
+  lengths = {
+    name: config.task_feature_lengths[
+      "inputs" if name.startswith("encoder") else "targets"
+    ]
+    for name in PACKED_FEATURES
+  }
+
+  def pack(*arrays):
+    packed = pack_examples(dict(zip(names, arrays, strict=True)), rows)
+    return tuple(packed[name].astype(np.int32) for name in PACKED_FEATURES)
+
+  names = list(ds.element_spec)
+
+  def to_packed(batch):
+    arrays = tf.numpy_function(
+      pack,
+      [batch[name] for name in names],
+      [tf.int32] * len(PACKED_FEATURES),
+      stateful=False,
+    )
+    return {
+      name: tf.ensure_shape(array, [rows, lengths[name]])
+      for name, array in zip(PACKED_FEATURES, arrays, strict=True)
+    }
+
+  return ds.map(to_packed, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def iterate(ds: tf.data.Dataset, start_batch: int = 0) -> Iterator[Batch]:

@@ -466,6 +466,7 @@ def train(
   optimizer: optimizers.Optimizer = optimizers.AdamW(),
   loss: LossConfig = LossConfig(),
   pack: bool = False,
+  packed_rows: int | None = None,
   recipe: str = "mixture",
   use_cached_tasks: bool = False,
   random_seed: int = 0,
@@ -491,11 +492,13 @@ def train(
     mixture_or_task_name: MIXTURE_OR_TASK_NAME.
     task_feature_lengths: TASK_FEATURE_LENGTHS.
     train_steps: TRAIN_STEPS, the total number of optimizer updates.
-    batch_size: BATCH_SIZE, global.
+    batch_size: BATCH_SIZE, global examples per step (rows, unless packed).
     model_dir: MODEL_DIR: checkpoints and TensorBoard logs.
     optimizer: `optimizers.AdamW` or `optimizers.Adafactor`.
     loss: LOSS_NORMALIZING_FACTOR and regularizers.
-    pack: pack examples (SeqIO packing).
+    pack: PACK: pack each step's `batch_size` examples into `packed_rows`
+      rows; the examples per step stay the same.
+    packed_rows: PACKED_ROWS, global rows of a packed step.
     recipe: what a step of a mixture holds (`RECIPES`). "mixture": SeqIO
       samples each of the `batch_size` rows from one task at the mixture's
       rates, and `loss` normalizes it (per sequence by default, so the
@@ -546,13 +549,14 @@ def train(
   official = recipe == "official"
   if official:
     loss = official_loss(loss)
-  _log_step_contents(rates, batch_size, recipe, pack)
+  _log_step_contents(rates, batch_size, recipe, packed_rows if pack else None)
   data_config = dataset_config(
     mixture_or_task_name=mixture_or_task_name,
     task_feature_lengths=task_feature_lengths,
     batch_size=batch_size,
     recipe=recipe,
     pack=pack,
+    packed_rows=packed_rows,
     random_seed=random_seed,
     use_cached_tasks=use_cached_tasks,
   )
@@ -595,7 +599,7 @@ def train(
     meter=_Meter(
       train_flops_per_step(
         model.config,
-        batch_size,
+        trainer_rows(dataset),
         task_feature_lengths["inputs"],
         task_feature_lengths["targets"],
       ),
@@ -623,6 +627,7 @@ def dataset_config(
   batch_size: int,
   recipe: str = "mixture",
   pack: bool = False,
+  packed_rows: int | None = None,
   random_seed: int = 0,
   use_cached_tasks: bool = False,
 ) -> Any:
@@ -631,9 +636,10 @@ def dataset_config(
   Args:
     mixture_or_task_name: MIXTURE_OR_TASK_NAME.
     task_feature_lengths: TASK_FEATURE_LENGTHS.
-    batch_size: BATCH_SIZE, rows per step (all hosts).
+    batch_size: BATCH_SIZE, examples per step (all hosts).
     recipe: one of `RECIPES` (see `train`).
     pack: PACK.
+    packed_rows: PACKED_ROWS.
     random_seed: RANDOM_SEED (data order and mixing).
     use_cached_tasks: USE_CACHED_TASKS.
 
@@ -650,6 +656,7 @@ def dataset_config(
     batch_size=batch_size,
     seed=random_seed,
     pack=pack,
+    packed_rows=packed_rows,
     use_cached=use_cached_tasks,
     paired=recipe == "official",
   )
@@ -683,7 +690,10 @@ def official_loss(loss: LossConfig) -> LossConfig:
 
 
 def _log_step_contents(
-  rates: Mapping[str, float], batch_size: int, recipe: str, pack: bool
+  rates: Mapping[str, float],
+  batch_size: int,
+  recipe: str,
+  packed_rows: int | None,
 ) -> None:
   """Says what one step trains on, the number the paper's recipe fixes."""
   names = list(rates)
@@ -701,8 +711,8 @@ def _log_step_contents(
       f"{batch_size * rate / total:g} {name}" for name, rate in rates.items()
     )
     what += " examples in expectation (sampled mixture)"
-  if pack:
-    what = f"{batch_size} packed rows (examples per step vary)"
+  if packed_rows:
+    what += f", packed into {packed_rows} rows"
   logging.info("each step trains on %s", what)
 
 

@@ -53,11 +53,14 @@ def test_every_stage_runs_and_a_rerun_redoes_nothing(tmp_path, monkeypatch):
     assert result["steps"] == 2 and 0.0 <= result["value"] <= 1.0
     assert 0.0 <= result["value_picked"] <= 1.0
     assert result["picked_step"] in (1, 2)
-    assert (directory / "best_checkpoints" / str(result["picked_step"])).is_dir()
+    assert (
+      directory / "best_checkpoints" / str(result["picked_step"])
+    ).is_dir()
     scored = (directory / "validation_eval").glob("*-metrics.jsonl")
-    assert [
-      json.loads(line)["step"] for f in scored for line in f.open()
-    ] == [1, 2]
+    assert [json.loads(line)["step"] for f in scored for line in f.open()] == [
+      1,
+      2,
+    ]
     assert result["num_params"] > 0
     assert any((directory / "checkpoints").iterdir())
   assert paths["accuracy_by_method"].read_bytes().startswith(_PNG)

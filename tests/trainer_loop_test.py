@@ -262,9 +262,12 @@ def test_sharded_training_on_8_devices_logs_per_task_losses(tmp_path):
   result = _train(
     tmp_path,
     steps=4,
-    batch_size=8,
+    # 16 examples a step, packed into 8 rows of 64 tokens (2 per device).
+    batch_size=16,
+    task_feature_lengths={"inputs": 64, "targets": 64},
     mesh=partitioning.make_mesh(data=4, model=2),
     pack=True,
+    packed_rows=8,
   )
   assert result.step == 4
   for key in ("loss/loop_label", "loss/loop_rationale", "mfu", "learning_rate"):
