@@ -206,6 +206,35 @@ class DistillConfig:
   def data_dir(self) -> str:
     return self.tfds_data_dir or str(pathlib.Path(self.out_dir) / "tfds")
 
+  def run_identity(self, spec: grid_lib.RunSpec) -> dict[str, Any]:
+    """Every value that decides the result of `spec`'s run (JSON-able).
+
+    Where outputs go, progress bars, caches and the teacher client's pace
+    are left out; a stored run is reused only under the same identity.
+    """
+    ignored = {
+      "out_dir",
+      "tfds_data_dir",
+      "progress",
+      "compilation_cache",
+      "concurrency",
+      "requests_per_minute",
+      "eval_batch_size",
+      "paper_data_dir",
+      "methods",
+      "model_sizes",
+      "fractions",
+      "seeds",
+    }
+    values = {
+      f.name: getattr(self, f.name)
+      for f in dataclasses.fields(self)
+      if f.name not in ignored
+    }
+    values["source"] = self.source_name
+    values.update(dataclasses.asdict(spec))
+    return json.loads(json.dumps(values))
+
 
 # Defaults of real runs (the paper's T5 recipe: AdamW 5e-5, batch 64, 10k
 # steps, inputs up to 1024 tokens), used for cards other than the demo's.
@@ -424,7 +453,8 @@ class Pipeline:
     """The teacher's accuracy against gold on a split (None if unannotated)."""
     from dss_jax import datasets
 
-    cache = self.out_dir / f"teacher_accuracy_{split}.json"
+    name = f"{self.card.name}_{self.config.source_name}_{split}"
+    cache = self.out_dir / f"teacher_accuracy_{name}.json"
     if cache.exists():
       return json.loads(cache.read_text())["accuracy"]
     builder = datasets.build_annotated(
@@ -673,12 +703,23 @@ def run(config: DistillConfig, log=print) -> dict[str, pathlib.Path]:
   pipeline = Pipeline(config, log)
   if config.compilation_cache:
     _enable_compilation_cache(pipeline.out_dir / "xla_cache")
-  pipeline.annotate()
-  pipeline.build_dataset()
   specs = grid_lib.expand(
     config.methods, config.model_sizes, config.fractions, config.seeds
   )
-  rows = grid_lib.run_grid(specs, pipeline.run, pipeline.out_dir, log=log)
+  # Before any expensive stage: a stale run folder stops the job now.
+  for spec in specs:
+    grid_lib.check_run_config(
+      grid_lib.run_dir(pipeline.out_dir, spec), config.run_identity(spec)
+    )
+  pipeline.annotate()
+  pipeline.build_dataset()
+  rows = grid_lib.run_grid(
+    specs,
+    pipeline.run,
+    pipeline.out_dir,
+    identity=config.run_identity,
+    log=log,
+  )
   paths = pipeline.write_report(rows)
   log("")
   log(paths["summary_md"].read_text())
@@ -843,7 +884,11 @@ def main(argv: Sequence[str], grid_defaults: bool = False) -> None:
     # progress bars and the summary; --verbosity=0 brings them back.
     logging.set_verbosity(logging.WARNING)
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  run(config)
+  try:
+    run(config)
+  except grid_lib.StaleRunError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
   sys.stdout.flush()
 
 

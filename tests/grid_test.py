@@ -1,5 +1,7 @@
 """The experiment grid: expansion, per-run resumability, results collection."""
 
+import dataclasses
+
 import pytest
 from absl import flags
 from absl.testing import flagsaver
@@ -45,6 +47,40 @@ def test_finished_runs_are_not_redone_and_a_crash_resumes(tmp_path):
   assert len(report.read_results(path)) == 4
   rows = grid.run_grid(specs, run_fn, tmp_path, log=lambda _: None)
   assert len(calls) == 5
+
+
+def test_a_run_folder_is_reused_only_by_the_same_configuration(tmp_path):
+  spec = grid.RunSpec("dss_gold", "demo", 1.0, 0)
+  config = distill.DistillConfig(out_dir=str(tmp_path))
+  calls = []
+
+  def run_fn(spec, directory):
+    calls.append(spec)
+    return {"method": spec.method, "seed": spec.seed, "value": 0.5}
+
+  def run(config):
+    return grid.run_grid(
+      [spec], run_fn, tmp_path, identity=config.run_identity, log=print
+    )
+
+  run(config)
+  run(config)  # the same configuration: reused, not trained again
+  assert len(calls) == 1
+  for changed, words in (
+    (dict(train_steps=300), "train_steps 400 -> 300"),
+    (dict(recipe="official"), "recipe 'mixture' -> 'official'"),
+    (dict(card="svamp", backend="replay"), "card 'arith' -> 'svamp'"),
+  ):
+    other = dataclasses.replace(config, **changed)
+    with pytest.raises(grid.StaleRunError, match=words) as error:
+      run(other)
+    assert "another --out_dir" in str(error.value)
+    assert "\n" not in str(error.value)
+  assert len(calls) == 1
+  # A folder from before configurations were recorded is refused too.
+  (grid.run_dir(tmp_path, spec) / grid.CONFIG_FILE).unlink()
+  with pytest.raises(grid.StaleRunError, match="not recorded"):
+    run(config)
 
 
 def test_a_torn_result_counts_as_unfinished(tmp_path):
