@@ -172,7 +172,8 @@ class DistillConfig:
 
     if self.recipe not in trainer.RECIPES:
       raise ValueError(
-        f"recipe must be one of {trainer.RECIPES}, got {self.recipe!r}"
+        f"--recipe must be one of {', '.join(trainer.RECIPES)}, "
+        f"got {self.recipe!r}"
       )
     if self.backend not in BACKENDS:
       raise ValueError(
@@ -181,14 +182,51 @@ class DistillConfig:
     for method in self.methods:
       if method not in grid_lib.METHODS:
         raise ValueError(
-          f"unknown method {method!r}; choose from {grid_lib.METHODS}"
+          f"--methods: unknown method {method!r}; choose from "
+          f"{','.join(grid_lib.METHODS)}"
         )
     for size in self.model_sizes:
       if size not in STUDENT_SIZES and size not in T5_SIZES:
         raise ValueError(
-          f"unknown model size {size!r}; choose from "
-          f"{sorted(STUDENT_SIZES)} or {T5_SIZES}"
+          f"--model_sizes: unknown model size {size!r}; choose from "
+          f"{', '.join(sorted(STUDENT_SIZES) + list(T5_SIZES))}"
         )
+    self._check_numbers()
+
+  def _check_numbers(self) -> None:
+    """Numeric fields in range, named by their flags (before any stage)."""
+    flag_of = {field: flag for flag, field in _FIELD_OF_FLAG.items()}
+
+    def check(name, ok, want):
+      if not ok:
+        flag = flag_of.get(name, name)
+        raise ValueError(
+          f"--{flag} must be {want}, got {getattr(self, name)!r}"
+        )
+
+    for name in (
+      "train_steps",
+      "batch_size",
+      "inputs_length",
+      "targets_length",
+      "label_length",
+      "eval_batch_size",
+      "num_samples",
+      "concurrency",
+    ):
+      check(name, getattr(self, name) >= 1, ">= 1")
+    for name in ("eval_examples", "validation_examples"):
+      value = getattr(self, name)
+      check(name, value is None or value >= 1, ">= 1 (or unset: all)")
+    check("learning_rate", self.learning_rate > 0, "> 0")
+    check("warmup_steps", self.warmup_steps >= 0, ">= 0")
+    check("validation_period", self.validation_period >= 0, ">= 0")
+    check("rationale_rate", self.rationale_rate >= 0, ">= 0")
+    check("dropout_rate", 0 <= self.dropout_rate < 1, "in [0, 1)")
+    check("fractions", all(0 < f <= 1 for f in self.fractions), "in (0, 1]")
+    check("seeds", all(seed >= 0 for seed in self.seeds), ">= 0")
+    for name in ("methods", "model_sizes", "fractions", "seeds"):
+      check(name, len(getattr(self, name)) > 0, "a non-empty list")
 
   @property
   def source_name(self) -> str:
@@ -439,7 +477,8 @@ class Pipeline:
     config = self.config
     start = time.monotonic()
     if config.backend == "replay" and config.paper_data_dir:
-      os.environ.setdefault("DSS_PAPER_DATA_DIR", config.paper_data_dir)
+      # The flag wins over the environment.
+      os.environ["DSS_PAPER_DATA_DIR"] = config.paper_data_dir
     store = None if config.backend == "replay" else str(self.store_path)
     builder = datasets.build_annotated(
       config.card, config.source_name, data_dir=config.data_dir, store=store
@@ -611,7 +650,8 @@ class Pipeline:
         if config.initial_checkpoint
         else None
       ),
-      checkpoint_period=config.train_steps,
+      # A killed run loses at most a quarter of its steps.
+      checkpoint_period=max(1, config.train_steps // 4),
       keep_checkpoints=1,
       log_period=max(1, config.train_steps // 10),
       evaluator=validation,
@@ -829,10 +869,16 @@ def _flag_values() -> dict[str, Any]:
     if flag.value is None or (kind == "bool" and not flag.present):
       continue
     value = flag.value
-    if name == "fractions":
-      value = tuple(float(v) for v in value)
-    elif name == "seeds":
-      value = tuple(int(v) for v in value)
+    if name in ("fractions", "seeds"):
+      number = float if name == "fractions" else int
+      try:
+        value = tuple(number(v) for v in value)
+      except ValueError:
+        raise ValueError(
+          f"--{name} must be comma-separated "
+          f"{'numbers' if number is float else 'integers'}, "
+          f"got {','.join(value)}"
+        ) from None
     elif kind == "list":
       value = tuple(value)
     values[_FIELD_OF_FLAG.get(name, name)] = value
@@ -878,7 +924,9 @@ def main(argv: Sequence[str], grid_defaults: bool = False) -> None:
   try:
     config = config_from_flags(grid_defaults)
   except ValueError as e:
-    raise app.UsageError(str(e)) from None
+    # A user error: one line and exit status 2, no traceback.
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
   if not flags.FLAGS["verbosity"].present:
     # Checkpointing and SeqIO log every step at INFO, which buries the
     # progress bars and the summary; --verbosity=0 brings them back.

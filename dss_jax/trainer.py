@@ -369,27 +369,44 @@ def _model_inputs(batch: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class _Preemption:
-  """Turns SIGTERM (a preempted VM) into a flag the loop checks each step."""
+  """Turns SIGTERM (a preempted VM) and Ctrl-C into a flag the loop checks.
+
+  Either signal saves a checkpoint after the current step and stops; a
+  second Ctrl-C interrupts at once (KeyboardInterrupt), losing the steps
+  since the last checkpoint.
+  """
+
+  _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
     self.requested = False
-    self._previous = None
+    self._previous = {}
 
   def __enter__(self) -> _Preemption:
     try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
+      for signum in self._SIGNALS:
+        self._previous[signum] = signal.signal(signum, self._handle)
     except ValueError:  # not the main thread: no handler, no preemption
-      self._previous = None
+      self._previous = {}
     return self
 
   def _handle(self, signum, frame):
-    del signum, frame
-    logging.warning("SIGTERM: saving a checkpoint and stopping")
+    del frame
+    if signum == signal.SIGINT and self.requested:
+      raise KeyboardInterrupt
+    name = signal.Signals(signum).name
+    logging.warning("%s: saving a checkpoint and stopping", name)
+    if signum == signal.SIGINT:
+      print(
+        "\ninterrupted: saving a checkpoint after this step "
+        "(Ctrl-C again to stop at once)",
+        file=sys.stderr,
+      )
     self.requested = True
 
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for signum, previous in self._previous.items():
+      signal.signal(signum, previous)
 
   def should_stop(self) -> bool:
     """True on every host once any host got SIGTERM."""

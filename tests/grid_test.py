@@ -1,6 +1,9 @@
 """The experiment grid: expansion, per-run resumability, results collection."""
 
 import dataclasses
+import os
+import subprocess
+import sys
 
 import pytest
 from absl import flags
@@ -109,3 +112,29 @@ def test_flags_pick_demo_paper_and_grid_defaults():
     assert config.seeds == (4,) and config.fractions == (0.5,)
   with pytest.raises(ValueError, match="model size"):
     distill.DistillConfig(model_sizes=("huge",))
+
+
+@pytest.mark.parametrize(
+  "flag, words",
+  [
+    ("--train_steps=-5", "--train_steps must be >= 1, got -5"),
+    ("--fractions=2", "--fractions must be in (0, 1]"),
+    ("--fractions=half", "--fractions must be comma-separated numbers"),
+    ("--recipe=paired", "--recipe must be one of mixture, official"),
+    ("--methods=prompting", "--methods: unknown method 'prompting'"),
+  ],
+)
+def test_bad_flags_stop_before_any_stage_in_one_line(tmp_path, flag, words):
+  out = tmp_path / "out"
+  proc = subprocess.run(
+    [sys.executable, "-m", "dss_jax.distill", flag, f"--out_dir={out}"],
+    capture_output=True,
+    text=True,
+    timeout=120,
+    env={**os.environ, "JAX_PLATFORMS": "cpu"},
+  )
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+  assert len(lines) == 1 and words in lines[0], proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr
+  assert not out.exists()  # nothing annotated, built or trained

@@ -112,31 +112,33 @@ def _train(model_dir, steps=6, evaluator=None, eval_period=0, **kwargs):
   return trainer.train(**defaults)
 
 
-class _SigtermAt:
-  """An evaluator that delivers SIGTERM to this process at one step."""
+class _SignalAt:
+  """An evaluator that delivers a signal to this process at one step."""
 
-  def __init__(self, step):
+  def __init__(self, step, signum=signal.SIGTERM):
     self.step = step
+    self.signum = signum
     self.calls = []
 
   def evaluate(self, params, step):
     del params
     self.calls.append(step)
     if step == self.step:
-      os.kill(os.getpid(), signal.SIGTERM)
+      os.kill(os.getpid(), self.signum)
     return {"accuracy": float(step)}
 
 
-def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path, signum):
   _register_mixture()
   straight = _train(tmp_path / "straight", steps=6)
   assert straight.step == 6 and not straight.preempted
 
-  stopper = _SigtermAt(2)
+  stopper = _SignalAt(2, signum)
   first = _train(
     tmp_path / "resumed", steps=6, evaluator=stopper, eval_period=2
   )
-  # SIGTERM during step 2's eval: the loop stops after the next step.
+  # The signal during step 2's eval: the loop stops after the next step.
   assert first.preempted and first.step == 3
   assert checkpoints.checkpoint_steps(tmp_path / "resumed") == [2, 3]
   second = _train(tmp_path / "resumed", steps=6)
