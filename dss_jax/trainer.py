@@ -757,10 +757,10 @@ def _initial_state(
     )
     for k, v in dataset.element_spec.items()
   }
-  step = checkpointer.latest_step()
-  if step is not None:
+  if checkpointer.latest_step() is not None:
     abstract = trainer.abstract_state(shapes)
-    restored, batches = checkpointer.restore(step, abstract.as_dict())
+    latest = checkpointer.restore_latest(abstract.as_dict())
+    step, restored, batches = latest
     logging.info("resumed from step %d (%d batches read)", step, batches)
     return TrainState.from_dict(restored), batches
   params = None

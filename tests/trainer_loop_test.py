@@ -5,6 +5,8 @@ here (byte vocabulary, no files), on one of the 8 fake CPU devices except in
 the sharding test.
 """
 
+import json
+import logging
 import math
 import os
 import signal
@@ -302,3 +304,45 @@ def test_a_model_axis_wider_than_the_heads_replicates_them():
   assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, "model")
   state, metrics = tr.train_step(state, batch)
   assert np.isfinite(float(metrics["loss"]))
+
+
+def _flip_middle_byte(path):
+  data = bytearray(path.read_bytes())
+  data[len(data) // 2] ^= 0x10
+  path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", ["flipped bits", "wrong checksum"])
+def test_a_corrupt_latest_step_resumes_from_the_newest_intact_one(
+  tmp_path, caplog, damage
+):
+  _register_mixture()
+  _train(tmp_path, steps=3, checkpoint_period=1, keep_checkpoints=3)
+  latest = tmp_path / "checkpoints" / "3"
+  if damage == "flipped bits":
+    for path in (latest / "state").rglob("*"):
+      if path.is_file() and path.parent.name == "d":
+        _flip_middle_byte(path)
+  else:
+    # The arrays read fine but are not the ones saved with this step.
+    data = latest / "data" / "metadata"
+    values = json.loads(data.read_text())
+    values["params_checksum"][0] += 1
+    data.write_text(json.dumps(values))
+  with caplog.at_level(logging.INFO):
+    result = _train(tmp_path, steps=4, checkpoint_period=1, keep_checkpoints=3)
+  messages = [r.getMessage() for r in caplog.records]
+  assert any("checkpoint step 3" in m and "corrupt" in m for m in messages)
+  assert "resumed from step 2 (2 batches read)" in messages
+  assert result.step == 4
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(result.state))
+
+
+def test_no_intact_checkpoint_is_one_clear_error(tmp_path):
+  _register_mixture()
+  _train(tmp_path, steps=1, checkpoint_period=1)
+  for path in (tmp_path / "checkpoints" / "1" / "state").rglob("*"):
+    if path.is_file() and path.parent.name == "d":
+      path.write_bytes(b"\0" * path.stat().st_size)
+  with pytest.raises(checkpoints.CorruptCheckpointError, match="no intact"):
+    _train(tmp_path, steps=2, checkpoint_period=1)
