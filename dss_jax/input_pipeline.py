@@ -119,6 +119,12 @@ def task_rates(name: str) -> dict[str, float]:
   return {seqio.get_mixture_or_task(name).name: 1.0}
 
 
+def targets_vocabulary(name: str) -> seqio.Vocabulary:
+  """The targets vocabulary of a task, or of a mixture's first task."""
+  task = seqio.get_subtasks(seqio.get_mixture_or_task(name))[0]
+  return task.output_features["targets"].vocabulary
+
+
 def shard_info() -> seqio.ShardInfo:
   """This host's shard of the data: one shard per JAX process."""
   return seqio.ShardInfo(

@@ -557,7 +557,7 @@ def train(
   from etils import epath
 
   from dss_jax import checkpoints as checkpoints_lib
-  from dss_jax import input_pipeline
+  from dss_jax import input_pipeline, vocab
 
   if recipe not in RECIPES:
     raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}")
@@ -595,6 +595,11 @@ def train(
     best_metric=best_metric,
     best_mode=best_mode,
   )
+  if jax.process_index() == 0:
+    # Eval jobs refuse another vocabulary for these checkpoints.
+    vocab.write_identity(
+      model_dir, input_pipeline.targets_vocabulary(mixture_or_task_name)
+    )
   dataset = input_pipeline.make_dataset(data_config)
   state, batches_done = _initial_state(
     trainer, checkpointer, dataset, random_seed, initial_checkpoint_path

@@ -24,6 +24,7 @@ from dss_jax import (
   optimizers,
   partitioning,
   trainer,
+  vocab,
 )
 from dss_jax.models import t5
 
@@ -281,6 +282,8 @@ def test_sharded_training_on_8_devices_logs_per_task_losses(tmp_path):
   assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, "model")
   events = list((tmp_path / "train").glob("events.out.tfevents.*"))
   assert events, "no TensorBoard event file written"
+  # The training vocabulary is recorded for eval jobs to check.
+  assert vocab.read_identity(str(tmp_path))["kind"] == "ByteVocabulary"
 
 
 def test_a_model_axis_wider_than_the_heads_replicates_them():
