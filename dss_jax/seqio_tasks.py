@@ -396,7 +396,7 @@ def _add_paired_task(
         label_prefix=LABEL_PREFIX,
         rationale_prefix=RATIONALE_PREFIX,
       ),
-      seqio.preprocessors.tokenize,
+      preprocessors.tokenize_at_eos,
       paired.append_eos_after_trim,
     ],
     output_features=features,

@@ -261,21 +261,10 @@ def test_launch_t5x_training_on_all_workers(env):
   _assert_gin_files_exist(remote)
 
 
-# Built-in run files of the trainer's rework (runs/train.gin the DSS mixture
-# at batch 128, runs/finetune.gin the baselines at 64, runs/train_official.gin
-# the paired recipe); the launcher names them before they land here.
-BUILTIN_RUN_FILES_TO_COME = ("runs/finetune.gin", "runs/train_official.gin")
-
-
 def _assert_gin_files_exist(remote: str) -> None:
   for arg in shlex.split(remote):
     if arg.startswith("--gin_file="):
       rel = arg[len("--gin_file=") :]
-      if (
-        rel in BUILTIN_RUN_FILES_TO_COME
-        and not (REPO / "gin_configs" / rel).exists()
-      ):
-        continue
       path = (
         REPO / rel
         if rel.startswith("gin_configs/")
