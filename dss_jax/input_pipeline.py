@@ -328,7 +328,8 @@ def pack_examples(batch: Mapping[str, np.ndarray], rows: int) -> Batch:
     rows: rows to pack into.
 
   Returns:
-    The packed features (`PACKED_FEATURES`), [rows, length] each.
+    The packed features (`PACKED_FEATURES`; task ids only when given),
+    [rows, length] each.
 
   Raises:
     ValueError: the examples need more than `rows` rows (says how many).
@@ -364,8 +365,17 @@ def pack_examples(batch: Mapping[str, np.ndarray], rows: int) -> Batch:
     "encoder_segment_ids": np.zeros((rows, enc_len), np.int32),
     "encoder_positions": np.zeros((rows, enc_len), np.int32),
   }
-  for name in PACKED_FEATURES[3:]:
+  sources = [
+    ("decoder_target_tokens", dec),
+    ("decoder_input_tokens", batch["decoder_input_tokens"]),
+    ("decoder_loss_weights", batch["decoder_loss_weights"]),
+  ]
+  if TASK_IDS in batch:
+    sources.append((TASK_IDS, batch[TASK_IDS]))
+  for name, _ in sources:
     out[name] = np.zeros((rows, dec_len), np.int32)
+  out["decoder_segment_ids"] = np.zeros((rows, dec_len), np.int32)
+  out["decoder_positions"] = np.zeros((rows, dec_len), np.int32)
   segments = [0] * rows
   for i, (row, at_enc, at_dec) in enumerate(where):
     segments[row] += 1
@@ -373,12 +383,7 @@ def pack_examples(batch: Mapping[str, np.ndarray], rows: int) -> Batch:
     out["encoder_input_tokens"][row, at_enc : at_enc + a] = enc[i, :a]
     out["encoder_segment_ids"][row, at_enc : at_enc + a] = segments[row]
     out["encoder_positions"][row, at_enc : at_enc + a] = np.arange(a)
-    for name, source in (
-      ("decoder_target_tokens", dec),
-      ("decoder_input_tokens", batch["decoder_input_tokens"]),
-      ("decoder_loss_weights", batch["decoder_loss_weights"]),
-      (TASK_IDS, batch[TASK_IDS]),
-    ):
+    for name, source in sources:
       out[name][row, at_dec : at_dec + b] = source[i, :b]
     out["decoder_segment_ids"][row, at_dec : at_dec + b] = segments[row]
     out["decoder_positions"][row, at_dec : at_dec + b] = np.arange(b)
@@ -392,38 +397,111 @@ def _packed(ds: tf.data.Dataset, config: DatasetConfig) -> tf.data.Dataset:
       "packing needs PACKED_ROWS (DatasetConfig.packed_rows): the rows a "
       f"step's {config.batch_size} examples are packed into"
     )
-  if config.packed_rows % jax.process_count():
+  return pack_batches(
+    ds,
+    _host_share(config.packed_rows, "packed rows"),
+    config.task_feature_lengths,
+  )
+
+
+def _host_share(count: int, what: str) -> int:
+  if count % jax.process_count():
     raise ValueError(
-      f"packed rows {config.packed_rows} do not split over "
-      f"{jax.process_count()} hosts"
+      f"{what} {count} do not split over {jax.process_count()} hosts"
     )
-  rows = config.packed_rows // jax.process_count()
+  return count // jax.process_count()
+
+
+def pack_batches(
+  ds: tf.data.Dataset, rows: int, task_feature_lengths: Mapping[str, int]
+) -> tf.data.Dataset:
+  """Maps batches of unpacked examples to `rows` packed rows each.
+
+  Args:
+    ds: batches of `EncDecFeatureConverter(pack=False)` features (task ids
+      optional), one step's examples per batch.
+    rows: rows per packed batch.
+    task_feature_lengths: {"inputs": ..., "targets": ...}.
+
+  Returns:
+    Batches of packed features (see `pack_examples`).
+  """
+  names = list(ds.element_spec)
+  features = [f for f in PACKED_FEATURES if f != TASK_IDS or f in names]
   lengths = {
-    name: config.task_feature_lengths[
+    name: task_feature_lengths[
       "inputs" if name.startswith("encoder") else "targets"
     ]
-    for name in PACKED_FEATURES
+    for name in features
   }
 
   def pack(*arrays):
     packed = pack_examples(dict(zip(names, arrays, strict=True)), rows)
-    return tuple(packed[name].astype(np.int32) for name in PACKED_FEATURES)
-
-  names = list(ds.element_spec)
+    return tuple(packed[name].astype(np.int32) for name in features)
 
   def to_packed(batch):
     arrays = tf.numpy_function(
       pack,
       [batch[name] for name in names],
-      [tf.int32] * len(PACKED_FEATURES),
+      [tf.int32] * len(features),
       stateful=False,
     )
     return {
       name: tf.ensure_shape(array, [rows, lengths[name]])
-      for name, array in zip(PACKED_FEATURES, arrays, strict=True)
+      for name, array in zip(features, arrays, strict=True)
     }
 
   return ds.map(to_packed, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+class StepPackedEncDecFeatureConverter(seqio.EncDecFeatureConverter):
+  """T5X's feature converter, packing that keeps a step's examples.
+
+  T5X counts BATCH_SIZE in rows and packs a stream, so a packed step holds a
+  varying number of examples. With `pack=True` this converter takes
+  `examples_per_step` examples, packs them first-fit into `rows_per_step`
+  rows (`pack_examples`) and emits those rows in order; with T5X's
+  BATCH_SIZE equal to `rows_per_step`, every step trains on exactly
+  `examples_per_step` examples (gin_configs/t5x/packing.gin binds both).
+  Without packing (eval, inference) it is SeqIO's `EncDecFeatureConverter`.
+
+  Args:
+    pack: pack (training) or not.
+    use_custom_packing_ops: unused (T5X passes it).
+    examples_per_step: global examples of one step.
+    rows_per_step: global rows of one step (T5X's BATCH_SIZE).
+    **kwargs: `seqio.EncDecFeatureConverter`'s.
+  """
+
+  def __init__(
+    self,
+    pack: bool = True,
+    use_custom_packing_ops: bool = False,
+    examples_per_step: int = 0,
+    rows_per_step: int = 0,
+    **kwargs: Any,
+  ):
+    super().__init__(pack=pack, use_custom_packing_ops=False, **kwargs)
+    del use_custom_packing_ops
+    self.examples_per_step = examples_per_step
+    self.rows_per_step = rows_per_step
+
+  def __call__(
+    self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]
+  ) -> tf.data.Dataset:
+    if not self.pack:
+      return super().__call__(ds, task_feature_lengths)
+    if not (self.examples_per_step and self.rows_per_step):
+      raise ValueError(
+        "step packing needs examples_per_step and rows_per_step "
+        "(EXAMPLES_PER_STEP and PACKED_ROWS in gin_configs/t5x/packing.gin)"
+      )
+    unpacked = seqio.EncDecFeatureConverter(pack=False)
+    ds = unpacked(ds, task_feature_lengths)
+    examples = _host_share(self.examples_per_step, "examples per step")
+    rows = _host_share(self.rows_per_step, "packed rows")
+    ds = ds.batch(examples, drop_remainder=True)
+    return pack_batches(ds, rows, task_feature_lengths).unbatch()
 
 
 def iterate(ds: tf.data.Dataset, start_batch: int = 0) -> Iterator[Batch]:

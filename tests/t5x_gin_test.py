@@ -244,9 +244,14 @@ def test_packing_file_packs_with_its_own_batch(method):
   comp = Composition("models/t5_1_1_base", method, "datasets/cqa", "packing")
   for scope in ("train", "train_eval"):
     assert comp.binding("utils.DatasetConfig", "pack", scope=scope) is True
-  assert comp.macros["BATCH_SIZE"] == Macro("PACKED_BATCH_SIZE")
+  assert comp.macros["BATCH_SIZE"] == Macro("PACKED_ROWS")
   # Required: the rows that hold the paper's examples depend on the data.
-  assert comp.macros["PACKED_BATCH_SIZE"] == Macro("gin.REQUIRED")
+  assert comp.macros["PACKED_ROWS"] == Macro("gin.REQUIRED")
+  # The step's examples are the unpacked batch, packed into PACKED_ROWS.
+  converter = "input_pipeline.StepPackedEncDecFeatureConverter"
+  assert comp.bindings[("", converter, "rows_per_step")] == Macro("PACKED_ROWS")
+  examples = comp.binding(converter, "examples_per_step")
+  assert examples == (128 if method == "dss_gold" else 64)
 
 
 @pytest.mark.parametrize("card", CARDS)
@@ -394,7 +399,8 @@ def test_t5x_parses_every_composition(clean_gin):
       if files[1] in ("dss_gold", "dss_teacher")
       else "PAPER_BATCH_SIZE"
     )
-    assert str(gin.query_parameter("%BATCH_SIZE")) == f"%{batch_macro}"
+    assert str(gin.query_parameter("%BATCH_SIZE")) == "%EXAMPLES_PER_STEP"
+    assert str(gin.query_parameter("%EXAMPLES_PER_STEP")) == f"%{batch_macro}"
     assert gin.query_parameter(f"%{batch_macro}") in PAPER_BATCH[files[1]]
     for scope in ("train", "train_eval"):
       assert gin.query_parameter(f"{scope}/utils.DatasetConfig.pack") is False

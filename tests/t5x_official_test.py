@@ -169,6 +169,33 @@ def test_mixture_step_is_128_unpacked_rows_half_labels(cqa):
 
 
 @pytest.mark.parametrize(
+  ("run_file", "examples"), [("dss_gold", 128), ("standard_finetune", 64)]
+)
+def test_packed_steps_keep_the_unpacked_examples(cqa, run_file, examples):
+  del cqa
+  files = ["models/t5_1_1_base", run_file, "datasets/cqa", "packing"]
+  # Byte tokens: a CQA rationale fills most of a 256-token target row.
+  model, cfg = _configure(files, ("PACKED_ROWS = 64",))
+  assert (cfg.batch_size, cfg.pack) == (64, True)
+  # Gin binds the converter when T5X builds it: read before reconfiguring.
+  batches = _first_batches(model, cfg, 3)
+  unpacked_model, unpacked = _configure(files[:3])
+  assert unpacked.batch_size == examples
+  plain = _first_batches(unpacked_model, unpacked, 3)
+  for batch, want in zip(batches, plain, strict=True):
+    assert batch["encoder_input_tokens"].shape == (64, 1024)
+    segments = batch["decoder_segment_ids"]
+    real = batch["decoder_loss_weights"] > 0
+    rows, _ = np.nonzero(real)
+    # Every example of the unpacked step, once: the same target lengths.
+    lengths = np.unique(rows * 1000 + segments[real], return_counts=True)[1]
+    assert len(lengths) == examples
+    assert sorted(lengths) == sorted(
+      want["decoder_loss_weights"].sum(axis=1).tolist()
+    )
+
+
+@pytest.mark.parametrize(
   ("run_file", "label_source"),
   [("dss_official", "gold"), ("dss_official_teacher", "teacher")],
 )
