@@ -75,6 +75,10 @@ STUDENT_SIZES: dict[str, dict[str, int]] = {
 T5_SIZES = ("small", "base", "large", "xl", "xxl")
 
 
+class AnnotationIncompleteError(RuntimeError):
+  """Some teacher calls failed; the job stops before building the dataset."""
+
+
 @dataclasses.dataclass(frozen=True)
 class DistillConfig:
   """Everything a distillation job needs; the defaults are the offline demo.
@@ -464,8 +468,9 @@ class Pipeline:
       f"teacher accuracy {summary.accuracy:.1f}% over {summary.annotated}"
     )
     if stats.failed:
-      raise RuntimeError(
-        f"{stats.failed} teacher calls failed; rerun to retry them"
+      raise AnnotationIncompleteError(
+        f"{stats.failed} of {len(requests)} teacher calls failed; rerun the "
+        "same command to retry them"
       )
     marker.write_text(json.dumps(dataclasses.asdict(stats), indent=2))
 
@@ -937,6 +942,9 @@ def main(argv: Sequence[str], grid_defaults: bool = False) -> None:
   except grid_lib.StaleRunError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+  except AnnotationIncompleteError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
   sys.stdout.flush()
 
 
