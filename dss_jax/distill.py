@@ -512,8 +512,10 @@ class Pipeline:
     total = correct = 0
     for row in builder.as_dataset(split=split).as_numpy_iterator():
       teacher = row["teacher_label"].decode()
-      if not row["teacher"]:
-        continue  # not annotated on this split; unparsable answers count
+      if not row["teacher"] or not row["gold_label"]:
+        # Not annotated on this split, or no gold label to score against;
+        # unparsable answers count as wrong.
+        continue
       total += 1
       correct += self.card.is_correct(
         teacher or None, row["gold_label"].decode()

@@ -1,6 +1,7 @@
 """The annotation runner: retries, rate limits, the store, votes, the CLI."""
 
 import asyncio
+import dataclasses
 import json
 import os
 import subprocess
@@ -216,3 +217,17 @@ def test_cli_bad_model_is_one_line(repo_dir, paper_data_dir, tmp_path):
   assert "Traceback" not in result.stderr
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith("error: unknown Gemini model 'gemini-0-nonexistent'")
+
+
+def test_rows_without_a_gold_label_are_not_teacher_errors(svamp_job, tmp_path):
+  card, examples, requests = svamp_job
+  store = str(tmp_path / "s.jsonl")
+  with FakeTeacherServer(responder=_svamp_answer) as server:
+    backend = openai.OpenAIBackend("test-model", base_url=server.url + "/v1")
+    runner.annotate(backend, requests, store, _FAST)
+  full = runner.summarize(card, examples, requests, store, backend.name)
+  unlabeled = [dataclasses.replace(examples[0], gold_label="")] + examples[1:]
+  partial = runner.summarize(card, unlabeled, requests, store, backend.name)
+  assert partial.annotated == full.annotated == 12
+  assert partial.scored == 11
+  assert partial.accuracy == pytest.approx(100.0 * partial.correct / 11)
