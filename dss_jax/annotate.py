@@ -17,6 +17,7 @@ an exhausted quota ends the run with one line on stderr.
 """
 
 import logging
+import os
 import re
 from collections.abc import Sequence
 
@@ -93,6 +94,12 @@ _BUILD_TFDS = flags.DEFINE_bool(
 )
 _DATA_DIR = flags.DEFINE_string(
   "data_dir", None, "TFDS data dir for --build_tfds."
+)
+_ALLOW_INCOMPLETE = flags.DEFINE_bool(
+  "allow_incomplete",
+  False,
+  "With --build_tfds: build even when teacher calls failed (their examples "
+  "are left out).",
 )
 
 
@@ -192,8 +199,24 @@ def main(argv: Sequence[str]) -> None:
     f"{summary.unparsable} unparsable, teacher accuracy vs gold "
     f"{summary.accuracy:.2f}%; store: {store}"
   )
+  if stats.failed:
+    share = stats.failed / max(1, len(requests))
+    message = (
+      f"{stats.failed} of {len(requests)} teacher calls failed "
+      f"({100 * share:.1f}%); rerun the same command to retry them"
+    )
+    if not (_BUILD_TFDS.value and _ALLOW_INCOMPLETE.value):
+      if _BUILD_TFDS.value:
+        message += ", or pass --allow_incomplete to build without them"
+      raise SystemExit(f"error: {message}")
+    print(f"warning: {message}; building without them (--allow_incomplete)")
   if _BUILD_TFDS.value:
     from dss_jax import datasets
+
+    if _PAPER_DATA_DIR.value:
+      # The builder reads the source rows from the same place (the flag wins
+      # over the environment).
+      os.environ["DSS_PAPER_DATA_DIR"] = _PAPER_DATA_DIR.value
 
     builder = datasets.build_annotated(
       _CARD.value,

@@ -3,12 +3,19 @@
 Layout (one orbax `CheckpointManager` per folder):
 
     MODEL_DIR/checkpoints/<step>/state   params, opt_state, step, rng
-    MODEL_DIR/checkpoints/<step>/data    {"batches": N}: data-stream position
+    MODEL_DIR/checkpoints/<step>/data    {"batches": N, "params_checksum": [...]}:
+                                         data-stream position, and a checksum
+                                         of every parameter's bits
     MODEL_DIR/best_checkpoints/<step>/   the same items, kept by an eval metric
 
 Saves are asynchronous (the arrays are copied to host, the write happens in
 the background) and the manager keeps the latest N. A resumed run restores
 everything a step depends on, so interrupted + resumed == uninterrupted.
+
+Integrity: each step stores a checksum of its parameters' bits (the uint32 sum
+of each array, computed on the devices); a restore that fails or whose
+parameters do not match is reported in one line, and `restore_latest` falls
+back to the newest intact step.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -28,6 +36,26 @@ STATE = "state"
 DATA = "data"
 CHECKPOINTS = "checkpoints"
 BEST_CHECKPOINTS = "best_checkpoints"
+
+
+class CorruptCheckpointError(ValueError):
+  """A saved step cannot be restored intact."""
+
+
+@jax.jit
+def _bit_sums(params: PyTree) -> list[jax.Array]:
+  def bits(x):
+    unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint64}
+    raw = jax.lax.bitcast_convert_type(x, unsigned[x.dtype.itemsize])
+    # Wrapping uint32 sums: any single flipped bit changes the sum.
+    return jnp.sum(raw.astype(jnp.uint32), dtype=jnp.uint32)
+
+  return [bits(x) for x in jax.tree.leaves(params)]
+
+
+def params_checksum(params: PyTree) -> list[int]:
+  """Per-array checksums of a parameter tree's bits (sharded arrays too)."""
+  return [int(x) for x in jax.device_get(_bit_sums(params))]
 
 
 def absolute_path(path: epath.PathLike) -> epath.Path:
@@ -120,6 +148,42 @@ class Checkpointer:
       return False
     return self._latest.save(step, args=_save_args(state, batches), force=True)
 
+  def restore_latest(
+    self, abstract_state: PyTree
+  ) -> tuple[int, PyTree, int] | None:
+    """Restores the newest intact step, skipping corrupt ones.
+
+    Args:
+      abstract_state: as `restore`.
+
+    Returns:
+      (step, state, batches consumed), or None when nothing was saved.
+
+    Raises:
+      CorruptCheckpointError: steps exist but none is intact.
+    """
+    steps = sorted(self._latest.all_steps(), reverse=True)
+    for step in steps:
+      try:
+        state, batches = self.restore(step, abstract_state)
+      except Exception as e:  # noqa: BLE001  (any unreadable step is skipped)
+        reason = str(e).strip().splitlines()[0][:200] if str(e) else ""
+        logging.warning(
+          "checkpoint step %d in %s is corrupt (%s: %s); trying an older one",
+          step,
+          self.directory,
+          type(e).__name__,
+          reason,
+        )
+        continue
+      return step, state, batches
+    if steps:
+      raise CorruptCheckpointError(
+        f"no intact checkpoint in {self.directory} (steps {steps}); delete "
+        "it to train from the start"
+      )
+    return None
+
   def save_best(
     self,
     step: int,
@@ -157,7 +221,14 @@ class Checkpointer:
         }
       ),
     )
-    return restored[STATE], int(restored[DATA]["batches"])
+    data = restored[DATA]
+    want = data.get("params_checksum")
+    if want is not None and params_checksum(restored[STATE]["params"]) != want:
+      raise CorruptCheckpointError(
+        f"checkpoint step {step} in {self.directory}: parameters do not match "
+        "their checksum"
+      )
+    return restored[STATE], int(data["batches"])
 
   def wait(self) -> None:
     """Blocks until background saves are on disk."""
@@ -176,7 +247,12 @@ def _save_args(state: PyTree, batches: int) -> ocp.args.Composite:
   return ocp.args.Composite(
     **{
       STATE: ocp.args.StandardSave(state),
-      DATA: ocp.args.JsonSave({"batches": int(batches)}),
+      DATA: ocp.args.JsonSave(
+        {
+          "batches": int(batches),
+          "params_checksum": params_checksum(state["params"]),
+        }
+      ),
     }
   )
 

@@ -30,7 +30,9 @@ rationale '', and consumers filter them where they train on teacher output.
 """
 
 import collections
+import hashlib
 import json
+import logging
 import os
 import pathlib
 from collections.abc import Iterator
@@ -287,15 +289,54 @@ def build_annotated(
   config = DssAnnotatedConfig(
     card=card, source=source, store=store, teacher=teacher, keep=keep
   )
-  if source == PALM_SOURCE and config.name in DssAnnotated.builder_configs:
-    builder = DssAnnotated(config=config.name, data_dir=data_dir)
-  else:
-    builder = DssAnnotated(config=config, data_dir=data_dir)
+
+  def make_builder() -> DssAnnotated:
+    if source == PALM_SOURCE and config.name in DssAnnotated.builder_configs:
+      return DssAnnotated(config=config.name, data_dir=data_dir)
+    return DssAnnotated(config=config, data_dir=data_dir)
+
+  builder = make_builder()
+  fingerprint = _inputs_fingerprint(config)
+  marker = epath.Path(builder.data_dir) / INPUTS_FILE
+  if epath.Path(builder.data_dir, "dataset_info.json").exists() and (
+    not marker.exists() or json.loads(marker.read_text()) != fingerprint
+  ):
+    # Its card or annotation store changed since it was built: a dataset
+    # never outlives what it was made from.
+    logging.warning(
+      "rebuilding %s: its card or annotation store changed", builder.data_dir
+    )
+    epath.Path(builder.data_dir).rmtree()
+    builder = make_builder()
   builder.download_and_prepare(
     download_dir=download_dir,
     download_config=tfds.download.DownloadConfig(try_download_gcs=False),
   )
+  marker.write_text(json.dumps(fingerprint))
   return builder
+
+
+# Beside a built version: what it was built from (see `build_annotated`).
+INPUTS_FILE = "dss_inputs.json"
+
+
+def _inputs_fingerprint(config: DssAnnotatedConfig) -> dict[str, Any]:
+  """Hashes of what a dataset is made from: the card and the store."""
+  card = cards_lib.load_card(config.card)
+  store = None
+  if config.source != PALM_SOURCE:
+    path = pathlib.Path(
+      config.store
+      or store_lib.default_store_path(config.card_name, config.source)
+    )
+    if path.is_file():
+      store = hashlib.sha256(path.read_bytes()).hexdigest()
+  return {
+    "card": hashlib.sha256(card.model_dump_json().encode()).hexdigest(),
+    "store": store,
+    "teacher": config.teacher,
+    "keep": config.keep,
+  }
 
 
 def load_fields(example: dict[str, Any]) -> dict[str, Any]:

@@ -35,6 +35,7 @@ import os
 import pathlib
 import re
 import sys
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -82,6 +83,10 @@ STUDENT_SIZES: dict[str, dict[str, int]] = {
 # A run's test examples with the student's rationale (`show_examples`).
 EXAMPLES_FILE = "examples.txt"
 T5_SIZES = ("small", "base", "large", "xl", "xxl")
+
+
+class AnnotationIncompleteError(RuntimeError):
+  """Some teacher calls failed; the job stops before building the dataset."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,7 +200,8 @@ class DistillConfig:
 
     if self.recipe not in trainer.RECIPES:
       raise ValueError(
-        f"recipe must be one of {trainer.RECIPES}, got {self.recipe!r}"
+        f"--recipe must be one of {', '.join(trainer.RECIPES)}, "
+        f"got {self.recipe!r}"
       )
     if self.backend not in BACKENDS:
       raise ValueError(
@@ -204,14 +210,51 @@ class DistillConfig:
     for method in self.methods:
       if method not in grid_lib.METHODS:
         raise ValueError(
-          f"unknown method {method!r}; choose from {grid_lib.METHODS}"
+          f"--methods: unknown method {method!r}; choose from "
+          f"{','.join(grid_lib.METHODS)}"
         )
     for size in self.model_sizes:
       if size not in STUDENT_SIZES and size not in T5_SIZES:
         raise ValueError(
-          f"unknown model size {size!r}; choose from "
-          f"{sorted(STUDENT_SIZES)} or {T5_SIZES}"
+          f"--model_sizes: unknown model size {size!r}; choose from "
+          f"{', '.join(sorted(STUDENT_SIZES) + list(T5_SIZES))}"
         )
+    self._check_numbers()
+
+  def _check_numbers(self) -> None:
+    """Numeric fields in range, named by their flags (before any stage)."""
+    flag_of = {field: flag for flag, field in _FIELD_OF_FLAG.items()}
+
+    def check(name, ok, want):
+      if not ok:
+        flag = flag_of.get(name, name)
+        raise ValueError(
+          f"--{flag} must be {want}, got {getattr(self, name)!r}"
+        )
+
+    for name in (
+      "train_steps",
+      "batch_size",
+      "inputs_length",
+      "targets_length",
+      "label_length",
+      "eval_batch_size",
+      "num_samples",
+      "concurrency",
+    ):
+      check(name, getattr(self, name) >= 1, ">= 1")
+    for name in ("eval_examples", "validation_examples"):
+      value = getattr(self, name)
+      check(name, value is None or value >= 1, ">= 1 (or unset: all)")
+    check("learning_rate", self.learning_rate > 0, "> 0")
+    check("warmup_steps", self.warmup_steps >= 0, ">= 0")
+    check("validation_period", self.validation_period >= 0, ">= 0")
+    check("rationale_rate", self.rationale_rate >= 0, ">= 0")
+    check("dropout_rate", 0 <= self.dropout_rate < 1, "in [0, 1)")
+    check("fractions", all(0 < f <= 1 for f in self.fractions), "in (0, 1]")
+    check("seeds", all(seed >= 0 for seed in self.seeds), ">= 0")
+    for name in ("methods", "model_sizes", "fractions", "seeds"):
+      check(name, len(getattr(self, name)) > 0, "a non-empty list")
 
   def specs(self) -> list[grid_lib.RunSpec]:
     """The job's runs (`grid_lib.expand`, less `baseline_fractions`)."""
@@ -241,6 +284,39 @@ class DistillConfig:
   @property
   def data_dir(self) -> str:
     return self.tfds_data_dir or str(pathlib.Path(self.out_dir) / "tfds")
+
+  def run_identity(self, spec: grid_lib.RunSpec) -> dict[str, Any]:
+    """Every value that decides the result of `spec`'s run (JSON-able).
+
+    Where outputs go, progress bars, caches and the teacher client's pace
+    are left out; a stored run is reused only under the same identity.
+    """
+    ignored = {
+      "out_dir",
+      "tfds_data_dir",
+      "progress",
+      "compilation_cache",
+      "concurrency",
+      "requests_per_minute",
+      "eval_batch_size",
+      "paper_data_dir",
+      "methods",
+      "model_sizes",
+      "fractions",
+      "seeds",
+      # Which runs a job has, how many train at once, what it shows after.
+      "baseline_fractions",
+      "workers",
+      "show_examples",
+    }
+    values = {
+      f.name: getattr(self, f.name)
+      for f in dataclasses.fields(self)
+      if f.name not in ignored
+    }
+    values["source"] = self.source_name
+    values.update(dataclasses.asdict(spec))
+    return json.loads(json.dumps(values))
 
 
 # Defaults of real runs (the paper's T5 recipe: AdamW 5e-5, batch 64, 10k
@@ -438,8 +514,9 @@ class Pipeline:
       f"teacher accuracy {summary.accuracy:.1f}% over {summary.annotated}"
     )
     if stats.failed:
-      raise RuntimeError(
-        f"{stats.failed} teacher calls failed; rerun to retry them"
+      raise AnnotationIncompleteError(
+        f"{stats.failed} of {len(requests)} teacher calls failed; rerun the "
+        "same command to retry them"
       )
     marker.write_text(json.dumps(dataclasses.asdict(stats), indent=2))
 
@@ -453,7 +530,8 @@ class Pipeline:
     config = self.config
     start = time.monotonic()
     if config.backend == "replay" and config.paper_data_dir:
-      os.environ.setdefault("DSS_PAPER_DATA_DIR", config.paper_data_dir)
+      # The flag wins over the environment.
+      os.environ["DSS_PAPER_DATA_DIR"] = config.paper_data_dir
     store = None if config.backend == "replay" else str(self.store_path)
     # TFDS prints its own banners to stdout and draws nested bars for a
     # build of seconds; the stage line below says what happened.
@@ -474,7 +552,8 @@ class Pipeline:
     """The teacher's accuracy against gold on a split (None if unannotated)."""
     from dss_jax import datasets
 
-    cache = self.out_dir / f"teacher_accuracy_{split}.json"
+    name = f"{self.card.name}_{self.config.source_name}_{split}"
+    cache = self.out_dir / f"teacher_accuracy_{name}.json"
     if cache.exists():
       return json.loads(cache.read_text())["accuracy"]
     builder = datasets.build_annotated(
@@ -488,8 +567,10 @@ class Pipeline:
     total = correct = 0
     for row in builder.as_dataset(split=split).as_numpy_iterator():
       teacher = row["teacher_label"].decode()
-      if not row["teacher"]:
-        continue  # not annotated on this split; unparsable answers count
+      if not row["teacher"] or not row["gold_label"]:
+        # Not annotated on this split, or no gold label to score against;
+        # unparsable answers count as wrong.
+        continue
       total += 1
       correct += self.card.is_correct(
         teacher or None, row["gold_label"].decode()
@@ -631,7 +712,8 @@ class Pipeline:
         if config.initial_checkpoint
         else None
       ),
-      checkpoint_period=config.train_steps,
+      # A killed run loses at most a quarter of its steps.
+      checkpoint_period=max(1, config.train_steps // 4),
       keep_checkpoints=1,
       log_period=max(1, config.train_steps // 10),
       evaluator=validation,
@@ -802,9 +884,14 @@ def run(config: DistillConfig, log=print) -> dict[str, pathlib.Path]:
   pipeline = Pipeline(config, log)
   if config.compilation_cache:
     _enable_compilation_cache(pipeline.out_dir / "xla_cache")
+  specs = config.specs()
+  # Before any expensive stage: a stale run folder stops the job now.
+  for spec in specs:
+    grid_lib.check_run_config(
+      grid_lib.run_dir(pipeline.out_dir, spec), config.run_identity(spec)
+    )
   pipeline.annotate()
   pipeline.build_dataset()
-  specs = config.specs()
   workers = config.workers or workers_lib.default_workers()
   if workers > 1 and len(specs) > 1:
     rows = workers_lib.run_grid(
@@ -813,12 +900,19 @@ def run(config: DistillConfig, log=print) -> dict[str, pathlib.Path]:
       pipeline.out_dir,
       workers=workers,
       log_dir=pipeline.out_dir / "logs",
+      identity=config.run_identity,
       setup=functools.partial(_setup_worker, config),
       log=log,
       progress=config.progress,
     )
   else:
-    rows = grid_lib.run_grid(specs, pipeline.run, pipeline.out_dir, log=log)
+    rows = grid_lib.run_grid(
+      specs,
+      pipeline.run,
+      pipeline.out_dir,
+      identity=config.run_identity,
+      log=log,
+    )
   paths = pipeline.write_report(rows)
   examples = pipeline.show_examples()
   log("")
@@ -966,10 +1060,16 @@ def _flag_values() -> dict[str, Any]:
     if flag.value is None or (kind == "bool" and not flag.present):
       continue
     value = flag.value
-    if name in ("fractions", "baseline_fractions"):
-      value = tuple(float(v) for v in value)
-    elif name == "seeds":
-      value = tuple(int(v) for v in value)
+    if name in ("fractions", "baseline_fractions", "seeds"):
+      number = int if name == "seeds" else float
+      try:
+        value = tuple(number(v) for v in value)
+      except ValueError:
+        raise ValueError(
+          f"--{name} must be comma-separated "
+          f"{'numbers' if number is float else 'integers'}, "
+          f"got {','.join(value)}"
+        ) from None
     elif kind == "list":
       value = tuple(value)
     values[_FIELD_OF_FLAG.get(name, name)] = value
@@ -1035,18 +1135,35 @@ def main(argv: Sequence[str], grid_defaults: bool = False) -> None:
   host.add_xla_flag_defaults()
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
   py_logging.captureWarnings(True)
-  values = _config_values(grid_defaults)
-  log_dir = pathlib.Path(values.get("out_dir", DistillConfig.out_dir)) / "logs"
   # Before the config's checks import TensorFlow, whose C++ side writes
   # oneDNN, CUDA and cuInit lines (and later oneDNN and tf.data warnings)
-  # to stderr whatever the log level.
-  workers_lib.redirect_native_stderr(log_dir / "native.log")
+  # to stderr whatever the log level; to a scratch file until the config
+  # is valid, so that a bad flag leaves no output folder behind.
+  fd, early = tempfile.mkstemp(prefix="dss_jax_native_", suffix=".log")
+  os.close(fd)
+  workers_lib.redirect_native_stderr(early)
   try:
-    config = DistillConfig(**values)
+    config = DistillConfig(**_config_values(grid_defaults))
   except ValueError as e:
-    raise app.UsageError(str(e)) from None
+    # A user error: one line and exit status 2, no traceback.
+    print(f"error: {e}", file=sys.stderr)
+    os.unlink(early)
+    sys.exit(2)
+  log_dir = pathlib.Path(config.out_dir) / "logs"
+  native = log_dir / "native.log"
+  workers_lib.redirect_native_stderr(native)
+  with open(early, "rb") as lines, open(native, "ab") as kept:
+    kept.write(lines.read())
+  os.unlink(early)
   _log_to_file(log_dir)
-  run(config)
+  try:
+    run(config)
+  except grid_lib.StaleRunError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  except AnnotationIncompleteError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
   sys.stdout.flush()
 
 

@@ -36,7 +36,7 @@ import tensorflow as tf
 from absl import logging
 from etils import epath
 
-from dss_jax import decoding, t5x_checkpoints
+from dss_jax import decoding, t5x_checkpoints, vocab
 
 Params = Any
 
@@ -562,6 +562,14 @@ def evaluate_checkpoints(
     output_dir = inference_eval_dir(_model_dir_of(checkpoint_path))
   # Fails fast (one line) on a missing or empty path, before reading data.
   _checkpoints_to_score(checkpoint_path, mode, step)
+  trained = vocab.read_identity(_model_dir_of(checkpoint_path))
+  if trained is not None:
+    for task in seqio.get_subtasks(get_task_or_mixture(mixture_or_task_name)):
+      vocab.check_same(
+        trained,
+        task.output_features["targets"].vocabulary,
+        f"task {task.name}",
+      )
   evaluator = Evaluator(
     mixture_or_task_name,
     model,

@@ -41,6 +41,13 @@ RATIONALE_METHODS = ("dss_gold", "dss_teacher")
 # The paper's training-data fractions for the data-size figures.
 PAPER_FRACTIONS = (0.125, 0.25, 0.5, 1.0)
 RESULT_FILE = "result.json"
+# Everything that decides a run's result, written before it trains; a folder
+# is only resumed or reused by a run of the same configuration.
+CONFIG_FILE = "run_config.json"
+
+
+class StaleRunError(ValueError):
+  """A run folder holds a run of another configuration."""
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -173,6 +180,60 @@ def write_results_csv(
 
 
 RunFn = Callable[[RunSpec, pathlib.Path], Mapping[str, Any]]
+IdentityFn = Callable[[RunSpec], Mapping[str, Any]]
+
+
+def check_run_config(
+  directory: str | pathlib.Path, config: Mapping[str, Any]
+) -> bool:
+  """Whether `directory` may hold (or resume) the run `config` describes.
+
+  Args:
+    directory: a run folder.
+    config: JSON-able values that decide the run's result.
+
+  Returns:
+    True if the folder already records this configuration, False if it is
+    empty or new.
+
+  Raises:
+    StaleRunError: the folder holds a run of another configuration, or one
+      whose configuration was never recorded (one line: what differs and how
+      to start fresh).
+  """
+  directory = pathlib.Path(directory)
+  path = directory / CONFIG_FILE
+  fresh = "; use another --out_dir, or delete the folder to train it again"
+  if not path.is_file():
+    if directory.is_dir() and any(directory.iterdir()):
+      raise StaleRunError(
+        f"{directory} holds a run whose configuration was not recorded "
+        f"(an older dss-jax){fresh}"
+      )
+    return False
+  stored = json.loads(path.read_text())
+  wanted = json.loads(json.dumps(dict(config)))
+  if stored == wanted:
+    return True
+  diffs = [
+    f"{key} {stored.get(key)!r} -> {wanted.get(key)!r}"
+    for key in sorted(set(stored) | set(wanted))
+    if stored.get(key) != wanted.get(key)
+  ]
+  raise StaleRunError(
+    f"{directory} holds a run of another configuration "
+    f"({', '.join(diffs[:4])}{', ...' if len(diffs) > 4 else ''}){fresh}"
+  )
+
+
+def write_run_config(
+  directory: pathlib.Path, config: Mapping[str, Any]
+) -> None:
+  """Records the configuration of the run that trains in `directory`."""
+  directory.mkdir(parents=True, exist_ok=True)
+  tmp = directory / (CONFIG_FILE + ".tmp")
+  tmp.write_text(json.dumps(dict(config), indent=2, sort_keys=True))
+  tmp.replace(directory / CONFIG_FILE)
 
 
 def run_grid(
@@ -180,9 +241,14 @@ def run_grid(
   run_fn: RunFn,
   root: str | pathlib.Path,
   *,
+  identity: IdentityFn | None = None,
   log: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
   """Runs every unfinished cell, in order, and returns all results.
+
+  With `identity`, a run folder is reused (its result) or resumed (its
+  checkpoints) only when it records the same configuration; every folder is
+  checked before anything trains.
 
   Args:
     specs: the grid.
@@ -190,12 +256,19 @@ def run_grid(
       result row (`report.RESULT_FIELDS`). It may resume from checkpoints in
       the folder.
     root: the grid's output folder.
+    identity: the values that decide a spec's result (JSON-able).
     log: where progress lines go.
 
   Returns:
     The result rows of all finished runs of `specs`, in order.
+
+  Raises:
+    StaleRunError: a run folder holds a run of another configuration.
   """
   root = pathlib.Path(root)
+  if identity is not None:
+    for spec in specs:
+      check_run_config(run_dir(root, spec), identity(spec))
   done = sum(read_result(run_dir(root, s)) is not None for s in specs)
   if done:
     log(f"grid: {done}/{len(specs)} runs already finished; skipping them")
@@ -204,6 +277,8 @@ def run_grid(
     if read_result(directory) is not None:
       continue
     log(f"grid: run {index}/{len(specs)}: {spec.name}")
+    if identity is not None:
+      write_run_config(directory, identity(spec))
     start = time.monotonic()
     result = dict(run_fn(spec, directory))
     result.setdefault("train_seconds", round(time.monotonic() - start, 1))

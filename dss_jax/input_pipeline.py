@@ -17,6 +17,11 @@ Two ways to feed a distilling step-by-step mixture:
     same batch, so the trainer can optimize L_label + lambda * L_rationale
     exactly.
 
+Packing (`pack=True`) never changes how many examples a step trains on: the
+step's `batch_size` examples are taken first, then packed first-fit into
+`packed_rows` rows (segment ids and positions as SeqIO's packed features), so
+packing is an optimization of the same recipe, not a larger batch.
+
 The position in the stream is the number of batches already consumed; the
 pipeline is deterministic given its seed, so a resumed run skips that many
 batches and sees exactly the batches an uninterrupted run would have seen.
@@ -79,11 +84,15 @@ class DatasetConfig:
   Attributes:
     mixture_or_task_name: a registered SeqIO task or mixture.
     task_feature_lengths: {"inputs": ..., "targets": ...}.
-    batch_size: the global batch size (all hosts together).
+    batch_size: the global number of examples a step trains on (all hosts
+      together); without packing, also the number of rows.
     split: the split to read.
     shuffle: shuffle the examples (training) or not.
     seed: seed of shuffling and mixing; fixed so a resume is exact.
-    pack: pack several examples into one row (SeqIO packing).
+    pack: pack each step's `batch_size` examples into `packed_rows` rows.
+    packed_rows: global rows of a packed step (required with `pack`); a
+      step whose examples do not fit stops with an error naming the rows
+      they need.
     use_cached: read the SeqIO cache of the tasks.
     paired: feed each source example with all of the mixture's tasks in the
       same batch (the official implementation's way); the mixture's tasks must
@@ -97,6 +106,7 @@ class DatasetConfig:
   shuffle: bool = True
   seed: int = 0
   pack: bool = False
+  packed_rows: int | None = None
   use_cached: bool = False
   paired: bool = False
 
@@ -107,6 +117,12 @@ def task_rates(name: str) -> dict[str, float]:
     mixture = seqio.get_mixture_or_task(name)
     return {t.name: float(mixture.get_rate(t)) for t in mixture.tasks}
   return {seqio.get_mixture_or_task(name).name: 1.0}
+
+
+def targets_vocabulary(name: str) -> seqio.Vocabulary:
+  """The targets vocabulary of a task, or of a mixture's first task."""
+  task = seqio.get_subtasks(seqio.get_mixture_or_task(name))[0]
+  return task.output_features["targets"].vocabulary
 
 
 def shard_info() -> seqio.ShardInfo:
@@ -267,7 +283,7 @@ def make_dataset(config: DatasetConfig) -> tf.data.Dataset:
   if config.paired:
     if len(names) < 2:
       raise ValueError("paired mode needs a mixture of at least two tasks")
-    if not config.pack and config.batch_size % len(names):
+    if config.batch_size % len(names):
       raise ValueError(
         f"paired mode: batch size {config.batch_size} must be a multiple of "
         f"the {len(names)} tasks so each pair stays in one batch"
@@ -277,10 +293,215 @@ def make_dataset(config: DatasetConfig) -> tf.data.Dataset:
     examples = _sampled_examples(config, names, list(rates.values()))
   lengths = dict(config.task_feature_lengths)
   lengths["task_ids"] = lengths["targets"]
-  converter = TaskIdEncDecFeatureConverter(pack=config.pack)
+  converter = TaskIdEncDecFeatureConverter(pack=False)
   ds = converter(examples, lengths)
   ds = ds.batch(config.batch_size // jax.process_count(), drop_remainder=True)
+  if config.pack:
+    ds = _packed(ds, config)
   return ds.prefetch(tf.data.AUTOTUNE)
+
+
+PACKED_FEATURES = (
+  "encoder_input_tokens",
+  "encoder_segment_ids",
+  "encoder_positions",
+  "decoder_target_tokens",
+  "decoder_input_tokens",
+  "decoder_loss_weights",
+  "decoder_segment_ids",
+  "decoder_positions",
+  TASK_IDS,
+)
+
+
+def pack_examples(batch: Mapping[str, np.ndarray], rows: int) -> Batch:
+  """Packs one step's padded examples first-fit into `rows` rows.
+
+  Every example keeps its tokens, its own decoder inputs (each segment's
+  starts at 0, as SeqIO's packed `decoder_input_tokens`), loss weights and
+  task ids; segment ids number the examples of a row from 1 and positions
+  restart at 0 per segment.
+
+  Args:
+    batch: unpacked `EncDecFeatureConverter` features (+ task ids), one
+      example per row, padded with 0.
+    rows: rows to pack into.
+
+  Returns:
+    The packed features (`PACKED_FEATURES`; task ids only when given),
+    [rows, length] each.
+
+  Raises:
+    ValueError: the examples need more than `rows` rows (says how many).
+  """
+  enc = batch["encoder_input_tokens"]
+  dec = batch["decoder_target_tokens"]
+  enc_len, dec_len = enc.shape[1], dec.shape[1]
+  enc_real = np.count_nonzero(enc, axis=1)
+  dec_real = np.count_nonzero(dec, axis=1)
+  fill_enc, fill_dec, where = [], [], []
+  for a, b in zip(enc_real, dec_real, strict=True):
+    fits = (
+      r
+      for r in range(len(fill_enc))
+      if fill_enc[r] + a <= enc_len and fill_dec[r] + b <= dec_len
+    )
+    row = next(fits, None)
+    if row is None:
+      row = len(fill_enc)
+      fill_enc.append(0)
+      fill_dec.append(0)
+    where.append((row, fill_enc[row], fill_dec[row]))
+    fill_enc[row] += a
+    fill_dec[row] += b
+  if len(fill_enc) > rows:
+    raise ValueError(
+      f"the {len(enc)} examples of a step need {len(fill_enc)} packed rows "
+      f"of {enc_len}/{dec_len} tokens, but only {rows} are set: raise "
+      "PACKED_ROWS (DatasetConfig.packed_rows)"
+    )
+  out = {
+    "encoder_input_tokens": np.zeros((rows, enc_len), enc.dtype),
+    "encoder_segment_ids": np.zeros((rows, enc_len), np.int32),
+    "encoder_positions": np.zeros((rows, enc_len), np.int32),
+  }
+  sources = [
+    ("decoder_target_tokens", dec),
+    ("decoder_input_tokens", batch["decoder_input_tokens"]),
+    ("decoder_loss_weights", batch["decoder_loss_weights"]),
+  ]
+  if TASK_IDS in batch:
+    sources.append((TASK_IDS, batch[TASK_IDS]))
+  for name, _ in sources:
+    out[name] = np.zeros((rows, dec_len), np.int32)
+  out["decoder_segment_ids"] = np.zeros((rows, dec_len), np.int32)
+  out["decoder_positions"] = np.zeros((rows, dec_len), np.int32)
+  segments = [0] * rows
+  for i, (row, at_enc, at_dec) in enumerate(where):
+    segments[row] += 1
+    a, b = enc_real[i], dec_real[i]
+    out["encoder_input_tokens"][row, at_enc : at_enc + a] = enc[i, :a]
+    out["encoder_segment_ids"][row, at_enc : at_enc + a] = segments[row]
+    out["encoder_positions"][row, at_enc : at_enc + a] = np.arange(a)
+    for name, source in sources:
+      out[name][row, at_dec : at_dec + b] = source[i, :b]
+    out["decoder_segment_ids"][row, at_dec : at_dec + b] = segments[row]
+    out["decoder_positions"][row, at_dec : at_dec + b] = np.arange(b)
+  return out
+
+
+def _packed(ds: tf.data.Dataset, config: DatasetConfig) -> tf.data.Dataset:
+  """Packs each host batch of examples into its share of the packed rows."""
+  if not config.packed_rows:
+    raise ValueError(
+      "packing needs PACKED_ROWS (DatasetConfig.packed_rows): the rows a "
+      f"step's {config.batch_size} examples are packed into"
+    )
+  return pack_batches(
+    ds,
+    _host_share(config.packed_rows, "packed rows"),
+    config.task_feature_lengths,
+  )
+
+
+def _host_share(count: int, what: str) -> int:
+  if count % jax.process_count():
+    raise ValueError(
+      f"{what} {count} do not split over {jax.process_count()} hosts"
+    )
+  return count // jax.process_count()
+
+
+def pack_batches(
+  ds: tf.data.Dataset, rows: int, task_feature_lengths: Mapping[str, int]
+) -> tf.data.Dataset:
+  """Maps batches of unpacked examples to `rows` packed rows each.
+
+  Args:
+    ds: batches of `EncDecFeatureConverter(pack=False)` features (task ids
+      optional), one step's examples per batch.
+    rows: rows per packed batch.
+    task_feature_lengths: {"inputs": ..., "targets": ...}.
+
+  Returns:
+    Batches of packed features (see `pack_examples`).
+  """
+  names = list(ds.element_spec)
+  features = [f for f in PACKED_FEATURES if f != TASK_IDS or f in names]
+  lengths = {
+    name: task_feature_lengths[
+      "inputs" if name.startswith("encoder") else "targets"
+    ]
+    for name in features
+  }
+
+  def pack(*arrays):
+    packed = pack_examples(dict(zip(names, arrays, strict=True)), rows)
+    return tuple(packed[name].astype(np.int32) for name in features)
+
+  def to_packed(batch):
+    arrays = tf.numpy_function(
+      pack,
+      [batch[name] for name in names],
+      [tf.int32] * len(features),
+      stateful=False,
+    )
+    return {
+      name: tf.ensure_shape(array, [rows, lengths[name]])
+      for name, array in zip(features, arrays, strict=True)
+    }
+
+  return ds.map(to_packed, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+class StepPackedEncDecFeatureConverter(seqio.EncDecFeatureConverter):
+  """T5X's feature converter, packing that keeps a step's examples.
+
+  T5X counts BATCH_SIZE in rows and packs a stream, so a packed step holds a
+  varying number of examples. With `pack=True` this converter takes
+  `examples_per_step` examples, packs them first-fit into `rows_per_step`
+  rows (`pack_examples`) and emits those rows in order; with T5X's
+  BATCH_SIZE equal to `rows_per_step`, every step trains on exactly
+  `examples_per_step` examples (gin_configs/t5x/packing.gin binds both).
+  Without packing (eval, inference) it is SeqIO's `EncDecFeatureConverter`.
+
+  Args:
+    pack: pack (training) or not.
+    use_custom_packing_ops: unused (T5X passes it).
+    examples_per_step: global examples of one step.
+    rows_per_step: global rows of one step (T5X's BATCH_SIZE).
+    **kwargs: `seqio.EncDecFeatureConverter`'s.
+  """
+
+  def __init__(
+    self,
+    pack: bool = True,
+    use_custom_packing_ops: bool = False,
+    examples_per_step: int = 0,
+    rows_per_step: int = 0,
+    **kwargs: Any,
+  ):
+    super().__init__(pack=pack, use_custom_packing_ops=False, **kwargs)
+    del use_custom_packing_ops
+    self.examples_per_step = examples_per_step
+    self.rows_per_step = rows_per_step
+
+  def __call__(
+    self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]
+  ) -> tf.data.Dataset:
+    if not self.pack:
+      return super().__call__(ds, task_feature_lengths)
+    if not (self.examples_per_step and self.rows_per_step):
+      raise ValueError(
+        "step packing needs examples_per_step and rows_per_step "
+        "(EXAMPLES_PER_STEP and PACKED_ROWS in gin_configs/t5x/packing.gin)"
+      )
+    unpacked = seqio.EncDecFeatureConverter(pack=False)
+    ds = unpacked(ds, task_feature_lengths)
+    examples = _host_share(self.examples_per_step, "examples per step")
+    rows = _host_share(self.rows_per_step, "packed rows")
+    ds = ds.batch(examples, drop_remainder=True)
+    return pack_batches(ds, rows, task_feature_lengths).unbatch()
 
 
 def iterate(ds: tf.data.Dataset, start_batch: int = 0) -> Iterator[Batch]:

@@ -258,29 +258,31 @@ def tokenize_at_eos(
 ) -> tf.data.Dataset:
   """SeqIO preprocessor: `seqio.preprocessors.tokenize`, EOS-aware inputs.
 
-  `inputs` are tokenized with `encode_at_eos` (an input without the
-  separator, the readable format of every card, tokenizes exactly as
-  SeqIO's `tokenize` would), `targets` with their vocabulary; both keep
-  their text as `<feature>_pretokenized`.
+  Every input feature (`inputs`, and `rationale_inputs` of the paired task)
+  is tokenized with `encode_at_eos` (an input without the separator, the
+  readable format of every card, tokenizes exactly as SeqIO's `tokenize`
+  would), the other features with their vocabulary; each keeps its text as
+  `<feature>_pretokenized`.
 
   Args:
-    dataset: examples with string `inputs` and `targets`.
+    dataset: examples with string features.
     output_features: the task's features (their vocabularies).
 
   Returns:
     The tokenized examples (no EOS appended yet).
   """
-  inputs_vocabulary = output_features["inputs"].vocabulary
-  targets_vocabulary = output_features["targets"].vocabulary
 
   def encode(example: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-    inputs, targets = example["inputs"], example["targets"]
-    return {
-      **example,
-      "inputs_pretokenized": inputs,
-      "inputs": _encode_at_eos_tf(inputs_vocabulary, inputs),
-      "targets_pretokenized": targets,
-      "targets": tf.cast(targets_vocabulary.encode_tf(targets), tf.int32),
-    }
+    out = dict(example)
+    for key, feature in output_features.items():
+      if key not in example:
+        continue
+      text = example[key]
+      out[f"{key}_pretokenized"] = text
+      if key.endswith("inputs"):
+        out[key] = _encode_at_eos_tf(feature.vocabulary, text)
+      else:
+        out[key] = tf.cast(feature.vocabulary.encode_tf(text), tf.int32)
+    return out
 
   return dataset.map(encode, num_parallel_calls=tf.data.AUTOTUNE)

@@ -45,7 +45,7 @@ import seqio
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from dss_jax import metrics, preprocessors, vocab
+from dss_jax import metrics, paired, preprocessors, vocab
 
 DATASET_NAME = "dss_annotated"
 PALM_SOURCE = "palm"
@@ -358,6 +358,53 @@ def _add_task(
   )
 
 
+def _add_paired_task(
+  name: str,
+  card: str,
+  source: str,
+  data_dir: str | None,
+  overrides: _Overrides,
+  vocabulary: seqio.Vocabulary | None,
+  metric_fns: Sequence[Callable[..., dict]],
+) -> None:
+  """Registers the official recipe's task: each example holds both halves.
+
+  Its training labels follow `label_source` as the `_label` task's do; see
+  `dss_jax.paired` for the features and `dss_jax.t5x_official` for the loss.
+  """
+
+  def examples(split, shuffle_files, seed=None):
+    opts = overrides.resolve()
+    path = dataset_dir(card, source, data_dir)
+    ds = _read_split(path, split, opts, shuffle_files, seed)
+    kind = opts.label_source if split == "train" else "gold"
+    return paired.select_paired_targets(ds, kind)
+
+  features = _output_features(vocabulary)
+  for key in paired.TASK_FEATURES:
+    features[paired.RATIONALE + key] = features[key]
+  if name in seqio.TaskRegistry.names():
+    seqio.TaskRegistry.remove(name)
+  seqio.TaskRegistry.add(
+    name,
+    source=seqio.FunctionDataSource(
+      dataset_fn=examples, splits=SPLITS, caching_permitted=False
+    ),
+    preprocessors=[
+      functools.partial(
+        paired.add_paired_prefixes,
+        label_prefix=LABEL_PREFIX,
+        rationale_prefix=RATIONALE_PREFIX,
+      ),
+      preprocessors.tokenize_at_eos,
+      paired.append_eos_after_trim,
+    ],
+    output_features=features,
+    postprocess_fn=metrics.postprocess_text,
+    metric_fns=list(metric_fns),
+  )
+
+
 def register_card(
   card: str,
   source: str,
@@ -437,6 +484,15 @@ def register_card(
   )
   _add_task(names["gold"], source_fn("gold"), "", features, label_metrics)
   _add_task(names["teacher"], source_fn("teacher"), "", features, label_metrics)
+  _add_paired_task(
+    f"{base}_paired",
+    card,
+    source,
+    data_dir,
+    overrides,
+    vocabulary,
+    label_metrics,
+  )
   if base in seqio.MixtureRegistry.names():
     seqio.MixtureRegistry.remove(base)
   seqio.MixtureRegistry.add(

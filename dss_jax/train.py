@@ -33,12 +33,17 @@ def main(argv: Sequence[str]) -> None:
 
   gin_flags.parse_gin_flags(finalize=True)
   logging.info("gin config:\n%s", gin.config_str())
+  from dss_jax import checkpoints
+
   try:
     result = gin.get_configurable(trainer.train)()
   except trainer.NonFiniteLossError as e:
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
+  except checkpoints.CorruptCheckpointError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
   if result.preempted:
     logging.info("stopped by SIGTERM at step %d; checkpoint saved", result.step)
   else:

@@ -369,27 +369,44 @@ def _model_inputs(batch: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class _Preemption:
-  """Turns SIGTERM (a preempted VM) into a flag the loop checks each step."""
+  """Turns SIGTERM (a preempted VM) and Ctrl-C into a flag the loop checks.
+
+  Either signal saves a checkpoint after the current step and stops; a
+  second Ctrl-C interrupts at once (KeyboardInterrupt), losing the steps
+  since the last checkpoint.
+  """
+
+  _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
     self.requested = False
-    self._previous = None
+    self._previous = {}
 
   def __enter__(self) -> _Preemption:
     try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
+      for signum in self._SIGNALS:
+        self._previous[signum] = signal.signal(signum, self._handle)
     except ValueError:  # not the main thread: no handler, no preemption
-      self._previous = None
+      self._previous = {}
     return self
 
   def _handle(self, signum, frame):
-    del signum, frame
-    logging.warning("SIGTERM: saving a checkpoint and stopping")
+    del frame
+    if signum == signal.SIGINT and self.requested:
+      raise KeyboardInterrupt
+    name = signal.Signals(signum).name
+    logging.warning("%s: saving a checkpoint and stopping", name)
+    if signum == signal.SIGINT:
+      print(
+        "\ninterrupted: saving a checkpoint after this step "
+        "(Ctrl-C again to stop at once)",
+        file=sys.stderr,
+      )
     self.requested = True
 
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for signum, previous in self._previous.items():
+      signal.signal(signum, previous)
 
   def should_stop(self) -> bool:
     """True on every host once any host got SIGTERM."""
@@ -466,6 +483,7 @@ def train(
   optimizer: optimizers.Optimizer = optimizers.AdamW(),
   loss: LossConfig = LossConfig(),
   pack: bool = False,
+  packed_rows: int | None = None,
   recipe: str = "mixture",
   use_cached_tasks: bool = False,
   random_seed: int = 0,
@@ -491,11 +509,13 @@ def train(
     mixture_or_task_name: MIXTURE_OR_TASK_NAME.
     task_feature_lengths: TASK_FEATURE_LENGTHS.
     train_steps: TRAIN_STEPS, the total number of optimizer updates.
-    batch_size: BATCH_SIZE, global.
+    batch_size: BATCH_SIZE, global examples per step (rows, unless packed).
     model_dir: MODEL_DIR: checkpoints and TensorBoard logs.
     optimizer: `optimizers.AdamW` or `optimizers.Adafactor`.
     loss: LOSS_NORMALIZING_FACTOR and regularizers.
-    pack: pack examples (SeqIO packing).
+    pack: PACK: pack each step's `batch_size` examples into `packed_rows`
+      rows; the examples per step stay the same.
+    packed_rows: PACKED_ROWS, global rows of a packed step.
     recipe: what a step of a mixture holds (`RECIPES`). "mixture": SeqIO
       samples each of the `batch_size` rows from one task at the mixture's
       rates, and `loss` normalizes it (per sequence by default, so the
@@ -537,7 +557,7 @@ def train(
   from etils import epath
 
   from dss_jax import checkpoints as checkpoints_lib
-  from dss_jax import input_pipeline
+  from dss_jax import input_pipeline, vocab
 
   if recipe not in RECIPES:
     raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}")
@@ -546,13 +566,14 @@ def train(
   official = recipe == "official"
   if official:
     loss = official_loss(loss)
-  _log_step_contents(rates, batch_size, recipe, pack)
+  _log_step_contents(rates, batch_size, recipe, packed_rows if pack else None)
   data_config = dataset_config(
     mixture_or_task_name=mixture_or_task_name,
     task_feature_lengths=task_feature_lengths,
     batch_size=batch_size,
     recipe=recipe,
     pack=pack,
+    packed_rows=packed_rows,
     random_seed=random_seed,
     use_cached_tasks=use_cached_tasks,
   )
@@ -574,6 +595,11 @@ def train(
     best_metric=best_metric,
     best_mode=best_mode,
   )
+  if jax.process_index() == 0:
+    # Eval jobs refuse another vocabulary for these checkpoints.
+    vocab.write_identity(
+      model_dir, input_pipeline.targets_vocabulary(mixture_or_task_name)
+    )
   dataset = input_pipeline.make_dataset(data_config)
   state, batches_done = _initial_state(
     trainer, checkpointer, dataset, random_seed, initial_checkpoint_path
@@ -595,7 +621,7 @@ def train(
     meter=_Meter(
       train_flops_per_step(
         model.config,
-        batch_size,
+        trainer_rows(dataset),
         task_feature_lengths["inputs"],
         task_feature_lengths["targets"],
       ),
@@ -623,6 +649,7 @@ def dataset_config(
   batch_size: int,
   recipe: str = "mixture",
   pack: bool = False,
+  packed_rows: int | None = None,
   random_seed: int = 0,
   use_cached_tasks: bool = False,
 ) -> Any:
@@ -631,9 +658,10 @@ def dataset_config(
   Args:
     mixture_or_task_name: MIXTURE_OR_TASK_NAME.
     task_feature_lengths: TASK_FEATURE_LENGTHS.
-    batch_size: BATCH_SIZE, rows per step (all hosts).
+    batch_size: BATCH_SIZE, examples per step (all hosts).
     recipe: one of `RECIPES` (see `train`).
     pack: PACK.
+    packed_rows: PACKED_ROWS.
     random_seed: RANDOM_SEED (data order and mixing).
     use_cached_tasks: USE_CACHED_TASKS.
 
@@ -650,6 +678,7 @@ def dataset_config(
     batch_size=batch_size,
     seed=random_seed,
     pack=pack,
+    packed_rows=packed_rows,
     use_cached=use_cached_tasks,
     paired=recipe == "official",
   )
@@ -683,7 +712,10 @@ def official_loss(loss: LossConfig) -> LossConfig:
 
 
 def _log_step_contents(
-  rates: Mapping[str, float], batch_size: int, recipe: str, pack: bool
+  rates: Mapping[str, float],
+  batch_size: int,
+  recipe: str,
+  packed_rows: int | None,
 ) -> None:
   """Says what one step trains on, the number the paper's recipe fixes."""
   names = list(rates)
@@ -701,8 +733,8 @@ def _log_step_contents(
       f"{batch_size * rate / total:g} {name}" for name, rate in rates.items()
     )
     what += " examples in expectation (sampled mixture)"
-  if pack:
-    what = f"{batch_size} packed rows (examples per step vary)"
+  if packed_rows:
+    what += f", packed into {packed_rows} rows"
   logging.info("each step trains on %s", what)
 
 
@@ -730,10 +762,10 @@ def _initial_state(
     )
     for k, v in dataset.element_spec.items()
   }
-  step = checkpointer.latest_step()
-  if step is not None:
+  if checkpointer.latest_step() is not None:
     abstract = trainer.abstract_state(shapes)
-    restored, batches = checkpointer.restore(step, abstract.as_dict())
+    latest = checkpointer.restore_latest(abstract.as_dict())
+    step, restored, batches = latest
     logging.info("resumed from step %d (%d batches read)", step, batches)
     return TrainState.from_dict(restored), batches
   params = None

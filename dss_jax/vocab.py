@@ -31,6 +31,7 @@ from collections.abc import Iterable, Iterator
 
 import gin
 import seqio
+import tensorflow as tf
 
 T5_SPM_PATH = "gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model"
 # T5's sentinel ids (<extra_id_0> ... <extra_id_99>). The GCS model of
@@ -281,3 +282,80 @@ class ConfiguredVocabulary(seqio.Vocabulary):
 
   def __repr__(self) -> str:
     return f"ConfiguredVocabulary({self.resolved!r})"
+
+
+VOCABULARY_FILE = "vocabulary.json"
+
+
+def identity(vocabulary: seqio.Vocabulary) -> dict[str, object]:
+  """What makes two vocabularies tokenize alike: kind, size, pieces.
+
+  Args:
+    vocabulary: any SeqIO vocabulary (a `ConfiguredVocabulary` is resolved).
+
+  Returns:
+    {"kind", "vocab_size", "extra_ids", "sha256"}: the class name, the id
+    count, the extra ids and, for SentencePiece, a hash of the model's bytes
+    (its pieces); None where the class has no model file.
+  """
+  if isinstance(vocabulary, ConfiguredVocabulary):
+    vocabulary = vocabulary.resolved
+  model = getattr(vocabulary, "sp_model", None)
+  return {
+    "kind": type(vocabulary).__name__,
+    "vocab_size": int(vocabulary.vocab_size),
+    "extra_ids": int(vocabulary.extra_ids),
+    "sha256": hashlib.sha256(model).hexdigest() if model else None,
+  }
+
+
+def describe(ident: dict[str, object]) -> str:
+  """A short readable name of a vocabulary identity."""
+  digest = f", pieces {str(ident['sha256'])[:8]}" if ident.get("sha256") else ""
+  return f"{ident['kind']} of {ident['vocab_size']} ids{digest}"
+
+
+def check_same(
+  trained: dict[str, object], used: seqio.Vocabulary, what: str
+) -> None:
+  """Refuses a vocabulary that differs from the one a model was trained on.
+
+  Args:
+    trained: the identity stored with the checkpoints.
+    used: the vocabulary about to tokenize for that model.
+    what: who uses it, for the message.
+
+  Raises:
+    ValueError: one line naming both vocabularies.
+  """
+  ident = identity(used)
+  if ident != trained:
+    raise ValueError(
+      f"{what} uses a {describe(ident)}, but the checkpoint was trained "
+      f"with a {describe(trained)}; score it with its training vocabulary "
+      "(dss_jax.vocab.get_vocabulary.name)"
+    )
+
+
+def read_identity(model_dir: str) -> dict[str, object] | None:
+  """The vocabulary identity a model dir was trained with, if recorded."""
+  path = os.path.join(model_dir, VOCABULARY_FILE)
+  if not tf.io.gfile.exists(path):
+    return None
+  with tf.io.gfile.GFile(path) as f:
+    return json.load(f)
+
+
+def write_identity(model_dir: str, vocabulary: seqio.Vocabulary) -> None:
+  """Records the training vocabulary in a model dir, or refuses a change.
+
+  Raises:
+    ValueError: the model dir was trained with another vocabulary.
+  """
+  stored = read_identity(model_dir)
+  if stored is not None:
+    check_same(stored, vocabulary, f"training in {model_dir}")
+    return
+  tf.io.gfile.makedirs(model_dir)
+  with tf.io.gfile.GFile(os.path.join(model_dir, VOCABULARY_FILE), "w") as f:
+    json.dump(identity(vocabulary), f, indent=2)

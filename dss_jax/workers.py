@@ -42,6 +42,9 @@ SINGLE_THREAD_XLA_FLAGS = (
 # From <linux/prctl.h>.
 _PR_SET_PDEATHSIG = 1
 
+# Whether `redirect_native_stderr` gave Python's stderr its own descriptor.
+_terminal_kept = False
+
 RunFn = Callable[[grid_lib.RunSpec, pathlib.Path], Mapping[str, Any]]
 
 
@@ -108,17 +111,21 @@ def redirect_native_stderr(path: str | pathlib.Path) -> None:
   bars and errors from Python should still reach the terminal. Python's
   stderr becomes a new descriptor for the terminal, and descriptor 2 a file.
 
+  Calling it again points descriptor 2 at another file.
+
   Args:
     path: the file for the C++ libraries' lines (appended to).
   """
+  global _terminal_kept
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   sys.stderr.flush()
-  terminal = os.dup(2)
+  if not _terminal_kept:  # a second call only moves descriptor 2 on
+    sys.stderr = os.fdopen(os.dup(2), "w", buffering=1)
+    _terminal_kept = True
   sink = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
   os.dup2(sink, 2)
   os.close(sink)
-  sys.stderr = os.fdopen(terminal, "w", buffering=1)
 
 
 def _init_worker(
@@ -152,6 +159,7 @@ def run_grid(
   *,
   workers: int,
   log_dir: str | pathlib.Path,
+  identity: grid_lib.IdentityFn | None = None,
   setup: Callable[[], None] | None = None,
   log: Callable[[str], None] = print,
   progress: bool = True,
@@ -166,16 +174,25 @@ def run_grid(
     root: the grid's output folder.
     workers: processes side by side.
     log_dir: where each worker's output goes (`worker<i>.log`).
+    identity: the values that decide a spec's result, as for
+      `dss_jax.grid.run_grid`: every folder is checked before anything
+      trains, and records them before its run starts.
     setup: called once in each worker before its first run (picklable).
     log: where the per-run lines go.
     progress: a progress bar over the runs.
 
   Returns:
     The result rows of all finished runs of `specs`, in `specs`' order.
+
+  Raises:
+    StaleRunError: a run folder holds a run of another configuration.
   """
   import tqdm
 
   root = pathlib.Path(root)
+  if identity is not None:
+    for spec in specs:
+      grid_lib.check_run_config(grid_lib.run_dir(root, spec), identity(spec))
   todo = [
     s for s in specs if grid_lib.read_result(grid_lib.run_dir(root, s)) is None
   ]
@@ -189,6 +206,9 @@ def run_grid(
   todo.sort(key=lambda s: not s.uses_rationales)
   if not todo:
     return grid_lib.collect_results(root, specs)
+  if identity is not None:
+    for spec in todo:
+      grid_lib.write_run_config(grid_lib.run_dir(root, spec), identity(spec))
   workers = max(1, min(workers, len(todo)))
   log(
     f"grid: {len(todo)} runs in {workers} worker processes "

@@ -73,7 +73,9 @@ def test_every_stage_runs_and_a_rerun_redoes_nothing(tmp_path, monkeypatch):
   assert "at the last step" in summary
   assert "checkpoint picked on validation" in summary
   assert "Teacher (few-shot CoT)" in summary
-  teacher = json.loads((out / "teacher_accuracy_test.json").read_text())
+  teacher = json.loads(
+    (out / "teacher_accuracy_arith_offline_test.json").read_text()
+  )
   assert 0.7 < teacher["accuracy"] < 0.95
   assert "checkpoints:" in "\n".join(logs)
   # Each worker's own output went to its log file, not to the terminal.

@@ -240,3 +240,23 @@ def test_entry_point_errors_are_one_line(tmp_path, capsys):
     "error: task or mixture 'eval_cli_close_nmae' is not"
   )
   assert "did you mean: eval_cli_close_name" in errors[1]
+
+
+def test_a_vocabulary_other_than_the_training_one_is_refused(
+  model_dir, tmp_path
+):
+  from dss_jax import vocab
+
+  model, path, _ = model_dir
+  _register_task(tmp_path)
+  kwargs = dict(feature_lengths=_LENGTHS, mode="latest", batch_size=4)
+  # Trained with a byte vocabulary of another size (the eval task's has 259).
+  smaller = {**vocab.identity(seqio.ByteVocabulary()), "vocab_size": 131}
+  (path / vocab.VOCABULARY_FILE).write_text(json.dumps(smaller))
+  with pytest.raises(ValueError, match="trained with a ByteVocabulary of 131"):
+    evaluation.evaluate_checkpoints(model, str(path), _TASK, **kwargs)
+  vocab.write_identity(str(tmp_path / "fresh"), seqio.ByteVocabulary())
+  (path / vocab.VOCABULARY_FILE).write_text(
+    (tmp_path / "fresh" / vocab.VOCABULARY_FILE).read_text()
+  )
+  assert evaluation.evaluate_checkpoints(model, str(path), _TASK, **kwargs)

@@ -1,5 +1,10 @@
 """The experiment grid: expansion, per-run resumability, results collection."""
 
+import dataclasses
+import os
+import subprocess
+import sys
+
 import pytest
 from absl import flags
 from absl.testing import flagsaver
@@ -47,6 +52,40 @@ def test_finished_runs_are_not_redone_and_a_crash_resumes(tmp_path):
   assert len(calls) == 5
 
 
+def test_a_run_folder_is_reused_only_by_the_same_configuration(tmp_path):
+  spec = grid.RunSpec("dss_gold", "demo", 1.0, 0)
+  config = distill.DistillConfig(out_dir=str(tmp_path))
+  calls = []
+
+  def run_fn(spec, directory):
+    calls.append(spec)
+    return {"method": spec.method, "seed": spec.seed, "value": 0.5}
+
+  def run(config):
+    return grid.run_grid(
+      [spec], run_fn, tmp_path, identity=config.run_identity, log=print
+    )
+
+  run(config)
+  run(config)  # the same configuration: reused, not trained again
+  assert len(calls) == 1
+  for changed, words in (
+    (dict(train_steps=300), f"train_steps {config.train_steps} -> 300"),
+    (dict(recipe="official"), "recipe 'mixture' -> 'official'"),
+    (dict(card="svamp", backend="replay"), "card 'arith' -> 'svamp'"),
+  ):
+    other = dataclasses.replace(config, **changed)
+    with pytest.raises(grid.StaleRunError, match=words) as error:
+      run(other)
+    assert "another --out_dir" in str(error.value)
+    assert "\n" not in str(error.value)
+  assert len(calls) == 1
+  # A folder from before configurations were recorded is refused too.
+  (grid.run_dir(tmp_path, spec) / grid.CONFIG_FILE).unlink()
+  with pytest.raises(grid.StaleRunError, match="not recorded"):
+    run(config)
+
+
 def test_a_torn_result_counts_as_unfinished(tmp_path):
   (tmp_path / grid.RESULT_FILE).write_text('{"value": ')
   assert grid.read_result(tmp_path) is None
@@ -73,3 +112,29 @@ def test_flags_pick_demo_paper_and_grid_defaults():
     assert config.seeds == (4,) and config.fractions == (0.5,)
   with pytest.raises(ValueError, match="model size"):
     distill.DistillConfig(model_sizes=("huge",))
+
+
+@pytest.mark.parametrize(
+  "flag, words",
+  [
+    ("--train_steps=-5", "--train_steps must be >= 1, got -5"),
+    ("--fractions=2", "--fractions must be in (0, 1]"),
+    ("--fractions=half", "--fractions must be comma-separated numbers"),
+    ("--recipe=paired", "--recipe must be one of mixture, official"),
+    ("--methods=prompting", "--methods: unknown method 'prompting'"),
+  ],
+)
+def test_bad_flags_stop_before_any_stage_in_one_line(tmp_path, flag, words):
+  out = tmp_path / "out"
+  proc = subprocess.run(
+    [sys.executable, "-m", "dss_jax.distill", flag, f"--out_dir={out}"],
+    capture_output=True,
+    text=True,
+    timeout=120,
+    env={**os.environ, "JAX_PLATFORMS": "cpu"},
+  )
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+  assert len(lines) == 1 and words in lines[0], proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr
+  assert not out.exists()  # nothing annotated, built or trained

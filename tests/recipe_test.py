@@ -9,6 +9,7 @@ check the official recipe's loss against the official formula in numpy.
 The T5X path has its own tests (tests/t5x_gin_test.py).
 """
 
+import dataclasses
 import os
 
 import gin
@@ -231,4 +232,81 @@ def test_official_loss_on_a_real_step_equals_the_official_formula(cqa_tasks):
   np.testing.assert_allclose(loss, 0.5 * label + 0.5 * rationale, atol=1e-5)
   np.testing.assert_allclose(
     metrics["loss/dss_cqa_palm_rationale"], rationale, atol=1e-5
+  )
+
+
+def test_pack_examples_keeps_every_example_as_one_segment():
+  # Three examples (inputs / targets of real lengths 3/2, 2/3, 4/1) into
+  # rows of 6 input and 4 target tokens: the first two share row 0 by
+  # inputs (5 <= 6) and targets (5 > 4 fails), so first-fit gives
+  # row 0: ex 0; row 1: ex 1 and ex 2 (2 + 4 <= 6, 3 + 1 <= 4).
+  enc = np.array([[5, 6, 1, 0, 0, 0], [7, 1, 0, 0, 0, 0], [8, 9, 10, 1, 0, 0]])
+  dec = np.array([[11, 1, 0, 0], [12, 13, 1, 0], [1, 0, 0, 0]])
+  batch = {
+    "encoder_input_tokens": enc,
+    "decoder_target_tokens": dec,
+    "decoder_input_tokens": np.pad(dec[:, :-1], ((0, 0), (1, 0))),
+    "decoder_loss_weights": (dec > 0).astype(np.int32),
+    input_pipeline.TASK_IDS: (dec > 0) * np.array([[1], [2], [1]]),
+  }
+  packed = input_pipeline.pack_examples(batch, rows=3)
+  np.testing.assert_array_equal(
+    packed["encoder_input_tokens"],
+    [[5, 6, 1, 0, 0, 0], [7, 1, 8, 9, 10, 1], [0] * 6],
+  )
+  np.testing.assert_array_equal(
+    packed["encoder_segment_ids"],
+    [[1, 1, 1, 0, 0, 0], [1, 1, 2, 2, 2, 2], [0] * 6],
+  )
+  np.testing.assert_array_equal(
+    packed["encoder_positions"][1], [0, 1, 0, 1, 2, 3]
+  )
+  np.testing.assert_array_equal(
+    packed["decoder_target_tokens"], [[11, 1, 0, 0], [12, 13, 1, 1], [0] * 4]
+  )
+  # Each segment's decoder inputs start at 0 (its own shift).
+  np.testing.assert_array_equal(
+    packed["decoder_input_tokens"], [[0, 11, 0, 0], [0, 12, 13, 0], [0] * 4]
+  )
+  np.testing.assert_array_equal(
+    packed["decoder_segment_ids"], [[1, 1, 0, 0], [1, 1, 1, 2], [0] * 4]
+  )
+  np.testing.assert_array_equal(
+    packed[input_pipeline.TASK_IDS], [[1, 1, 0, 0], [2, 2, 2, 1], [0] * 4]
+  )
+  with pytest.raises(ValueError, match="need 2 packed rows.*only 1"):
+    input_pipeline.pack_examples(batch, rows=1)
+
+
+def _segments(batch, task=None):
+  """(row, segment) pairs of real examples, optionally of one task."""
+  ids = batch["decoder_segment_ids"]
+  keep = batch["decoder_loss_weights"] > 0
+  if task is not None:
+    keep &= batch[input_pipeline.TASK_IDS] == task
+  rows, _ = np.nonzero(keep)
+  return set(zip(rows.tolist(), ids[keep].tolist(), strict=True))
+
+
+@pytest.mark.parametrize("run_file", ["train.gin", "train_official.gin"])
+def test_packing_keeps_the_examples_of_a_step(cqa_tasks, run_file):
+  unpacked = _gin_data_config(run_file, "dss_cqa_palm")
+  # Byte tokens: a CQA rationale fills most of a 256-token target row.
+  packed = dataclasses.replace(unpacked, pack=True, packed_rows=64)
+  for plain, batch in zip(
+    _first_batches(unpacked, 3), _first_batches(packed, 3), strict=True
+  ):
+    assert batch["encoder_input_tokens"].shape == (64, 1024)
+    assert len(_segments(batch)) == 128  # every example of the step
+    # The same examples as the unpacked step, each once.
+    assert len(_segments(batch, task=1)) == (_row_tasks(plain) == 1).sum()
+    # The same examples: the multiset of input lengths is the step's.
+    assert _segment_lengths(batch["encoder_segment_ids"]) == sorted(
+      np.count_nonzero(plain["encoder_input_tokens"], axis=1).tolist()
+    )
+
+
+def _segment_lengths(segment_ids) -> list[int]:
+  return sorted(
+    int(np.sum(row == s)) for row in segment_ids for s in set(row) - {0}
   )

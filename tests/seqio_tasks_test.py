@@ -474,3 +474,27 @@ def test_nli_readable_option_keeps_template_inputs(
   for premise, hypothesis in pairs:
     text = f"predict: Premise: {premise}\nHypothesis: {hypothesis}"
     assert inputs[text] == _tokens(text)
+
+
+@pytest.mark.parametrize("card", ["anli1", "esnli"])
+def test_nli_paired_task_feeds_both_halves_premise_eos_hypothesis(
+  card, nli_tfds_dir, paper_data_dir
+):
+  data_dir, _ = nli_tfds_dir
+  seqio_tasks.register_card(card, "palm", data_dir=data_dir, vocabulary=BYTE)
+  ds = seqio.get_mixture_or_task(f"dss_{card}_palm_paired").get_dataset(
+    None, split="validation", shuffle=False
+  )
+  examples = list(ds.as_numpy_iterator())
+  assert examples
+  pairs = set(_paper_pairs(paper_data_dir, card))
+  for ex in examples:
+    text = ex["inputs_pretokenized"].decode().removeprefix("predict: ")
+    premise, hypothesis = text.split("</s>")
+    assert (premise, hypothesis) in pairs
+    for key, prefix in (
+      ("inputs", "predict: "),
+      ("rationale_inputs", "explain: "),
+    ):
+      expected = _tokens(prefix + premise)[:-1] + [1] + _tokens(hypothesis)
+      assert ex[key].tolist() == expected

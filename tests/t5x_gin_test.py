@@ -41,6 +41,20 @@ METHODS = {
   "standard_distill": ("DISTILL_TASK", None),
   "dss_gold": ("DSS_MIXTURE", "gold"),
   "dss_teacher": ("DSS_MIXTURE", "teacher"),
+  "dss_official": ("DSS_PAIRED_TASK", "gold"),
+  "dss_official_teacher": ("DSS_PAIRED_TASK", "teacher"),
+}
+# Sequences a step trains on, per method, at the paper's settings (64 inputs
+# a step; the XXL students 32): the baselines and the official recipe count
+# inputs (an official example holds both sequences of its input), the sampled
+# mixture counts sequences, twice the inputs.
+PAPER_BATCH = {
+  "standard_finetune": (64, 32),
+  "standard_distill": (64, 32),
+  "dss_gold": (128, 64),
+  "dss_teacher": (128, 64),
+  "dss_official": (64, 32),
+  "dss_official_teacher": (64, 32),
 }
 # Eval and infer files -> the task macro they run.
 EVAL_FILES = {
@@ -151,9 +165,9 @@ class Composition:
 
 def test_every_gin_file_parses_and_documents_itself():
   files = _gin_files()
-  # 10 model sizes + tiny + student, 4 datasets, 4 methods, train, 2 eval, 3
-  # infer and their 2 shared parts.
-  assert len(files) >= 28
+  # 10 model sizes + tiny + student, 4 datasets, 6 methods, packing, train, 2
+  # eval, 3 infer and their 2 shared parts.
+  assert len(files) >= 31
   for path in files:
     statements = _parse(path)
     assert statements, path
@@ -184,11 +198,60 @@ def test_model_files_point_at_public_checkpoints(model):
   assert path.startswith(f"gs://t5-data/pretrained_models/t5x/{family}_{size}/")
   assert path.rsplit("/", 1)[1].startswith("checkpoint_")
   # The paper's XXL student used batch 32 and 4k steps; all others 64 / 10k.
+  # The DSS mixture's batch is twice that (see test_batch_and_packing).
   expected = (32, 4000) if size == "xxl" else (64, 10000)
-  assert (comp.macro("BATCH_SIZE"), comp.macro("TRAIN_STEPS")) == expected
+  assert (
+    comp.macro("PAPER_BATCH_SIZE"),
+    comp.macro("TRAIN_STEPS"),
+  ) == expected
+  assert comp.macro("PAPER_MIXTURE_BATCH_SIZE") == 2 * expected[0]
   assert (
     comp.binding("optax.linear_schedule", "transition_steps") == (expected[1])
   )
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_batch_and_packing(model, method):
+  comp = Composition(f"models/{model}", method, "datasets/cqa")
+  # finetune.gin packs train and train_eval rows; ours must not, so that
+  # BATCH_SIZE counts examples as the paper's batch does.
+  for scope in ("train", "train_eval"):
+    assert comp.binding("utils.DatasetConfig", "pack", scope=scope) is False
+  mixture, official = PAPER_BATCH[method]
+  expected = official if model.endswith("_xxl") else mixture
+  assert comp.macro("BATCH_SIZE") == expected
+  # Official examples hold both halves: BATCH_SIZE inputs, 2 x sequences.
+  # The mixture samples its halves: BATCH_SIZE sequences, half of them (at
+  # lambda 1) label examples. Either way the paper's 64 (XXL 32) inputs.
+  inputs = 32 if model.endswith("_xxl") else 64
+  if method.startswith("dss_official"):
+    assert comp.macro("BATCH_SIZE") == inputs
+    assert comp.macro("MODEL") == Ref(
+      "t5x_official.PairedEncoderDecoderModel", True
+    )
+    assert comp.binding(
+      "t5x_official.PairedEncoderDecoderModel", "rationale_rate"
+    ) == (1.0)
+  elif method.startswith("dss_"):
+    assert comp.macro("BATCH_SIZE") == 2 * inputs
+  else:
+    assert comp.macro("BATCH_SIZE") == inputs
+
+
+@pytest.mark.parametrize("method", ["dss_gold", "standard_finetune"])
+def test_packing_file_packs_with_its_own_batch(method):
+  comp = Composition("models/t5_1_1_base", method, "datasets/cqa", "packing")
+  for scope in ("train", "train_eval"):
+    assert comp.binding("utils.DatasetConfig", "pack", scope=scope) is True
+  assert comp.macros["BATCH_SIZE"] == Macro("PACKED_ROWS")
+  # Required: the rows that hold the paper's examples depend on the data.
+  assert comp.macros["PACKED_ROWS"] == Macro("gin.REQUIRED")
+  # The step's examples are the unpacked batch, packed into PACKED_ROWS.
+  converter = "input_pipeline.StepPackedEncDecFeatureConverter"
+  assert comp.bindings[("", converter, "rows_per_step")] == Macro("PACKED_ROWS")
+  examples = comp.binding(converter, "examples_per_step")
+  assert examples == (128 if method == "dss_gold" else 64)
 
 
 @pytest.mark.parametrize("card", CARDS)
@@ -201,6 +264,7 @@ def test_method_and_dataset_compose(card, method):
     "DSS_LABEL_TASK": f"dss_{card}_palm_label",
     "GOLD_FINETUNE_TASK": f"dss_{card}_gold_finetune",
     "DISTILL_TASK": f"dss_{card}_palm_distill",
+    "DSS_PAIRED_TASK": f"dss_{card}_palm_paired",
   }
   assert comp.macro("MIXTURE_OR_TASK_NAME") == names[task_macro]
   # Inference eval during training scores labels: the label task for DSS,
@@ -260,11 +324,16 @@ def test_eval_and_infer_compose(card, name):
 
 
 def test_dataset_task_names_are_registered():
+  import seqio
+
   from dss_jax import cards, seqio_tasks
 
   for card in CARDS:
     assert card in cards.list_cards()
-    registered = set(seqio_tasks.register_card(card, "palm"))
+    seqio_tasks.register_card(card, "palm")
+    registered = set(seqio.TaskRegistry.names()) | set(
+      seqio.MixtureRegistry.names()
+    )
     comp = Composition(f"datasets/{card}")
     for macro, name in comp.macros.items():
       assert name in registered, f"{macro}={name} is not a registered name"
@@ -322,11 +391,19 @@ def test_t5x_parses_every_composition(clean_gin):
     with _main_module("t5x.train"):
       _t5x_parse(list(files))
     # T5X's own files now take part: its model gin binds the factor to None
-    # and finetune.gin BATCH_SIZE to 128; ours must win over both.
+    # and finetune.gin BATCH_SIZE to 128 packed rows; ours must win.
     factor = gin.query_parameter("%LOSS_NORMALIZING_FACTOR")
     assert factor == "AVERAGE_PER_SEQUENCE", files
-    assert "PAPER_BATCH_SIZE" in str(gin.query_parameter("%BATCH_SIZE"))
-    assert gin.query_parameter("%PAPER_BATCH_SIZE") in (32, 64)
+    batch_macro = (
+      "PAPER_MIXTURE_BATCH_SIZE"
+      if files[1] in ("dss_gold", "dss_teacher")
+      else "PAPER_BATCH_SIZE"
+    )
+    assert str(gin.query_parameter("%BATCH_SIZE")) == "%EXAMPLES_PER_STEP"
+    assert str(gin.query_parameter("%EXAMPLES_PER_STEP")) == f"%{batch_macro}"
+    assert gin.query_parameter(f"%{batch_macro}") in PAPER_BATCH[files[1]]
+    for scope in ("train", "train_eval"):
+      assert gin.query_parameter(f"{scope}/utils.DatasetConfig.pack") is False
   for name in EVAL_FILES:
     script = "t5x.eval" if name.startswith("eval") else "t5x.infer"
     with _main_module(script):

@@ -53,11 +53,12 @@ def _keys(monkeypatch):
   "make_backend", [_gemini, _openai], ids=["gemini", "openai"]
 )
 def test_scripted_responses(make_backend):
-  script = ["ok", "429", "500", "garbage", "empty", "hang"]
+  script = ["ok", "429", "500", "garbage", "empty", "badjson", "hang"]
   with FakeTeacherServer(
     script=script, retry_delay_s=7, api_key="test-key", hang_s=5
   ) as server:
-    ok, rate, error, garbage, empty, hang = _outcomes(make_backend, server, 6)
+    outcomes = _outcomes(make_backend, server, 7)
+    ok, rate, error, garbage, empty, badjson, hang = outcomes
     paths = dict(server.paths)
   assert isinstance(ok, base.Completion)
   assert ok.text.startswith("The question needs choice")
@@ -65,13 +66,16 @@ def test_scripted_responses(make_backend):
   assert isinstance(rate, base.RetryableError) and rate.retry_after == 7.0
   assert isinstance(error, base.RetryableError) and "500" in str(error)
   assert garbage.text == "<<garbage>> 0x7f ??"
-  assert isinstance(empty, base.Completion) and empty.text == ""
+  # No usable text: this call failed (counted, not stored, retried later).
+  assert isinstance(empty, base.RequestError)
+  # A 200 that is not JSON is a transient fault: retried.
+  assert isinstance(badjson, base.RetryableError), badjson
   assert isinstance(hang, base.RetryableError)
   if make_backend is _gemini:
-    assert empty.finish_reason == "BLOCKED:SAFETY"
-    assert paths == {"/v1beta/models/gemini-2.5-flash:generateContent": 6}
+    assert "BLOCKED:SAFETY" in str(empty)
+    assert paths == {"/v1beta/models/gemini-2.5-flash:generateContent": 7}
   else:
-    assert paths == {"/v1/chat/completions": 6}
+    assert paths == {"/v1/chat/completions": 7}
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,7 @@
 """The annotation runner: retries, rate limits, the store, votes, the CLI."""
 
 import asyncio
+import dataclasses
 import json
 import os
 import subprocess
@@ -47,32 +48,39 @@ def test_runner_survives_scripted_failures(
 ):
   monkeypatch.setenv("GEMINI_API_KEY", "k")
   card, examples, requests = svamp_job
-  script = ["429", "500", "hang", "garbage", "empty"]
+  script = ["429", "500", "hang", "garbage", "empty", "badjson"]
+  store = str(tmp_path / "s.jsonl")
+
+  def backend_for(server):
+    if kind == "gemini":
+      return gemini.GeminiBackend(base_url=server.url, timeout_s=0.4)
+    return openai.OpenAIBackend(
+      "test-model", base_url=server.url + "/v1", timeout_s=0.4
+    )
+
   with FakeTeacherServer(
     responder=_svamp_answer, script=script, retry_delay_s=0.2, hang_s=5
   ) as server:
-    if kind == "gemini":
-      backend = gemini.GeminiBackend(base_url=server.url, timeout_s=0.4)
-    else:
-      backend = openai.OpenAIBackend(
-        "test-model", base_url=server.url + "/v1", timeout_s=0.4
-      )
-    stats = runner.annotate(backend, requests, str(tmp_path / "s.jsonl"), _FAST)
+    backend = backend_for(server)
+    stats = runner.annotate(backend, requests, store, _FAST)
     total = server.counts["requests"]
-  # 429, 500 and the hang are retried; garbage and empty answers are stored.
-  assert stats.completed == len(requests) and stats.failed == 0
-  assert stats.retries == 3
-  assert total == len(requests) + 3
-  records = store_lib.read_records(tmp_path / "s.jsonl")
-  assert len({r.key for r in records}) == len(records) == len(requests)
-  assert sorted(r.completion for r in records)[:2] == [
-    "",
-    "<<garbage>> 0x7f ??",
-  ]
-  summary = runner.summarize(
-    card, examples, requests, str(tmp_path / "s.jsonl"), backend.name
-  )
-  assert summary.annotated == 12 and summary.unparsable == 2
+  # 429, 500, the hang and the unreadable 200 are retried; a garbage answer
+  # is the teacher's (stored, unparsable); an answer without text is a
+  # failed call: counted, not stored.
+  assert stats.failed == 1 and stats.completed == len(requests) - 1
+  assert stats.retries == 4
+  assert total == len(requests) + 4
+  records = store_lib.read_records(store)
+  assert len({r.key for r in records}) == len(records) == len(requests) - 1
+  assert "" not in {r.completion for r in records}
+  assert "<<garbage>> 0x7f ??" in {r.completion for r in records}
+  # The next run retries only the failed call.
+  with FakeTeacherServer(responder=_svamp_answer) as server:
+    again = runner.annotate(backend_for(server), requests, store, _FAST)
+    assert server.counts["requests"] == 1
+  assert again.completed == 1 and again.failed == 0
+  summary = runner.summarize(card, examples, requests, store, backend.name)
+  assert summary.annotated == 12 and summary.unparsable == 1
 
 
 def test_retry_waits_for_server_hint():
@@ -209,3 +217,17 @@ def test_cli_bad_model_is_one_line(repo_dir, paper_data_dir, tmp_path):
   assert "Traceback" not in result.stderr
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith("error: unknown Gemini model 'gemini-0-nonexistent'")
+
+
+def test_rows_without_a_gold_label_are_not_teacher_errors(svamp_job, tmp_path):
+  card, examples, requests = svamp_job
+  store = str(tmp_path / "s.jsonl")
+  with FakeTeacherServer(responder=_svamp_answer) as server:
+    backend = openai.OpenAIBackend("test-model", base_url=server.url + "/v1")
+    runner.annotate(backend, requests, store, _FAST)
+  full = runner.summarize(card, examples, requests, store, backend.name)
+  unlabeled = [dataclasses.replace(examples[0], gold_label="")] + examples[1:]
+  partial = runner.summarize(card, unlabeled, requests, store, backend.name)
+  assert partial.annotated == full.annotated == 12
+  assert partial.scored == 11
+  assert partial.accuracy == pytest.approx(100.0 * partial.correct / 11)

@@ -322,6 +322,7 @@ def test_launch_t5x_with_another_annotation_source(env):
     ("DSS_LABEL_TASK", "dss_cqa_gemini_2_5_flash_label"),
     ("DSS_RATIONALE_TASK", "dss_cqa_gemini_2_5_flash_rationale"),
     ("DISTILL_TASK", "dss_cqa_gemini_2_5_flash_distill"),
+    ("DSS_PAIRED_TASK", "dss_cqa_gemini_2_5_flash_paired"),
   ]:
     assert f"--gin.{macro}='{name}'" in args
 
@@ -347,12 +348,120 @@ def test_launch_builtin_trainer(env):
     "\"--gin.MIXTURE_OR_TASK_NAME='dss_esnli_palm'\" "
     '"--gin.INITIAL_CHECKPOINT_PATH='
     "'gs://t5-data/pretrained_models/t5x/flan_t5_xxl/checkpoint_1114000'\" "
-    "--gin.BATCH_SIZE=32 --gin.TRAIN_STEPS=4000 "
+    "--gin.BATCH_SIZE=64 --gin.TRAIN_STEPS=4000 "
     "\"--gin.dss_jax.seqio_tasks.options.label_source='teacher'\" "
     "> ~/dss-logs/esnli_xxl.log 2>&1 < /dev/null &"
   )
   _bash_syntax_ok(remote)
   _assert_gin_files_exist(remote)
+
+
+@pytest.mark.parametrize(
+  ("method", "recipe", "run_file"),
+  [
+    ("dss_gold", "mixture", "dss_gold"),
+    ("dss_teacher", "mixture", "dss_teacher"),
+    ("dss_gold", "official", "dss_official"),
+    ("dss_teacher", "official", "dss_official_teacher"),
+    ("standard_finetune", "mixture", "standard_finetune"),
+  ],
+)
+def test_launch_t5x_recipe_picks_the_run_file(env, method, recipe, run_file):
+  lines = _dry_run(
+    "launch",
+    "--name=dss",
+    "--zone=z",
+    f"--method={method}",
+    f"--recipe={recipe}",
+    "--model=t5_1_1_xxl",
+    "--model-dir=gs://b/run",
+    env=env,
+  )
+  remote = _remote(lines[0])
+  args = shlex.split(remote)
+  gin_files = [a for a in args if a.startswith("--gin_file=")]
+  # The batch per method lives in the T5X files (tests/t5x_gin_test.py
+  # checks 128 / 64 / 64 inputs, XXL 64 / 32 / 32); the launcher adds none.
+  assert gin_files == [
+    "--gin_file=gin_configs/t5x/models/t5_1_1_xxl.gin",
+    f"--gin_file=gin_configs/t5x/{run_file}.gin",
+    "--gin_file=gin_configs/t5x/datasets/cqa.gin",
+  ]
+  assert not [a for a in args if a.startswith("--gin.BATCH_SIZE")]
+  tag = "_official" if recipe == "official" else ""
+  assert remote.endswith(
+    f"~/dss-logs/cqa_t5_1_1_xxl_{method}{tag}_train.log 2>&1 < /dev/null &"
+  )
+  _assert_gin_files_exist(remote)
+
+
+@pytest.mark.parametrize(
+  ("method", "recipe", "model", "run_file", "batch"),
+  [
+    # DSS mixture: twice the inputs (128 sequences; XXL 64).
+    ("dss_gold", "mixture", "t5_1_1_base", "train", None),
+    ("dss_gold", "mixture", "t5_1_1_xxl", "train", 64),
+    # Official paired recipe: 64 inputs x 2 sequences (XXL 32 x 2).
+    ("dss_teacher", "official", "t5_1_1_base", "train_official", None),
+    ("dss_gold", "official", "flan_t5_xxl", "train_official", 64),
+    # Baselines: 64 examples (XXL 32).
+    ("standard_finetune", "mixture", "t5_1_1_base", "finetune", None),
+    ("standard_distill", "mixture", "t5_1_1_xxl", "finetune", 32),
+  ],
+)
+def test_launch_builtin_batch_per_method(
+  env, method, recipe, model, run_file, batch
+):
+  lines = _dry_run(
+    "launch",
+    "--name=dss",
+    "--zone=z",
+    "--trainer=builtin",
+    f"--method={method}",
+    f"--recipe={recipe}",
+    f"--model={model}",
+    "--model-dir=gs://b/run",
+    env=env,
+  )
+  remote = _remote(lines[0])
+  args = shlex.split(remote)
+  assert f"--gin_file=runs/{run_file}.gin" in args
+  # Without an override the run file's own BATCH_SIZE (128 / 128 / 64) holds.
+  batches = [a for a in args if a.startswith("--gin.BATCH_SIZE=")]
+  assert batches == ([f"--gin.BATCH_SIZE={batch}"] if batch else [])
+  task = {
+    "standard_finetune": "dss_cqa_gold_finetune",
+    "standard_distill": "dss_cqa_palm_distill",
+  }.get(method, "dss_cqa_palm")
+  assert f"--gin.MIXTURE_OR_TASK_NAME='{task}'" in args
+  teacher = "--gin.dss_jax.seqio_tasks.options.label_source='teacher'"
+  assert (teacher in args) == (method == "dss_teacher")
+  _bash_syntax_ok(remote)
+  _assert_gin_files_exist(remote)
+
+
+@pytest.mark.parametrize(
+  ("flags", "error"),
+  [
+    (
+      ["--method=standard_finetune", "--recipe=official"],
+      "launch.sh: --recipe=official trains dss_gold or dss_teacher, not "
+      "standard_finetune",
+    ),
+    (["--recipe=packed"], "launch.sh: --recipe: mixture or official"),
+  ],
+)
+def test_launch_rejects_a_wrong_recipe(env, flags, error):
+  errors = _dry_run(
+    "launch",
+    "--name=a",
+    "--zone=z",
+    "--model-dir=gs://b/run",
+    *flags,
+    env=env,
+    ok=False,
+  )
+  assert errors == [error]
 
 
 def test_launch_builtin_eval(env):

@@ -5,6 +5,8 @@ here (byte vocabulary, no files), on one of the 8 fake CPU devices except in
 the sharding test.
 """
 
+import json
+import logging
 import math
 import os
 import signal
@@ -22,6 +24,7 @@ from dss_jax import (
   optimizers,
   partitioning,
   trainer,
+  vocab,
 )
 from dss_jax.models import t5
 
@@ -112,31 +115,33 @@ def _train(model_dir, steps=6, evaluator=None, eval_period=0, **kwargs):
   return trainer.train(**defaults)
 
 
-class _SigtermAt:
-  """An evaluator that delivers SIGTERM to this process at one step."""
+class _SignalAt:
+  """An evaluator that delivers a signal to this process at one step."""
 
-  def __init__(self, step):
+  def __init__(self, step, signum=signal.SIGTERM):
     self.step = step
+    self.signum = signum
     self.calls = []
 
   def evaluate(self, params, step):
     del params
     self.calls.append(step)
     if step == self.step:
-      os.kill(os.getpid(), signal.SIGTERM)
+      os.kill(os.getpid(), self.signum)
     return {"accuracy": float(step)}
 
 
-def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path, signum):
   _register_mixture()
   straight = _train(tmp_path / "straight", steps=6)
   assert straight.step == 6 and not straight.preempted
 
-  stopper = _SigtermAt(2)
+  stopper = _SignalAt(2, signum)
   first = _train(
     tmp_path / "resumed", steps=6, evaluator=stopper, eval_period=2
   )
-  # SIGTERM during step 2's eval: the loop stops after the next step.
+  # The signal during step 2's eval: the loop stops after the next step.
   assert first.preempted and first.step == 3
   assert checkpoints.checkpoint_steps(tmp_path / "resumed") == [2, 3]
   second = _train(tmp_path / "resumed", steps=6)
@@ -262,9 +267,12 @@ def test_sharded_training_on_8_devices_logs_per_task_losses(tmp_path):
   result = _train(
     tmp_path,
     steps=4,
-    batch_size=8,
+    # 16 examples a step, packed into 8 rows of 64 tokens (2 per device).
+    batch_size=16,
+    task_feature_lengths={"inputs": 64, "targets": 64},
     mesh=partitioning.make_mesh(data=4, model=2),
     pack=True,
+    packed_rows=8,
   )
   assert result.step == 4
   for key in ("loss/loop_label", "loss/loop_rationale", "mfu", "learning_rate"):
@@ -274,6 +282,8 @@ def test_sharded_training_on_8_devices_logs_per_task_losses(tmp_path):
   assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, "model")
   events = list((tmp_path / "train").glob("events.out.tfevents.*"))
   assert events, "no TensorBoard event file written"
+  # The training vocabulary is recorded for eval jobs to check.
+  assert vocab.read_identity(str(tmp_path))["kind"] == "ByteVocabulary"
 
 
 def test_a_model_axis_wider_than_the_heads_replicates_them():
@@ -297,3 +307,45 @@ def test_a_model_axis_wider_than_the_heads_replicates_them():
   assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, "model")
   state, metrics = tr.train_step(state, batch)
   assert np.isfinite(float(metrics["loss"]))
+
+
+def _flip_middle_byte(path):
+  data = bytearray(path.read_bytes())
+  data[len(data) // 2] ^= 0x10
+  path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", ["flipped bits", "wrong checksum"])
+def test_a_corrupt_latest_step_resumes_from_the_newest_intact_one(
+  tmp_path, caplog, damage
+):
+  _register_mixture()
+  _train(tmp_path, steps=3, checkpoint_period=1, keep_checkpoints=3)
+  latest = tmp_path / "checkpoints" / "3"
+  if damage == "flipped bits":
+    for path in (latest / "state").rglob("*"):
+      if path.is_file() and path.parent.name == "d":
+        _flip_middle_byte(path)
+  else:
+    # The arrays read fine but are not the ones saved with this step.
+    data = latest / "data" / "metadata"
+    values = json.loads(data.read_text())
+    values["params_checksum"][0] += 1
+    data.write_text(json.dumps(values))
+  with caplog.at_level(logging.INFO):
+    result = _train(tmp_path, steps=4, checkpoint_period=1, keep_checkpoints=3)
+  messages = [r.getMessage() for r in caplog.records]
+  assert any("checkpoint step 3" in m and "corrupt" in m for m in messages)
+  assert "resumed from step 2 (2 batches read)" in messages
+  assert result.step == 4
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(result.state))
+
+
+def test_no_intact_checkpoint_is_one_clear_error(tmp_path):
+  _register_mixture()
+  _train(tmp_path, steps=1, checkpoint_period=1)
+  for path in (tmp_path / "checkpoints" / "1" / "state").rglob("*"):
+    if path.is_file() and path.parent.name == "d":
+      path.write_bytes(b"\0" * path.stat().st_size)
+  with pytest.raises(checkpoints.CorruptCheckpointError, match="no intact"):
+    _train(tmp_path, steps=2, checkpoint_period=1)

@@ -4,7 +4,8 @@
 #   tpu_scripts/launch.sh --name=dss-v4 --zone=us-central2-b \
 #     --job=train --trainer=t5x --model=t5_1_1_base --method=dss_gold \
 #     --dataset=cqa --model-dir=gs://BUCKET/dss/cqa_base_dss_gold \
-#     --tfds-data-dir=gs://BUCKET/tfds [--follow] [--dry-run] [-- EXTRA...]
+#     --tfds-data-dir=gs://BUCKET/tfds [--recipe=mixture|official] \
+#     [--follow] [--dry-run] [-- EXTRA...]
 #
 #   tpu_scripts/launch.sh ... --job=eval --method=dss_gold \
 #     --checkpoint=gs://BUCKET/dss/cqa_base_dss_gold/checkpoint_10000 \
@@ -16,6 +17,13 @@
 # ...). --method: standard_finetune, standard_distill, dss_gold, dss_teacher.
 # --dataset: cqa, svamp, anli1, esnli (or any registered card). --source: the
 # annotation source (default palm, the paper's released PaLM outputs).
+# --recipe (DSS methods, --job=train): mixture (default; the sampled SeqIO
+# mixture, label rate 1 and rationale rate lambda, at twice the baselines'
+# batch: 128 sequences a step, XXL 64) or official (the paper's code exactly:
+# 64 inputs a step, XXL 32, each with its label and its rationale example,
+# loss alpha * L_label + (1 - alpha) * L_rationale). Baselines train 64
+# examples a step (XXL 32). Nothing is packed. Eval and infer are the same
+# for both recipes (the label task).
 # Arguments after `--` go to the Python command unchanged (gin overrides such
 # as --gin.TRAIN_FRACTION=0.125).
 #
@@ -31,6 +39,7 @@ JOB="train"
 TRAINER="t5x"
 MODEL="t5_1_1_base"
 METHOD="dss_gold"
+RECIPE="mixture"
 DATASET="cqa"
 SOURCE="palm"
 MODEL_DIR=""
@@ -52,6 +61,7 @@ while [[ $# -gt 0 ]]; do
     --trainer=*) TRAINER=${1#*=} ;;
     --model=*) MODEL=${1#*=} ;;
     --method=*) METHOD=${1#*=} ;;
+    --recipe=*) RECIPE=${1#*=} ;;
     --dataset=*) DATASET=${1#*=} ;;
     --source=*) SOURCE=${1#*=} ;;
     --model-dir=*) MODEL_DIR=${1#*=} ;;
@@ -86,6 +96,14 @@ case "$METHOD" in
       "dss_teacher"
     ;;
 esac
+case "$RECIPE" in
+  mixture) ;;
+  official)
+    [[ "$METHOD" == dss_* ]] ||
+      tpu::die "--recipe=official trains dss_gold or dss_teacher, not $METHOD"
+    ;;
+  *) tpu::die "--recipe: mixture or official" ;;
+esac
 MODEL_GIN="${GIN_DIR}/t5x/models/${MODEL}.gin"
 [[ -f "$MODEL_GIN" ]] ||
   tpu::die "no model file gin_configs/t5x/models/${MODEL}.gin"
@@ -95,7 +113,8 @@ else
   [[ -n "$CHECKPOINT" ]] || tpu::die "--checkpoint is required for --job=$JOB"
   [[ -n "$OUTPUT_DIR" ]] || tpu::die "--output-dir is required for --job=$JOB"
 fi
-RUN_NAME=${RUN_NAME:-${DATASET}_${MODEL}_${METHOD}_${JOB}}
+if [[ "$RECIPE" == official ]]; then recipe_tag=_official; else recipe_tag=""; fi
+RUN_NAME=${RUN_NAME:-${DATASET}_${MODEL}_${METHOD}${recipe_tag}_${JOB}}
 
 # SeqIO names (dss_jax.seqio_tasks): what the method trains on, and the task
 # that scores it (labels only; DSS students get the "predict: " prefix).
@@ -127,12 +146,23 @@ if [[ "$TRAINER" == t5x ]]; then
     names+=("$(gin_str --gin.DSS_MIXTURE "$base")"
       "$(gin_str --gin.DSS_LABEL_TASK "${base}_label")"
       "$(gin_str --gin.DSS_RATIONALE_TASK "${base}_rationale")"
+      "$(gin_str --gin.DSS_PAIRED_TASK "${base}_paired")"
       "$(gin_str --gin.DISTILL_TASK "${base}_distill")")
   fi
   case "$JOB" in
     train)
+      # The T5X files set each method's batch (dss_gold.gin: the mixture at
+      # twice the inputs; dss_official*.gin: paired inputs; the model file
+      # the paper's 64 or, for XXL, 32 inputs).
+      run_file=$METHOD
+      if [[ "$RECIPE" == official ]]; then
+        run_file=dss_official
+        if [[ "$METHOD" == dss_teacher ]]; then
+          run_file=dss_official_teacher
+        fi
+      fi
       command=(python -m t5x.train "${models[@]}"
-        --gin_file="gin_configs/t5x/${METHOD}.gin" "${names[@]}"
+        --gin_file="gin_configs/t5x/${run_file}.gin" "${names[@]}"
         "$(gin_str --gin.MODEL_DIR "$MODEL_DIR")")
       ;;
     eval | infer)
@@ -153,14 +183,26 @@ else
       # One source of truth for the public checkpoints: the T5X model file.
       pretrained=$(sed -n \
         "s/^PRETRAINED_CHECKPOINT_PATH = '\(.*\)'$/\1/p" "$MODEL_GIN")
+      # BATCH_SIZE counts sequences: runs/train.gin (the DSS mixture) 128,
+      # runs/train_official.gin 128 (64 inputs, both halves of each),
+      # runs/finetune.gin (baselines) 64.
+      if [[ "$kind" == standard ]]; then
+        run_file=finetune
+        xxl_batch=32
+      else
+        run_file=train
+        if [[ "$RECIPE" == official ]]; then run_file=train_official; fi
+        xxl_batch=64
+      fi
       command=(python -m dss_jax.train "${models[@]}"
-        --gin_file=runs/train.gin
+        --gin_file="runs/${run_file}.gin"
         "$(gin_str --gin.MODEL_DIR "$MODEL_DIR")"
         "$(gin_str --gin.MIXTURE_OR_TASK_NAME "$train_task")"
         "$(gin_str --gin.INITIAL_CHECKPOINT_PATH "$pretrained")")
       if [[ "$MODEL" == *_xxl ]]; then
-        # The paper's XXL recipe, as gin_configs/t5x/models/*_xxl.gin.
-        command+=(--gin.BATCH_SIZE=32 --gin.TRAIN_STEPS=4000)
+        # The paper's XXL recipe, as gin_configs/t5x/models/*_xxl.gin: 32
+        # inputs a step (64 sequences for DSS), 4k steps.
+        command+=("--gin.BATCH_SIZE=${xxl_batch}" --gin.TRAIN_STEPS=4000)
       fi
       if [[ "$METHOD" == dss_teacher ]]; then
         command+=("$(gin_str \

@@ -6,7 +6,7 @@ For tests and benchmarks of the teacher backends without network access:
     POST /v1/chat/completions                     (OpenAI-compatible)
 
 Behaviour is scripted: a queue of actions ("ok", "429", "500", "garbage",
-"empty", "hang") is consumed one per request, then every request answers
+"empty", "badjson", "hang") is consumed one per request, then every request answers
 "ok". On top of that: a fixed latency, a server-side rate limit (requests per
 rolling minute, answered with 429 and a retry hint), an API key check and a
 list of known models. Answers come from a `responder(prompt) -> text` so
@@ -157,7 +157,9 @@ class FakeTeacherServer:
         body: Any,
         headers: dict[str, str] | None = None,
       ) -> None:
-        data = json.dumps(body).encode("utf-8")
+        data = (
+          body if isinstance(body, bytes) else json.dumps(body).encode("utf-8")
+        )
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -280,6 +282,8 @@ class FakeTeacherServer:
         500, _gemini_error(500, "An internal error has occurred.", "INTERNAL")
       )
     usage = {"promptTokenCount": len(prompt) // 4}
+    if action == "badjson":
+      return handler._send(200, b'{"candidates": [{"content": ')
     if action == "empty":
       return handler._send(
         200,
@@ -431,6 +435,8 @@ class FakeTeacherServer:
       )
     if action == "500":
       return handler._send(500, {"error": {"message": "internal error"}})
+    if action == "badjson":
+      return handler._send(200, b'{"choices": [{"message": ')
     if action == "empty":
       return handler._send(
         200,

@@ -376,11 +376,15 @@ class Summary:
   annotated: int
   unparsable: int
   correct: int
+  # Annotated examples with a gold label: the accuracy's denominator (rows
+  # without one, such as an unlabeled test split, cannot be scored).
+  scored: int | None = None
 
   @property
   def accuracy(self) -> float:
-    """Teacher accuracy against gold over annotated examples (percent)."""
-    return 100.0 * self.correct / self.annotated if self.annotated else 0.0
+    """Teacher accuracy against gold over scorable examples (percent)."""
+    total = self.annotated if self.scored is None else self.scored
+    return 100.0 * self.correct / total if total else 0.0
 
 
 def summarize(
@@ -412,7 +416,7 @@ def summarize(
     )
     if record is not None:
       per_example.setdefault(request.example_id, []).append(record.completion)
-  annotated = unparsable = correct = 0
+  annotated = unparsable = correct = scored = 0
   for example in examples:
     if example.id not in per_example:
       continue
@@ -420,6 +424,11 @@ def summarize(
     result = aggregate.aggregate(card, per_example[example.id])
     if not result.teacher_label:
       unparsable += 1
-    elif card.is_correct(result.teacher_label, example.gold_label):
+    if not example.gold_label:
+      continue
+    scored += 1
+    if result.teacher_label and card.is_correct(
+      result.teacher_label, example.gold_label
+    ):
       correct += 1
-  return Summary(len(examples), annotated, unparsable, correct)
+  return Summary(len(examples), annotated, unparsable, correct, scored)

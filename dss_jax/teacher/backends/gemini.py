@@ -146,7 +146,13 @@ def is_transport_error(error: BaseException) -> bool:
 
 
 def completion_from_response(response: Any) -> base.Completion:
-  """Text, stop reason and token counts of a GenerateContentResponse."""
+  """Text, stop reason and token counts of a GenerateContentResponse.
+
+  Raises:
+    RequestError: the answer holds no usable text (no candidates, a blocked
+      prompt, an empty or missing text): the call counts as failed, is not
+      stored, and is retried on the next run.
+  """
   usage = response.usage_metadata
   input_tokens = (usage.prompt_token_count or 0) if usage else 0
   output_tokens = (
@@ -158,12 +164,14 @@ def completion_from_response(response: Any) -> base.Completion:
     feedback = response.prompt_feedback
     reason = feedback.block_reason if feedback else None
     reason = getattr(reason, "value", reason) or "NO_CANDIDATES"
-    return base.Completion("", f"BLOCKED:{reason}", input_tokens, output_tokens)
+    raise base.RequestError(f"no candidates in the answer (BLOCKED:{reason})")
   candidate = response.candidates[0]
   parts = candidate.content.parts if candidate.content else None
   # Thought parts are the model's hidden reasoning, not the rationale asked for.
   text = "".join(p.text for p in parts or [] if p.text and not p.thought)
   finish = getattr(candidate.finish_reason, "value", candidate.finish_reason)
+  if not text.strip():
+    raise base.RequestError(f"empty text in the answer (finish {finish})")
   return base.Completion(text, str(finish or ""), input_tokens, output_tokens)
 
 
@@ -251,6 +259,11 @@ class GeminiBackend(base.TeacherBackend):
     except Exception as e:
       if is_transport_error(e):
         raise base.RetryableError(f"{type(e).__name__}: {e}") from None
+      if isinstance(e, ValueError):
+        # A 200 whose body is not JSON, or not a response's shape.
+        raise base.RetryableError(
+          f"unreadable answer ({type(e).__name__}: {str(e)[:100]})"
+        ) from None
       raise
     return completion_from_response(response)
 

@@ -116,9 +116,13 @@ class OpenAIBackend(base.TeacherBackend):
     except (ValueError, AttributeError):
       raise base.RetryableError("response is not JSON") from None
     if not choices:
-      return base.Completion("", "NO_CHOICES", usage.get("prompt_tokens", 0), 0)
+      raise base.RequestError("no choices in the answer")
     choice = choices[0]
     text = (choice.get("message") or {}).get("content") or ""
+    if not isinstance(text, str) or not text.strip():
+      raise base.RequestError(
+        f"empty text in the answer (finish {choice.get('finish_reason')})"
+      )
     return base.Completion(
       text,
       str(choice.get("finish_reason") or ""),

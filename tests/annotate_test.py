@@ -1,0 +1,84 @@
+"""`python -m dss_jax.annotate` against a local OpenAI-compatible server.
+
+A failed teacher call leaves the command with a non-zero status and one line,
+and no dataset is built from an incomplete store unless asked.
+"""
+
+import os
+import subprocess
+import sys
+
+from dss_jax.teacher.fake_server import FakeTeacherServer
+
+
+def _answer(prompt: str) -> str:
+  del prompt
+  return "Add them up. The answer is (1 + 1).\n\nQ: next"
+
+
+def _annotate(server, paper_data_dir, tmp_path, *flags):
+  return subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "dss_jax.annotate",
+      "--card=svamp",
+      "--split=test",
+      "--limit=4",
+      "--backend=openai",
+      "--model=test-model",
+      f"--base_url={server.url}/v1",
+      f"--paper_data_dir={paper_data_dir}",
+      f"--store={tmp_path / 'store.jsonl'}",
+      f"--data_dir={tmp_path / 'tfds'}",
+      "--noprogress",
+      "--max_retries=1",
+      *flags,
+    ],
+    capture_output=True,
+    text=True,
+    timeout=180,
+    env={**os.environ, "OPENAI_API_KEY": "k", "JAX_PLATFORMS": "cpu"},
+  )
+
+
+def test_failed_calls_stop_the_build_unless_allowed(paper_data_dir, tmp_path):
+  tfds = tmp_path / "tfds"
+  with FakeTeacherServer(responder=_answer, script=["empty"]) as server:
+    failed = _annotate(server, paper_data_dir, tmp_path, "--build_tfds")
+  assert failed.returncode != 0
+  errors = [ln for ln in failed.stderr.splitlines() if ln.startswith("error:")]
+  assert errors == [
+    "error: 1 of 4 teacher calls failed (25.0%); rerun the same command to "
+    "retry them, or pass --allow_incomplete to build without them"
+  ], failed.stderr[-2000:]
+  assert "Traceback" not in failed.stderr
+  assert not tfds.exists()
+
+  with FakeTeacherServer(responder=_answer, script=["empty"]) as server:
+    allowed = _annotate(
+      server, paper_data_dir, tmp_path, "--build_tfds", "--allow_incomplete"
+    )
+    # Only the failed call is made again (and fails again).
+    assert server.counts["requests"] == 1
+  assert allowed.returncode == 0, allowed.stderr[-2000:]
+  assert "building without them" in allowed.stdout
+  assert (tfds / "dss_annotated" / "svamp_test_model").is_dir()
+
+  assert _annotated(tfds) == 3
+
+  with FakeTeacherServer(responder=_answer) as server:
+    done = _annotate(server, paper_data_dir, tmp_path, "--build_tfds")
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert "1 calls made, 3 already stored, 0 failed" in done.stdout
+  # The store changed, so the dataset is rebuilt, not reused.
+  assert _annotated(tfds) == 4
+
+
+def _annotated(tfds_dir) -> int:
+  """Test rows of the built dataset that carry a teacher annotation."""
+  import tensorflow_datasets as tfds
+
+  path = tfds_dir / "dss_annotated" / "svamp_test_model" / "1.0.0"
+  rows = tfds.builder_from_directory(str(path)).as_dataset(split="test")
+  return sum(bool(row["teacher"]) for row in rows.as_numpy_iterator())
