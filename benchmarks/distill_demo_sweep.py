@@ -31,27 +31,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dss_jax import losses, optimizers, synthetic
+from dss_jax import distill, losses, optimizers, synthetic
 from dss_jax.models import t5
 from dss_jax.models.config import T5Config
 
 SIZES = {
-  "xs": dict(
-    emb_dim=32,
-    num_heads=2,
-    head_dim=16,
-    mlp_dim=64,
-    num_encoder_layers=2,
-    num_decoder_layers=2,
-  ),
-  "demo": dict(
-    emb_dim=64,
-    num_heads=4,
-    head_dim=16,
-    mlp_dim=128,
-    num_encoder_layers=2,
-    num_decoder_layers=2,
-  ),
+  # The demo's own students, and one wider for the sweep.
+  "xs": distill.STUDENT_SIZES["demo-xs"],
+  "demo": distill.STUDENT_SIZES["demo"],
   "m": dict(
     emb_dim=96,
     num_heads=4,
