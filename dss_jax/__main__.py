@@ -15,7 +15,7 @@ ENTRY_POINTS: dict[str, tuple[str, str]] = {
     "the main job: card -> teacher -> TFDS -> SeqIO -> train -> eval -> report",
   ),
   "grid": (
-    "dss_jax.grid",
+    "dss_jax.grid_job",
     "the paper's grid: methods x data fractions x seeds x model sizes",
   ),
   "annotate": (

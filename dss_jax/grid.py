@@ -285,20 +285,3 @@ def run_grid(
     result.setdefault("run_dir", str(directory))
     write_result(directory, result)
   return collect_results(root, specs)
-
-
-def main(argv: Sequence[str]) -> None:
-  """`dss-jax grid`: the paper's grid through the main job's pipeline."""
-  distill.main(argv, grid_defaults=True)
-
-
-# Last, because distill imports this module: distill defines the flags that
-# `dss-jax grid` shares with `dss-jax distill`.
-from dss_jax import distill  # noqa: E402
-
-if __name__ == "__main__":
-  from absl import app, flags
-
-  for _name in distill._FLAGS:  # --helpshort lists the shared flags
-    flags.declare_key_flag(_name)
-  app.run(main)

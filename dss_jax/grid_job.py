@@ -1,0 +1,25 @@
+r"""`dss-jax grid`: the paper's grid through the main job's pipeline.
+
+    dss-jax grid --out_dir=runs/grid --seeds=0,1,2   # = python -m dss_jax.grid_job
+
+The flags are `dss-jax distill`'s; unset axes take the paper's grid (all four
+methods, the data fractions, three student sizes). The grid itself is the
+library module `dss_jax.grid`, which imports no entry point.
+"""
+
+from collections.abc import Sequence
+
+from absl import app, flags
+
+from dss_jax import distill
+
+
+def main(argv: Sequence[str]) -> None:
+  """Runs `dss-jax distill` with the paper's grid as defaults."""
+  distill.main(argv, grid_defaults=True)
+
+
+if __name__ == "__main__":
+  for _name in distill._FLAGS:  # --helpshort lists the shared flags
+    flags.declare_key_flag(_name)
+  app.run(main)
