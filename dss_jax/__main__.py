@@ -63,9 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     # They define their gin flags and accept T5X's `--gin.NAME=value`.
     module.run()
   else:
-    from absl import app
+    from dss_jax import errors
 
-    app.run(module.main)
+    errors.run(module.main)
   return 0
 
 

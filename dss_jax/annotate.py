@@ -14,6 +14,10 @@ $DSS_ANNOTATIONS_DIR/<card>_<source>.jsonl); rerunning the same command after
 a crash or a kill continues where it stopped. `--build_tfds` then builds
 `dss_annotated/<card>_<source>` from the store. A bad key, an unknown model or
 an exhausted quota ends the run with one line on stderr.
+
+Exit status: 0 when every call is stored; 1 when calls are left failed (one
+`error:` line with their share; rerunning retries them); 2 for a user error
+(a bad flag, card, data folder, key or model name; one `error:` line).
 """
 
 import logging
@@ -21,9 +25,9 @@ import os
 import re
 from collections.abc import Sequence
 
-from absl import app, flags
+from absl import flags
 
-from dss_jax import cards
+from dss_jax import cards, errors
 from dss_jax.teacher import backends, prompts, runner, sources
 from dss_jax.teacher import store as store_lib
 
@@ -64,26 +68,40 @@ _PAPER_DATA_DIR = flags.DEFINE_string(
   "The paper's data layout (default: $DSS_PAPER_DATA_DIR or the downloaded zip).",
 )
 _LIMIT = flags.DEFINE_integer(
-  "limit", None, "Annotate only the first N examples of each split."
+  "limit",
+  None,
+  "Annotate only the first N examples of each split.",
+  lower_bound=1,
 )
 _NUM_SAMPLES = flags.DEFINE_integer(
-  "num_samples", 1, "Samples per example (self-consistency vote when > 1)."
+  "num_samples",
+  1,
+  "Samples per example (self-consistency vote when > 1).",
+  lower_bound=1,
 )
 _TEMPERATURE = flags.DEFINE_float(
   "temperature",
   None,
   "Sampling temperature (default 0, or 0.7 with --num_samples > 1).",
+  lower_bound=0.0,
 )
 _MAX_OUTPUT_TOKENS = flags.DEFINE_integer(
-  "max_output_tokens", 256, "Completion length cap."
+  "max_output_tokens", 256, "Completion length cap.", lower_bound=1
 )
-_CONCURRENCY = flags.DEFINE_integer("concurrency", 16, "Calls in flight.")
+_CONCURRENCY = flags.DEFINE_integer(
+  "concurrency", 16, "Calls in flight.", lower_bound=1
+)
 _RPM = flags.DEFINE_float("rpm", None, "Client-side requests-per-minute limit.")
 _TPM = flags.DEFINE_float("tpm", None, "Client-side tokens-per-minute limit.")
-_MAX_RETRIES = flags.DEFINE_integer("max_retries", 8, "Retries per call.")
+_MAX_RETRIES = flags.DEFINE_integer(
+  "max_retries", 8, "Retries per call.", lower_bound=0
+)
 _TIMEOUT_S = flags.DEFINE_float("timeout_s", 120.0, "Per-attempt timeout.")
 _THINKING_BUDGET = flags.DEFINE_integer(
-  "thinking_budget", 0, "Gemini 2.5 thinking tokens (-1: model default)."
+  "thinking_budget",
+  0,
+  "Gemini 2.5 thinking tokens (-1: model default).",
+  lower_bound=-1,
 )
 _PRICE = flags.DEFINE_list(
   "price", None, "US$ per million input,output tokens for the cost estimate."
@@ -101,6 +119,29 @@ _ALLOW_INCOMPLETE = flags.DEFINE_bool(
   "With --build_tfds: build even when teacher calls failed (their examples "
   "are left out).",
 )
+
+# Checked when the flags are parsed, before any file is read or call made.
+for _flag in ("rpm", "tpm", "timeout_s"):
+  flags.register_validator(
+    _flag, lambda v: v is None or v > 0, f"--{_flag} must be > 0"
+  )
+flags.register_validator(
+  "price",
+  lambda v: v is None or (len(v) == 2 and all(_is_price(p) for p in v)),
+  "--price must be two non-negative numbers: input,output US$ per million",
+)
+flags.register_validator(
+  "source",
+  lambda v: v is None or re.fullmatch(r"[a-z][a-z0-9_]*", v) is not None,
+  "--source must be lower-case letters, digits and _ (it names the dataset)",
+)
+
+
+def _is_price(text: str) -> bool:
+  try:
+    return float(text) >= 0
+  except ValueError:
+    return False
 
 
 def source_name(model: str) -> str:
@@ -185,8 +226,9 @@ def main(argv: Sequence[str]) -> None:
       stats = gemini_batch.annotate_batch(backend, requests, store, config)
     else:
       stats = runner.annotate(backend, requests, store, config)
-  except (backends.FatalError, cards.CardError, FileNotFoundError) as e:
-    raise SystemExit(f"error: {e}") from None
+  except FileNotFoundError as e:
+    # A missing data folder or split file: the user's to provide.
+    raise errors.UserError(str(e)) from None
   summary = runner.summarize(card, examples, requests, store, backend.name)
   print(
     f"{card.name}: {stats.completed} calls made, {stats.already_stored} already "
@@ -231,4 +273,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  errors.run(main)

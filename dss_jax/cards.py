@@ -27,12 +27,13 @@ import json
 import pathlib
 import re
 import string
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import pydantic
 import yaml
 
+from dss_jax import errors
 from dss_jax.teacher import arithmetic, parsers
 
 ParsedAnswer = parsers.ParsedAnswer
@@ -45,7 +46,7 @@ EOS_SEPARATOR = "</s>"
 TASKS_DIR = pathlib.Path(__file__).resolve().parents[1] / "tasks"
 
 
-class CardError(ValueError):
+class CardError(errors.UserError):
   """A task card is missing, malformed or inconsistent."""
 
 
@@ -207,7 +208,11 @@ class TaskCard(_Strict):
         f"student_input.fields: {unknown} not in source.input_fields "
         f"{self.source.input_fields}"
       )
-    for template in (self.input_template, self.prompt.exemplar_template):
+    for template in (
+      self.input_template,
+      self.prompt.exemplar_template,
+      self.prompt.query_template,
+    ):
       _check_template(template)
     for i, exemplar in enumerate(self.exemplars):
       missing = set(self.source.input_fields) - set(exemplar.fields)
@@ -343,36 +348,148 @@ def _check_template(template: str) -> None:
     raise ValueError(f"bad template {template!r}: {e}") from e
 
 
-def _describe(error: pydantic.ValidationError) -> str:
+# Where a template is read from, and the names it may use besides the
+# source's input fields (see `PromptSpec`).
+_TEMPLATES: dict[str, tuple[str, ...]] = {
+  "input_template": (),
+  "prompt.query_template": ("input",),
+  "prompt.exemplar_template": ("input", "rationale", "label"),
+}
+
+LineOf = Callable[[tuple[str | int, ...]], int | None]
+
+
+def _template_names(template: str) -> list[str]:
+  """The field names a `str.format` template uses ('' for `{}` or `{0}`)."""
+  names = []
+  for _, field, _, _ in string.Formatter().parse(template):
+    if field is None:
+      continue
+    # "choices[0]" and "a.b" read the field "choices" and "a".
+    name = re.split(r"[.\[]", field, maxsplit=1)[0]
+    names.append("" if name.isdigit() else name)
+  return names
+
+
+def _template_problem(card: TaskCard) -> tuple[tuple[str, ...], str] | None:
+  """The first template that names a field it will not get, if any.
+
+  Returns:
+    (the template's location in the card, the message), or None.
+  """
+  for where, extra in _TEMPLATES.items():
+    template = card
+    for part in where.split("."):
+      template = getattr(template, part)
+    known = list(card.source.input_fields) + list(extra)
+    if where == "prompt.exemplar_template":
+      # Exemplars may carry fields of their own beyond the input fields.
+      shared = set.intersection(*(set(e.fields) for e in card.exemplars))
+      known += sorted(shared - set(known))
+      if card.answer_type == "choice":
+        known.append("letter")
+    for name in _template_names(template):
+      if name not in known:
+        shown = "{" + name + "}" if name else "a positional {}"
+        allowed = ", ".join("{" + k + "}" for k in known)
+        return (
+          tuple(where.split(".")),
+          f"unknown field {shown}; this template can use {allowed} "
+          "(source.input_fields and the names it is given)",
+        )
+  return None
+
+
+def _where(
+  origin: str, loc: tuple[str | int, ...], line_of: LineOf | None
+) -> str:
+  """`origin: line N: a.b[2].c` (the line where the YAML says it)."""
+  line = line_of(loc) if line_of else None
+  at = f"line {line}: " if line else ""
+  parts = [f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc]
+  field = "".join(parts).lstrip(".") or "(card)"
+  return f"{origin}: {at}{field}"
+
+
+def _describe(
+  error: pydantic.ValidationError, origin: str, line_of: LineOf | None
+) -> str:
   lines = []
-  for item in error.errors():
-    where = ".".join(str(p) for p in item["loc"]) or "(card)"
+  for i, item in enumerate(error.errors()):
     message = item["msg"].removeprefix("Value error, ")
-    lines.append(f"{where}: {message}")
+    loc = tuple(item["loc"])
+    if i == 0:
+      lines.append(f"{_where(origin, loc, line_of)}: {message}")
+    else:
+      lines.append(f"{_where('', loc, None).lstrip(': ')}: {message}")
   return "; ".join(lines)
 
 
-def card_from_dict(data: Any, origin: str = "<dict>") -> TaskCard:
+def card_from_dict(
+  data: Any, origin: str = "<dict>", line_of: LineOf | None = None
+) -> TaskCard:
   """Validates a card given as a dict.
 
   Args:
     data: the parsed YAML.
     origin: the file name used in error messages.
+    line_of: the YAML line of a field location, for error messages.
 
   Returns:
     The card.
 
   Raises:
-    CardError: naming `origin` and the failing field.
+    CardError: naming `origin` and the failing field (and its line); also
+      when a template names a field it will not be given, or a parser hook
+      does not import.
   """
   if not isinstance(data, dict):
     raise CardError(
       f"{origin}: a card must be a mapping, got {type(data).__name__}"
     )
   try:
-    return TaskCard.model_validate({**data, "path": origin})
+    card = TaskCard.model_validate({**data, "path": origin})
   except pydantic.ValidationError as e:
-    raise CardError(f"{origin}: {_describe(e)}") from None
+    raise CardError(_describe(e, origin, line_of)) from None
+  problem = _template_problem(card)
+  if problem is not None:
+    loc, message = problem
+    raise CardError(f"{_where(origin, loc, line_of)}: {message}")
+  if card.parser.hook is not None:
+    try:
+      parsers.load_hook(card.parser.hook)
+    except errors.UserError as e:
+      where = _where(origin, ("parser", "hook"), line_of)
+      raise CardError(f"{where}: {e}") from None
+  return card
+
+
+def _yaml_line_of(text: str) -> LineOf:
+  """Maps a field location to the 1-based line of its key in `text`."""
+
+  def line_of(loc: tuple[str | int, ...]) -> int | None:
+    try:
+      node = yaml.compose(text)
+    except yaml.YAMLError:
+      return None
+    line = None
+    for part in loc:
+      if isinstance(node, yaml.MappingNode):
+        match = [(k, v) for k, v in node.value if k.value == part]
+        if not match:
+          break
+        line = match[0][0].start_mark.line + 1
+        node = match[0][1]
+      elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+        if part >= len(node.value):
+          break
+        node = node.value[part]
+        line = node.start_mark.line + 1
+      else:
+        break
+    return line
+
+  return line_of
 
 
 def _resolve(name_or_path: str) -> pathlib.Path:
@@ -399,11 +516,15 @@ def load_card(name_or_path: str) -> TaskCard:
   if not path.is_file():
     known = ", ".join(list_cards()) or "none"
     raise CardError(f"{path}: no such task card (built-in cards: {known})")
+  text = path.read_text()
   try:
-    data = yaml.safe_load(path.read_text())
+    data = yaml.safe_load(text)
   except yaml.YAMLError as e:
-    raise CardError(f"{path}: invalid YAML: {e}") from None
-  return card_from_dict(data, origin=str(path))
+    mark = getattr(e, "problem_mark", None)
+    at = f"line {mark.line + 1}: " if mark else ""
+    problem = getattr(e, "problem", None) or errors.one_line(e)
+    raise CardError(f"{path}: {at}invalid YAML: {problem}") from None
+  return card_from_dict(data, origin=str(path), line_of=_yaml_line_of(text))
 
 
 def list_cards() -> list[str]:

@@ -30,6 +30,8 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from etils import epath
 
+from dss_jax import errors
+
 PyTree = Any
 
 STATE = "state"
@@ -38,7 +40,7 @@ CHECKPOINTS = "checkpoints"
 BEST_CHECKPOINTS = "best_checkpoints"
 
 
-class CorruptCheckpointError(ValueError):
+class CorruptCheckpointError(errors.UserError):
   """A saved step cannot be restored intact."""
 
 
@@ -269,7 +271,7 @@ def _state_dir(path: epath.PathLike) -> epath.Path:
       steps = [int(p.name) for p in manager_dir.iterdir() if p.name.isdigit()]
       if steps:
         return manager_dir / str(max(steps)) / STATE
-  raise FileNotFoundError(f"no checkpoint found under {path}")
+  raise errors.MissingFileError(f"no checkpoint found under {path}")
 
 
 def restore_params(path: epath.PathLike) -> PyTree:

@@ -42,6 +42,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from dss_jax import cards as cards_lib
+from dss_jax import errors
 from dss_jax.teacher import aggregate, sources
 from dss_jax.teacher import store as store_lib
 
@@ -220,7 +221,7 @@ def _store_records(
     config.card_name, config.source
   )
   if not pathlib.Path(path).is_file():
-    raise FileNotFoundError(
+    raise errors.MissingFileError(
       f"no annotation store for {config.name} at {path}; run "
       "`python -m dss_jax.annotate` first or pass store="
     )
@@ -371,15 +372,22 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument(
     "--keep", default="vote", choices=["vote", "vote_or_gold"]
   )
-  args = parser.parse_args(argv)
-  builder = build_annotated(
-    args.card,
-    args.source,
-    data_dir=args.data_dir,
-    store=args.store,
-    teacher=args.teacher,
-    keep=args.keep,
+  # A bad flag or input ends in one line and exit status 2 (dss_jax.errors).
+  parser.error = lambda message: errors.exit_with_error(
+    f"{message} (--help lists the flags)"
   )
+  args = parser.parse_args(argv)
+  try:
+    builder = build_annotated(
+      args.card,
+      args.source,
+      data_dir=args.data_dir,
+      store=args.store,
+      teacher=args.teacher,
+      keep=args.keep,
+    )
+  except errors.UserError as e:
+    errors.exit_with_error(errors.one_line(e))
   for name, split in builder.info.splits.items():
     print(
       f"{tfds_name(builder.builder_config.card_name, args.source)} "

@@ -42,8 +42,8 @@ from typing import Any
 
 from absl import app, flags, logging
 
+from dss_jax import errors, host, report
 from dss_jax import grid as grid_lib
-from dss_jax import host, report
 from dss_jax import workers as workers_lib
 
 BACKENDS = ("offline", "replay", "gemini", "openai")
@@ -1158,9 +1158,6 @@ def main(argv: Sequence[str], grid_defaults: bool = False) -> None:
   _log_to_file(log_dir)
   try:
     run(config)
-  except grid_lib.StaleRunError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
   except AnnotationIncompleteError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
@@ -1172,4 +1169,4 @@ if __name__ == "__main__":
   # copy of this module, see `define_flags`).
   for _name in _FLAGS:
     flags.declare_key_flag(_name)
-  app.run(main)
+  errors.run(main)

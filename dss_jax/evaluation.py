@@ -24,6 +24,7 @@ import functools
 import json
 import os
 import re
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -36,7 +37,7 @@ import tensorflow as tf
 from absl import logging
 from etils import epath
 
-from dss_jax import decoding, t5x_checkpoints, vocab
+from dss_jax import decoding, errors, t5x_checkpoints, vocab
 
 Params = Any
 
@@ -71,7 +72,7 @@ def inference_eval_dir(model_dir: str) -> str:
   return os.path.join(os.fspath(model_dir), INFERENCE_EVAL_DIR)
 
 
-class UnknownTaskError(ValueError):
+class UnknownTaskError(errors.UserError):
   """A task or mixture name that SeqIO does not know."""
 
 
@@ -112,11 +113,11 @@ def check_vocabulary(
     what: what the vocabulary belongs to, for the message.
 
   Raises:
-    ValueError: the vocabulary is larger than the embedding.
+    errors.UserError: the vocabulary is larger than the embedding.
   """
   size = vocabulary.vocab_size
   if size > model_vocab_size:
-    raise ValueError(
+    raise errors.UserError(
       f"vocabulary of {what} has {size} ids but the model's embedding has "
       f"{model_vocab_size} rows; use the vocabulary the model was built for"
     )
@@ -185,7 +186,7 @@ def model_from_gin() -> Any:
   try:
     ref = gin.query_parameter("%MODEL")
   except ValueError as e:
-    raise ValueError(
+    raise errors.UserError(
       "no MODEL in the gin config; pass a model gin file, e.g. "
       "--gin_file=models/t5_1_1_base.gin"
     ) from e
@@ -210,23 +211,23 @@ def run_from_gin(
     configure: call it with its gin bindings (False: call it as it is).
 
   Returns:
-    (result, 0), or (None, 1) after printing ``error: <reason>`` to stderr.
+    (result, 0), or (None, 2) after printing ``error: <reason>`` to stderr
+    for a user error (`errors.UserError`, e.g. a bad gin file or binding,
+    an unknown task, a missing checkpoint). Other exceptions propagate.
   """
-  import sys
-
   import gin
 
-  try:
-    from dss_jax import gin_flags
+  from dss_jax import gin_flags
 
+  try:
     gin_flags.parse_gin(gin_files, gin_bindings)
     logging.info("gin config:\n%s", gin.config_str())
     call = gin.get_configurable(configurable) if configure else configurable
     return call(), 0
-  except (ValueError, FileNotFoundError) as e:
+  except errors.UserError as e:
     # gin appends "In call to configurable ..." lines; the first is ours.
-    print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
-    return None, 1
+    print(f"error: {errors.one_line(e)}", file=sys.stderr)
+    return None, errors.USER_ERROR_STATUS
 
 
 # ---------------------------------------------------------------------------
@@ -360,7 +361,7 @@ class Evaluator:
           vocabulary is not None
           and feature.vocabulary.vocab_size != vocabulary.vocab_size
         ):
-          raise ValueError(
+          raise errors.UserError(
             f"task {task.name} feature {key!r} uses a vocabulary of "
             f"{feature.vocabulary.vocab_size} ids, not the given one of "
             f"{vocabulary.vocab_size}"
@@ -390,7 +391,7 @@ class Evaluator:
       async_compute_metrics=False,
     )
     if not self._seqio.eval_tasks:
-      raise ValueError(
+      raise errors.UserError(
         f"{mixture_or_task_name!r} has no task with metric functions and a "
         f"{split!r} split"
       )
@@ -555,7 +556,7 @@ def evaluate_checkpoints(
       `t5x_checkpoints.resolve_checkpoint`.
   """
   if mode not in ("specific", "latest", "all"):
-    raise ValueError(
+    raise errors.UserError(
       f"mode must be 'specific', 'latest' or 'all', got {mode!r}"
     )
   if output_dir is None:

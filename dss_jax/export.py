@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 from absl import app, flags, logging
 
+from dss_jax import errors
 from dss_jax.models.t5 import T5Config
 
 Params = Mapping[str, Any]
@@ -69,7 +70,7 @@ _DECODER_SUBLAYERS = {
 }
 
 
-class ExportError(ValueError):
+class ExportError(errors.UserError):
   """A model or parameter tree that has no Hugging Face T5 equivalent."""
 
 
@@ -379,7 +380,7 @@ def main(argv: Sequence[str]) -> None:
 def run() -> None:
   """Console entry point."""
   _define_flags()
-  app.run(main)
+  errors.run(main)
 
 
 if __name__ == "__main__":

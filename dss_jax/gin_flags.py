@@ -15,10 +15,13 @@ import importlib.util  # noqa: F401
 import os
 import pathlib
 import sys
+import tokenize
 from collections.abc import Callable, Sequence
 
 import gin
 from absl import app, flags
+
+from dss_jax import errors
 
 GIN_CONFIGS_DIR = pathlib.Path(__file__).resolve().parents[1] / "gin_configs"
 
@@ -71,12 +74,36 @@ def parse_gin(
     finalize: lock the config. Eval jobs leave it open, since modules they
       import later (vocabularies, task registries) still declare
       configurables.
+
+  Raises:
+    errors.UserError: a gin file is missing or does not parse, or a binding
+      names an unknown configurable or parameter.
   """
-  for path in [os.getcwd(), str(GIN_CONFIGS_DIR), *search_paths]:
+  folders = [os.getcwd(), str(GIN_CONFIGS_DIR), *search_paths]
+  for path in folders:
     gin.add_config_file_search_path(path)
-  gin.parse_config_files_and_bindings(
-    list(files), list(bindings), finalize_config=False
-  )
+  for file in files:
+    # gin logs every folder it tried before raising; say it in one line.
+    remote = "://" in file  # gin reads gs:// files through its readers
+    if not remote and not any(
+      os.path.isfile(os.path.join(d, file)) for d in folders
+    ):
+      raise errors.MissingFileError(
+        f"--gin_file={file}: no such gin file here, in gin_configs/ or in "
+        "--gin_search_paths; check the name"
+      )
+  try:
+    gin.parse_config_files_and_bindings(
+      list(files), list(bindings), finalize_config=False
+    )
+  except (OSError, SyntaxError, ValueError, tokenize.TokenError) as e:
+    where = ""
+    if isinstance(e, SyntaxError) and e.filename:
+      where = f" in {e.filename}"
+    raise errors.UserError(
+      f"gin{where}: {errors.one_line(e)}; check --gin_file and "
+      "--gin_bindings (--gin.NAME=value)"
+    ) from e
   if finalize:
     gin.finalize()
 
@@ -98,7 +125,7 @@ def run(main: Callable[[Sequence[str]], None], what: str) -> None:
   host.keep_freed_memory()
   host.add_xla_flag_defaults()
   define_gin_flags(what)
-  app.run(main, flags_parser=lambda argv: flags.FLAGS(rewrite_gin_args(argv)))
+  errors.run(main, rewrite_gin_args)
 
 
 def cli_main(

@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from dss_jax import report
+from dss_jax import errors, report
 
 METHODS = ("finetune", "distill", "dss_gold", "dss_teacher")
 # Methods that train on the teacher's rationales.
@@ -46,7 +46,7 @@ RESULT_FILE = "result.json"
 CONFIG_FILE = "run_config.json"
 
 
-class StaleRunError(ValueError):
+class StaleRunError(errors.UserError):
   """A run folder holds a run of another configuration."""
 
 
@@ -69,9 +69,11 @@ class RunSpec:
 
   def __post_init__(self):
     if self.method not in METHODS:
-      raise ValueError(f"unknown method {self.method!r}; choose from {METHODS}")
+      raise errors.UserError(
+        f"unknown method {self.method!r}; choose from {METHODS}"
+      )
     if not 0.0 < self.fraction <= 1.0:
-      raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
+      raise errors.UserError(f"fraction must be in (0, 1], got {self.fraction}")
 
   @property
   def name(self) -> str:

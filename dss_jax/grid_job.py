@@ -9,9 +9,9 @@ library module `dss_jax.grid`, which imports no entry point.
 
 from collections.abc import Sequence
 
-from absl import app, flags
+from absl import flags
 
-from dss_jax import distill
+from dss_jax import distill, errors
 
 
 def main(argv: Sequence[str]) -> None:
@@ -22,4 +22,4 @@ def main(argv: Sequence[str]) -> None:
 if __name__ == "__main__":
   for _name in distill._FLAGS:  # --helpshort lists the shared flags
     flags.declare_key_flag(_name)
-  app.run(main)
+  errors.run(main)

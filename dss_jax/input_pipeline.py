@@ -39,6 +39,8 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from dss_jax import errors
+
 Batch = dict[str, np.ndarray]
 
 TASK_IDS = "decoder_task_ids"
@@ -274,7 +276,7 @@ def make_dataset(config: DatasetConfig) -> tf.data.Dataset:
       is asked for a single task.
   """
   if config.batch_size % jax.process_count():
-    raise ValueError(
+    raise errors.UserError(
       f"batch size {config.batch_size} does not split over "
       f"{jax.process_count()} hosts"
     )
@@ -282,9 +284,11 @@ def make_dataset(config: DatasetConfig) -> tf.data.Dataset:
   names = list(rates)
   if config.paired:
     if len(names) < 2:
-      raise ValueError("paired mode needs a mixture of at least two tasks")
+      raise errors.UserError(
+        "paired mode needs a mixture of at least two tasks"
+      )
     if config.batch_size % len(names):
-      raise ValueError(
+      raise errors.UserError(
         f"paired mode: batch size {config.batch_size} must be a multiple of "
         f"the {len(names)} tasks so each pair stays in one batch"
       )
@@ -355,7 +359,7 @@ def pack_examples(batch: Mapping[str, np.ndarray], rows: int) -> Batch:
     fill_enc[row] += a
     fill_dec[row] += b
   if len(fill_enc) > rows:
-    raise ValueError(
+    raise errors.UserError(
       f"the {len(enc)} examples of a step need {len(fill_enc)} packed rows "
       f"of {enc_len}/{dec_len} tokens, but only {rows} are set: raise "
       "PACKED_ROWS (DatasetConfig.packed_rows)"
@@ -393,7 +397,7 @@ def pack_examples(batch: Mapping[str, np.ndarray], rows: int) -> Batch:
 def _packed(ds: tf.data.Dataset, config: DatasetConfig) -> tf.data.Dataset:
   """Packs each host batch of examples into its share of the packed rows."""
   if not config.packed_rows:
-    raise ValueError(
+    raise errors.UserError(
       "packing needs PACKED_ROWS (DatasetConfig.packed_rows): the rows a "
       f"step's {config.batch_size} examples are packed into"
     )
@@ -492,7 +496,7 @@ class StepPackedEncDecFeatureConverter(seqio.EncDecFeatureConverter):
     if not self.pack:
       return super().__call__(ds, task_feature_lengths)
     if not (self.examples_per_step and self.rows_per_step):
-      raise ValueError(
+      raise errors.UserError(
         "step packing needs examples_per_step and rows_per_step "
         "(EXAMPLES_PER_STEP and PACKED_ROWS in gin_configs/t5x/packing.gin)"
       )

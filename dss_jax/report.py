@@ -32,6 +32,8 @@ import pathlib
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 
+from dss_jax import errors
+
 # Columns of the results CSV, in order. `value` is the metric in [0, 1] at the
 # last step; `value_picked` the same metric at the checkpoint picked on the
 # validation split (`picked_step`), empty when no validation was scored.
@@ -92,6 +94,44 @@ def read_results(path: str | pathlib.Path) -> list[dict[str, str]]:
     return []
   with path.open(newline="") as f:
     return list(csv.DictReader(f))
+
+
+# Columns a results row needs to be summarized, and which hold numbers.
+_NEEDED = ("method", "model_size", "fraction", "seed", "metric", "value")
+_NUMBERS = ("fraction", "value", "value_picked", "num_params")
+
+
+def check_results(
+  rows: Sequence[Mapping[str, str]], path: str | pathlib.Path
+) -> None:
+  """Refuses a results CSV that cannot be summarized, naming the line.
+
+  Args:
+    rows: the rows `read_results` read from `path`.
+    path: the CSV, for the message.
+
+  Raises:
+    errors.UserError: a needed column is missing or a number is not one.
+  """
+  missing = [c for c in _NEEDED if c not in rows[0]]
+  if missing:
+    raise errors.UserError(
+      f"{path}: not a results CSV, no column {missing}; it is written by "
+      "dss-jax distill (results.csv)"
+    )
+  for line, row in enumerate(rows, start=2):  # line 1 is the header
+    for column in _NUMBERS:
+      text = row.get(column)
+      if text in ("", None):
+        if column in _NEEDED:
+          raise errors.UserError(f"{path}:{line}: {column} is empty")
+        continue
+      try:
+        float(text)
+      except ValueError:
+        raise errors.UserError(
+          f"{path}:{line}: {column} {text!r} is not a number"
+        ) from None
 
 
 def append_result(path: str | pathlib.Path, row: Mapping[str, object]) -> None:
@@ -581,11 +621,19 @@ def write_report(
     Name -> written file (`summary_csv`, `summary_md`, and the plots).
 
   Raises:
-    ValueError: the results file has no rows.
+    errors.UserError: the results file is missing, has no rows, or a row
+      lacks a column or a number (the message names the line).
   """
+  if not pathlib.Path(results_csv).is_file():
+    raise errors.MissingFileError(f"no results in {results_csv}: no such file")
   rows = read_results(results_csv)
   if not rows:
-    raise ValueError(f"no results in {results_csv}")
+    raise errors.UserError(f"no results in {results_csv}")
+  check_results(rows, results_csv)
+  if teacher_accuracy is not None and not 0 <= teacher_accuracy <= 1:
+    raise errors.UserError(
+      f"--teacher_accuracy must be in [0, 1], got {teacher_accuracy}"
+    )
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   summaries = summarize(rows)
@@ -650,7 +698,7 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-  from absl import app, flags
+  from absl import flags
 
   _RESULTS = flags.DEFINE_string("results", None, "results CSV", required=True)
   _OUT_DIR = flags.DEFINE_string("out_dir", None, "default: the CSV's folder")
@@ -658,4 +706,4 @@ if __name__ == "__main__":
     "teacher_accuracy", None, "teacher's test accuracy in [0, 1]"
   )
   _TITLE = flags.DEFINE_string("title", "", "figure title (the dataset)")
-  app.run(main)
+  errors.run(main)

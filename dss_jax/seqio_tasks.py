@@ -45,7 +45,7 @@ import seqio
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from dss_jax import metrics, paired, preprocessors, vocab
+from dss_jax import errors, metrics, paired, preprocessors, vocab
 
 DATASET_NAME = "dss_annotated"
 PALM_SOURCE = "palm"
@@ -73,11 +73,11 @@ class DataOptions:
 
   def __post_init__(self):
     if self.rationale_rate < 0:
-      raise ValueError(
+      raise errors.UserError(
         f"rationale_rate must be >= 0, got {self.rationale_rate}"
       )
     if self.label_source not in LABEL_SOURCES:
-      raise ValueError(
+      raise errors.UserError(
         f"label_source must be one of {LABEL_SOURCES}, "
         f"got {self.label_source!r}"
       )
@@ -134,7 +134,7 @@ class _Overrides:
     )
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(errors.MissingFileError):
   """The annotated TFDS dataset of a (card, source) has not been built."""
 
 
@@ -242,7 +242,7 @@ def _read_split(
 
   def load(name: str) -> tf.data.Dataset:
     if name not in own_splits:
-      raise ValueError(
+      raise errors.UserError(
         f"{path} has no {name!r} split (it has {sorted(own_splits)})"
       )
     return builder.as_dataset(

@@ -44,6 +44,8 @@ import tensorstore as ts
 from absl import logging
 from etils import epath
 
+from dss_jax import errors
+
 Params = Mapping[str, Any]
 
 LEGACY = "t5x_legacy"
@@ -84,7 +86,7 @@ def _run(coroutine: Any) -> Any:
     return pool.submit(asyncio.run, coroutine).result()
 
 
-class CheckpointError(ValueError):
+class CheckpointError(errors.UserError):
   """A checkpoint that cannot be used, with a one-line reason."""
 
 

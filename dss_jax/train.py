@@ -11,7 +11,9 @@ r"""Trains a student with the built-in trainer; flags mirror T5X's train.py.
 Gin files are looked up in the current directory, the repository's
 gin_configs/ folder and every `--gin_search_paths` entry. On SIGTERM the run
 saves a checkpoint and exits with status 0; rerunning the same command
-resumes. A NaN/Inf loss exits with status 1 and one error line.
+resumes. A NaN/Inf loss exits with status 1 and one error line; a user error
+(a bad gin file or binding, a corrupt checkpoint, ...) with status 2 and one
+`error:` line (see dss_jax/errors.py).
 """
 
 from __future__ import annotations
@@ -33,17 +35,12 @@ def main(argv: Sequence[str]) -> None:
 
   gin_flags.parse_gin_flags(finalize=True)
   logging.info("gin config:\n%s", gin.config_str())
-  from dss_jax import checkpoints
-
   try:
     result = gin.get_configurable(trainer.train)()
   except trainer.NonFiniteLossError as e:
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
-  except checkpoints.CorruptCheckpointError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
   if result.preempted:
     logging.info("stopped by SIGTERM at step %d; checkpoint saved", result.step)
   else:

@@ -37,7 +37,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from dss_jax import losses, optimizers, partitioning
+from dss_jax import errors, losses, optimizers, partitioning
 from dss_jax.flops import (  # noqa: F401  (the trainer's API too)
   PEAK_FLOPS_BY_DEVICE_KIND,
   measure_matmul_flops,
@@ -118,7 +118,7 @@ class LossConfig:
 
   def __post_init__(self):
     if self.normalizing_factor not in LOSS_NORMALIZATIONS:
-      raise ValueError(
+      raise errors.UserError(
         f"LOSS_NORMALIZING_FACTOR must be one of "
         f"{sorted(LOSS_NORMALIZATIONS)}, got {self.normalizing_factor!r}"
       )
@@ -560,7 +560,7 @@ def train(
   from dss_jax import input_pipeline, vocab
 
   if recipe not in RECIPES:
-    raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}")
+    raise errors.UserError(f"recipe must be one of {RECIPES}, got {recipe!r}")
   mesh, rules = _mesh_and_rules(mesh, logical_axis_rules)
   rates = input_pipeline.task_rates(mixture_or_task_name)
   official = recipe == "official"
@@ -671,7 +671,7 @@ def dataset_config(
   from dss_jax import input_pipeline
 
   if recipe not in RECIPES:
-    raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}")
+    raise errors.UserError(f"recipe must be one of {RECIPES}, got {recipe!r}")
   return input_pipeline.DatasetConfig(
     mixture_or_task_name=mixture_or_task_name,
     task_feature_lengths=dict(task_feature_lengths),
@@ -698,7 +698,9 @@ def official_task_weights(rates: Mapping[str, float]) -> list[float]:
   """
   total = sum(rates.values())
   if total <= 0:
-    raise ValueError(f"mixture rates must sum to more than 0, got {rates}")
+    raise errors.UserError(
+      f"mixture rates must sum to more than 0, got {rates}"
+    )
   return [rate / total for rate in rates.values()]
 
 

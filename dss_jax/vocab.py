@@ -33,6 +33,8 @@ import gin
 import seqio
 import tensorflow as tf
 
+from dss_jax import errors
+
 T5_SPM_PATH = "gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model"
 # T5's sentinel ids (<extra_id_0> ... <extra_id_99>). The GCS model of
 # `T5_SPM_PATH` ("100extra") already contains them, so it takes none on top;
@@ -79,7 +81,7 @@ def _vocabulary(name: str) -> seqio.Vocabulary:
   if name == "local":
     return local_vocabulary()
   if not name.startswith("gs://") and not os.path.exists(name):
-    raise FileNotFoundError(
+    raise errors.MissingFileError(
       f"vocabulary {name!r} is neither 't5', 'byte', 'local' nor an existing "
       "SentencePiece model file"
     )
@@ -172,7 +174,7 @@ def local_vocabulary(
   """
   data_dir = data_dir or os.environ.get("DSS_PAPER_DATA_DIR")
   if not data_dir or not pathlib.Path(data_dir).is_dir():
-    raise FileNotFoundError(
+    raise errors.MissingFileError(
       "the 'local' vocabulary trains on the paper data: set DSS_PAPER_DATA_DIR "
       "to its folder, or call dss_jax.vocab.train_sentencepiece on your own "
       "text and pass the .model path as the vocabulary name"
@@ -326,11 +328,11 @@ def check_same(
     what: who uses it, for the message.
 
   Raises:
-    ValueError: one line naming both vocabularies.
+    errors.UserError: one line naming both vocabularies.
   """
   ident = identity(used)
   if ident != trained:
-    raise ValueError(
+    raise errors.UserError(
       f"{what} uses a {describe(ident)}, but the checkpoint was trained "
       f"with a {describe(trained)}; score it with its training vocabulary "
       "(dss_jax.vocab.get_vocabulary.name)"
@@ -343,14 +345,25 @@ def read_identity(model_dir: str) -> dict[str, object] | None:
   if not tf.io.gfile.exists(path):
     return None
   with tf.io.gfile.GFile(path) as f:
-    return json.load(f)
+    text = f.read()
+  try:
+    ident = json.loads(text)
+  except json.JSONDecodeError as e:
+    ident = e
+  if not isinstance(ident, dict) or "vocab_size" not in ident:
+    raise errors.UserError(
+      f"{path}: not a vocabulary record ({ident}); restore it from the "
+      "run that trained this model, or delete it to trust the vocabulary "
+      "given now"
+    )
+  return ident
 
 
 def write_identity(model_dir: str, vocabulary: seqio.Vocabulary) -> None:
   """Records the training vocabulary in a model dir, or refuses a change.
 
   Raises:
-    ValueError: the model dir was trained with another vocabulary.
+    errors.UserError: the model dir was trained with another vocabulary.
   """
   stored = read_identity(model_dir)
   if stored is not None:

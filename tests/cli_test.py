@@ -44,7 +44,7 @@ def test_gin_entry_points_take_t5x_style_flags():
     capture_output=True,
     text=True,
   )
-  assert out.returncode == 1, out.stderr[-2000:]
+  assert out.returncode == 2, out.stderr[-2000:]
   assert out.stderr.strip().splitlines()[-1].startswith("error: ")
 
 
@@ -53,5 +53,5 @@ def test_gin_entry_points_refuse_stray_arguments():
     out = subprocess.run(
       [sys.executable, "-m", module, "stray"], capture_output=True, text=True
     )
-    assert out.returncode == 1, (module, out.stderr[-2000:])
+    assert out.returncode == 2, (module, out.stderr[-2000:])
     assert "unexpected arguments: ['stray']" in out.stderr, module

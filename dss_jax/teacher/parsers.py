@@ -26,6 +26,8 @@ import importlib
 import re
 from collections.abc import Callable, Sequence
 
+from dss_jax import errors
+
 
 @dataclasses.dataclass(frozen=True)
 class ParsedAnswer:
@@ -116,13 +118,13 @@ def load_hook(path: str) -> Callable[[str], tuple[str, str | None]]:
   """
   module_name, sep, attr = path.partition(":")
   if not sep or not module_name or not attr:
-    raise ValueError(f"expected 'package.module:function', got {path!r}")
+    raise errors.UserError(f"expected 'package.module:function', got {path!r}")
   try:
     fn = getattr(importlib.import_module(module_name), attr)
   except (ImportError, AttributeError) as e:
-    raise ValueError(f"cannot import {path!r}: {e}") from e
+    raise errors.UserError(f"cannot import {path!r}: {e}") from e
   if not callable(fn):
-    raise ValueError(f"{path!r} is not callable")
+    raise errors.UserError(f"{path!r} is not callable")
   return fn
 
 

@@ -23,6 +23,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from dss_jax import cards as cards_lib
+from dss_jax import errors
 
 PAPER_DATA_ENV = "DSS_PAPER_DATA_DIR"
 DATASETS_ZIP_URL = (
@@ -68,7 +69,7 @@ def find_root(path: os.PathLike | str) -> pathlib.Path:
   nested = sorted(p.parent.parent for p in path.glob("*/*/llm"))
   if nested:
     return nested[0]
-  raise FileNotFoundError(f"no <dataset>/llm/ folders under {path}")
+  raise errors.MissingFileError(f"no <dataset>/llm/ folders under {path}")
 
 
 def default_root(download_dir: str | None = None) -> pathlib.Path:
@@ -99,7 +100,7 @@ def _folder(card: cards_lib.TaskCard, root: pathlib.Path) -> pathlib.Path:
   for candidate in (root / name, root / f"{name}_sample"):
     if candidate.is_dir():
       return candidate
-  raise FileNotFoundError(f"{root}: no folder {name}/ or {name}_sample/")
+  raise errors.MissingFileError(f"{root}: no folder {name}/ or {name}_sample/")
 
 
 def available_splits(
@@ -166,7 +167,7 @@ def read_completions(
       completions.extend(json.load(f))
     index += 1
   if not completions:
-    raise FileNotFoundError(f"no {split}_CoT_<i>.json under {folder}")
+    raise errors.MissingFileError(f"no {split}_CoT_<i>.json under {folder}")
   return completions
 
 

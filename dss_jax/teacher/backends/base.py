@@ -15,6 +15,7 @@ under 429s, 5xx and timeouts. Backends classify failures:
 import abc
 import dataclasses
 
+from dss_jax import errors
 from dss_jax.teacher import prompts
 
 
@@ -52,7 +53,7 @@ class RequestError(TeacherError):
   """This request cannot succeed; other requests may."""
 
 
-class FatalError(TeacherError):
+class FatalError(TeacherError, errors.UserError):
   """No request can succeed (credentials, model name, quota)."""
 
 

@@ -1,0 +1,113 @@
+"""User errors, and how every command reports them.
+
+Library code raises `UserError` (or a subclass: `cards.CardError`,
+`grid.StaleRunError`, `checkpoints.CorruptCheckpointError`, ...) where it
+finds input the user can fix: a missing file, an unknown task, a malformed
+card, a vocabulary that does not match the checkpoint. Each entry point runs
+its absl `main` through `run` (or wraps it with `reports_user_errors`), so
+
+    python -m dss_jax.eval --gin_file=no_such.gin
+    error: gin: Unable to open file: no_such.gin. ...   (exit status 2)
+
+prints one line and exits with status 2, as do absl flag errors and
+`app.UsageError`. Any other exception is a bug and keeps its traceback.
+
+Exit statuses of every command:
+  0  done (also after SIGTERM or Ctrl-C saved a checkpoint: rerun resumes)
+  1  the run stopped on something to look at: a NaN/Inf loss, teacher calls
+     left failed (`annotate`, `distill`)
+  2  a user error, reported in one line `error: ...`
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+# The exit status of a user error (argparse's and absl's usage convention).
+USER_ERROR_STATUS = 2
+
+
+class UserError(ValueError):
+  """Input the user can fix: the message says what is wrong and what to do."""
+
+
+class MissingFileError(UserError, FileNotFoundError):
+  """A file or folder the user named (or must provide) does not exist."""
+
+
+def one_line(error: BaseException) -> str:
+  """The first line of an error's message (gin and TFDS append context)."""
+  text = str(error).strip() or type(error).__name__
+  return text.splitlines()[0]
+
+
+def exit_with_error(message: str) -> None:
+  """Prints `error: <message>` to stderr and exits with status 2."""
+  sys.stdout.flush()
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(USER_ERROR_STATUS)
+
+
+def reports_user_errors(main: Callable[..., Any]) -> Callable[..., Any]:
+  """Wraps an absl `main`: user errors become one line and exit status 2.
+
+  Args:
+    main: the entry point's `main(argv, ...)`.
+
+  Returns:
+    `main`, with `UserError` and `app.UsageError` reported as
+    `error: <first line>` on stderr and exit status 2.
+  """
+  from absl import app
+
+  @functools.wraps(main)
+  def wrapped(*args: Any, **kwargs: Any) -> Any:
+    try:
+      return main(*args, **kwargs)
+    except (UserError, app.UsageError) as e:
+      exit_with_error(one_line(e))
+
+  return wrapped
+
+
+def parse_flags(
+  argv: Sequence[str],
+  rewrite: Callable[[Sequence[str]], Sequence[str]] | None = None,
+) -> list[str]:
+  """absl's flag parsing, with a bad flag reported in one line (status 2).
+
+  Args:
+    argv: the command line.
+    rewrite: turns the command line into what absl parses (gin's shorthand).
+
+  Returns:
+    The arguments left after the flags.
+  """
+  from absl import flags
+
+  try:
+    return flags.FLAGS(list(rewrite(argv) if rewrite else argv))
+  except flags.Error as e:
+    exit_with_error(f"{one_line(e)} (--helpshort lists the flags)")
+    raise  # unreachable: exit_with_error exits
+
+
+def run(
+  main: Callable[[Sequence[str]], None],
+  rewrite: Callable[[Sequence[str]], Sequence[str]] | None = None,
+) -> None:
+  """`app.run(main)` where user errors end in one line and exit status 2.
+
+  Args:
+    main: the entry point's absl `main`.
+    rewrite: turns the command line into what absl parses (gin's shorthand).
+  """
+  from absl import app
+
+  app.run(
+    reports_user_errors(main),
+    flags_parser=lambda argv: parse_flags(argv, rewrite),
+  )
