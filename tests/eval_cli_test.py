@@ -231,7 +231,7 @@ def test_entry_point_errors_are_one_line(tmp_path, capsys):
       )
     finally:
       gin.clear_config()
-    assert status == 1
+    assert status == 2
     errors.append(capsys.readouterr().err.strip().splitlines()[-1])
   assert (
     errors[0] == f"error: checkpoint path does not exist: {tmp_path}/nowhere"
