@@ -213,7 +213,14 @@ def check_run_config(
         f"(an older dss-jax){fresh}"
       )
     return False
-  stored = json.loads(path.read_text())
+  try:
+    stored = json.loads(path.read_text())
+  except ValueError:
+    stored = None
+  if not isinstance(stored, dict):
+    raise StaleRunError(
+      f"{path} is not a run configuration (unreadable JSON){fresh}"
+    )
   wanted = json.loads(json.dumps(dict(config)))
   if stored == wanted:
     return True

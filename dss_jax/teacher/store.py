@@ -19,6 +19,8 @@ import threading
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
+from dss_jax import errors
+
 
 class RecordKey(NamedTuple):
   """What identifies one teacher call."""
@@ -117,10 +119,11 @@ class AnnotationStore:
         f.truncate(end)
         f.flush()
         os.fsync(f.fileno())
-    for line in data[:end].decode("utf-8").splitlines():
+    lines = data[:end].decode("utf-8", errors="replace").splitlines()
+    for number, line in enumerate(lines, start=1):
       if not line.strip():
         continue
-      record = CompletionRecord.from_json(json.loads(line))
+      record = _parse_line(self.path, number, line)
       self._records.setdefault(record.key, record)
 
   def __contains__(self, key: RecordKey) -> bool:
@@ -186,8 +189,30 @@ def default_store_path(card: str, source: str) -> str:
 def read_records(path: os.PathLike | str) -> list[CompletionRecord]:
   """All complete records of a store file, in write order (read-only)."""
   records = []
-  with pathlib.Path(path).open(encoding="utf-8") as f:
-    for line in f:
+  with pathlib.Path(path).open(encoding="utf-8", errors="replace") as f:
+    for number, line in enumerate(f, start=1):
       if line.endswith("\n") and line.strip():
-        records.append(CompletionRecord.from_json(json.loads(line)))
+        records.append(_parse_line(path, number, line))
   return records
+
+
+def _parse_line(
+  path: os.PathLike | str, number: int, line: str
+) -> CompletionRecord:
+  """One store line as a record.
+
+  Raises:
+    errors.UserError: the line is not a completion record (naming the file
+      and line); a torn last line never gets here (it is cut off on open).
+  """
+  try:
+    data = json.loads(line)
+    if not isinstance(data, dict):
+      raise TypeError(f"a JSON {type(data).__name__}, not an object")
+    # A missing key field is a TypeError here.
+    return CompletionRecord.from_json(data)
+  except (ValueError, TypeError) as e:
+    raise errors.UserError(
+      f"{path}:{number}: not a completion record ({errors.one_line(e)}); "
+      "delete that line and rerun to ask the teacher again"
+    ) from None
