@@ -53,8 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
   command = argv[1]
   if command not in ENTRY_POINTS:
-    print(f"dss-jax: unknown command {command!r}\n", file=sys.stderr)
     print(usage(), file=sys.stderr)
+    print(f"\nerror: unknown command {command!r}", file=sys.stderr)
     return 2
   module = importlib.import_module(ENTRY_POINTS[command][0])
   # absl parses sys.argv; present the command as its own program.

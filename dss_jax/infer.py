@@ -33,7 +33,7 @@ from typing import Any
 
 from absl import logging
 
-from dss_jax import gin_flags
+from dss_jax import errors, gin_flags
 
 LABEL_PREFIX = "predict: "
 RATIONALE_PREFIX = "explain: "
@@ -59,10 +59,13 @@ def read_input_file(path: str, card: str | None = None) -> list[dict[str, Any]]:
     [{"id": ..., "input": formatted text, "target": optional gold}].
 
   Raises:
-    ValueError: a JSONL line is neither formatted nor formattable.
+    errors.UserError: the file is missing, or a JSONL line is not a JSON
+      object that is formatted or formattable (the message names the line).
   """
   from etils import epath
 
+  if not epath.Path(path).exists():
+    raise errors.MissingFileError(f"INPUT_FILE {path}: no such file")
   text = epath.Path(path).read_text()
   if not path.endswith(".jsonl"):
     lines = [x for x in text.splitlines() if x.strip()]
@@ -73,20 +76,40 @@ def read_input_file(path: str, card: str | None = None) -> list[dict[str, Any]]:
 
     task_card = cards.load_card(card)
   rows = []
-  for i, line in enumerate(x for x in text.splitlines() if x.strip()):
-    record = json.loads(line)
+  numbered = [(n, x) for n, x in enumerate(text.splitlines(), 1) if x.strip()]
+  for i, (number, line) in enumerate(numbered):
+    where = f"{path}:{number}"
+    try:
+      record = json.loads(line)
+    except ValueError as e:
+      raise errors.UserError(
+        f"{where}: not JSON ({errors.one_line(e)}); write one JSON object "
+        "per line"
+      ) from None
+    if not isinstance(record, dict):
+      raise errors.UserError(
+        f"{where}: a JSON {type(record).__name__}, not an object"
+      )
     if "input" in record:
       formatted = record["input"]
     elif task_card is not None:
       fields = record.get("fields", record)
-      if isinstance(fields, str):
-        fields = json.loads(fields)
-      formatted = task_card.format_student_input(fields)
+      try:
+        if isinstance(fields, str):
+          fields = json.loads(fields)
+        formatted = task_card.format_student_input(fields)
+      except (ValueError, KeyError, IndexError, TypeError) as e:
+        raise errors.UserError(
+          f"{where}: the fields do not fit card {task_card.name} "
+          f"({type(e).__name__}: {errors.one_line(e)}); it reads "
+          f"{task_card.source.input_fields}"
+        ) from None
     else:
-      raise ValueError(
-        f"{path} line {i + 1} has no 'input'; pass a task card (CARD) to "
-        "format its fields"
+      raise errors.UserError(
+        f"{where}: no 'input'; pass a task card (CARD) to format its fields"
       )
+    if not isinstance(formatted, str):
+      raise errors.UserError(f"{where}: 'input' must be a string")
     row = {"id": record.get("id", i), "input": _strip_prefix(formatted)}
     for key in ("label", "gold_label", "answer", "target"):
       if key in record and isinstance(record[key], str):
@@ -238,7 +261,9 @@ def infer(
   from dss_jax import vocab as vocab_lib
 
   if (mixture_or_task_name is None) == (input_file is None):
-    raise ValueError("give exactly one of MIXTURE_OR_TASK_NAME and INPUT_FILE")
+    raise errors.UserError(
+      "give exactly one of MIXTURE_OR_TASK_NAME and INPUT_FILE"
+    )
   decode = decode or evaluation.DecodeConfig()
   postprocess = metrics.postprocess_text
   if input_file is not None:

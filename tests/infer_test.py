@@ -71,9 +71,7 @@ def test_read_input_file_formats_with_the_card(tmp_path):
     "first input",
     "second input",
   ]
-  with pytest.raises(
-    ValueError, match="line 1 has no 'input'; pass a task card"
-  ):
+  with pytest.raises(ValueError, match="jsonl:1: no 'input'; pass a task card"):
     infer.read_input_file(str(path))
 
 
