@@ -199,6 +199,11 @@ def main(argv: Sequence[str]) -> None:
     )
     examples, requests = [], []
     for split in _SPLITS.value:
+      if split not in splits and split not in splits.values():
+        raise errors.UserError(
+          f"--split={split}: card {card.name} has no such split here "
+          f"(it has {', '.join(sorted(splits)) or 'none'})"
+        )
       file_split = splits.get(split, split)
       rows = sources.read_source(card, file_split, root)[: _LIMIT.value]
       examples += rows

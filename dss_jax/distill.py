@@ -252,6 +252,17 @@ class DistillConfig:
     check("rationale_rate", self.rationale_rate >= 0, ">= 0")
     check("dropout_rate", 0 <= self.dropout_rate < 1, "in [0, 1)")
     check("fractions", all(0 < f <= 1 for f in self.fractions), "in (0, 1]")
+    check(
+      "baseline_fractions",
+      all(0 < f <= 1 for f in self.baseline_fractions or ()),
+      "in (0, 1]",
+    )
+    check("workers", self.workers is None or self.workers >= 1, ">= 1")
+    check(
+      "requests_per_minute",
+      self.requests_per_minute is None or self.requests_per_minute > 0,
+      "> 0",
+    )
     check("seeds", all(seed >= 0 for seed in self.seeds), ">= 0")
     for name in ("methods", "model_sizes", "fractions", "seeds"):
       check(name, len(getattr(self, name)) > 0, "a non-empty list")

@@ -222,8 +222,7 @@ def run_from_gin(
   try:
     gin_flags.parse_gin(gin_files, gin_bindings)
     logging.info("gin config:\n%s", gin.config_str())
-    call = gin.get_configurable(configurable) if configure else configurable
-    return call(), 0
+    return gin_flags.call_configured(configurable, configure), 0
   except errors.UserError as e:
     # gin appends "In call to configurable ..." lines; the first is ours.
     print(f"error: {errors.one_line(e)}", file=sys.stderr)

@@ -17,6 +17,7 @@ import pathlib
 import sys
 import tokenize
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import gin
 from absl import app, flags
@@ -105,7 +106,48 @@ def parse_gin(
       "--gin_bindings (--gin.NAME=value)"
     ) from e
   if finalize:
-    gin.finalize()
+    try:
+      gin.finalize()  # its hooks refuse macros left REQUIRED
+    except ValueError as e:
+      raise _required_error(e) or e from None
+
+
+def _required_error(error: ValueError) -> errors.UserError | None:
+  """The user error of a REQUIRED gin macro left unset, if that is it."""
+  text = str(error)
+  if "`%gin.REQUIRED` but not subsequently overridden" not in text:
+    return None
+  name = text.split()[0].removesuffix("/macro.value")
+  return errors.UserError(
+    f"gin: {name} is REQUIRED; set it with --gin.{name}=..."
+  )
+
+
+def call_configured(fn: Callable[[], Any], configure: bool = True) -> Any:
+  """Calls `fn` with its gin bindings; an unset REQUIRED macro is one line.
+
+  Args:
+    fn: a gin configurable (or, with `configure=False`, any function).
+    configure: call it through gin's bindings.
+
+  Returns:
+    What `fn` returns.
+
+  Raises:
+    errors.UserError: the gin files leave a REQUIRED macro unset, or none
+      of them registers `fn`.
+  """
+  try:
+    call = gin.get_configurable(fn) if configure else fn
+  except ValueError as e:
+    raise errors.UserError(
+      f"no gin file configures {getattr(fn, '__name__', fn)}; pass one "
+      "with --gin_file (see the command's docstring)"
+    ) from e
+  try:
+    return call()
+  except ValueError as e:
+    raise _required_error(e) or e from None
 
 
 def parse_gin_flags(finalize: bool = False) -> None:

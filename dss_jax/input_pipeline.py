@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import difflib
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -114,11 +115,25 @@ class DatasetConfig:
 
 
 def task_rates(name: str) -> dict[str, float]:
-  """Returns {task name: rate} of a mixture, or {name: 1.0} for a task."""
+  """Returns {task name: rate} of a mixture, or {name: 1.0} for a task.
+
+  Raises:
+    errors.UserError: the name is not registered (close names suggested).
+  """
   if name in seqio.MixtureRegistry.names():
     mixture = seqio.get_mixture_or_task(name)
     return {t.name: float(mixture.get_rate(t)) for t in mixture.tasks}
-  return {seqio.get_mixture_or_task(name).name: 1.0}
+  if name not in seqio.TaskRegistry.names():
+    known = sorted(
+      {*seqio.TaskRegistry.names(), *seqio.MixtureRegistry.names()}
+    )
+    close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
+    hint = f"; did you mean: {', '.join(close)}?" if close else ""
+    raise errors.UserError(
+      f"MIXTURE_OR_TASK_NAME {name!r} is not a registered task or mixture "
+      f"({len(known)} are){hint}"
+    )
+  return {name: 1.0}
 
 
 def targets_vocabulary(name: str) -> seqio.Vocabulary:

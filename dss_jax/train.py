@@ -36,7 +36,7 @@ def main(argv: Sequence[str]) -> None:
   gin_flags.parse_gin_flags(finalize=True)
   logging.info("gin config:\n%s", gin.config_str())
   try:
-    result = gin.get_configurable(trainer.train)()
+    result = gin_flags.call_configured(trainer.train)
   except trainer.NonFiniteLossError as e:
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)

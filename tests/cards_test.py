@@ -170,3 +170,99 @@ def test_student_input_errors_name_file_and_field(student_input, message):
   data["student_input"] = student_input
   with pytest.raises(cards.CardError, match=message):
     cards.card_from_dict(data, "bad.yaml")
+
+
+def _edited_card(tmp_path, base, old, new, name="edited"):
+  """A shipped card's text with one edit, written to tmp_path."""
+  text = (cards.TASKS_DIR / f"{base}.yaml").read_text()
+  assert old in text, (base, old)
+  path = tmp_path / f"{name}.yaml"
+  path.write_text(text.replace(old, new, 1))
+  return path, text.replace(old, new, 1).splitlines()
+
+
+@pytest.mark.parametrize(
+  "base, old, new, where, field",
+  [
+    ("cqa", "(e) {choices[4]}", "(e) {choice[4]}", "input_template", "choice"),
+    (
+      "cqa",
+      'query_template: "Q: {input}',
+      'query_template: "Q: {inptu}',
+      "prompt.query_template",
+      "inptu",
+    ),
+    ("cqa", "({letter})", "({lettr})", "prompt.exemplar_template", "lettr"),
+    (
+      "esnli",
+      "Premise: {premise}",
+      "Premise: {premis}",
+      "input_template",
+      "premis",
+    ),
+    (
+      "svamp",
+      'exemplar_template: "Q: {input}',
+      'exemplar_template: "Q: {question}',
+      "prompt.exemplar_template",
+      "question",
+    ),
+  ],
+)
+def test_template_field_unknown_to_the_card_fails_at_load(
+  tmp_path, base, old, new, where, field
+):
+  path, lines = _edited_card(tmp_path, base, old, new)
+  with pytest.raises(cards.CardError) as e:
+    cards.load_card(str(path))
+  message = str(e.value)
+  assert "\n" not in message
+  assert message.startswith(f"{path}: line ")
+  assert f"{where}: unknown field {{{field}}}" in message
+  # The line number points at the template's key in the file.
+  number = int(message.split(": line ")[1].split(":")[0])
+  key = where.split(".")[-1]
+  assert lines[number - 1].lstrip().startswith(f"{key}:"), lines[number - 1]
+
+
+def test_letter_is_a_field_of_choice_cards_only(tmp_path):
+  path, _ = _edited_card(
+    tmp_path, "svamp", "The answer is {label}.", "The answer is ({letter})."
+  )
+  with pytest.raises(cards.CardError, match=r"unknown field \{letter\}"):
+    cards.load_card(str(path))
+
+
+def test_positional_template_field_and_unclosed_brace(tmp_path):
+  path, _ = _edited_card(tmp_path, "cqa", "({letter})", "({})", name="pos")
+  with pytest.raises(cards.CardError, match="unknown field a positional"):
+    cards.load_card(str(path))
+  path, _ = _edited_card(
+    tmp_path, "cqa", 'query_template: "Q: {input}', 'query_template: "Q: {in'
+  )
+  with pytest.raises(cards.CardError, match="bad template"):
+    cards.load_card(str(path))
+
+
+def test_parser_hook_that_does_not_import_fails_at_load(tmp_path):
+  path, lines = _edited_card(
+    tmp_path,
+    "svamp",
+    'answer_marker: "The answer is"',
+    'hook: "no_such_module:parse"',
+  )
+  with pytest.raises(cards.CardError) as e:
+    cards.load_card(str(path))
+  assert "parser.hook: cannot import 'no_such_module:parse'" in str(e.value)
+  number = int(str(e.value).split(": line ")[1].split(":")[0])
+  assert "hook:" in lines[number - 1]
+
+
+def test_yaml_errors_and_schema_errors_name_the_line(tmp_path):
+  path, _ = _edited_card(tmp_path, "cqa", "name: cqa", "name: [cqa")
+  with pytest.raises(cards.CardError, match=r"line \d+: invalid YAML"):
+    cards.load_card(str(path))
+  path, lines = _edited_card(tmp_path, "cqa", "answer_type:", "answer_typ:")
+  with pytest.raises(cards.CardError) as e:
+    cards.load_card(str(path))
+  assert "answer_typ: Extra inputs are not permitted" in str(e.value)

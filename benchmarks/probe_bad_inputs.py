@@ -1,0 +1,810 @@
+r"""Runs bad inputs and faults through every entry point; counts the verdicts.
+
+    python benchmarks/probe_bad_inputs.py --paper_data_dir=path/to/dss_paper
+    python benchmarks/probe_bad_inputs.py --faults   # + corrupt checkpoints,
+                                                     #   signals (trains twice)
+
+Each probe is one real subprocess (`python -m dss_jax.<entry point> ...`)
+with a per-probe timeout. Its verdict comes from what was observed, never
+from what was meant:
+
+  handled      a fault the command must survive: exit status and output as
+               the probe's check requires (e.g. resumed from an older step)
+  one_line     a user error: exit status 2, the last stderr line starts with
+               "error:", exactly one such line, no traceback
+  traceback    "Traceback" on stderr
+  silent       exit status 0 where an error was due, or a check that failed
+               on a run that said it succeeded (a silent wrong result)
+  unclear      any other failure (e.g. exit status 1 without an error line)
+  hang         the timeout passed
+
+Prints a table of every probe and the counts by verdict; the exit status is
+1 when any probe is a traceback, silent, unclear or hang.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+VERDICTS = ("handled", "one_line", "traceback", "silent", "unclear", "hang")
+
+
+@dataclasses.dataclass
+class Probe:
+  """One bad input or fault.
+
+  Attributes:
+    name: what is wrong, in a few words.
+    argv: the command, after `python -m`.
+    check: None for a user error (want exit status 2 and one line), else a
+      function of the finished process that says whether the command
+      handled the fault correctly.
+    env: extra environment variables.
+    setup: runs before the command (writes the bad file, corrupts a step).
+  """
+
+  name: str
+  argv: list[str]
+  check: Callable[[subprocess.CompletedProcess], bool] | None = None
+  env: dict[str, str] = dataclasses.field(default_factory=dict)
+  setup: Callable[[], None] | None = None
+
+
+def verdict(probe: Probe, proc: subprocess.CompletedProcess | None) -> str:
+  """Classifies one finished probe from its exit status and stderr."""
+  if proc is None:
+    return "hang"
+  if "Traceback (most recent call last)" in proc.stderr:
+    return "traceback"
+  lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+  errors = [ln for ln in lines if ln.startswith("error:")]
+  if probe.check is not None:
+    if probe.check(proc):
+      return "handled"
+    return "silent" if proc.returncode == 0 else "unclear"
+  if proc.returncode == 0:
+    return "silent"
+  if (
+    proc.returncode == 2
+    and len(errors) == 1
+    and lines
+    and lines[-1].startswith("error:")
+  ):
+    return "one_line"
+  return "unclear"
+
+
+def run_probe(
+  probe: Probe, base_env: dict[str, str], cwd: pathlib.Path, timeout: float
+) -> tuple[str, str, float]:
+  """Runs one probe; returns (verdict, the line that shows why, seconds)."""
+  if probe.setup:
+    probe.setup()
+  start = time.monotonic()
+  try:
+    proc = subprocess.run(
+      [sys.executable, "-m", *probe.argv],
+      cwd=cwd,
+      env={**base_env, **probe.env},
+      capture_output=True,
+      text=True,
+      timeout=timeout,
+    )
+  except subprocess.TimeoutExpired:
+    proc = None
+  seconds = time.monotonic() - start
+  result = verdict(probe, proc)
+  if proc is None:
+    shown = f"no exit within {timeout:.0f}s"
+  else:
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    shown = f"[{proc.returncode}] " + (lines[-1] if lines else "(no stderr)")
+  return result, shown, seconds
+
+
+# ---------------------------------------------------------------------------
+# The scratch folder the probes corrupt.
+
+
+class Scratch:
+  """Bad files, written into one temporary folder."""
+
+  def __init__(self, root: pathlib.Path):
+    self.root = root
+
+  def path(self, name: str) -> str:
+    return str(self.root / name)
+
+  def write(self, name: str, text: str | bytes) -> str:
+    path = self.root / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(text, bytes):
+      path.write_bytes(text)
+    else:
+      path.write_text(text)
+    return str(path)
+
+  def card(self, name: str, old: str, new: str, base: str = "cqa") -> str:
+    """A copy of a shipped card with one edit."""
+    text = (REPO / "tasks" / f"{base}.yaml").read_text()
+    assert old in text, (base, old)
+    return self.write(f"cards/{name}.yaml", text.replace(old, new, 1))
+
+
+def _ok_and(words: str) -> Callable[[subprocess.CompletedProcess], bool]:
+  def check(proc: subprocess.CompletedProcess) -> bool:
+    return proc.returncode == 0 and words in proc.stdout + proc.stderr
+
+  return check
+
+
+def _failed_with_line(code: int, words: str) -> Callable:
+  def check(proc: subprocess.CompletedProcess) -> bool:
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    return (
+      proc.returncode == code
+      and bool(lines)
+      and lines[-1].startswith("error:")
+      and words in lines[-1]
+    )
+
+  return check
+
+
+# ---------------------------------------------------------------------------
+# The probes.
+
+
+def distill_probes(s: Scratch) -> list[Probe]:
+  # Each probe its own output folder: one that wrongly started a run must
+  # not turn the next probe's error into a stale-run error.
+  count = iter(range(1000))
+
+  class _Out(list):
+    def __iter__(self):
+      yield from ["dss_jax.distill", f"--out_dir={s.path('out')}{next(count)}"]
+
+  d = _Out()
+  stale = s.path("stale_out")
+  bad_card = s.card("distill_unknown_field", "{question}", "{qestion}")
+  probes = [
+    Probe("train_steps negative", [*d, "--train_steps=-5"]),
+    Probe("train_steps zero", [*d, "--train_steps=0"]),
+    Probe("train_steps not a number", [*d, "--train_steps=many"]),
+    Probe("fraction above 1", [*d, "--fractions=2"]),
+    Probe("fraction zero", [*d, "--fractions=0"]),
+    Probe("fraction not a number", [*d, "--fractions=half"]),
+    Probe("seed not an integer", [*d, "--seeds=0.5"]),
+    Probe("unknown method", [*d, "--methods=prompting"]),
+    Probe("unknown model size", [*d, "--model_sizes=huge"]),
+    Probe("unknown card", [*d, "--task_card=no_such_card"]),
+    Probe("card with unknown template field", [*d, f"--task_card={bad_card}"]),
+    Probe("unknown teacher", [*d, "--teacher=oracle"]),
+    Probe("learning rate negative", [*d, "--learning_rate=-1"]),
+    Probe("batch size zero", [*d, "--batch_size=0"]),
+    Probe("rationale rate negative", [*d, "--rationale_rate=-0.5"]),
+    Probe("inputs length zero", [*d, "--inputs_length=0"]),
+    Probe("unknown recipe", [*d, "--recipe=paired"]),
+    Probe("unknown flag", [*d, "--trian_steps=5"]),
+    Probe("stray argument", [*d, "now"]),
+    Probe(
+      "paper data folder missing",
+      [*d, "--task_card=svamp", f"--paper_data={s.path('nowhere')}"],
+    ),
+    Probe(
+      "paper data folder empty",
+      [*d, "--task_card=svamp", f"--paper_data={s.path('empty_dir')}"],
+      setup=lambda: os.makedirs(s.path("empty_dir"), exist_ok=True),
+    ),
+    Probe("workers zero", [*d, "--workers=0"]),
+    Probe("teacher samples zero", [*d, "--teacher_samples=0"]),
+    Probe(
+      "vocabulary file missing",
+      [*d, f"--student_vocabulary={s.path('no.model')}"],
+    ),
+    Probe(
+      "stale run folder (other steps)",
+      [
+        "dss_jax.distill",
+        f"--out_dir={stale}",
+        "--methods=finetune",
+        "--model_sizes=demo-xs",
+        "--fractions=1",
+        "--seeds=0",
+        "--train_steps=7",
+      ],
+      setup=lambda: _stale_run(stale),
+    ),
+    Probe(
+      "run_config.json garbled",
+      [
+        "dss_jax.distill",
+        f"--out_dir={stale}_garbled",
+        "--methods=finetune",
+        "--model_sizes=demo-xs",
+        "--fractions=1",
+        "--seeds=0",
+      ],
+      setup=lambda: _stale_run(f"{stale}_garbled", garble=True),
+    ),
+  ]
+  grid = ["dss_jax.grid_job", f"--out_dir={s.path('grid_out')}"]
+  probes += [
+    Probe("grid: fraction above 1", [*grid, "--fractions=1.5"]),
+    Probe("grid: unknown size", [*grid, "--model_sizes=giant"]),
+    Probe("grid: seeds not integers", [*grid, "--seeds=a,b"]),
+    Probe("grid: steps negative", [*grid, "--train_steps=-1"]),
+    Probe("grid: unknown method", [*grid, "--methods=finetune,zero_shot"]),
+  ]
+  return probes
+
+
+def _stale_run(out_dir: str, garble: bool = False) -> None:
+  """A finished run folder recorded with 5 train steps (or unreadable)."""
+  runs = list(pathlib.Path(out_dir).glob("**/run_config.json"))
+  if runs:
+    return
+  # The layout is grid.run_dir's; the recorded config differs in its steps.
+  sys.path.insert(0, str(REPO))
+  from dss_jax import grid
+
+  spec = grid.RunSpec("finetune", "demo-xs", 1.0, 0)
+  directory = grid.run_dir(pathlib.Path(out_dir), spec)
+  directory.mkdir(parents=True, exist_ok=True)
+  if garble:
+    (directory / grid.CONFIG_FILE).write_text('{"train_steps": 5,')
+  else:
+    grid.write_run_config(directory, {"train_steps": 5, "card": "arith"})
+  (directory / "result.json").write_text(json.dumps({"value": 0.99}))
+
+
+def annotate_probes(s: Scratch, paper: str | None) -> list[Probe]:
+  a = ["dss_jax.annotate", "--noprogress"]
+  store = s.path("annotate_store.jsonl")
+  replay = [*a, "--card=svamp", "--backend=replay", "--limit=2"]
+  if paper:
+    replay.append(f"--paper_data_dir={paper}")
+  garbled = s.write(
+    "garbled_store.jsonl",
+    '{"id": "a", "prompt_hash": "h", "teacher": "t", "sample": 0, '
+    '"completion": "x"}\nnot json at all\n{"id": "b"}\n',
+  )
+  probes = [
+    Probe("no --card", a),
+    Probe("unknown card", [*a, "--card=nope"]),
+    Probe("unknown backend", [*a, "--card=svamp", "--backend=oracle"]),
+    Probe("concurrency zero", [*a, "--card=svamp", "--concurrency=0"]),
+    Probe("num_samples zero", [*a, "--card=svamp", "--num_samples=0"]),
+    Probe("limit negative", [*a, "--card=svamp", "--limit=-3"]),
+    Probe("price one number", [*a, "--card=svamp", "--price=1"]),
+    Probe("price not numbers", [*a, "--card=svamp", "--price=a,b"]),
+    Probe("source with spaces", [*a, "--card=svamp", "--source=My Run"]),
+    Probe("rpm zero", [*a, "--card=svamp", "--rpm=0"]),
+    Probe("timeout negative", [*a, "--card=svamp", "--timeout_s=-1"]),
+    Probe("temperature negative", [*a, "--card=svamp", "--temperature=-1"]),
+    Probe(
+      "paper data folder missing",
+      [
+        *a,
+        "--card=svamp",
+        "--backend=replay",
+        f"--paper_data_dir={s.path('nowhere')}",
+      ],
+    ),
+    Probe(
+      "card hook does not import",
+      [
+        *a,
+        "--card="
+        + s.card(
+          "bad_hook",
+          'answer_marker: "The answer is"',
+          'hook: "no_such_module:parse"',
+          base="svamp",
+        ),
+      ],
+    ),
+    Probe(
+      "card YAML broken",
+      [*a, "--card=" + s.card("broken_yaml", "name: cqa", "name: [cqa")],
+    ),
+    Probe(
+      "card query template unknown field",
+      [
+        *a,
+        "--card="
+        + s.card(
+          "bad_query",
+          'query_template: "Q: {input}',
+          'query_template: "Q: {inpt}',
+        ),
+      ],
+    ),
+    Probe(
+      "card exemplar template positional field",
+      [*a, "--card=" + s.card("positional", "({letter})", "({})")],
+    ),
+    Probe(
+      "gemini without an API key",
+      [*a, "--card=svamp", "--backend=gemini", "--limit=1"],
+      env={"GEMINI_API_KEY": "", "GOOGLE_API_KEY": ""},
+    ),
+    Probe(
+      "openai server unreachable (calls fail, exit 1)",
+      [
+        *a,
+        "--card=svamp",
+        "--backend=openai",
+        "--base_url=http://127.0.0.1:9/v1",
+        "--limit=1",
+        "--max_retries=0",
+        f"--store={store}",
+        *([f"--paper_data_dir={paper}"] if paper else []),
+      ],
+      check=_failed_with_line(1, "teacher calls failed"),
+      env={"OPENAI_API_KEY": "k"},
+    ),
+  ]
+  if paper:
+    probes += [
+      Probe("unknown split", [*replay, "--split=dev"]),
+      Probe("garbled store line", [*replay, f"--store={garbled}"]),
+    ]
+  return probes
+
+
+def gin_probes(s: Scratch) -> list[Probe]:
+  bad_gin = s.write("bad.gin", "TRAIN_STEPS = = 3\n")
+  t = ["dss_jax.train", "--gin_file=tiny.gin"]
+  model_dir = f'--gin.MODEL_DIR="{s.path("train_dir")}"'
+  task = '--gin.MIXTURE_OR_TASK_NAME="dss_svamp_palm"'
+  e = ["dss_jax.eval", "--gin_file=models/t5_1_1_tiny.gin"]
+  e += ["--gin_file=runs/eval.gin"]
+  ckpt = f'--gin.CHECKPOINT_PATH="{s.path("no_run")}"'
+  i = ["dss_jax.infer", "--gin_file=models/t5_1_1_tiny.gin"]
+  i += ["--gin_file=runs/infer.gin", f'--gin.OUTPUT_FILE="{s.path("o.jsonl")}"']
+  bad_jsonl = s.write("in_bad.jsonl", '{"input": "a"}\n{"input": \n')
+  list_jsonl = s.write("in_list.jsonl", '["a", "b"]\n')
+  fields_jsonl = s.write("in_fields.jsonl", '{"question": "q"}\n')
+  return [
+    Probe("train: gin file missing", ["dss_jax.train", "--gin_file=no.gin"]),
+    Probe(
+      "train: gin file garbled", ["dss_jax.train", f"--gin_file={bad_gin}"]
+    ),
+    Probe("train: unknown configurable", [*t, "--gin.nosuch.param=1"]),
+    Probe("train: binding not a value", [*t, "--gin.TRAIN_STEPS=abc def"]),
+    Probe("train: no MODEL_DIR", [*t, task]),
+    Probe("train: no gin file at all", ["dss_jax.train"]),
+    Probe(
+      "train: unknown task", [*t, model_dir, '--gin.MIXTURE_OR_TASK_NAME="x"']
+    ),
+    Probe("train: stray argument", [*t, "go"]),
+    Probe(
+      "train: steps negative", [*t, model_dir, task, "--gin.TRAIN_STEPS=-5"]
+    ),
+    Probe(
+      "train: batch size zero", [*t, model_dir, task, "--gin.BATCH_SIZE=0"]
+    ),
+    Probe(
+      "train: unknown recipe",
+      [*t, model_dir, task, '--gin.RECIPE="paired"'],
+    ),
+    Probe("train: unknown flag", [*t, "--gin_fille=x.gin"]),
+    Probe("eval: no gin file", ["dss_jax.eval"]),
+    Probe(
+      "eval: checkpoint missing", [*e, ckpt, '--gin.MIXTURE_OR_TASK_NAME="x"']
+    ),
+    Probe(
+      "eval: unknown task",
+      [
+        *e,
+        f'--gin.CHECKPOINT_PATH="{s.path("empty_run")}"',
+        '--gin.MIXTURE_OR_TASK_NAME="dss_nope"',
+      ],
+      setup=lambda: os.makedirs(s.path("empty_run"), exist_ok=True),
+    ),
+    Probe(
+      "eval: unknown mode",
+      [
+        *e,
+        ckpt,
+        '--gin.MIXTURE_OR_TASK_NAME="x"',
+        '--gin.CHECKPOINT_MODE="best"',
+      ],
+    ),
+    Probe("eval: stray argument", [*e, "x"]),
+    Probe(
+      "infer: neither task nor file",
+      [*i, ckpt, "--gin.MIXTURE_OR_TASK_NAME=None"],
+    ),
+    Probe(
+      "infer: input file missing",
+      [
+        *i,
+        ckpt,
+        "--gin.MIXTURE_OR_TASK_NAME=None",
+        f'--gin.INPUT_FILE="{s.path("none.jsonl")}"',
+      ],
+    ),
+    Probe(
+      "infer: input JSONL malformed",
+      [
+        *i,
+        ckpt,
+        "--gin.MIXTURE_OR_TASK_NAME=None",
+        f'--gin.INPUT_FILE="{bad_jsonl}"',
+      ],
+    ),
+    Probe(
+      "infer: input JSONL line not an object",
+      [
+        *i,
+        ckpt,
+        "--gin.MIXTURE_OR_TASK_NAME=None",
+        f'--gin.INPUT_FILE="{list_jsonl}"',
+      ],
+    ),
+    Probe(
+      "infer: input fields miss the card's",
+      [
+        *i,
+        ckpt,
+        "--gin.MIXTURE_OR_TASK_NAME=None",
+        f'--gin.INPUT_FILE="{fields_jsonl}"',
+        '--gin.CARD="cqa"',
+      ],
+    ),
+    Probe("export: no flags", ["dss_jax.export"]),
+    Probe(
+      "export: checkpoint missing",
+      [
+        "dss_jax.export",
+        "--gin_file=models/t5_1_1_tiny.gin",
+        f"--checkpoint={s.path('nope')}",
+        f"--output_dir={s.path('exp')}",
+      ],
+    ),
+    Probe(
+      "export: unknown dtype",
+      [
+        "dss_jax.export",
+        f"--checkpoint={s.path('nope')}",
+        f"--output_dir={s.path('exp')}",
+        "--dtype=float8",
+      ],
+    ),
+    Probe(
+      "export: no model gin",
+      [
+        "dss_jax.export",
+        f"--checkpoint={s.path('nope')}",
+        f"--output_dir={s.path('exp')}",
+      ],
+    ),
+  ]
+
+
+def data_probes(s: Scratch) -> list[Probe]:
+  ds = ["dss_jax.datasets", f"--data_dir={s.path('tfds_probe')}"]
+  r = ["dss_jax.report"]
+  header = "method,model_size,fraction,seed,metric,value\n"
+  return [
+    Probe("datasets: no --card", ds),
+    Probe("datasets: unknown card", [*ds, "--card=nope"]),
+    Probe("datasets: unknown keep", [*ds, "--card=svamp", "--keep=all"]),
+    Probe(
+      "datasets: no store for a new source",
+      [
+        *ds,
+        "--card=svamp",
+        "--source=my_run",
+        f"--store={s.path('none.jsonl')}",
+      ],
+    ),
+    Probe(
+      "datasets: garbled store",
+      [
+        *ds,
+        "--card=svamp",
+        "--source=my_run",
+        f"--store={s.path('garbled_store.jsonl')}",
+      ],
+    ),
+    Probe("report: results missing", [*r, f"--results={s.path('none.csv')}"]),
+    Probe(
+      "report: results empty", [*r, "--results=" + s.write("empty.csv", "")]
+    ),
+    Probe(
+      "report: results wrong columns",
+      [*r, "--results=" + s.write("cols.csv", "a,b\n1,2\n")],
+    ),
+    Probe(
+      "report: value not a number",
+      [*r, "--results=" + s.write("nan.csv", header + "dss,s,1,0,acc,high\n")],
+    ),
+    Probe(
+      "report: teacher accuracy above 1",
+      [
+        *r,
+        "--results=" + s.write("ok.csv", header + "dss,s,1,0,acc,0.5\n"),
+        "--teacher_accuracy=57",
+      ],
+    ),
+    Probe("dss-jax: unknown command", ["dss_jax", "trian"]),
+    Probe(
+      "dss-jax train: gin file missing",
+      ["dss_jax", "train", "--gin_file=no.gin"],
+    ),
+    Probe(
+      "dss-jax annotate: unknown card", ["dss_jax", "annotate", "--card=nope"]
+    ),
+  ]
+
+
+# ---------------------------------------------------------------------------
+# Faults of a real run (--faults): checkpoints, vocabularies, signals.
+
+
+def _train_argv(model_dir: str, steps: int) -> list[str]:
+  return [
+    "dss_jax.train",
+    "--gin_file=tiny.gin",
+    f'--gin.MODEL_DIR="{model_dir}"',
+    '--gin.MIXTURE_OR_TASK_NAME="dss_svamp_palm"',
+    f"--gin.TRAIN_STEPS={steps}",
+    "--gin.CHECKPOINT_PERIOD=1",
+    "--gin.BATCH_SIZE=2",
+    "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 16}",
+    "--gin.trainer.train.peak_flops=1e12",
+  ]
+
+
+def _steps(model_dir: str) -> list[int]:
+  folder = pathlib.Path(model_dir) / "checkpoints"
+  if not folder.is_dir():
+    return []
+  return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
+
+
+def _copy(src: str, dst: str) -> None:
+  shutil.rmtree(dst, ignore_errors=True)
+  shutil.copytree(src, dst)
+
+
+def _corrupt(model_dir: str, how: str) -> None:
+  """Damages the newest step's parameter files (`how`: flip, zero, delete)."""
+  step = pathlib.Path(model_dir) / "checkpoints" / str(_steps(model_dir)[-1])
+  files = sorted(
+    (p for p in step.rglob("*") if p.is_file() and p.stat().st_size > 64),
+    key=lambda p: -p.stat().st_size,
+  )
+  if how == "delete":
+    for path in files[: max(1, len(files) // 2)]:
+      path.unlink()
+    return
+  for path in files[:1]:
+    data = bytearray(path.read_bytes())
+    if how == "zero":
+      data = bytearray(len(data))
+    else:
+      for i in range(len(data) // 3, len(data) // 3 + 64):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _resumed_from_older(model_dir: str, steps: int) -> Callable:
+  def check(proc: subprocess.CompletedProcess) -> bool:
+    text = proc.stderr
+    return (
+      proc.returncode == 0
+      and "is corrupt" in text
+      and "resumed from step" in text
+      and _steps(model_dir)[-1] == steps
+    )
+
+  return check
+
+
+def fault_probes(s: Scratch, base_env: dict[str, str]) -> list[Probe]:
+  """Probes on a trained tiny run; trains it first (one compile)."""
+  run = s.path("trained")
+  proc = subprocess.run(
+    [sys.executable, "-m", *_train_argv(run, 2)],
+    cwd=REPO,
+    env=base_env,
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
+  if proc.returncode != 0 or len(_steps(run)) < 2:
+    print(proc.stderr[-3000:], file=sys.stderr)
+    raise SystemExit("could not train the tiny run the fault probes need")
+  probes = []
+  for how in ("flip", "zero", "delete"):
+    copy = s.path(f"corrupt_{how}")
+    probes.append(
+      Probe(
+        f"train: latest checkpoint {how}",
+        _train_argv(copy, 3),
+        check=_resumed_from_older(copy, 3),
+        setup=lambda c=copy, h=how: (_copy(run, c), _corrupt(c, h)),
+      )
+    )
+  every = s.path("corrupt_all")
+
+  def corrupt_all() -> None:
+    _copy(run, every)
+    for step in _steps(every):
+      for path in (pathlib.Path(every) / "checkpoints" / str(step)).rglob("*"):
+        if path.is_file() and path.stat().st_size > 64:
+          path.write_bytes(bytes(path.stat().st_size))
+
+  probes.append(
+    Probe(
+      "train: every checkpoint corrupt",
+      _train_argv(every, 3),
+      setup=corrupt_all,
+    )
+  )
+  e = [
+    "dss_jax.eval",
+    "--gin_file=models/t5_1_1_tiny.gin",
+    "--gin_file=runs/eval.gin",
+  ]
+  e += [
+    '--gin.MIXTURE_OR_TASK_NAME="dss_svamp_palm_label"',
+    '--gin.vocab.get_vocabulary.name="byte"',
+  ]
+  small = s.path("small_vocab")
+  garbled = s.path("garbled_vocab")
+
+  def vocab_file(dst: str, text: str) -> None:
+    _copy(run, dst)
+    (pathlib.Path(dst) / "vocabulary.json").write_text(text)
+
+  ident = json.loads((pathlib.Path(run) / "vocabulary.json").read_text())
+  probes += [
+    Probe(
+      "eval: vocabulary smaller than the training one",
+      [*e, f'--gin.CHECKPOINT_PATH="{small}"'],
+      setup=lambda: vocab_file(small, json.dumps({**ident, "vocab_size": 131})),
+    ),
+    Probe(
+      "eval: vocabulary.json garbled",
+      [*e, f'--gin.CHECKPOINT_PATH="{garbled}"'],
+      setup=lambda: vocab_file(garbled, "{not json"),
+    ),
+  ]
+  return probes
+
+
+def signal_probe(
+  s: Scratch, base_env: dict[str, str], signum: int, timeout: float
+) -> tuple[str, str, float]:
+  """Sends `signum` after the first checkpoint, resumes; loses <= 1 step."""
+  run = s.path(f"signal_{signum}")
+  start = time.monotonic()
+  first = subprocess.Popen(
+    [sys.executable, "-m", *_train_argv(run, 100_000)],
+    cwd=REPO,
+    env=base_env,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
+  deadline = time.monotonic() + timeout
+  while not _steps(run) and time.monotonic() < deadline:
+    if first.poll() is not None:
+      return "unclear", f"[{first.returncode}] exited before a checkpoint", 0.0
+    time.sleep(0.5)
+  if not _steps(run):
+    first.kill()
+    return "hang", "no checkpoint in time", time.monotonic() - start
+  first.send_signal(signum)
+  try:
+    _, err = first.communicate(timeout=timeout)
+  except subprocess.TimeoutExpired:
+    first.kill()
+    return "hang", "no exit after the signal", time.monotonic() - start
+  kept = _steps(run)
+  if "Traceback" in err and signum != signal.SIGKILL:
+    return "traceback", err.strip().splitlines()[-1], time.monotonic() - start
+  if not kept:
+    return "silent", "no checkpoint kept", time.monotonic() - start
+  target = kept[-1] + 1
+  second = subprocess.run(
+    [sys.executable, "-m", *_train_argv(run, target)],
+    cwd=REPO,
+    env=base_env,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
+  ok = (
+    second.returncode == 0
+    and f"resumed from step {kept[-1]}" in second.stderr
+    and _steps(run)[-1] == target
+  )
+  shown = f"[{first.returncode}, then {second.returncode}] kept {kept}"
+  return ("handled" if ok else "silent"), shown, time.monotonic() - start
+
+
+# ---------------------------------------------------------------------------
+
+
+def main() -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument(
+    "--paper_data_dir", default=os.environ.get("DSS_PAPER_DATA_DIR")
+  )
+  parser.add_argument("--faults", action="store_true")
+  parser.add_argument("--timeout_s", type=float, default=180.0)
+  parser.add_argument("--only", default="", help="run probes naming this")
+  args = parser.parse_args()
+  scratch = Scratch(pathlib.Path(tempfile.mkdtemp(prefix="dss_probe_")))
+  env = dict(os.environ)
+  env.update(
+    PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]),
+    JAX_PLATFORMS="cpu",
+    CUDA_VISIBLE_DEVICES="",
+    TFDS_DATA_DIR=scratch.path("tfds"),
+    DSS_ANNOTATIONS_DIR=scratch.path("annotations"),
+    JAX_COMPILATION_CACHE_DIR=scratch.path("xla_cache"),
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+  )
+  env.pop("DSS_PAPER_DATA_DIR", None)
+  if args.paper_data_dir:
+    env["DSS_PAPER_DATA_DIR"] = args.paper_data_dir
+  probes = (
+    distill_probes(scratch)
+    + annotate_probes(scratch, args.paper_data_dir)
+    + gin_probes(scratch)
+    + data_probes(scratch)
+  )
+  if args.faults:
+    if not args.paper_data_dir:
+      raise SystemExit("--faults trains on SVAMP: pass --paper_data_dir")
+    sys.path.insert(0, str(REPO))
+    os.environ["DSS_PAPER_DATA_DIR"] = args.paper_data_dir
+    from dss_jax import datasets
+
+    datasets.build_annotated("svamp", "palm", data_dir=scratch.path("tfds"))
+    probes += fault_probes(scratch, env)
+  results = []
+  for probe in probes:
+    if args.only and args.only not in probe.name:
+      continue
+    result = run_probe(probe, env, REPO, args.timeout_s)
+    results.append((probe.name, *result))
+    print(f"{result[0]:<10} {result[2]:6.1f}s  {probe.name}: {result[1][:150]}")
+    sys.stdout.flush()
+  if args.faults:
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGKILL):
+      name = f"train: {signal.Signals(signum).name} after a checkpoint, resume"
+      result = signal_probe(scratch, env, signum, args.timeout_s)
+      results.append((name, *result))
+      print(f"{result[0]:<10} {result[2]:6.1f}s  {name}: {result[1][:150]}")
+  counts = {v: sum(r[1] == v for r in results) for v in VERDICTS}
+  print(
+    f"\n{len(results)} probes: "
+    + ", ".join(f"{v} {n}" for v, n in counts.items())
+  )
+  shutil.rmtree(scratch.root, ignore_errors=True)
+  bad = sum(counts[v] for v in ("traceback", "silent", "unclear", "hang"))
+  return 1 if bad else 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
