@@ -398,6 +398,31 @@ def gin_probes(s: Scratch) -> list[Probe]:
       "train: batch size zero", [*t, model_dir, task, "--gin.BATCH_SIZE=0"]
     ),
     Probe(
+      "train: learning rate negative",
+      [*t, model_dir, task, "--gin.LEARNING_RATE=-1"],
+    ),
+    Probe(
+      "train: checkpoint period zero",
+      [*t, model_dir, task, "--gin.CHECKPOINT_PERIOD=0"],
+    ),
+    Probe(
+      "train: feature length zero",
+      [
+        *t,
+        model_dir,
+        task,
+        "--gin.TASK_FEATURE_LENGTHS={'inputs': 0, 'targets': 8}",
+      ],
+    ),
+    Probe(
+      "train: MODEL_DIR is a file",
+      [*t, f'--gin.MODEL_DIR="{s.write("a_file", "x")}"', task],
+    ),
+    Probe(
+      "train: unknown mixture name (typo)",
+      [*t, model_dir, '--gin.MIXTURE_OR_TASK_NAME="dss_svamp_plam"'],
+    ),
+    Probe(
       "train: unknown recipe",
       [*t, model_dir, task, '--gin.RECIPE="paired"'],
     ),
@@ -773,14 +798,17 @@ def main() -> int:
     + gin_probes(scratch)
     + data_probes(scratch)
   )
-  if args.faults:
-    if not args.paper_data_dir:
-      raise SystemExit("--faults trains on SVAMP: pass --paper_data_dir")
+  if args.paper_data_dir:
+    # The gin probes then reach the trainer's own checks (and --faults
+    # trains on it).
     sys.path.insert(0, str(REPO))
     os.environ["DSS_PAPER_DATA_DIR"] = args.paper_data_dir
     from dss_jax import datasets
 
     datasets.build_annotated("svamp", "palm", data_dir=scratch.path("tfds"))
+  if args.faults:
+    if not args.paper_data_dir:
+      raise SystemExit("--faults trains on SVAMP: pass --paper_data_dir")
     probes += fault_probes(scratch, env)
   results = []
   for probe in probes:

@@ -18,6 +18,8 @@ from typing import Literal
 
 import optax
 
+from dss_jax import errors
+
 ScheduleName = Literal["linear", "constant", "rsqrt", "cosine"]
 
 
@@ -39,6 +41,25 @@ class LearningRateSchedule:
   name: ScheduleName = "linear"
   warmup_steps: int = 0
   end_fraction: float = 0.0
+
+  def __post_init__(self):
+    # A negative rate would train uphill and still "finish" (gin sets these
+    # from LEARNING_RATE and friends).
+    if not self.peak > 0:
+      raise errors.UserError(f"LEARNING_RATE must be > 0, got {self.peak}")
+    if self.warmup_steps < 0:
+      raise errors.UserError(
+        f"warmup_steps must be >= 0, got {self.warmup_steps}"
+      )
+    if not 0 <= self.end_fraction <= 1:
+      raise errors.UserError(
+        f"end_fraction must be in [0, 1], got {self.end_fraction}"
+      )
+    if self.name not in ("linear", "constant", "rsqrt", "cosine"):
+      raise errors.UserError(
+        f"unknown learning-rate schedule {self.name!r}; choose linear, "
+        "constant, rsqrt or cosine"
+      )
 
   def build(self, total_steps: int) -> optax.Schedule:
     """Returns the schedule as a function of the step.

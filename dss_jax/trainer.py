@@ -561,6 +561,21 @@ def train(
 
   if recipe not in RECIPES:
     raise errors.UserError(f"recipe must be one of {RECIPES}, got {recipe!r}")
+  _check_counts(
+    TRAIN_STEPS=train_steps,
+    BATCH_SIZE=batch_size,
+    CHECKPOINT_PERIOD=checkpoint_period,
+    keep_checkpoints=keep_checkpoints,
+    log_period=log_period,
+    num_microbatches=num_microbatches,
+    **{
+      f"TASK_FEATURE_LENGTHS[{k!r}]": v for k, v in task_feature_lengths.items()
+    },
+  )
+  if eval_period < 0:
+    raise errors.UserError(f"EVAL_PERIOD must be >= 0, got {eval_period}")
+  if best_mode not in ("max", "min"):
+    raise errors.UserError(f"best_mode must be max or min, got {best_mode!r}")
   mesh, rules = _mesh_and_rules(mesh, logical_axis_rules)
   rates = input_pipeline.task_rates(mixture_or_task_name)
   official = recipe == "official"
@@ -782,6 +797,13 @@ def _initial_state(
     )
     logging.info("initialized parameters from %s", initial_checkpoint_path)
   return trainer.init_state(jax.random.PRNGKey(seed), shapes, params), 0
+
+
+def _check_counts(**counts: int) -> None:
+  """Refuses a count below 1, named as gin names it (before any data)."""
+  for name, value in counts.items():
+    if not isinstance(value, int) or value < 1:
+      raise errors.UserError(f"{name} must be an integer >= 1, got {value!r}")
 
 
 def trainer_rows(dataset: Any) -> int:
