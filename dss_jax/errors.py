@@ -13,7 +13,7 @@ prints one line and exits with status 2, as do absl flag errors and
 `app.UsageError`. Any other exception is a bug and keeps its traceback.
 
 Exit statuses of every command:
-  0  done (also after SIGTERM or Ctrl-C saved a checkpoint: rerun resumes)
+  0  done (`train` also after SIGTERM or Ctrl-C saved a checkpoint)
   1  the run stopped on something to look at: a NaN/Inf loss, teacher calls
      left failed (`annotate`, `distill`)
   2  a user error, reported in one line `error: ...`

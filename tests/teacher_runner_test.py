@@ -213,7 +213,7 @@ def test_cli_bad_model_is_one_line(repo_dir, paper_data_dir, tmp_path):
       text=True,
       timeout=60,
     )
-  assert result.returncode == 1
+  assert result.returncode == 2
   assert "Traceback" not in result.stderr
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith("error: unknown Gemini model 'gemini-0-nonexistent'")
