@@ -220,6 +220,30 @@ class DistillConfig:
           f"{', '.join(sorted(STUDENT_SIZES) + list(T5_SIZES))}"
         )
     self._check_numbers()
+    self._check_paths()
+
+  def _check_paths(self) -> None:
+    """Local files the job will read exist (before any stage)."""
+    named = self.vocabulary in ("byte", "t5", "local")
+    if not named and "://" not in self.vocabulary:
+      if not pathlib.Path(self.vocabulary).is_file():
+        raise ValueError(
+          f"--student_vocabulary={self.vocabulary}: neither byte, t5 nor an "
+          "existing SentencePiece model file"
+        )
+    if self.initial_checkpoint and "://" not in self.initial_checkpoint:
+      for size in self.model_sizes:
+        path = self.initial_checkpoint.replace("{size}", size)
+        if not pathlib.Path(path).exists():
+          raise ValueError(
+            f"--initial_checkpoint: {path} does not exist (for model size "
+            f"{size}; {{size}} in the flag is replaced by each size)"
+          )
+    if self.paper_data_dir and not pathlib.Path(self.paper_data_dir).is_dir():
+      raise ValueError(
+        f"--paper_data={self.paper_data_dir}: no such folder; give the "
+        "folder of the paper's released data"
+      )
 
   def _check_numbers(self) -> None:
     """Numeric fields in range, named by their flags (before any stage)."""
