@@ -3,18 +3,20 @@
 Layout (one orbax `CheckpointManager` per folder):
 
     MODEL_DIR/checkpoints/<step>/state   params, opt_state, step, rng
-    MODEL_DIR/checkpoints/<step>/data    {"batches": N, "params_checksum": [...]}:
-                                         data-stream position, and a checksum
-                                         of every parameter's bits
+    MODEL_DIR/checkpoints/<step>/data    {"batches": N, "params_checksum": [...],
+                                          "state_checksum": [...]}: data-stream
+                                         position, and checksums of every
+                                         parameter's and optimizer array's bits
     MODEL_DIR/best_checkpoints/<step>/   the same items, kept by an eval metric
 
 Saves are asynchronous (the arrays are copied to host, the write happens in
 the background) and the manager keeps the latest N. A resumed run restores
 everything a step depends on, so interrupted + resumed == uninterrupted.
 
-Integrity: each step stores a checksum of its parameters' bits (the uint32 sum
-of each array, computed on the devices); a restore that fails or whose
-parameters do not match is reported in one line, and `restore_latest` falls
+Integrity: each step stores checksums of its parameters' bits and of the rest
+of its state (optimizer moments, step, RNG): the uint32 sum of each array,
+computed on the devices; a restore that fails or whose arrays do not
+match is reported in one line, and `restore_latest` falls
 back to the newest intact step.
 """
 
@@ -47,6 +49,11 @@ class CorruptCheckpointError(errors.UserError):
 @jax.jit
 def _bit_sums(params: PyTree) -> list[jax.Array]:
   def bits(x):
+    x = jnp.asarray(x)
+    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+      x = jax.random.key_data(x)
+    if x.dtype == jnp.bool_:
+      x = x.astype(jnp.uint8)
     unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint64}
     raw = jax.lax.bitcast_convert_type(x, unsigned[x.dtype.itemsize])
     # Wrapping uint32 sums: any single flipped bit changes the sum.
@@ -58,6 +65,13 @@ def _bit_sums(params: PyTree) -> list[jax.Array]:
 def params_checksum(params: PyTree) -> list[int]:
   """Per-array checksums of a parameter tree's bits (sharded arrays too)."""
   return [int(x) for x in jax.device_get(_bit_sums(params))]
+
+
+def _state_checksum(state: PyTree) -> list[int]:
+  """Per-array checksums of everything but the parameters (optimizer
+  moments, step, RNG): a flipped bit there would resume a different run."""
+  rest = {k: v for k, v in state.items() if k != "params"}
+  return params_checksum(rest)
 
 
 def absolute_path(path: epath.PathLike) -> epath.Path:
@@ -230,6 +244,12 @@ class Checkpointer:
         f"checkpoint step {step} in {self.directory}: parameters do not match "
         "their checksum"
       )
+    want = data.get("state_checksum")
+    if want is not None and _state_checksum(restored[STATE]) != want:
+      raise CorruptCheckpointError(
+        f"checkpoint step {step} in {self.directory}: optimizer state does "
+        "not match its checksum"
+      )
     return restored[STATE], int(data["batches"])
 
   def wait(self) -> None:
@@ -253,6 +273,7 @@ def _save_args(state: PyTree, batches: int) -> ocp.args.Composite:
         {
           "batches": int(batches),
           "params_checksum": params_checksum(state["params"]),
+          "state_checksum": _state_checksum(state),
         }
       ),
     }

@@ -315,7 +315,9 @@ def _flip_middle_byte(path):
   path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("damage", ["flipped bits", "wrong checksum"])
+@pytest.mark.parametrize(
+  "damage", ["flipped bits", "wrong checksum", "optimizer state changed"]
+)
 def test_a_corrupt_latest_step_resumes_from_the_newest_intact_one(
   tmp_path, caplog, damage
 ):
@@ -327,10 +329,12 @@ def test_a_corrupt_latest_step_resumes_from_the_newest_intact_one(
       if path.is_file() and path.parent.name == "d":
         _flip_middle_byte(path)
   else:
-    # The arrays read fine but are not the ones saved with this step.
+    # The arrays read fine but are not the ones saved with this step: the
+    # parameters, or only the optimizer's moments (which resume the run).
     data = latest / "data" / "metadata"
     values = json.loads(data.read_text())
-    values["params_checksum"][0] += 1
+    key = "params" if damage == "wrong checksum" else "state"
+    values[f"{key}_checksum"][-1] += 1
     data.write_text(json.dumps(values))
   with caplog.at_level(logging.INFO):
     result = _train(tmp_path, steps=4, checkpoint_period=1, keep_checkpoints=3)
