@@ -87,9 +87,16 @@ def verdict(probe: Probe, proc: subprocess.CompletedProcess | None) -> str:
 
 
 def run_probe(
-  probe: Probe, base_env: dict[str, str], cwd: pathlib.Path, timeout: float
+  probe: Probe,
+  base_env: dict[str, str],
+  cwd: pathlib.Path,
+  timeout: float,
+  log_dir: pathlib.Path | None = None,
 ) -> tuple[str, str, float]:
-  """Runs one probe; returns (verdict, the line that shows why, seconds)."""
+  """Runs one probe; returns (verdict, the line that shows why, seconds).
+
+  With `log_dir`, the stderr of a probe that did not pass is kept there.
+  """
   if probe.setup:
     probe.setup()
   start = time.monotonic()
@@ -106,6 +113,10 @@ def run_probe(
     proc = None
   seconds = time.monotonic() - start
   result = verdict(probe, proc)
+  if log_dir and proc is not None and result not in ("handled", "one_line"):
+    log_dir.mkdir(parents=True, exist_ok=True)
+    name = "".join(c if c.isalnum() else "_" for c in probe.name)
+    (log_dir / f"{name}.stderr").write_text(proc.stderr)
   if proc is None:
     shown = f"no exit within {timeout:.0f}s"
   else:
@@ -777,6 +788,9 @@ def main() -> int:
   parser.add_argument("--faults", action="store_true")
   parser.add_argument("--timeout_s", type=float, default=180.0)
   parser.add_argument("--only", default="", help="run probes naming this")
+  parser.add_argument(
+    "--log_dir", default=None, help="keep stderr of probes that failed here"
+  )
   args = parser.parse_args()
   scratch = Scratch(pathlib.Path(tempfile.mkdtemp(prefix="dss_probe_")))
   env = dict(os.environ)
@@ -814,13 +828,16 @@ def main() -> int:
   for probe in probes:
     if args.only and args.only not in probe.name:
       continue
-    result = run_probe(probe, env, REPO, args.timeout_s)
+    log_dir = pathlib.Path(args.log_dir) if args.log_dir else None
+    result = run_probe(probe, env, REPO, args.timeout_s, log_dir)
     results.append((probe.name, *result))
     print(f"{result[0]:<10} {result[2]:6.1f}s  {probe.name}: {result[1][:150]}")
     sys.stdout.flush()
   if args.faults:
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGKILL):
       name = f"train: {signal.Signals(signum).name} after a checkpoint, resume"
+      if args.only and args.only not in name:
+        continue
       result = signal_probe(scratch, env, signum, args.timeout_s)
       results.append((name, *result))
       print(f"{result[0]:<10} {result[2]:6.1f}s  {name}: {result[1][:150]}")

@@ -576,6 +576,10 @@ def train(
     raise errors.UserError(f"EVAL_PERIOD must be >= 0, got {eval_period}")
   if best_mode not in ("max", "min"):
     raise errors.UserError(f"best_mode must be max or min, got {best_mode!r}")
+  if epath.Path(model_dir).exists() and not epath.Path(model_dir).is_dir():
+    raise errors.UserError(
+      f"MODEL_DIR {model_dir} is a file; give a folder for the checkpoints"
+    )
   mesh, rules = _mesh_and_rules(mesh, logical_axis_rules)
   rates = input_pipeline.task_rates(mixture_or_task_name)
   official = recipe == "official"
