@@ -7,7 +7,7 @@ card, a vocabulary that does not match the checkpoint. Each entry point runs
 its absl `main` through `run` (or wraps it with `reports_user_errors`), so
 
     python -m dss_jax.eval --gin_file=no_such.gin
-    error: gin: Unable to open file: no_such.gin. ...   (exit status 2)
+    error: --gin_file=no_such.gin: no such gin file here, ...   (status 2)
 
 prints one line and exits with status 2, as do absl flag errors and
 `app.UsageError`. Any other exception is a bug and keeps its traceback.
