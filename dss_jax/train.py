@@ -12,6 +12,10 @@ Gin files are looked up in the current directory, the repository's
 gin_configs/ folder and every `--gin_search_paths` entry. On SIGTERM the run
 saves a checkpoint and exits with status 0; rerunning the same command
 resumes. A NaN/Inf loss exits with status 1 and one error line.
+
+On several hosts every host runs the same command (on GPU or CPU hosts with
+`--coordinator_address=HOST:PORT --process_count=N --process_index=I`, see
+docs/multihost.md); each reads its own input shards.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ def main(argv: Sequence[str]) -> None:
 
   gin_flags.parse_gin_flags(finalize=True)
   logging.info("gin config:\n%s", gin.config_str())
-  from dss_jax import checkpoints
+  from dss_jax import checkpoints, input_pipeline
 
   try:
     result = gin.get_configurable(trainer.train)()
@@ -41,7 +45,10 @@ def main(argv: Sequence[str]) -> None:
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
-  except checkpoints.CorruptCheckpointError as e:
+  except (
+    checkpoints.CorruptCheckpointError,
+    input_pipeline.DataShardsError,
+  ) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   if result.preempted:

@@ -487,6 +487,7 @@ def train(
   recipe: str = "mixture",
   use_cached_tasks: bool = False,
   random_seed: int = 0,
+  data_shards: int | None = None,
   num_microbatches: int = 1,
   mesh: Mesh | None = None,
   logical_axis_rules: Sequence[tuple[str, Any]] | None = None,
@@ -527,6 +528,10 @@ def train(
       With the paper's 64 inputs a step, both recipes use `batch_size` 128.
     use_cached_tasks: USE_CACHED_TASKS.
     random_seed: RANDOM_SEED: parameters, dropout and data order.
+    data_shards: DATA_SHARDS: input shards each global batch is assembled
+      from (`input_pipeline.DatasetConfig.data_shards`); None: one per
+      process, or, when resuming, the checkpoint's, so a run resumes
+      exactly on another number of processes.
     num_microbatches: gradient accumulation steps inside one update.
     mesh: the device mesh; default `partitioning.make_mesh()`.
     logical_axis_rules: default `partitioning.STANDARD_LOGICAL_AXIS_RULES`.
@@ -550,6 +555,8 @@ def train(
 
   Raises:
     NonFiniteLossError: the loss became NaN or Inf.
+    input_pipeline.DataShardsError: DATA_SHARDS does not fit the processes
+      or differs from the checkpoint's.
   """
   # The loop's I/O (TensorFlow, SeqIO, orbax, CLU) loads only when training
   # from a mixture; `Trainer` alone needs JAX, flax and optax.
@@ -567,6 +574,13 @@ def train(
   if official:
     loss = official_loss(loss)
   _log_step_contents(rates, batch_size, recipe, packed_rows if pack else None)
+  checkpointer = checkpoints_lib.Checkpointer(
+    model_dir,
+    max_to_keep=keep_checkpoints,
+    async_save=async_checkpointing,
+    best_metric=best_metric,
+    best_mode=best_mode,
+  )
   data_config = dataset_config(
     mixture_or_task_name=mixture_or_task_name,
     task_feature_lengths=task_feature_lengths,
@@ -576,6 +590,7 @@ def train(
     packed_rows=packed_rows,
     random_seed=random_seed,
     use_cached_tasks=use_cached_tasks,
+    data_shards=_resumed_data_shards(checkpointer, data_shards),
   )
   trainer = Trainer(
     model,
@@ -587,13 +602,6 @@ def train(
     loss=loss,
     num_microbatches=num_microbatches,
     dropout=getattr(getattr(model, "config", None), "dropout_rate", 1.0) > 0,
-  )
-  checkpointer = checkpoints_lib.Checkpointer(
-    model_dir,
-    max_to_keep=keep_checkpoints,
-    async_save=async_checkpointing,
-    best_metric=best_metric,
-    best_mode=best_mode,
   )
   if jax.process_index() == 0:
     # Eval jobs refuse another vocabulary for these checkpoints.
@@ -628,6 +636,7 @@ def train(
       peak_flops_per_second(peak_flops),
     ),
     progress_bar=progress_bar and jax.process_index() == 0,
+    data_shards=input_pipeline.num_data_shards(data_config),
   )
   try:
     with _Preemption() as preemption:
@@ -652,6 +661,7 @@ def dataset_config(
   packed_rows: int | None = None,
   random_seed: int = 0,
   use_cached_tasks: bool = False,
+  data_shards: int | None = None,
 ) -> Any:
   """The training data `train` reads, from its own arguments.
 
@@ -664,6 +674,7 @@ def dataset_config(
     packed_rows: PACKED_ROWS.
     random_seed: RANDOM_SEED (data order and mixing).
     use_cached_tasks: USE_CACHED_TASKS.
+    data_shards: DATA_SHARDS (None: one per process).
 
   Returns:
     An `input_pipeline.DatasetConfig`.
@@ -681,7 +692,36 @@ def dataset_config(
     packed_rows=packed_rows,
     use_cached=use_cached_tasks,
     paired=recipe == "official",
+    data_shards=data_shards,
   )
+
+
+def _resumed_data_shards(
+  checkpointer: Any, data_shards: int | None
+) -> int | None:
+  """DATA_SHARDS of a run: as configured, else the checkpoint's if any.
+
+  A resumed run must assemble its global batches from the same input shards
+  as the run that saved, whatever its process count, to see the same data.
+
+  Raises:
+    input_pipeline.DataShardsError: the configured value differs from the
+      checkpoint's.
+  """
+  from dss_jax import input_pipeline
+
+  saved = checkpointer.saved_data_shards()
+  if saved is None:
+    return data_shards
+  if data_shards is not None and data_shards != saved:
+    raise input_pipeline.DataShardsError(
+      f"DATA_SHARDS {data_shards} differs from the {saved} input shards of "
+      f"the checkpoint in {checkpointer.directory}; unset it (or set "
+      f"{saved}) to resume"
+    )
+  if data_shards is None:
+    logging.info("reading %d input shards, as the checkpoint did", saved)
+  return saved
 
 
 def official_task_weights(rates: Mapping[str, float]) -> list[float]:
@@ -803,6 +843,7 @@ class _Loop:
   eval_period: int
   meter: _Meter
   progress_bar: bool
+  data_shards: int | None = None
 
   def run(
     self,
@@ -880,7 +921,9 @@ class _Loop:
     return values
 
   def _save(self, step: int, state: TrainState, batches_done: int) -> None:
-    if self.checkpointer.save(step, state.as_dict(), batches_done):
+    if self.checkpointer.save(
+      step, state.as_dict(), batches_done, self.data_shards
+    ):
       logging.info("saved checkpoint at step %d", step)
 
   def _evaluate(self, step: int, state: TrainState, batches_done: int) -> None:
@@ -896,6 +939,7 @@ class _Loop:
       state.as_dict(),
       batches_done,
       {k.removeprefix("eval/"): v for k, v in scalars.items()},
+      self.data_shards,
     )
 
 
