@@ -300,6 +300,10 @@ def run_function(
 
 def _worker(target: str, kwargs_json: str) -> None:
   import jax
+  from absl import logging
+
+  # As under the entry points' `app.run`: INFO lines reach the log.
+  logging.set_verbosity(logging.INFO)
 
   processes = int(os.environ[_ENV_PROCESSES])
   if processes > 1:
