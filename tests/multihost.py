@@ -66,7 +66,10 @@ def process_env(devices: int, **extra: str) -> dict[str, str]:
   env = dict(os.environ)
   env.update(
     JAX_PLATFORMS="cpu",
-    XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+    # The collective limits as in conftest.py (a busy machine is slow).
+    XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} "
+    "--xla_cpu_collective_call_terminate_timeout_seconds=900 "
+    "--xla_cpu_collective_call_warn_stuck_timeout_seconds=120",
     CUDA_VISIBLE_DEVICES="",
     TF_CPP_MIN_LOG_LEVEL="2",
     PYTHONPATH=os.pathsep.join(
