@@ -25,6 +25,10 @@ import multihost
 import numpy as np
 import pytest
 
+# One test worker runs the whole module, so the module's training runs
+# (fixtures) happen once; `make test` passes `--dist loadgroup`.
+pytestmark = pytest.mark.xdist_group("multihost")
+
 
 def global_sum(local_values: list[float]) -> dict:
   """Sums every process's `local_values` (one per local device) globally."""
