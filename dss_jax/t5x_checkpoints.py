@@ -473,8 +473,11 @@ def match_params(
 def _check_fit(
   loaded: Mapping[str, Any], reference: Params, source: str, fallback: bool
 ) -> ParamReport:
-  """Checks names and shapes of flat `loaded` (arrays or shapes) against
-  the model's; raises `CheckpointError` as `match_params` says."""
+  """Checks flat `loaded` (arrays or shapes) against the model's names.
+
+  Raises `CheckpointError` on a shape mismatch, and on missing names unless
+  there is a `fallback`; see `match_params`.
+  """
   ref_flat = _flatten(reference)
   report = ParamReport(
     missing=[k for k in ref_flat if k not in loaded],

@@ -719,6 +719,13 @@ def _resumed_data_shards(
       f"the checkpoint in {checkpointer.directory}; unset it (or set "
       f"{saved}) to resume"
     )
+  if saved % jax.process_count():
+    raise input_pipeline.DataShardsError(
+      f"the checkpoint in {checkpointer.directory} reads {saved} input "
+      f"shards, which {jax.process_count()} processes cannot split: resume "
+      f"on a number of processes that divides {saved} (start runs with "
+      "DATA_SHARDS a multiple of every host count they may resume on)"
+    )
   if data_shards is None:
     logging.info("reading %d input shards, as the checkpoint did", saved)
   return saved

@@ -543,3 +543,27 @@ def test_restore_reads_only_this_hosts_slices(tmp_path, monkeypatch):
     assert one[fmt + "_bytes"] >= total * 0.85
     for h in hosts:
       assert 0.4 < h[fmt + "_bytes"] / one[fmt + "_bytes"] < 0.6
+
+
+class _SavedShards:
+  """Stands in for a Checkpointer whose newest step read `shards` shards."""
+
+  directory = "MODEL_DIR/checkpoints"
+
+  def __init__(self, shards):
+    self.shards = shards
+
+  def saved_data_shards(self):
+    return self.shards
+
+
+def test_resume_takes_the_checkpoints_data_shards():
+  from dss_jax import input_pipeline, trainer
+
+  resumed = trainer._resumed_data_shards
+  assert resumed(_SavedShards(None), None) is None  # a new run
+  assert resumed(_SavedShards(None), 4) == 4
+  assert resumed(_SavedShards(2), None) == 2  # 2 -> 1 process
+  assert resumed(_SavedShards(2), 2) == 2
+  with pytest.raises(input_pipeline.DataShardsError, match="DATA_SHARDS 4"):
+    resumed(_SavedShards(2), 4)
