@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import signal
 import sys
 import time
@@ -369,22 +370,33 @@ def _model_inputs(batch: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class _Preemption:
-  """Turns SIGTERM (a preempted VM) and Ctrl-C into a flag the loop checks.
+  """Turns SIGTERM (a preempted VM) and Ctrl-C into a stop the loop checks.
 
   Either signal saves a checkpoint after the current step and stops; a
   second Ctrl-C interrupts at once (KeyboardInterrupt), losing the steps
   since the last checkpoint.
-  """
 
-  _SIGNALS = (signal.SIGTERM, signal.SIGINT)
+  On several hosts the signal may reach only some of them (a maintenance
+  event). As in T5X, JAX's preemption sync manager (started by
+  `jax.distributed.initialize`) then takes SIGTERM itself and picks a step
+  that every host stops after (`reached_preemption_sync_point`), with no
+  device synchronization; Ctrl-C is passed on to it as SIGTERM. Without the
+  manager, the hosts all-gather their stop flags after every step.
+  """
 
   def __init__(self):
     self.requested = False
     self._previous = {}
+    self._sync_manager = False
 
   def __enter__(self) -> _Preemption:
+    self._sync_manager = jax.process_count() > 1 and _has_sync_manager()
+    # With the sync manager, its own SIGTERM handler must stay in place.
+    signals = (signal.SIGINT,)
+    if not self._sync_manager:
+      signals = (signal.SIGTERM, signal.SIGINT)
     try:
-      for signum in self._SIGNALS:
+      for signum in signals:
         self._previous[signum] = signal.signal(signum, self._handle)
     except ValueError:  # not the main thread: no handler, no preemption
       self._previous = {}
@@ -403,19 +415,40 @@ class _Preemption:
         file=sys.stderr,
       )
     self.requested = True
+    if self._sync_manager:
+      os.kill(os.getpid(), signal.SIGTERM)  # to the sync manager
 
   def __exit__(self, *exc):
     for signum, previous in self._previous.items():
       signal.signal(signum, previous)
 
-  def should_stop(self) -> bool:
-    """True on every host once any host got SIGTERM."""
+  def should_stop(self, step: int) -> bool:
+    """True on every host after the same step, once any host was signaled.
+
+    Args:
+      step: the step just done; every host calls this after every step.
+    """
     if jax.process_count() == 1:
       return self.requested
     from jax.experimental import multihost_utils
 
+    if self._sync_manager:
+      stop = multihost_utils.reached_preemption_sync_point(step)
+      if stop:
+        logging.warning("preemption sync point: stopping after step %d", step)
+      return stop
     flags = multihost_utils.process_allgather(np.array(self.requested))
     return bool(np.any(flags))
+
+
+def _has_sync_manager() -> bool:
+  """Whether `jax.distributed` runs JAX's preemption sync manager."""
+  from jax._src import distributed
+
+  return (
+    getattr(distributed.global_state, "preemption_sync_manager", None)
+    is not None
+  )
 
 
 @dataclasses.dataclass
@@ -876,7 +909,7 @@ class _Loop:
       if pending is not None:
         last = self._record(*pending, bar)
       pending = (step, metrics, host_batch)
-      if preemption.should_stop():
+      if preemption.should_stop(step):
         preempted = True
         break
       if step % self.checkpoint_period == 0 or self._eval_due(step):

@@ -17,6 +17,7 @@ devices:
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import time
@@ -117,6 +118,7 @@ TRAIN_STEPS = 12
 CHECKPOINT_PERIOD = 4
 BATCH_SIZE = 8
 LENGTHS = {"inputs": 96, "targets": 48}
+_LAUNCHES = itertools.count()
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +159,8 @@ def _train(
   return multihost.start_module(
     "dss_jax.train",
     _train_args(model_dir, steps, *extra),
-    model_dir.parent / f"{model_dir.name}_logs",
+    # One log folder per launch: a resume must not overwrite the first logs.
+    model_dir.parent / f"{model_dir.name}_logs_{next(_LAUNCHES)}",
     processes=processes,
     devices=devices,
     env={
