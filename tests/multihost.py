@@ -257,6 +257,30 @@ def start_module(
   return start(argv, log_dir, processes, devices, env)
 
 
+def start_function(
+  function: Callable[..., Any],
+  kwargs: Mapping[str, Any],
+  log_dir: pathlib.Path,
+  processes: int = 2,
+  devices: int = 2,
+) -> Job:
+  """Starts `function(**kwargs)` in every process (see `run_function`)."""
+  target = f"{function.__module__}:{function.__qualname__}"
+  env = {
+    _ENV_COORDINATOR: f"127.0.0.1:{free_port()}",
+    _ENV_PROCESSES: str(processes),
+    _ENV_INDEX: "{index}",
+  }
+  argv = [sys.executable, str(pathlib.Path(__file__)), target]
+  return start(
+    lambda i: [*argv, json.dumps(dict(kwargs))],
+    log_dir,
+    processes,
+    devices,
+    env,
+  )
+
+
 def run_function(
   function: Callable[..., Any],
   kwargs: Mapping[str, Any],
@@ -280,24 +304,7 @@ def run_function(
   Returns:
     What the function returned in each process (through JSON), by index.
   """
-  target = f"{function.__module__}:{function.__qualname__}"
-  env = {
-    _ENV_COORDINATOR: f"127.0.0.1:{free_port()}",
-    _ENV_PROCESSES: str(processes),
-    _ENV_INDEX: "{index}",
-  }
-  job = start(
-    lambda i: [
-      sys.executable,
-      str(pathlib.Path(__file__)),
-      target,
-      json.dumps(dict(kwargs)),
-    ],
-    log_dir,
-    processes,
-    devices,
-    env,
-  )
+  job = start_function(function, kwargs, log_dir, processes, devices)
   return [r.result() for r in job.wait(timeout)]
 
 

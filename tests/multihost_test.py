@@ -79,16 +79,7 @@ def wait_forever_in_collectives() -> None:
 def test_kill_9_of_one_process_stops_the_other_in_bounded_time(
   tmp_path, victim
 ):
-  target = f"{__name__}:{wait_forever_in_collectives.__name__}"
-  job = multihost.start(
-    lambda i: [multihost.sys.executable, multihost.__file__, target, "{}"],
-    tmp_path,
-    env={
-      multihost._ENV_COORDINATOR: f"127.0.0.1:{multihost.free_port()}",
-      multihost._ENV_PROCESSES: "2",
-      multihost._ENV_INDEX: "{index}",
-    },
-  )
+  job = multihost.start_function(wait_forever_in_collectives, {}, tmp_path)
   try:
     deadline = time.monotonic() + 120
     while not all("ready" in job.log(i) for i in (0, 1)):
@@ -224,7 +215,8 @@ def test_two_processes_train_as_one(two_process_run, one_process_run):
     one = _params(one_process_run, step)
     diff = _max_abs_diff(two, one)
     print(
-      f"step {step}: max |2x2 - 1x4| = {diff:.3g}, bitwise {_bitwise_equal(two, one)}"
+      f"step {step}: max |2x2 - 1x4| = {diff:.3g}, "
+      f"bitwise {_bitwise_equal(two, one)}"
     )
     assert diff <= 1e-6
 
@@ -360,7 +352,7 @@ EVAL_EXAMPLES = 10
 
 
 def eval_and_infer(tfds_dir: str, model_dir: str, out_dir: str) -> dict:
-  """Scores `model_dir`'s last checkpoint and writes inferences, in `out_dir`."""
+  """Scores `model_dir`'s last checkpoint and infers, writing to `out_dir`."""
   import pathlib
 
   os.environ["TFDS_DATA_DIR"] = tfds_dir
