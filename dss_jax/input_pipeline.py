@@ -159,7 +159,7 @@ def host_shards(config: DatasetConfig) -> list[seqio.ShardInfo]:
   if shards % processes:
     raise DataShardsError(
       f"DATA_SHARDS {shards} is not a multiple of the {processes} processes: "
-      "set it to one (DatasetConfig.data_shards)"
+      "set DATA_SHARDS (DatasetConfig.data_shards) to a multiple of them"
     )
   per_host = shards // processes
   first = jax.process_index() * per_host
