@@ -344,6 +344,22 @@ def test_sigterm_to_one_process_then_resume_on_other_process_counts(
   assert _bitwise_equal(_params(again, LONG_STEPS), want)
 
 
+def test_kill_9_of_one_trainer_stops_the_other_in_bounded_time(
+  tmp_path, tfds_dir, xla_cache
+):
+  # Process 1 dies mid-run (kill -9: no handler, no goodbye); process 0 is
+  # then inside a step's collectives or between steps.
+  job = _train(tfds_dir, xla_cache, tmp_path / "run", 2, 1, steps=LONG_STEPS)
+  _wait_for(job, 0, f"saved checkpoint at step {CHECKPOINT_PERIOD}")
+  start = time.monotonic()
+  job.signal(1, signal.SIGKILL)
+  limit = 3 * multihost.HEARTBEAT_TIMEOUT_S + 30
+  results = job.wait(timeout=limit, expect=None)
+  assert results[1].returncode == -signal.SIGKILL
+  assert results[0].returncode != 0, results[0].log[-3000:]
+  assert time.monotonic() - start < limit
+
+
 # ----------------------------------------------------------------------------
 # Eval-only jobs and inference: each host decodes its share.
 # ----------------------------------------------------------------------------
