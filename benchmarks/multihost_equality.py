@@ -23,6 +23,7 @@ import os
 import pathlib
 import sys
 import tempfile
+import time
 
 import numpy as np
 
@@ -57,7 +58,13 @@ def _train(tfds_dir, cache, model_dir, processes, devices, steps, period):
       "JAX_COMPILATION_CACHE_DIR": str(cache),
     },
   )
+  start = time.monotonic()
   job.wait(timeout=1800)
+  print(
+    f"trained {processes} x {devices} devices: {steps} steps in "
+    f"{time.monotonic() - start:.0f} s",
+    flush=True,
+  )
 
 
 def _params(model_dir, step):
@@ -91,7 +98,15 @@ def main() -> None:
   parser.add_argument("--checkpoint_period", type=int, default=4)
   args = parser.parse_args()
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  import tensorflow_datasets as tfds
+  from absl import logging
+
   from dss_jax import datasets
+
+  tfds.disable_progress_bar()
+  # Only the figures: no INFO lines, no orbax warnings about step folders.
+  logging.set_verbosity(logging.ERROR)
 
   with tempfile.TemporaryDirectory() as tmp:
     tmp = pathlib.Path(tmp)
