@@ -13,6 +13,8 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 # Tests run in two processes: the suite is dominated by single-threaded XLA
 # compilation, so two workers use both cores of a small machine.
+# loadgroup keeps a module's tests marked `xdist_group` on one worker, so
+# the training runs it shares (tests/multihost_test.py) happen once.
 PYTEST_WORKERS ?= 2
 
 .PHONY: demo test lint format venv clean
@@ -48,7 +50,7 @@ format: $(VENV)/.stamp-dev+export
 	$(BIN)/ruff check --fix .
 
 test: lint
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --durations=15 \
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup --durations=15 \
 	  --junitxml=$(VENV)/junit.xml
 
 clean:

@@ -3,10 +3,12 @@
 Layout (one orbax `CheckpointManager` per folder):
 
     MODEL_DIR/checkpoints/<step>/state   params, opt_state, step, rng
-    MODEL_DIR/checkpoints/<step>/data    {"batches": N, "params_checksum": [...],
-                                          "state_checksum": [...]}: data-stream
-                                         position, and checksums of every
-                                         parameter's and optimizer array's bits
+    MODEL_DIR/checkpoints/<step>/data    {"batches": N, "data_shards": S,
+                                          "params_checksum": [...],
+                                          "state_checksum": [...]}: data-
+                                         stream position and input shards,
+                                         and checksums of every parameter's
+                                         and optimizer array's bits
     MODEL_DIR/best_checkpoints/<step>/   the same items, kept by an eval metric
 
 Saves are asynchronous (the arrays are copied to host, the write happens in
@@ -149,20 +151,43 @@ class Checkpointer:
     """The newest saved step, or None."""
     return self._latest.latest_step()
 
-  def save(self, step: int, state: PyTree, batches: int) -> bool:
+  def save(
+    self,
+    step: int,
+    state: PyTree,
+    batches: int,
+    data_shards: int | None = None,
+  ) -> bool:
     """Saves `state` and the data position at `step` (async).
+
+    Every process calls it; orbax writes each array's shards from the
+    process that holds them and the JSON item from process 0.
 
     Args:
       step: the training step the state is at.
       state: a pytree of arrays (params, opt_state, step, rng).
       batches: how many batches the data stream has produced.
+      data_shards: the input shards the stream is assembled from.
 
     Returns:
       Whether a checkpoint was written (False if `step` already exists).
     """
     if step in self._latest.all_steps():
       return False
-    return self._latest.save(step, args=_save_args(state, batches), force=True)
+    return self._latest.save(
+      step, args=_save_args(state, batches, data_shards), force=True
+    )
+
+  def saved_data_shards(self) -> int | None:
+    """The input shards of the newest step's data stream, if it says."""
+    step = self.latest_step()
+    if step is None:
+      return None
+    data = self._latest.restore(
+      step, args=ocp.args.Composite(**{DATA: ocp.args.JsonRestore()})
+    )[DATA]
+    shards = data.get("data_shards")
+    return None if shards is None else int(shards)
 
   def restore_latest(
     self, abstract_state: PyTree
@@ -206,13 +231,14 @@ class Checkpointer:
     state: PyTree,
     batches: int,
     metrics: Mapping[str, float],
+    data_shards: int | None = None,
   ) -> None:
     """Offers the checkpoint at `step` with eval `metrics` to the keep-best set."""
     if self._best is None:
       return
     self._best.save(
       step,
-      args=_save_args(state, batches),
+      args=_save_args(state, batches, data_shards),
       metrics={k: float(v) for k, v in metrics.items()},
       force=True,
     )
@@ -265,18 +291,18 @@ class Checkpointer:
       self._best.close()
 
 
-def _save_args(state: PyTree, batches: int) -> ocp.args.Composite:
+def _save_args(
+  state: PyTree, batches: int, data_shards: int | None
+) -> ocp.args.Composite:
+  data = {
+    "batches": int(batches),
+    "params_checksum": params_checksum(state["params"]),
+    "state_checksum": _state_checksum(state),
+  }
+  if data_shards is not None:
+    data["data_shards"] = int(data_shards)
   return ocp.args.Composite(
-    **{
-      STATE: ocp.args.StandardSave(state),
-      DATA: ocp.args.JsonSave(
-        {
-          "batches": int(batches),
-          "params_checksum": params_checksum(state["params"]),
-          "state_checksum": _state_checksum(state),
-        }
-      ),
-    }
+    **{STATE: ocp.args.StandardSave(state), DATA: ocp.args.JsonSave(data)}
   )
 
 

@@ -10,6 +10,12 @@ metric functions and logs them in the layout T5X's eval uses (it drives
     <output_dir>/<task>/events.out.tfevents  TensorBoard scalars
 
 With ``output_dir = MODEL_DIR/inference_eval`` this is exactly T5X's layout.
+
+On several hosts (`jax.process_count() > 1`) with parameters every host
+holds whole, each host decodes (and scores) only its consecutive share of the
+examples, the shares are gathered in order on every host, and process 0
+alone computes the metrics and writes the files: the same predictions and
+scores as one process, in 1 / hosts of the time (tests/multihost_test.py).
 The trainer calls ``evaluator.evaluate(params, step)`` every EVAL_PERIOD steps;
 ``evaluate_checkpoints`` scores saved checkpoints (``python -m dss_jax.eval``),
 skipping steps already in the metrics files so it can follow a running job.
@@ -158,6 +164,19 @@ def restore_model_params(
   )
 
 
+def decode_partitioner(partitioner: Any) -> Any:
+  """The partitioner to decode with; None when hosts decode their own share.
+
+  On several hosts, a partitioner without model parallelism would replicate
+  the parameters over every host's devices and make all hosts decode every
+  example together; without it, each host holds the parameters whole and
+  decodes only its share (`predict_tokens`).
+  """
+  if jax.process_count() > 1 and getattr(partitioner, "model", 1) == 1:
+    return None
+  return partitioner
+
+
 def place_params(params: Params, partitioner: Any = None) -> Params:
   """Puts host parameters on devices once, rather than at every decode call.
 
@@ -249,6 +268,42 @@ def _batches(
     yield real, chunk
 
 
+def host_share(n: int) -> slice:
+  """This process's consecutive share of `n` rows (all of them on one)."""
+  per_host = -(-n // jax.process_count())
+  start = min(n, jax.process_index() * per_host)
+  return slice(start, min(n, start + per_host))
+
+
+def gather_shares(local: np.ndarray, n: int) -> np.ndarray:
+  """Every process's `host_share` rows of `n`, in order, on every process.
+
+  Args:
+    local: this process's rows, [len(host_share(n)), ...].
+    n: rows in all.
+
+  Returns:
+    The [n, ...] rows of all processes (`local` itself on one process).
+  """
+  if jax.process_count() == 1:
+    return local
+  from jax.experimental import multihost_utils
+
+  per_host = -(-n // jax.process_count())
+  padded = np.zeros((per_host,) + local.shape[1:], local.dtype)
+  padded[: len(local)] = local
+  gathered = np.asarray(multihost_utils.process_allgather(padded))
+  return gathered.reshape((-1,) + local.shape[1:])[:n]
+
+
+def _split_over_hosts(params: Params) -> bool:
+  """Whether each host can decode its own share: parameters held whole."""
+  return jax.process_count() > 1 and all(
+    not isinstance(x, jax.Array) or x.is_fully_addressable
+    for x in jax.tree.leaves(params)
+  )
+
+
 def predict_tokens(
   model: Any,
   params: Params,
@@ -258,10 +313,41 @@ def predict_tokens(
   decode: DecodeConfig,
   max_decode_length: int,
 ) -> np.ndarray:
-  """Decodes rows of input tokens; [n, max_decode_length], 0 after EOS."""
+  """Decodes rows of input tokens; [n, max_decode_length], 0 after EOS.
+
+  On several hosts, with parameters each host holds whole, each host decodes
+  its `host_share` and every host gets all rows back (`gather_shares`).
+  """
+  rows = list(encoder_input_tokens)
+  kwargs = dict(
+    batch_size=batch_size, decode=decode, max_decode_length=max_decode_length
+  )
+  if not _split_over_hosts(params):
+    return _decode_rows(model, params, rows, **kwargs)
+  share = host_share(len(rows))
+  logging.info(
+    "process %d decodes examples %d-%d of %d",
+    jax.process_index(),
+    share.start,
+    share.stop,
+    len(rows),
+  )
+  local = _decode_rows(model, params, rows[share], **kwargs)
+  return gather_shares(local, len(rows))
+
+
+def _decode_rows(
+  model: Any,
+  params: Params,
+  rows: Sequence[np.ndarray],
+  *,
+  batch_size: int,
+  decode: DecodeConfig,
+  max_decode_length: int,
+) -> np.ndarray:
   outputs = []
   rng = jax.random.PRNGKey(decode.seed)
-  for real, batch in _batches(list(encoder_input_tokens), batch_size):
+  for real, batch in _batches(list(rows), batch_size):
     rng, step_rng = jax.random.split(rng)
     tokens = decoding.decode(
       model,
@@ -427,11 +513,17 @@ class Evaluator:
       "decoder_target_tokens",
     ]
     indices, rows = self._examples(ds, keys)
+    share = (
+      host_share(len(indices)) if _split_over_hosts(params) else slice(None)
+    )
     scores = []
-    batches = [list(_batches(rows[k], self.batch_size)) for k in keys]
+    batches = [list(_batches(rows[k][share], self.batch_size)) for k in keys]
     for (real, enc), (_, dec_in), (_, targets) in zip(*batches, strict=True):
       out = _sequence_log_likelihood(self.model, params, enc, dec_in, targets)
       scores.extend(np.asarray(out)[:real].tolist())
+    if share != slice(None):
+      scores = gather_shares(np.asarray(scores, np.float32), len(indices))
+      scores = scores.tolist()
     return list(zip(indices, scores, strict=True))
 
   def evaluate(self, params: Params, step: int) -> dict[str, float]:
@@ -560,6 +652,7 @@ def evaluate_checkpoints(
     )
   if output_dir is None:
     output_dir = inference_eval_dir(_model_dir_of(checkpoint_path))
+  partitioner = decode_partitioner(partitioner)
   # Fails fast (one line) on a missing or empty path, before reading data.
   _checkpoints_to_score(checkpoint_path, mode, step)
   trained = vocab.read_identity(_model_dir_of(checkpoint_path))

@@ -6,6 +6,15 @@
 and T5X's shorthand `--gin.NAME=value` for `--gin_bindings=NAME=value`. Gin
 files are looked up in the current folder, the repository's `gin_configs/` and
 every `--gin_search_paths` folder.
+
+Several processes (hosts without a cluster manager; Cloud TPU VMs need
+none of these) join one JAX job with T5X's flags:
+
+    python -m dss_jax.train --coordinator_address=10.0.0.2:1234 \
+      --process_count=2 --process_index=0 ...
+
+`--heartbeat_timeout_seconds` bounds how long the others wait when one
+process dies (they then exit non-zero).
 """
 
 from __future__ import annotations
@@ -46,6 +55,54 @@ def define_gin_flags(what: str = "gin files to parse, in order") -> None:
     flags.DEFINE_list(
       "gin_search_paths", [], "Folders to look for gin files and includes."
     )
+
+
+def define_distributed_flags() -> None:
+  """Defines T5X's multi-process flags unless they exist."""
+  if "coordinator_address" in flags.FLAGS:
+    return
+  flags.DEFINE_string(
+    "coordinator_address",
+    None,
+    "host:port of process 0, to join a multi-process JAX job (not needed "
+    "on Cloud TPU VMs).",
+  )
+  flags.DEFINE_integer("process_count", None, "Processes in the job.")
+  flags.DEFINE_integer("process_index", None, "This process's index.")
+  flags.DEFINE_integer(
+    "heartbeat_timeout_seconds",
+    None,
+    "Seconds after which a silent process counts as dead and the others "
+    "stop with an error (default: JAX's 100).",
+  )
+
+
+def initialize_distributed_from_flags() -> bool:
+  """Joins the multi-process job the flags (or the cluster) describe.
+
+  Returns:
+    True if `jax.distributed` was initialized.
+  """
+  from dss_jax import partitioning
+
+  f = flags.FLAGS
+  given = [
+    v is not None
+    for v in (f.coordinator_address, f.process_count, f.process_index)
+  ]
+  if any(given) and not all(given):
+    print(
+      "error: --coordinator_address, --process_count and --process_index go "
+      "together: set all three or none",
+      file=sys.stderr,
+    )
+    sys.exit(2)
+  return partitioning.initialize_distributed(
+    f.coordinator_address,
+    f.process_count,
+    f.process_index,
+    heartbeat_timeout_seconds=f.heartbeat_timeout_seconds,
+  )
 
 
 def rewrite_gin_args(argv: Sequence[str]) -> list[str]:
@@ -161,13 +218,23 @@ def parse_gin_flags(finalize: bool = False) -> None:
 
 
 def run(main: Callable[[Sequence[str]], None], what: str) -> None:
-  """`app.run(main)` with the gin flags defined and `--gin.X=` accepted."""
+  """`app.run(main)` with the gin flags defined and `--gin.X=` accepted.
+
+  Before `main`, the process joins the multi-process job that the
+  distributed flags or the cluster environment describe (if any).
+  """
   from dss_jax import host
 
   host.keep_freed_memory()
   host.add_xla_flag_defaults()
   define_gin_flags(what)
-  errors.run(main, rewrite_gin_args)
+  define_distributed_flags()
+
+  def main_on_all_processes(argv: Sequence[str]) -> None:
+    initialize_distributed_from_flags()
+    main(argv)
+
+  errors.run(main_on_all_processes, rewrite_gin_args)
 
 
 def cli_main(

@@ -248,6 +248,10 @@ def infer(
     partitioner: optional `dss_jax.partitioning.Partitioner` sharding the
       parameters (default: one device).
 
+  On several hosts each host decodes its share of the inputs (see
+  `dss_jax.evaluation.predict_tokens`); process 0 writes the file and
+  computes the metrics (the others return no metrics).
+
   Returns:
     The rows written and, where targets are known, their metrics.
 
@@ -255,6 +259,7 @@ def infer(
     ValueError: neither or both of ``mixture_or_task_name`` and
       ``input_file``; a vocabulary larger than the model's embedding.
   """
+  import jax
   from etils import epath
 
   from dss_jax import evaluation, metrics
@@ -281,6 +286,7 @@ def infer(
     postprocess = task.postprocess_fn or (lambda x, **_: x)
   evaluation.check_vocabulary(vocab, model.config.vocab_size, "the inputs")
   params = evaluation.restore_model_params(model, checkpoint_path, step=step)
+  partitioner = evaluation.decode_partitioner(partitioner)
   kwargs = dict(
     input_length=input_length,
     max_decode_length=max_decode_length,
@@ -291,6 +297,9 @@ def infer(
   with context:
     params = evaluation.place_params(params, partitioner)
     _predict_rows(model, params, vocab, rows, rationales, kwargs)
+  if jax.process_index() > 0:
+    # Every host has all predictions; process 0 writes and scores them.
+    return InferResult(rows, {})
   out = epath.Path(output_file)
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(

@@ -1,10 +1,16 @@
 """Training input pipeline: SeqIO mixture -> packed or padded model batches.
 
-Each host reads its own shard (`seqio.ShardInfo` from the JAX process index)
-and yields its slice of the global batch as numpy arrays with the features of
-SeqIO's `EncDecFeatureConverter`, plus `decoder_task_ids`: for every target
-token, 1 + the index of the task it came from (0 on padding), so the trainer
-can log the loss of each task of a mixture and weight tasks in paired mode.
+The data is split into `data_shards` input shards (`seqio.ShardInfo`; one per
+JAX process by default). Each global batch is the concatenation of one
+`batch_size / data_shards` slice from every shard, in shard order, and each
+host reads only its own consecutive shards, yielding its slice of the global
+batch as numpy arrays with the features of SeqIO's `EncDecFeatureConverter`,
+plus `decoder_task_ids`: for every target token, 1 + the index of the task it
+came from (0 on padding), so the trainer can log the loss of each task of a
+mixture and weight tasks in paired mode. The global batches therefore depend
+on `data_shards`, never on the number of processes: 2 processes reading one
+shard each and 1 process reading both see the same global batches (the
+multi-host tests pin this), and a run resumes exactly on another host count.
 
 Two ways to feed a distilling step-by-step mixture:
   * sampled (default): SeqIO's mixing, each example drawn from one task with
@@ -46,6 +52,10 @@ Batch = dict[str, np.ndarray]
 
 TASK_IDS = "decoder_task_ids"
 _SHUFFLE_BUFFER = 10_000
+
+
+class DataShardsError(errors.UserError):
+  """The input shards do not fit the process count or the checkpoint."""
 
 
 class TaskIdEncDecFeatureConverter(seqio.EncDecFeatureConverter):
@@ -97,6 +107,9 @@ class DatasetConfig:
       step whose examples do not fit stops with an error naming the rows
       they need.
     use_cached: read the SeqIO cache of the tasks.
+    data_shards: input shards the global batch is assembled from (see the
+      module docstring); None: one per JAX process. Must be a multiple of
+      the process count and divide `batch_size` (and `packed_rows`).
     paired: feed each source example with all of the mixture's tasks in the
       same batch (the official implementation's way); the mixture's tasks must
       be aligned example by example when read unshuffled.
@@ -112,6 +125,7 @@ class DatasetConfig:
   packed_rows: int | None = None
   use_cached: bool = False
   paired: bool = False
+  data_shards: int | None = None
 
 
 def task_rates(name: str) -> dict[str, float]:
@@ -142,11 +156,34 @@ def targets_vocabulary(name: str) -> seqio.Vocabulary:
   return task.output_features["targets"].vocabulary
 
 
-def shard_info() -> seqio.ShardInfo:
-  """This host's shard of the data: one shard per JAX process."""
-  return seqio.ShardInfo(
-    index=jax.process_index(), num_shards=jax.process_count()
-  )
+def num_data_shards(config: DatasetConfig) -> int:
+  """The input shards of `config`: `data_shards`, or one per JAX process."""
+  return config.data_shards or jax.process_count()
+
+
+def host_shards(config: DatasetConfig) -> list[seqio.ShardInfo]:
+  """The input shards this host reads: consecutive, in global-batch order.
+
+  Process p of P reads shards [p * S / P, (p + 1) * S / P) of S, so
+  `jax.make_array_from_process_local_data` puts each shard's rows where a
+  single process reading all S shards puts them.
+
+  Raises:
+    DataShardsError: S is not a multiple of P.
+  """
+  shards = num_data_shards(config)
+  processes = jax.process_count()
+  if shards % processes:
+    raise DataShardsError(
+      f"DATA_SHARDS {shards} is not a multiple of the {processes} processes: "
+      "set DATA_SHARDS (DatasetConfig.data_shards) to a multiple of them"
+    )
+  per_host = shards // processes
+  first = jax.process_index() * per_host
+  return [
+    seqio.ShardInfo(index=i, num_shards=shards)
+    for i in range(first, first + per_host)
+  ]
 
 
 def _with_task_ids(ds: tf.data.Dataset, task_index: int) -> tf.data.Dataset:
@@ -161,7 +198,11 @@ def _with_task_ids(ds: tf.data.Dataset, task_index: int) -> tf.data.Dataset:
 
 
 def _task_dataset(
-  config: DatasetConfig, task_name: str, shuffle: bool, seed: int
+  config: DatasetConfig,
+  task_name: str,
+  shuffle: bool,
+  seed: int,
+  shard: seqio.ShardInfo,
 ) -> tf.data.Dataset:
   task = seqio.get_mixture_or_task(task_name)
   return task.get_dataset(
@@ -170,17 +211,20 @@ def _task_dataset(
     use_cached=config.use_cached,
     shuffle=shuffle,
     seed=seed,
-    shard_info=shard_info(),
+    shard_info=shard,
     num_epochs=None if shuffle else 1,
   )
 
 
 def _sampled_examples(
-  config: DatasetConfig, names: Sequence[str], rates: Sequence[float]
+  config: DatasetConfig,
+  names: Sequence[str],
+  rates: Sequence[float],
+  shard: seqio.ShardInfo,
 ) -> tf.data.Dataset:
   datasets = [
     _with_task_ids(
-      _task_dataset(config, name, config.shuffle, config.seed + i), i
+      _task_dataset(config, name, config.shuffle, config.seed + i, shard), i
     ).repeat()
     for i, name in enumerate(names)
   ]
@@ -240,10 +284,12 @@ def join_by_source(
 
 
 def _paired_examples(
-  config: DatasetConfig, names: Sequence[str]
+  config: DatasetConfig, names: Sequence[str], shard: seqio.ShardInfo
 ) -> tf.data.Dataset:
   """Joins the unshuffled tasks by source, shuffles the tuples, flattens."""
-  datasets = [_task_dataset(config, name, False, config.seed) for name in names]
+  datasets = [
+    _task_dataset(config, name, False, config.seed, shard) for name in names
+  ]
   token_spec = tf.TensorSpec([None], tf.int32)
   example_spec = {"inputs": token_spec, "targets": token_spec}
 
@@ -284,40 +330,62 @@ def make_dataset(config: DatasetConfig) -> tf.data.Dataset:
   Returns:
     A `tf.data.Dataset` of dicts with the `EncDecFeatureConverter` features
     (plus segment ids and positions when packing) and `decoder_task_ids`,
-    batched to this host's share of `config.batch_size`.
+    batched to this host's share of `config.batch_size`: one slice per input
+    shard it reads, concatenated in shard order.
 
   Raises:
-    ValueError: if the batch does not split evenly over hosts, or paired mode
-      is asked for a single task.
+    ValueError: if the batch does not split evenly over the input shards,
+      the shards not over the hosts, or paired mode is asked for a single
+      task.
   """
-  if config.batch_size % jax.process_count():
+  shards = num_data_shards(config)
+  if config.batch_size % shards:
     raise errors.UserError(
-      f"batch size {config.batch_size} does not split over "
-      f"{jax.process_count()} hosts"
+      f"batch size {config.batch_size} does not split over {shards} input "
+      "shards (one per host unless DATA_SHARDS is set)"
     )
-  rates = task_rates(config.mixture_or_task_name)
-  names = list(rates)
+  names = list(task_rates(config.mixture_or_task_name))
   if config.paired:
     if len(names) < 2:
       raise errors.UserError(
         "paired mode needs a mixture of at least two tasks"
       )
-    if config.batch_size % len(names):
+    if (config.batch_size // shards) % len(names):
       raise errors.UserError(
         f"paired mode: batch size {config.batch_size} must be a multiple of "
-        f"the {len(names)} tasks so each pair stays in one batch"
+        f"the {len(names)} tasks times the {shards} input shards so each "
+        "pair stays in one batch"
       )
-    examples = _paired_examples(config, names)
+  per_shard = [_shard_batches(config, s) for s in host_shards(config)]
+  if len(per_shard) == 1:
+    ds = per_shard[0]
   else:
-    examples = _sampled_examples(config, names, list(rates.values()))
+    ds = tf.data.Dataset.zip(tuple(per_shard)).map(
+      lambda *batches: {
+        k: tf.concat([b[k] for b in batches], axis=0) for k in batches[0]
+      }
+    )
+  return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _shard_batches(
+  config: DatasetConfig, shard: seqio.ShardInfo
+) -> tf.data.Dataset:
+  """One input shard's slices of the global batches, packed if asked."""
+  rates = task_rates(config.mixture_or_task_name)
+  names = list(rates)
+  if config.paired:
+    examples = _paired_examples(config, names, shard)
+  else:
+    examples = _sampled_examples(config, names, list(rates.values()), shard)
   lengths = dict(config.task_feature_lengths)
   lengths["task_ids"] = lengths["targets"]
   converter = TaskIdEncDecFeatureConverter(pack=False)
   ds = converter(examples, lengths)
-  ds = ds.batch(config.batch_size // jax.process_count(), drop_remainder=True)
+  ds = ds.batch(config.batch_size // shard.num_shards, drop_remainder=True)
   if config.pack:
-    ds = _packed(ds, config)
-  return ds.prefetch(tf.data.AUTOTUNE)
+    ds = _packed(ds, config, shard.num_shards)
+  return ds
 
 
 PACKED_FEATURES = (
@@ -409,23 +477,28 @@ def pack_examples(batch: Mapping[str, np.ndarray], rows: int) -> Batch:
   return out
 
 
-def _packed(ds: tf.data.Dataset, config: DatasetConfig) -> tf.data.Dataset:
-  """Packs each host batch of examples into its share of the packed rows."""
+def _packed(
+  ds: tf.data.Dataset, config: DatasetConfig, shards: int
+) -> tf.data.Dataset:
+  """Packs each shard's slice of a step into its share of the packed rows."""
   if not config.packed_rows:
     raise errors.UserError(
       "packing needs PACKED_ROWS (DatasetConfig.packed_rows): the rows a "
       f"step's {config.batch_size} examples are packed into"
     )
+  if config.packed_rows % shards:
+    raise errors.UserError(
+      f"packed rows {config.packed_rows} do not split over {shards} input "
+      "shards (one per host unless DATA_SHARDS is set)"
+    )
   return pack_batches(
-    ds,
-    _host_share(config.packed_rows, "packed rows"),
-    config.task_feature_lengths,
+    ds, config.packed_rows // shards, config.task_feature_lengths
   )
 
 
 def _host_share(count: int, what: str) -> int:
   if count % jax.process_count():
-    raise ValueError(
+    raise errors.UserError(
       f"{what} {count} do not split over {jax.process_count()} hosts"
     )
   return count // jax.process_count()

@@ -378,17 +378,25 @@ def initialize_distributed(
   coordinator_address: str | None = None,
   num_processes: int | None = None,
   process_id: int | None = None,
+  heartbeat_timeout_seconds: int | None = None,
+  shutdown_timeout_seconds: int | None = None,
 ) -> bool:
   """Starts `jax.distributed` on multi-host slices; a no-op on one host.
 
   On Cloud TPU VMs and under SLURM/Open MPI, JAX discovers the coordinator
-  itself, so the arguments are only needed elsewhere (for example GPU hosts
-  without a cluster manager: set them from `--coordinator_address` flags).
+  itself, so the arguments are only needed elsewhere (GPU or CPU hosts
+  without a cluster manager: the entry points' `--coordinator_address`,
+  `--process_count` and `--process_index` flags, as in T5X).
 
   Args:
     coordinator_address: "host:port" of process 0.
     num_processes: total processes.
     process_id: this process's index.
+    heartbeat_timeout_seconds: a process silent this long counts as dead,
+      and the others stop with an error instead of waiting for it forever
+      (None: JAX's default, 100 s).
+    shutdown_timeout_seconds: how long a finished process waits for the
+      others at exit (None: JAX's default, 300 s).
 
   Returns:
     True if `jax.distributed.initialize` was called.
@@ -406,10 +414,19 @@ def initialize_distributed(
   ) or "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
   if not explicit and not cluster:
     return False
+  timeouts = {
+    k: v
+    for k, v in (
+      ("heartbeat_timeout_seconds", heartbeat_timeout_seconds),
+      ("shutdown_timeout_seconds", shutdown_timeout_seconds),
+    )
+    if v is not None
+  }
   jax.distributed.initialize(
     coordinator_address=coordinator_address,
     num_processes=num_processes,
     process_id=process_id,
+    **timeouts,
   )
   logging.info(
     "jax.distributed: process %d of %d, %d local / %d global devices",

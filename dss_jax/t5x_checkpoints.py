@@ -19,6 +19,11 @@ materialized, which halves host memory for Adam-style optimizers. Names are
 compared to the model's by path, missing and extra ones are reported, and a
 shape mismatch fails with one line naming the parameter and both shapes.
 
+With ``shardings`` (``load_params``, as INITIAL_CHECKPOINT_PATH uses it),
+each host reads from a legacy checkpoint only the TensorStore slices its own
+devices hold, so a model sharded over a pod slice is never read whole onto
+one host (tests/multihost_test.py counts the bytes each process reads).
+
 ``save_t5x_checkpoint`` writes parameters in the legacy layout, which is what
 T5X's eval and infer restore by default (``utils.RestoreCheckpointConfig`` uses
 ``checkpoints.Checkpointer``), so a student trained here scores under
@@ -291,8 +296,8 @@ def _absolute_spec(spec: Mapping[str, Any], ckpt_dir: str) -> dict[str, Any]:
   }
 
 
-def _read_legacy_target(msgpack_path: str) -> dict[str, Any]:
-  """Reads the ``target`` subtree of a legacy T5X checkpoint as numpy."""
+def _legacy_target_specs(msgpack_path: str) -> tuple[dict[str, Any], str]:
+  """The flat ``target`` entries (specs or inline arrays), and their dir."""
   contents = flax.serialization.msgpack_restore(
     epath.Path(msgpack_path).read_bytes()
   )
@@ -309,6 +314,12 @@ def _read_legacy_target(msgpack_path: str) -> dict[str, Any]:
   ckpt_dir = os.path.dirname(os.fspath(msgpack_path))
   if msgpack_path.startswith("gs://"):
     ckpt_dir = msgpack_path.rsplit("/", 1)[0]
+  return flat, ckpt_dir
+
+
+def _read_legacy_target(msgpack_path: str) -> dict[str, Any]:
+  """Reads the ``target`` subtree of a legacy T5X checkpoint as numpy."""
+  flat, ckpt_dir = _legacy_target_specs(msgpack_path)
 
   async def read_all() -> list[np.ndarray]:
     async def read_one(value: Any) -> np.ndarray:
@@ -451,8 +462,25 @@ def match_params(
     CheckpointError: a shape differs (different model size) or, without a
       fallback, a parameter is missing.
   """
+  report = _check_fit(loaded, reference, source, fallback is not None)
   ref_flat = _flatten(reference)
   fallback_flat = _flatten(fallback) if fallback is not None else {}
+  out = {}
+  for name, want in ref_flat.items():
+    value = loaded[name] if name in loaded else fallback_flat[name]
+    out[name] = np.asarray(value).astype(want.dtype)
+  return _unflatten(out), report
+
+
+def _check_fit(
+  loaded: Mapping[str, Any], reference: Params, source: str, fallback: bool
+) -> ParamReport:
+  """Checks flat `loaded` (arrays or shapes) against the model's names.
+
+  Raises `CheckpointError` on a shape mismatch, and on missing names unless
+  there is a `fallback`; see `match_params`.
+  """
+  ref_flat = _flatten(reference)
   report = ParamReport(
     missing=[k for k in ref_flat if k not in loaded],
     extra=sorted(k for k in loaded if k not in ref_flat),
@@ -464,7 +492,7 @@ def match_params(
         f"{name} has shape {tuple(loaded[name].shape)} in the checkpoint but "
         f"{tuple(want.shape)} in the model"
       )
-  if report.missing and fallback is None:
+  if report.missing and not fallback:
     shown = ", ".join(report.missing[:5])
     more = (
       f" and {len(report.missing) - 5} more" if len(report.missing) > 5 else ""
@@ -482,11 +510,7 @@ def match_params(
     logging.warning(
       "Parameters in %s unused by the model: %s", source, report.extra
     )
-  out = {}
-  for name, want in ref_flat.items():
-    value = loaded[name] if name in loaded else fallback_flat[name]
-    out[name] = np.asarray(value).astype(want.dtype)
-  return _unflatten(out), report
+  return report
 
 
 def load_params(
@@ -516,6 +540,12 @@ def load_params(
   Raises:
     CheckpointError: see ``resolve_checkpoint`` and ``match_params``.
   """
+  if shardings is not None:
+    ref = resolve_checkpoint(path, step)
+    if ref.format == LEGACY:
+      return _load_legacy_sharded(
+        ref.path, reference, shardings, f"checkpoint {path}", fallback
+      )
   loaded = read_params(path, step)
   params, _ = match_params(
     loaded, reference, source=f"checkpoint {path}", fallback=fallback
@@ -523,6 +553,74 @@ def load_params(
   if shardings is not None:
     params = jax.tree.map(jax.device_put, params, shardings)
   return params
+
+
+def _load_legacy_sharded(
+  msgpack_path: str,
+  reference: Params,
+  shardings: Any,
+  source: str,
+  fallback: Params | None,
+) -> dict[str, Any]:
+  """Builds each parameter from the slices this host's devices hold.
+
+  `jax.make_array_from_callback` asks for the index of every local device;
+  each distinct index is read once, as a TensorStore slice, so a host reads
+  only its devices' part of a sharded parameter.
+  """
+  start = time.time()
+  flat, ckpt_dir = _legacy_target_specs(msgpack_path)
+
+  async def open_all() -> list[Any]:
+    async def open_one(value: Any) -> Any:
+      if not _is_ts_spec(value):
+        return np.asarray(value)
+      return await ts.open(_absolute_spec(value, ckpt_dir), open=True)
+
+    return await asyncio.gather(*(open_one(v) for v in flat.values()))
+
+  stores = dict(zip(flat, _run(open_all()), strict=True))
+  _check_fit(stores, reference, source, fallback is not None)
+  ref_flat = _flatten(reference)
+  sharding_flat = _flatten(
+    shardings, is_leaf=lambda x: not isinstance(x, Mapping)
+  )
+  fallback_flat = _flatten(fallback) if fallback is not None else {}
+  out = {}
+  for name, want in ref_flat.items():
+    sharding = sharding_flat[name]
+    if name not in stores:
+      value = np.asarray(fallback_flat[name]).astype(want.dtype)
+      out[name] = jax.device_put(value, sharding)
+      continue
+    out[name] = jax.make_array_from_callback(
+      tuple(want.shape),
+      sharding,
+      _slice_reader(stores[name], np.dtype(want.dtype)),
+    )
+  logging.info(
+    "Read this host's slices of %d parameters from %s in %.1fs",
+    len(out),
+    msgpack_path,
+    time.time() - start,
+  )
+  return _unflatten(out)
+
+
+def _slice_reader(store: Any, dtype: np.dtype) -> Any:
+  """A callback reading (once per distinct index) slices of one array."""
+  cache: dict[Any, np.ndarray] = {}
+
+  def read(index: tuple[slice, ...]) -> np.ndarray:
+    key = tuple((s.start, s.stop, s.step) for s in index)
+    if key not in cache:
+      if isinstance(store, np.ndarray):
+        cache[key] = store[index].astype(dtype)
+      else:
+        cache[key] = np.asarray(store[index].read().result()).astype(dtype)
+    return cache[key]
+
+  return read
 
 
 # ---------------------------------------------------------------------------

@@ -14,6 +14,10 @@ saves a checkpoint and exits with status 0; rerunning the same command
 resumes. A NaN/Inf loss exits with status 1 and one error line; a user error
 (a bad gin file or binding, a corrupt checkpoint, ...) with status 2 and one
 `error:` line (see dss_jax/errors.py).
+
+On several hosts every host runs the same command (on GPU or CPU hosts with
+`--coordinator_address=HOST:PORT --process_count=N --process_index=I`, see
+docs/multihost.md); each reads its own input shards.
 """
 
 from __future__ import annotations

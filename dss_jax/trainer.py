@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import signal
 import sys
 import time
@@ -369,22 +370,33 @@ def _model_inputs(batch: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class _Preemption:
-  """Turns SIGTERM (a preempted VM) and Ctrl-C into a flag the loop checks.
+  """Turns SIGTERM (a preempted VM) and Ctrl-C into a stop the loop checks.
 
   Either signal saves a checkpoint after the current step and stops; a
   second Ctrl-C interrupts at once (KeyboardInterrupt), losing the steps
   since the last checkpoint.
-  """
 
-  _SIGNALS = (signal.SIGTERM, signal.SIGINT)
+  On several hosts the signal may reach only some of them (a maintenance
+  event). As in T5X, JAX's preemption sync manager (started by
+  `jax.distributed.initialize`) then takes SIGTERM itself and picks a step
+  that every host stops after (`reached_preemption_sync_point`), with no
+  device synchronization; Ctrl-C is passed on to it as SIGTERM. Without the
+  manager, the hosts all-gather their stop flags after every step.
+  """
 
   def __init__(self):
     self.requested = False
     self._previous = {}
+    self._sync_manager = False
 
   def __enter__(self) -> _Preemption:
+    self._sync_manager = jax.process_count() > 1 and _has_sync_manager()
+    # With the sync manager, its own SIGTERM handler must stay in place.
+    signals = (signal.SIGINT,)
+    if not self._sync_manager:
+      signals = (signal.SIGTERM, signal.SIGINT)
     try:
-      for signum in self._SIGNALS:
+      for signum in signals:
         self._previous[signum] = signal.signal(signum, self._handle)
     except ValueError:  # not the main thread: no handler, no preemption
       self._previous = {}
@@ -403,19 +415,40 @@ class _Preemption:
         file=sys.stderr,
       )
     self.requested = True
+    if self._sync_manager:
+      os.kill(os.getpid(), signal.SIGTERM)  # to the sync manager
 
   def __exit__(self, *exc):
     for signum, previous in self._previous.items():
       signal.signal(signum, previous)
 
-  def should_stop(self) -> bool:
-    """True on every host once any host got SIGTERM."""
+  def should_stop(self, step: int) -> bool:
+    """True on every host after the same step, once any host was signaled.
+
+    Args:
+      step: the step just done; every host calls this after every step.
+    """
     if jax.process_count() == 1:
       return self.requested
     from jax.experimental import multihost_utils
 
+    if self._sync_manager:
+      stop = multihost_utils.reached_preemption_sync_point(step)
+      if stop:
+        logging.warning("preemption sync point: stopping after step %d", step)
+      return stop
     flags = multihost_utils.process_allgather(np.array(self.requested))
     return bool(np.any(flags))
+
+
+def _has_sync_manager() -> bool:
+  """Whether `jax.distributed` runs JAX's preemption sync manager."""
+  from jax._src import distributed
+
+  return (
+    getattr(distributed.global_state, "preemption_sync_manager", None)
+    is not None
+  )
 
 
 @dataclasses.dataclass
@@ -487,6 +520,7 @@ def train(
   recipe: str = "mixture",
   use_cached_tasks: bool = False,
   random_seed: int = 0,
+  data_shards: int | None = None,
   num_microbatches: int = 1,
   mesh: Mesh | None = None,
   logical_axis_rules: Sequence[tuple[str, Any]] | None = None,
@@ -527,6 +561,10 @@ def train(
       With the paper's 64 inputs a step, both recipes use `batch_size` 128.
     use_cached_tasks: USE_CACHED_TASKS.
     random_seed: RANDOM_SEED: parameters, dropout and data order.
+    data_shards: DATA_SHARDS: input shards each global batch is assembled
+      from (`input_pipeline.DatasetConfig.data_shards`); None: one per
+      process, or, when resuming, the checkpoint's, so a run resumes
+      exactly on another number of processes.
     num_microbatches: gradient accumulation steps inside one update.
     mesh: the device mesh; default `partitioning.make_mesh()`.
     logical_axis_rules: default `partitioning.STANDARD_LOGICAL_AXIS_RULES`.
@@ -550,6 +588,8 @@ def train(
 
   Raises:
     NonFiniteLossError: the loss became NaN or Inf.
+    input_pipeline.DataShardsError: DATA_SHARDS does not fit the processes
+      or differs from the checkpoint's.
   """
   # The loop's I/O (TensorFlow, SeqIO, orbax, CLU) loads only when training
   # from a mixture; `Trainer` alone needs JAX, flax and optax.
@@ -586,6 +626,13 @@ def train(
   if official:
     loss = official_loss(loss)
   _log_step_contents(rates, batch_size, recipe, packed_rows if pack else None)
+  checkpointer = checkpoints_lib.Checkpointer(
+    model_dir,
+    max_to_keep=keep_checkpoints,
+    async_save=async_checkpointing,
+    best_metric=best_metric,
+    best_mode=best_mode,
+  )
   data_config = dataset_config(
     mixture_or_task_name=mixture_or_task_name,
     task_feature_lengths=task_feature_lengths,
@@ -595,6 +642,7 @@ def train(
     packed_rows=packed_rows,
     random_seed=random_seed,
     use_cached_tasks=use_cached_tasks,
+    data_shards=_resumed_data_shards(checkpointer, data_shards),
   )
   trainer = Trainer(
     model,
@@ -606,13 +654,6 @@ def train(
     loss=loss,
     num_microbatches=num_microbatches,
     dropout=getattr(getattr(model, "config", None), "dropout_rate", 1.0) > 0,
-  )
-  checkpointer = checkpoints_lib.Checkpointer(
-    model_dir,
-    max_to_keep=keep_checkpoints,
-    async_save=async_checkpointing,
-    best_metric=best_metric,
-    best_mode=best_mode,
   )
   if jax.process_index() == 0:
     # Eval jobs refuse another vocabulary for these checkpoints.
@@ -647,6 +688,7 @@ def train(
       peak_flops_per_second(peak_flops),
     ),
     progress_bar=progress_bar and jax.process_index() == 0,
+    data_shards=input_pipeline.num_data_shards(data_config),
   )
   try:
     with _Preemption() as preemption:
@@ -671,6 +713,7 @@ def dataset_config(
   packed_rows: int | None = None,
   random_seed: int = 0,
   use_cached_tasks: bool = False,
+  data_shards: int | None = None,
 ) -> Any:
   """The training data `train` reads, from its own arguments.
 
@@ -683,6 +726,7 @@ def dataset_config(
     packed_rows: PACKED_ROWS.
     random_seed: RANDOM_SEED (data order and mixing).
     use_cached_tasks: USE_CACHED_TASKS.
+    data_shards: DATA_SHARDS (None: one per process).
 
   Returns:
     An `input_pipeline.DatasetConfig`.
@@ -700,7 +744,43 @@ def dataset_config(
     packed_rows=packed_rows,
     use_cached=use_cached_tasks,
     paired=recipe == "official",
+    data_shards=data_shards,
   )
+
+
+def _resumed_data_shards(
+  checkpointer: Any, data_shards: int | None
+) -> int | None:
+  """DATA_SHARDS of a run: as configured, else the checkpoint's if any.
+
+  A resumed run must assemble its global batches from the same input shards
+  as the run that saved, whatever its process count, to see the same data.
+
+  Raises:
+    input_pipeline.DataShardsError: the configured value differs from the
+      checkpoint's.
+  """
+  from dss_jax import input_pipeline
+
+  saved = checkpointer.saved_data_shards()
+  if saved is None:
+    return data_shards
+  if data_shards is not None and data_shards != saved:
+    raise input_pipeline.DataShardsError(
+      f"DATA_SHARDS {data_shards} differs from the {saved} input shards of "
+      f"the checkpoint in {checkpointer.directory}; unset it (or set "
+      f"{saved}) to resume"
+    )
+  if saved % jax.process_count():
+    raise input_pipeline.DataShardsError(
+      f"the checkpoint in {checkpointer.directory} reads {saved} input "
+      f"shards, which {jax.process_count()} processes cannot split: resume "
+      f"on a number of processes that divides {saved} (start runs with "
+      "DATA_SHARDS a multiple of every host count they may resume on)"
+    )
+  if data_shards is None:
+    logging.info("reading %d input shards, as the checkpoint did", saved)
+  return saved
 
 
 def official_task_weights(rates: Mapping[str, float]) -> list[float]:
@@ -831,6 +911,7 @@ class _Loop:
   eval_period: int
   meter: _Meter
   progress_bar: bool
+  data_shards: int | None = None
 
   def run(
     self,
@@ -856,7 +937,7 @@ class _Loop:
       if pending is not None:
         last = self._record(*pending, bar)
       pending = (step, metrics, host_batch)
-      if preemption.should_stop():
+      if preemption.should_stop(step):
         preempted = True
         break
       if step % self.checkpoint_period == 0 or self._eval_due(step):
@@ -908,7 +989,9 @@ class _Loop:
     return values
 
   def _save(self, step: int, state: TrainState, batches_done: int) -> None:
-    if self.checkpointer.save(step, state.as_dict(), batches_done):
+    if self.checkpointer.save(
+      step, state.as_dict(), batches_done, self.data_shards
+    ):
       logging.info("saved checkpoint at step %d", step)
 
   def _evaluate(self, step: int, state: TrainState, batches_done: int) -> None:
@@ -924,6 +1007,7 @@ class _Loop:
       state.as_dict(),
       batches_done,
       {k.removeprefix("eval/"): v for k, v in scalars.items()},
+      self.data_shards,
     )
 
 

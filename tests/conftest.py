@@ -8,11 +8,23 @@ import os
 
 # Eight fake XLA CPU devices, so sharding tests run real meshes on a laptop or CI
 # (the optax and T5X habit). Appended, not replaced, to keep a user's own flags.
-_FLAG = "--xla_force_host_platform_device_count=8"
-if _FLAG not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " " + _FLAG
-  ).strip()
+#
+# Each fake device runs its part of a step on its own thread, and a collective
+# waits for all eight. On a busy 2-core machine (two test workers, other jobs)
+# a thread can be descheduled long enough that XLA's default 40 s limit for
+# all threads to reach a collective ends the whole process; a slow arrival is
+# load, not a deadlock, so the limit is raised well above any test's runtime
+# on such a machine (a real deadlock still ends the process).
+_FLAGS = (
+  "--xla_force_host_platform_device_count=8",
+  "--xla_cpu_collective_call_terminate_timeout_seconds=900",
+  "--xla_cpu_collective_call_warn_stuck_timeout_seconds=120",
+)
+for _flag in _FLAGS:
+  if _flag.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (
+      os.environ.get("XLA_FLAGS", "") + " " + _flag
+    ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # TensorFlow only feeds data here; it must never grab a GPU that JAX needs.
 os.environ["CUDA_VISIBLE_DEVICES"] = ""

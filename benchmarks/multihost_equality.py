@@ -1,0 +1,136 @@
+r"""Prints how closely several JAX processes train like one, on this machine.
+
+    DSS_PAPER_DATA_DIR=/path/to/dss_paper python benchmarks/multihost_equality.py
+
+Builds the paper's SVAMP data (TFDS, into a temporary folder), then trains
+the tiny student with `python -m dss_jax.train` on the `dss_svamp_palm`
+mixture four times, every run on the same global batches (DATA_SHARDS=2):
+
+  * 2 processes x 2 CPU devices against 1 process x 4 devices: the largest
+    absolute difference of any parameter at each checkpoint (the processes
+    all-reduce over gloo, the single process in memory, in another order);
+  * 2 processes x 1 device against 1 process x 2 devices: whether the
+    parameters are bit-identical (a sum of two partial sums has one order).
+
+The processes are started by tests/multihost.py (jax.distributed on
+127.0.0.1). `--steps` and `--checkpoint_period` change the run length.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+_REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(_REPO / "tests"))
+
+import multihost  # noqa: E402
+
+
+def _train(tfds_dir, cache, model_dir, processes, devices, steps, period):
+  args = [
+    "--gin_file=tiny.gin",
+    f'--gin.MODEL_DIR="{model_dir}"',
+    '--gin.MIXTURE_OR_TASK_NAME="dss_svamp_palm"',
+    f"--gin.TRAIN_STEPS={steps}",
+    f"--gin.CHECKPOINT_PERIOD={period}",
+    "--gin.BATCH_SIZE=8",
+    "--gin.TASK_FEATURE_LENGTHS={'inputs': 96, 'targets': 48}",
+    "--gin.DATA_SHARDS=2",
+    "--gin.trainer.train.keep_checkpoints=100",
+    "--gin.trainer.train.peak_flops=1e12",
+    "--gin.trainer.train.progress_bar=False",
+  ]
+  job = multihost.start_module(
+    "dss_jax.train",
+    args,
+    model_dir.parent / f"{model_dir.name}_logs",
+    processes=processes,
+    devices=devices,
+    env={
+      "TFDS_DATA_DIR": str(tfds_dir),
+      "JAX_COMPILATION_CACHE_DIR": str(cache),
+    },
+  )
+  start = time.monotonic()
+  job.wait(timeout=1800)
+  print(
+    f"trained {processes} x {devices} devices: {steps} steps in "
+    f"{time.monotonic() - start:.0f} s",
+    flush=True,
+  )
+
+
+def _params(model_dir, step):
+  import jax
+
+  from dss_jax import checkpoints
+
+  params = checkpoints.restore_params(model_dir / "checkpoints" / str(step))
+  return {
+    jax.tree_util.keystr(k): np.asarray(v)
+    for k, v in jax.tree_util.tree_leaves_with_path(params)
+  }
+
+
+def _compare(a_dir, b_dir, steps, period, label):
+  for step in range(period, steps + 1, period):
+    a, b = _params(a_dir, step), _params(b_dir, step)
+    diff = max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
+    same = all(
+      np.array_equal(a[k].view(np.uint32), b[k].view(np.uint32)) for k in a
+    )
+    print(
+      f"{label} step {step:3d}: max |diff| {diff:.3g}, bit-identical {same}",
+      flush=True,
+    )
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--steps", type=int, default=12)
+  parser.add_argument("--checkpoint_period", type=int, default=4)
+  args = parser.parse_args()
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  import tensorflow_datasets as tfds
+  from absl import logging
+
+  from dss_jax import datasets
+
+  tfds.disable_progress_bar()
+  # Only the figures: no INFO lines, no orbax warnings about step folders.
+  logging.set_verbosity(logging.ERROR)
+
+  with tempfile.TemporaryDirectory() as tmp:
+    tmp = pathlib.Path(tmp)
+    datasets.build_annotated("svamp", "palm", data_dir=str(tmp / "tfds"))
+    runs = {
+      "2x2": (2, 2),
+      "1x4": (1, 4),
+      "2x1": (2, 1),
+      "1x2": (1, 2),
+    }
+    for name, (processes, devices) in runs.items():
+      _train(
+        tmp / "tfds",
+        tmp / "xla_cache",
+        tmp / name,
+        processes,
+        devices,
+        args.steps,
+        args.checkpoint_period,
+      )
+    period = args.checkpoint_period
+    _compare(tmp / "2x2", tmp / "1x4", args.steps, period, "2x2 vs 1x4")
+    _compare(tmp / "2x1", tmp / "1x2", args.steps, period, "2x1 vs 1x2")
+
+
+if __name__ == "__main__":
+  main()
