@@ -33,6 +33,7 @@ from typing import Any, Literal
 import pydantic
 import yaml
 
+from dss_jax import resources
 from dss_jax.teacher import arithmetic, parsers
 
 ParsedAnswer = parsers.ParsedAnswer
@@ -41,8 +42,8 @@ ParsedAnswer = parsers.ParsedAnswer
 # appears; the official code joins NLI premise and hypothesis with it.
 EOS_SEPARATOR = "</s>"
 
-# Built-in cards live next to the package in the source tree.
-TASKS_DIR = pathlib.Path(__file__).resolve().parents[1] / "tasks"
+# The built-in cards: `tasks/` of a checkout, or the copy a wheel ships.
+TASKS_DIR = resources.tasks_dir()
 
 
 class CardError(ValueError):
