@@ -33,10 +33,9 @@ from typing import Any, Literal
 import pydantic
 import yaml
 
-from dss_jax import resources
-from dss_jax.teacher import arithmetic, parsers
+from dss_jax import answers, resources
 
-ParsedAnswer = parsers.ParsedAnswer
+ParsedAnswer = answers.ParsedAnswer
 
 # Hugging Face's T5 tokenizers read this literal as the EOS token wherever it
 # appears; the official code joins NLI premise and hypothesis with it.
@@ -94,7 +93,7 @@ class SourceSpec(_Strict):
 
 
 class ParserSpec(_Strict):
-  """How a teacher completion becomes (rationale, label); see parsers.py."""
+  """How a teacher completion becomes (rationale, label); see answers.py."""
 
   answer_marker: str | None = None
   cut_at: list[str] = []
@@ -306,8 +305,8 @@ class TaskCard(_Strict):
     """
     spec = self.parser
     if spec.hook is not None:
-      return parsers.parse_with_hook(text, spec.hook)
-    return parsers.parse_with_rules(
+      return answers.parse_with_hook(text, spec.hook)
+    return answers.parse_with_rules(
       text,
       answer_marker=spec.answer_marker,
       cut_at=spec.cut_at,
@@ -322,7 +321,7 @@ class TaskCard(_Strict):
     if predicted is None or not gold:
       return False
     if self.metric == "equation_accuracy":
-      return arithmetic.equations_equal(predicted, gold)
+      return answers.equations_equal(predicted, gold)
     return predicted == gold
 
   def label_key(self, label: str) -> str:
@@ -331,7 +330,7 @@ class TaskCard(_Strict):
     Equations vote by value, so "(10 * 45)" and "(45 * 10)" agree.
     """
     if self.metric == "equation_accuracy":
-      value = arithmetic.evaluate_equation(label)
+      value = answers.evaluate_equation(label)
       if value is not None:
         return repr(round(value, 9))
     return label
