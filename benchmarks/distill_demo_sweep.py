@@ -34,6 +34,7 @@ import optax
 from dss_jax import distill, losses, optimizers, synthetic
 from dss_jax.models import t5
 from dss_jax.models.config import T5Config
+from dss_jax.teacher.backends import offline
 
 SIZES = {
   # The demo's own students, and one wider for the sweep.
@@ -81,7 +82,7 @@ def make_data(gen, n_train, n_test):
     )
     if p.question not in seen
   ][:n_test]
-  teacher = synthetic.OfflineTeacher()
+  teacher = offline.OfflineTeacher()
   rows = []
   for p in train:
     text, _ = teacher.solve(p.question)

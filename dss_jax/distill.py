@@ -2,8 +2,9 @@ r"""The main job: card -> teacher -> TFDS -> SeqIO -> train -> eval -> report.
 
 With no flags it runs the offline demo on a laptop CPU: the project's own
 arithmetic word problems (tasks/arith.yaml), the built-in offline teacher
-(dss_jax.synthetic), a tiny byte-level T5 student, standard finetuning beside
-distilling step-by-step over three seeds, then a table and a plot:
+(teacher/backends/offline.py), a tiny byte-level T5 student, standard
+finetuning beside distilling step-by-step over three seeds, then a table and a
+plot:
 
   dss-jax distill                       # = python -m dss_jax.distill
   dss-jax distill --out_dir=demo_output --seeds=0,1,2,3,4
@@ -437,12 +438,11 @@ class Pipeline:
 
   # ------------------------------------------------------------- annotation
   def _backend(self):
-    from dss_jax import synthetic
     from dss_jax.teacher import backends
 
     config = self.config
     if config.backend == "offline":
-      return synthetic.make_backend()
+      return backends.make_backend("offline")
     if config.backend == "openai":
       return backends.make_backend(
         "openai",
