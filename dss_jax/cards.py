@@ -40,6 +40,11 @@ ParsedAnswer = answers.ParsedAnswer
 # Hugging Face's T5 tokenizers read this literal as the EOS token wherever it
 # appears; the official code joins NLI premise and hypothesis with it.
 EOS_SEPARATOR = "</s>"
+# What the student's two tasks prepend to its input, as in the official code:
+# `predict: <input>` -> label, `explain: <input>` -> rationale. Standard
+# finetuning and distillation read the input with no prefix.
+LABEL_PREFIX = "predict: "
+RATIONALE_PREFIX = "explain: "
 
 # The built-in cards: `tasks/` of a checkout, or the copy a wheel ships.
 TASKS_DIR = resources.tasks_dir()
@@ -430,6 +435,8 @@ def input_fields(card: TaskCard, row: Mapping[str, Any]) -> dict[str, Any]:
 
 __all__ = (
   "EOS_SEPARATOR",
+  "LABEL_PREFIX",
+  "RATIONALE_PREFIX",
   "CardError",
   "ParsedAnswer",
   "StudentInputSpec",

@@ -46,44 +46,12 @@ from absl import app, flags, logging
 from dss_jax import grid as grid_lib
 from dss_jax import host, report
 from dss_jax import workers as workers_lib
+from dss_jax.models.config import STUDENT_SIZES, T5_SIZES
 
 BACKENDS = ("offline", "replay", "gemini", "openai")
 
-# Students small enough for a CPU. Widths are T5 v1.1's shape (gated GELU,
-# no biases) scaled down; "demo" trains a run of the arith demo in about a
-# minute on one core. In a sweep on the demo task (docs/distill.md) "demo"
-# learned more in the demo's budget than both "demo-xs" (less stable) and a
-# 128-wide student (slower to start at the demo's learning rate).
-# T5 v1.1 sizes ("small", "base", "large", "xl", "xxl") are accepted as well.
-STUDENT_SIZES: dict[str, dict[str, int]] = {
-  "demo-xs": dict(
-    emb_dim=32,
-    num_heads=2,
-    head_dim=16,
-    mlp_dim=64,
-    num_encoder_layers=2,
-    num_decoder_layers=2,
-  ),
-  "demo": dict(
-    emb_dim=64,
-    num_heads=4,
-    head_dim=16,
-    mlp_dim=128,
-    num_encoder_layers=2,
-    num_decoder_layers=2,
-  ),
-  "demo-l": dict(
-    emb_dim=128,
-    num_heads=4,
-    head_dim=32,
-    mlp_dim=256,
-    num_encoder_layers=3,
-    num_decoder_layers=3,
-  ),
-}
 # A run's test examples with the student's rationale (`show_examples`).
 EXAMPLES_FILE = "examples.txt"
-T5_SIZES = ("small", "base", "large", "xl", "xxl")
 
 
 class AnnotationIncompleteError(RuntimeError):
