@@ -71,6 +71,14 @@ _EXTRAS_REQUIRE = {
   "gpu": ["jax[cuda12]>=0.10.2"],
 }
 
+# The task cards and gin files stay at the top of the repository (the layout
+# users know) and ship inside the package, so that an installed dss-jax finds
+# them outside a checkout (dss_jax.resources looks in both places).
+_SHIPPED_FOLDERS = {
+  "dss_jax._tasks": "tasks",
+  "dss_jax._gin_configs": "gin_configs",
+}
+
 setuptools.setup(
   name="dss-jax",
   version="0.1.0",
@@ -82,18 +90,20 @@ setuptools.setup(
   long_description_content_type="text/markdown",
   license="Apache-2.0",
   python_requires=">=3.10",
-  packages=setuptools.find_packages(include=["dss_jax", "dss_jax.*"]),
-  # Task cards and gin files ship inside the package so that an installed
-  # dss-jax (not only a checkout) finds them.
-  package_data={"dss_jax": ["py.typed"]},
-  data_files=[],
-  include_package_data=True,
+  packages=[
+    *setuptools.find_packages(include=["dss_jax", "dss_jax.*"]),
+    *_SHIPPED_FOLDERS,
+  ],
+  package_dir=_SHIPPED_FOLDERS,
+  package_data={
+    "dss_jax._tasks": ["*.yaml"],
+    "dss_jax._gin_configs": ["**/*.gin"],
+  },
   install_requires=_INSTALL_REQUIRES,
   extras_require=_EXTRAS_REQUIRE,
   entry_points={"console_scripts": ["dss-jax=dss_jax.__main__:main"]},
   classifiers=[
     "Programming Language :: Python :: 3",
-    "License :: OSI Approved :: Apache Software License",
     "Topic :: Scientific/Engineering :: Artificial Intelligence",
   ],
 )

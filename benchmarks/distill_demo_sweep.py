@@ -31,14 +31,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dss_jax import distill, losses, optimizers, synthetic
-from dss_jax.models import t5
+from dss_jax import losses, optimizers, synthetic
+from dss_jax.models import config, t5
 from dss_jax.models.config import T5Config
+from dss_jax.teacher.backends import offline
 
 SIZES = {
-  # The demo's own students, and one wider for the sweep.
-  "xs": distill.STUDENT_SIZES["demo-xs"],
-  "demo": distill.STUDENT_SIZES["demo"],
+  # The demo's own students, and wider ones for the sweep.
+  "xs": config.STUDENT_SIZES["demo-xs"],
+  "demo": config.STUDENT_SIZES["demo"],
   "m": dict(
     emb_dim=96,
     num_heads=4,
@@ -47,14 +48,7 @@ SIZES = {
     num_encoder_layers=2,
     num_decoder_layers=2,
   ),
-  "l": dict(
-    emb_dim=128,
-    num_heads=4,
-    head_dim=32,
-    mlp_dim=256,
-    num_encoder_layers=3,
-    num_decoder_layers=3,
-  ),
+  "l": config.STUDENT_SIZES["demo-l"],
   "l2": dict(
     emb_dim=128,
     num_heads=4,
@@ -81,7 +75,7 @@ def make_data(gen, n_train, n_test):
     )
     if p.question not in seen
   ][:n_test]
-  teacher = synthetic.OfflineTeacher()
+  teacher = offline.OfflineTeacher()
   rows = []
   for p in train:
     text, _ = teacher.solve(p.question)

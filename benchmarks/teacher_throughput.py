@@ -1,6 +1,6 @@
 """Annotation throughput against a rate-limited local server, and kill cost.
 
-Starts the local fake Gemini server (dss_jax.teacher.fake_server) with a fixed
+Starts the local fake Gemini server (dss_jax.teacher.testing) with a fixed
 latency per call and a server-side limit on requests per rolling minute, then:
 
 1. runs the annotation runner on CQA prompts with the client-side limit set
@@ -30,7 +30,7 @@ sys.path.insert(0, str(_REPO))
 from dss_jax import cards  # noqa: E402
 from dss_jax.teacher import prompts, runner, sources  # noqa: E402
 from dss_jax.teacher.backends import gemini  # noqa: E402
-from dss_jax.teacher.fake_server import FakeTeacherServer  # noqa: E402
+from dss_jax.teacher.testing import FakeTeacherServer  # noqa: E402
 
 
 def _throughput(

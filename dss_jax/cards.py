@@ -33,17 +33,21 @@ from typing import Any, Literal
 import pydantic
 import yaml
 
-from dss_jax import errors
-from dss_jax.teacher import arithmetic, parsers
+from dss_jax import answers, errors, resources
 
-ParsedAnswer = parsers.ParsedAnswer
+ParsedAnswer = answers.ParsedAnswer
 
 # Hugging Face's T5 tokenizers read this literal as the EOS token wherever it
 # appears; the official code joins NLI premise and hypothesis with it.
 EOS_SEPARATOR = "</s>"
+# What the student's two tasks prepend to its input, as in the official code:
+# `predict: <input>` -> label, `explain: <input>` -> rationale. Standard
+# finetuning and distillation read the input with no prefix.
+LABEL_PREFIX = "predict: "
+RATIONALE_PREFIX = "explain: "
 
-# Built-in cards live next to the package in the source tree.
-TASKS_DIR = pathlib.Path(__file__).resolve().parents[1] / "tasks"
+# The built-in cards: `tasks/` of a checkout, or the copy a wheel ships.
+TASKS_DIR = resources.tasks_dir()
 
 
 class CardError(errors.UserError):
@@ -94,7 +98,7 @@ class SourceSpec(_Strict):
 
 
 class ParserSpec(_Strict):
-  """How a teacher completion becomes (rationale, label); see parsers.py."""
+  """How a teacher completion becomes (rationale, label); see answers.py."""
 
   answer_marker: str | None = None
   cut_at: list[str] = []
@@ -310,8 +314,8 @@ class TaskCard(_Strict):
     """
     spec = self.parser
     if spec.hook is not None:
-      return parsers.parse_with_hook(text, spec.hook)
-    return parsers.parse_with_rules(
+      return answers.parse_with_hook(text, spec.hook)
+    return answers.parse_with_rules(
       text,
       answer_marker=spec.answer_marker,
       cut_at=spec.cut_at,
@@ -326,7 +330,7 @@ class TaskCard(_Strict):
     if predicted is None or not gold:
       return False
     if self.metric == "equation_accuracy":
-      return arithmetic.equations_equal(predicted, gold)
+      return answers.equations_equal(predicted, gold)
     return predicted == gold
 
   def label_key(self, label: str) -> str:
@@ -335,7 +339,7 @@ class TaskCard(_Strict):
     Equations vote by value, so "(10 * 45)" and "(45 * 10)" agree.
     """
     if self.metric == "equation_accuracy":
-      value = arithmetic.evaluate_equation(label)
+      value = answers.evaluate_equation(label)
       if value is not None:
         return repr(round(value, 9))
     return label
@@ -457,7 +461,7 @@ def card_from_dict(
     raise CardError(f"{_where(origin, loc, line_of)}: {message}")
   if card.parser.hook is not None:
     try:
-      parsers.load_hook(card.parser.hook)
+      answers.load_hook(card.parser.hook)
     except errors.UserError as e:
       where = _where(origin, ("parser", "hook"), line_of)
       raise CardError(f"{where}: {e}") from None
@@ -551,6 +555,8 @@ def input_fields(card: TaskCard, row: Mapping[str, Any]) -> dict[str, Any]:
 
 __all__ = (
   "EOS_SEPARATOR",
+  "LABEL_PREFIX",
+  "RATIONALE_PREFIX",
   "CardError",
   "ParsedAnswer",
   "StudentInputSpec",

@@ -2,8 +2,9 @@ r"""The main job: card -> teacher -> TFDS -> SeqIO -> train -> eval -> report.
 
 With no flags it runs the offline demo on a laptop CPU: the project's own
 arithmetic word problems (tasks/arith.yaml), the built-in offline teacher
-(dss_jax.synthetic), a tiny byte-level T5 student, standard finetuning beside
-distilling step-by-step over three seeds, then a table and a plot:
+(teacher/backends/offline.py), a tiny byte-level T5 student, standard
+finetuning beside distilling step-by-step over three seeds, then a table and a
+plot:
 
   dss-jax distill                       # = python -m dss_jax.distill
   dss-jax distill --out_dir=demo_output --seeds=0,1,2,3,4
@@ -45,44 +46,12 @@ from absl import app, flags, logging
 from dss_jax import errors, host, report
 from dss_jax import grid as grid_lib
 from dss_jax import workers as workers_lib
+from dss_jax.models.config import STUDENT_SIZES, T5_SIZES
 
 BACKENDS = ("offline", "replay", "gemini", "openai")
 
-# Students small enough for a CPU. Widths are T5 v1.1's shape (gated GELU,
-# no biases) scaled down; "demo" trains a run of the arith demo in about a
-# minute on one core. In a sweep on the demo task (docs/distill.md) "demo"
-# learned more in the demo's budget than both "demo-xs" (less stable) and a
-# 128-wide student (slower to start at the demo's learning rate).
-# T5 v1.1 sizes ("small", "base", "large", "xl", "xxl") are accepted as well.
-STUDENT_SIZES: dict[str, dict[str, int]] = {
-  "demo-xs": dict(
-    emb_dim=32,
-    num_heads=2,
-    head_dim=16,
-    mlp_dim=64,
-    num_encoder_layers=2,
-    num_decoder_layers=2,
-  ),
-  "demo": dict(
-    emb_dim=64,
-    num_heads=4,
-    head_dim=16,
-    mlp_dim=128,
-    num_encoder_layers=2,
-    num_decoder_layers=2,
-  ),
-  "demo-l": dict(
-    emb_dim=128,
-    num_heads=4,
-    head_dim=32,
-    mlp_dim=256,
-    num_encoder_layers=3,
-    num_decoder_layers=3,
-  ),
-}
 # A run's test examples with the student's rationale (`show_examples`).
 EXAMPLES_FILE = "examples.txt"
-T5_SIZES = ("small", "base", "large", "xl", "xxl")
 
 
 class AnnotationIncompleteError(RuntimeError):
@@ -472,12 +441,11 @@ class Pipeline:
 
   # ------------------------------------------------------------- annotation
   def _backend(self):
-    from dss_jax import synthetic
     from dss_jax.teacher import backends
 
     config = self.config
     if config.backend == "offline":
-      return synthetic.make_backend()
+      return backends.make_backend("offline")
     if config.backend == "openai":
       return backends.make_backend(
         "openai",

@@ -4,8 +4,8 @@
 
 `--gin_file` (repeatable), `--gin_bindings` (repeatable), `--gin_search_paths`
 and T5X's shorthand `--gin.NAME=value` for `--gin_bindings=NAME=value`. Gin
-files are looked up in the current folder, the repository's `gin_configs/` and
-every `--gin_search_paths` folder.
+files are looked up in the current folder, `gin_configs/` (the checkout's, or
+the copy an installed wheel ships) and every `--gin_search_paths` folder.
 
 Several processes (hosts without a cluster manager; Cloud TPU VMs need
 none of these) join one JAX job with T5X's flags:
@@ -22,7 +22,6 @@ from __future__ import annotations
 # gin's include lookup calls importlib.util without importing it.
 import importlib.util  # noqa: F401
 import os
-import pathlib
 import sys
 import tokenize
 from collections.abc import Callable, Sequence
@@ -31,9 +30,10 @@ from typing import Any
 import gin
 from absl import app, flags
 
-from dss_jax import errors
+from dss_jax import errors, resources
 
-GIN_CONFIGS_DIR = pathlib.Path(__file__).resolve().parents[1] / "gin_configs"
+# `gin_configs/` of a checkout, or the copy a wheel ships.
+GIN_CONFIGS_DIR = resources.gin_configs_dir()
 
 
 def define_gin_flags(what: str = "gin files to parse, in order") -> None:

@@ -56,7 +56,7 @@ class RunSpec:
 
   Attributes:
     method: one of `METHODS`.
-    model_size: a student size name (`dss_jax.distill.STUDENT_SIZES` or a
+    model_size: a student size name (`dss_jax.models.config.STUDENT_SIZES` or a
       T5 v1.1 size).
     fraction: share of the training split, in (0, 1].
     seed: the seed of initialization, data order and the training subset.

@@ -34,9 +34,7 @@ from typing import Any
 from absl import logging
 
 from dss_jax import errors, gin_flags
-
-LABEL_PREFIX = "predict: "
-RATIONALE_PREFIX = "explain: "
+from dss_jax.cards import LABEL_PREFIX, RATIONALE_PREFIX
 
 
 def _strip_prefix(text: str) -> str:

@@ -45,12 +45,10 @@ import seqio
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from dss_jax import errors, metrics, paired, preprocessors, vocab
+from dss_jax import cards, errors, metrics, paired, preprocessors, vocab
 
 DATASET_NAME = "dss_annotated"
 PALM_SOURCE = "palm"
-LABEL_PREFIX = "predict: "
-RATIONALE_PREFIX = "explain: "
 SPLITS = ("train", "validation", "test")
 # The paper's training-data fractions (Figures 2-3).
 PAPER_FRACTIONS = (0.125, 0.25, 0.5, 0.75, 1.0)
@@ -393,8 +391,8 @@ def _add_paired_task(
     preprocessors=[
       functools.partial(
         paired.add_paired_prefixes,
-        label_prefix=LABEL_PREFIX,
-        rationale_prefix=RATIONALE_PREFIX,
+        label_prefix=cards.LABEL_PREFIX,
+        rationale_prefix=cards.RATIONALE_PREFIX,
       ),
       preprocessors.tokenize_at_eos,
       paired.append_eos_after_trim,
@@ -454,8 +452,6 @@ def register_card(
       for f in dataclasses.fields(DataOptions)
     )
   )
-  from dss_jax import cards
-
   task_card = cards.load_card(card)
   card = task_card.name
   features = _output_features(vocabulary)
@@ -473,12 +469,16 @@ def register_card(
     return _AnnotatedSource(card, source, data_dir, target, overrides)
 
   _add_task(
-    names["label"], source_fn("label"), LABEL_PREFIX, features, label_metrics
+    names["label"],
+    source_fn("label"),
+    cards.LABEL_PREFIX,
+    features,
+    label_metrics,
   )
   _add_task(
     names["rationale"],
     source_fn("rationale"),
-    RATIONALE_PREFIX,
+    cards.RATIONALE_PREFIX,
     features,
     [metrics.rationale_rouge_l],
   )
@@ -540,8 +540,6 @@ def register_builtin(data_dir: str | None = None) -> list[str]:
   Returns:
     All registered names.
   """
-  from dss_jax import cards
-
   card_names = cards.list_cards()
   pairs = [
     p for p in built_sources(card_names, data_dir) if p[1] != PALM_SOURCE

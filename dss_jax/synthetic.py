@@ -1,8 +1,8 @@
-"""A small arithmetic reasoning dataset and an offline teacher that annotates it.
+"""A small arithmetic reasoning dataset: the demo card's problems.
 
 The offline quickstart (`dss-jax distill`, no flags) needs a reasoning task whose
-rationale carries the intermediate values the label depends on, and a teacher
-that needs no network. This module provides both:
+rationale carries the intermediate values the label depends on. This module
+writes it:
 
 * `generate_problems` writes multi-step word problems such as
 
@@ -13,25 +13,16 @@ that needs no network. This module provides both:
   the problems need no question sentence).
   `read_split` is the reader hook of the demo card, tasks/arith.yaml.
 
-* `OfflineTeacher` plays the part of a few-shot chain-of-thought LLM. It reads
-  the last question of a prompt, solves it step by step and writes a completion
-  in the style of the released PaLM outputs (`... The answer is 7.`, often
-  followed by a hallucinated next exemplar). It is wrong part of the time, with
-  an error model shaped like an LLM's: arithmetic slips that grow with the size
-  of the numbers, misread operations, skipped steps, answers that contradict
-  their own rationale, and completions with no parsable answer. Errors
-  propagate through the later steps, as they do in real chains of thought. The
-  output is a pure function of (prompt, sample index, seed), so an annotation
-  run is reproducible and resumable.
+* `read_question` recovers the solution steps of a problem from its text
+  only, with fixed regular expressions: the offline teacher
+  (`dss_jax.teacher.backends.offline`) solves the problems this way.
 
-Nothing in this module evaluates model text as code: the teacher reads
-questions with fixed regular expressions and computes with integers.
+Nothing in this module evaluates text as code.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import random
 import re
 
@@ -157,7 +148,7 @@ def _apply(left: int, op: str, right: int) -> int:
   raise ValueError(f"unknown operation {op!r}")
 
 
-def _sample_problem(
+def sample_problem(
   rng: random.Random,
   index: int,
   split: str,
@@ -165,7 +156,19 @@ def _sample_problem(
   max_operand: int,
   max_factor: int = 9,
 ) -> Problem:
-  """Draws one problem with `num_ops` operations (start included)."""
+  """Draws one problem with `num_ops` operations (start included).
+
+  Args:
+    rng: the random source; the problem is a function of its state.
+    index: the problem's index, for its id (`<split>-<index>`).
+    split: the split name, for its id.
+    num_ops: arithmetic steps in the solution.
+    max_operand: largest number added or subtracted.
+    max_factor: largest factor of a multiplicative start.
+
+  Returns:
+    The problem.
+  """
   name = rng.choice(_NAMES)
   pron = _PRONOUNS[name]
   item = rng.choice(_ITEMS)
@@ -241,7 +244,7 @@ def generate_problems(
   seen: set[str] = set()
   while len(problems) < num:
     num_ops = rng.randint(min_ops, max_ops)
-    problem = _sample_problem(
+    problem = sample_problem(
       rng, len(problems), split, num_ops, max_operand, max_factor
     )
     if problem.question not in seen:
@@ -251,7 +254,7 @@ def generate_problems(
 
 
 # --------------------------------------------------------------------------
-# The offline teacher.
+# Reading a problem back.
 
 
 class UnreadableQuestionError(ValueError):
@@ -307,167 +310,8 @@ def read_question(question: str) -> list[Step]:
   return steps
 
 
-@dataclasses.dataclass(frozen=True)
-class ErrorModel:
-  """How often, and how, the offline teacher goes wrong.
-
-  The rates are per step unless said otherwise, and `slip_*` rates grow with the
-  size of the result (an LLM multiplies 3 * 4 reliably and 8 * 7 less so). The
-  defaults give about 85% label accuracy on the demo data (78% on problems of
-  up to three steps with numbers up to 20): a strong but fallible teacher.
-
-  Attributes:
-    slip: chance of an arithmetic slip on a one-digit result.
-    slip_per_digit: added slip chance for each further digit of the result.
-    slip_mul: added slip chance on multiplications.
-    misread: chance of applying the wrong operation (adds instead of
-      subtracts, and so on).
-    skip: chance of leaving out a step (per problem, for problems of 3+ steps).
-    inconsistent: chance that the final answer contradicts the last step.
-    unparsable: chance that the completion states no answer (per problem).
-    run_on: chance that the completion runs on into a hallucinated next
-      exemplar, as the released PaLM outputs do.
-  """
-
-  slip: float = 0.01
-  slip_per_digit: float = 0.04
-  slip_mul: float = 0.04
-  misread: float = 0.03
-  skip: float = 0.04
-  inconsistent: float = 0.02
-  unparsable: float = 0.02
-  run_on: float = 0.6
-
-  def slip_rate(self, step: Step, result: int) -> float:
-    digits = len(str(abs(result)))
-    rate = self.slip + self.slip_per_digit * (digits - 1)
-    if step.op == "*":
-      rate += self.slip_mul
-    return rate
-
-
-PERFECT = ErrorModel(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
-
-# A misread turns "gives away" into an addition and the reverse.
-_OPPOSITE = {"+": "-", "-": "+"}
-
-
-def _slip(rng: random.Random, step: Step, result: int) -> int:
-  """A wrong result of the kind people and LLMs produce."""
-  if step.op == "*" and rng.random() < 0.5:
-    # A neighbouring entry of the times table: 7 * 8 -> 7 * 9.
-    return step.left * (step.right + rng.choice((-1, 1)))
-  if result >= 10 and rng.random() < 0.4:
-    return result + rng.choice((-10, 10))  # a dropped or doubled carry
-  return result + rng.choice((-2, -1, 1, 1, 2))
-
-
-class OfflineTeacher:
-  """A rule-based few-shot chain-of-thought teacher that needs no network.
-
-  `complete(prompt)` reads the prompt's last question (the text after the last
-  `Q:` and before the final `A:`), solves it with the error model and returns
-  the completion text an LLM would write after `A:`.
-
-  Attributes:
-    name: the teacher's name as stored with each annotation.
-  """
-
-  name = "offline-arith"
-
-  def __init__(self, error_model: ErrorModel | None = None, seed: int = 0):
-    """Initializes the teacher.
-
-    Args:
-      error_model: how it errs; `ErrorModel()` by default, `PERFECT` never errs.
-      seed: decorrelates teachers; the same seed gives the same completions.
-    """
-    self.error_model = ErrorModel() if error_model is None else error_model
-    self.seed = seed
-
-  def _rng(self, question: str, sample: int) -> random.Random:
-    digest = hashlib.sha256(
-      f"{self.seed}\x00{sample}\x00{question}".encode()
-    ).hexdigest()
-    return random.Random(int(digest[:16], 16))
-
-  def solve(self, question: str, sample: int = 0) -> tuple[str, int | None]:
-    """Writes a step-by-step answer to one question.
-
-    Args:
-      question: the problem text.
-      sample: index of the sample, for several rationales per question.
-
-    Returns:
-      (rationale with the final answer sentence, the stated answer or None
-      when the completion states none).
-    """
-    errors = self.error_model
-    rng = self._rng(question, sample)
-    try:
-      gold = read_question(question)
-    except UnreadableQuestionError:
-      return "I am not sure how to solve this problem.", None
-    if len(gold) >= 3 and rng.random() < errors.skip:
-      del gold[rng.randrange(1, len(gold))]
-    sentences: list[str] = []
-    value: int | None = None
-    for step in gold:
-      left = step.left if value is None else value
-      op = step.op
-      if op != "*" and rng.random() < errors.misread:
-        op = _OPPOSITE[op]
-      written = Step(left, op, step.right)
-      result = written.result
-      if rng.random() < errors.slip_rate(written, result):
-        result = _slip(rng, written, result)
-      sentences.append(written.text(result))
-      value = result
-    if not gold:  # a problem with a start value only
-      value = int(re.search(r"(\d+)", question).group(1))
-    if rng.random() < errors.unparsable:
-      return " ".join(sentences), None
-    answer = value
-    if rng.random() < errors.inconsistent:
-      answer = value + rng.choice((-1, 1, 10))
-    sentences.append(f"The answer is {answer}.")
-    return " ".join(sentences), answer
-
-  def complete(self, prompt: str, sample: int = 0) -> str:
-    """The completion for a few-shot prompt that ends with `Q: ...\\nA:`.
-
-    Args:
-      prompt: the full prompt; only its last question is answered.
-      sample: index of the sample.
-
-    Returns:
-      The completion text, possibly running on into a made-up next exemplar.
-    """
-    question = extract_last_question(prompt)
-    text, _ = self.solve(question, sample)
-    rng = self._rng(question, sample + 1_000_003)
-    if rng.random() < self.error_model.run_on:
-      # Like the released PaLM outputs, keep writing the next few-shot block.
-      made_up = _sample_problem(rng, 0, "run-on", 2, 20)
-      text += f"\n\nQ: {made_up.question}\nA: {made_up.steps[0].text()}"
-    return text
-
-
-def extract_last_question(prompt: str) -> str:
-  """The text of the last `Q:` block of a few-shot prompt.
-
-  Prompts that have no `Q:` marker are taken to be the question itself.
-  """
-  start = prompt.rfind("Q:")
-  body = prompt[start + 2 :] if start >= 0 else prompt
-  end = body.rfind("\nA:")
-  if end >= 0:
-    body = body[:end]
-  return body.strip()
-
-
 # --------------------------------------------------------------------------
-# The demo card's data and the teacher backend the annotation runner drives.
+# The demo card's data.
 
 # The demo's problems (tasks/arith.yaml reads them through `read_split`):
 # two steps with small numbers, so that a tiny byte-level student learns
@@ -513,37 +357,3 @@ def demo_problems(split: str) -> list[Problem]:
 def read_split(split: str) -> list[dict[str, object]]:
   """The reader hook of tasks/arith.yaml: rows with id, input and label."""
   return [p.to_json() for p in demo_problems(split)]
-
-
-def make_backend(error_model: ErrorModel | None = None, seed: int = 0):
-  """The offline teacher behind the annotation runner's backend interface.
-
-  Args:
-    error_model: how the teacher errs (`ErrorModel()` by default).
-    seed: the teacher's seed.
-
-  Returns:
-    A `dss_jax.teacher.backends.TeacherBackend`.
-  """
-  # Imported here so the dataset generator needs no teacher machinery.
-  from dss_jax.teacher.backends import base
-
-  class OfflineTeacherBackend(base.TeacherBackend):
-    """Answers each request with `OfflineTeacher.complete`, instantly."""
-
-    def __init__(self):
-      self.teacher = OfflineTeacher(error_model, seed)
-      self.name = OfflineTeacher.name
-
-    async def generate(self, request) -> base.Completion:
-      text = self.teacher.complete(request.prompt, request.sample)
-      # Four characters per token, the usual English estimate, so the
-      # runner's token counters read sensibly.
-      return base.Completion(
-        text=text,
-        finish_reason="STOP",
-        input_tokens=len(request.prompt) // 4,
-        output_tokens=len(text) // 4,
-      )
-
-  return OfflineTeacherBackend()

@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 
-from dss_jax.teacher.fake_server import FakeTeacherServer
+from dss_jax.teacher.testing import FakeTeacherServer
 
 
 def _answer(prompt: str) -> str:

@@ -1,4 +1,4 @@
-"""The demo's arithmetic dataset and its offline teacher (dss_jax.synthetic)."""
+"""The demo's arithmetic problems (synthetic) and its offline teacher."""
 
 import asyncio
 import re
@@ -7,6 +7,7 @@ import pytest
 
 from dss_jax import cards, synthetic
 from dss_jax.teacher import backends, prompts
+from dss_jax.teacher.backends import offline
 
 
 def test_problems_are_deterministic_distinct_and_solved_by_their_rationale():
@@ -45,7 +46,7 @@ def test_demo_splits_do_not_overlap_and_match_the_card():
 
 def test_a_perfect_teacher_is_always_right_and_parses_with_the_card():
   card = cards.load_card("arith")
-  teacher = synthetic.OfflineTeacher(synthetic.PERFECT)
+  teacher = offline.OfflineTeacher(offline.PERFECT)
   for problem in synthetic.generate_problems(100, seed=2):
     prompt = card.build_prompt({"input": problem.question})
     parsed = card.parse_completion(teacher.complete(prompt))
@@ -55,7 +56,7 @@ def test_a_perfect_teacher_is_always_right_and_parses_with_the_card():
 
 def test_the_default_teacher_errs_like_an_llm():
   card = cards.load_card("arith")
-  teacher = synthetic.OfflineTeacher()
+  teacher = offline.OfflineTeacher()
   problems = synthetic.demo_problems("test")
   completions = [
     teacher.complete(card.build_prompt({"input": p.question})) for p in problems
@@ -89,9 +90,9 @@ def test_the_default_teacher_errs_like_an_llm():
 def test_backend_answers_runner_requests(by_name):
   card = cards.load_card("arith")
   if by_name:  # as `dss-jax annotate --backend=offline` creates it
-    backend = backends.make_backend("offline", error_model=synthetic.PERFECT)
+    backend = backends.make_backend("offline", error_model=offline.PERFECT)
   else:
-    backend = synthetic.make_backend(synthetic.PERFECT)
+    backend = offline.OfflineBackend(offline.PERFECT)
   problem = synthetic.demo_problems("train")[0]
   sampling = prompts.SamplingConfig()
   (request,) = prompts.build_requests(

@@ -6,7 +6,7 @@ import pytest
 
 from dss_jax.teacher import prompts
 from dss_jax.teacher.backends import base, gemini, openai
-from dss_jax.teacher.fake_server import FakeTeacherServer
+from dss_jax.teacher.testing import FakeTeacherServer
 
 _REQUEST = prompts.TeacherRequest(
   example_id="ex1",

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from dss_jax.teacher.fake_server import FakeTeacherServer
+from dss_jax.teacher.testing import FakeTeacherServer
 
 _EXAMPLES = 60
 _CONCURRENCY = 4

@@ -14,7 +14,7 @@ from dss_jax import cards
 from dss_jax.teacher import aggregate, prompts, runner, sources
 from dss_jax.teacher import store as store_lib
 from dss_jax.teacher.backends import base, gemini, openai, replay
-from dss_jax.teacher.fake_server import FakeTeacherServer
+from dss_jax.teacher.testing import FakeTeacherServer
 
 _FAST = runner.RunnerConfig(
   concurrency=3,

@@ -66,6 +66,43 @@ _SIZES: dict[str, dict[str, Any]] = {
 _REMAT_POLICIES = ("none", "minimal", "full")
 
 
+# The public T5 v1.1 sizes, each with a T5X checkpoint ("tiny" is for tests).
+T5_SIZES = tuple(size for size in _SIZES if size != "tiny")
+
+# Students small enough for a CPU. Widths are T5 v1.1's shape (gated GELU,
+# no biases) scaled down; "demo" trains a run of the arith demo in about a
+# minute on one core. In a sweep on the demo task (docs/distill.md) "demo"
+# learned more in the demo's budget than both "demo-xs" (less stable) and a
+# 128-wide student (slower to start at the demo's learning rate).
+# A student is one of these or one of `T5_SIZES` (`dss-jax distill --model_sizes`).
+STUDENT_SIZES: dict[str, dict[str, int]] = {
+  "demo-xs": dict(
+    emb_dim=32,
+    num_heads=2,
+    head_dim=16,
+    mlp_dim=64,
+    num_encoder_layers=2,
+    num_decoder_layers=2,
+  ),
+  "demo": dict(
+    emb_dim=64,
+    num_heads=4,
+    head_dim=16,
+    mlp_dim=128,
+    num_encoder_layers=2,
+    num_decoder_layers=2,
+  ),
+  "demo-l": dict(
+    emb_dim=128,
+    num_heads=4,
+    head_dim=32,
+    mlp_dim=256,
+    num_encoder_layers=3,
+    num_decoder_layers=3,
+  ),
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class T5Config:
   """Hyperparameters of a T5 v1.1 encoder-decoder.

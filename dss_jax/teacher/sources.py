@@ -22,8 +22,8 @@ import pathlib
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from dss_jax import answers, errors
 from dss_jax import cards as cards_lib
-from dss_jax import errors
 
 PAPER_DATA_ENV = "DSS_PAPER_DATA_DIR"
 DATASETS_ZIP_URL = (
@@ -230,7 +230,5 @@ def read_source(
     if not path.is_absolute() and card.path:
       path = pathlib.Path(card.path).parent / path
     return list(examples_from_rows(card, _rows(path), split))
-  from dss_jax.teacher import parsers
-
-  reader = parsers.load_hook(card.source.reader)
+  reader = answers.load_hook(card.source.reader)
   return list(examples_from_rows(card, iter(reader(split)), split))

@@ -4,7 +4,7 @@ make_backend("gemini", model="gemini-2.5-flash")
 make_backend("openai", model="meta-llama/Llama-3.1-8B-Instruct",
              base_url="http://localhost:8000/v1")
 make_backend("replay", card=card)
-make_backend("offline")  # the demo's built-in teacher (dss_jax.synthetic)
+make_backend("offline")  # the demo's built-in teacher (backends/offline.py)
 """
 
 from typing import Any
@@ -47,9 +47,9 @@ def make_backend(kind: str, **options: Any) -> TeacherBackend:
 
     return replay.ReplayBackend(**options)
   if kind == "offline":
-    from dss_jax import synthetic
+    from dss_jax.teacher.backends import offline
 
-    return synthetic.make_backend(**options)
+    return offline.OfflineBackend(**options)
   raise ValueError(f"unknown backend {kind!r}; choose from {BACKENDS}")
 
 

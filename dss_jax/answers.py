@@ -1,6 +1,10 @@
-"""Turns a raw teacher completion into a (rationale, label) pair.
+"""Answers: a raw teacher completion as (rationale, label), equations by value.
 
-The rules follow the official Distilling Step-by-Step repository
+A task card states how its answers are parsed and scored (`cards.TaskCard`'s
+`parse_completion`, `is_correct`, `label_key`); this module does the work, so
+that cards and everything above them share one parser and one comparison.
+
+Parsing. The rules follow the official Distilling Step-by-Step repository
 (`data_utils.py`, `_parse_llm_output`), written as data so that a task card can
 state them:
 
@@ -18,15 +22,23 @@ state them:
 A card whose answers need more than this names a hook instead: a dotted path
 `package.module:function` taking the completion and returning
 `(rationale, label or None)`.
+
+Equations. SVAMP labels are equations such as "( 84.0 / 2.0 )" and the teacher
+writes its answer as "(84 / 2)". Both are compared by value through
+`dss_jax.metrics.evaluate_equation`, the project's one safe evaluator (numbers,
+`+ - * /`, parentheses and unary signs; never Python's eval), adapted here to
+the teacher's needs: None for an unusable answer, and a tolerant comparison
+for votes between differently ordered equations.
 """
 
 import dataclasses
 import functools
 import importlib
+import math
 import re
 from collections.abc import Callable, Sequence
 
-from dss_jax import errors
+from dss_jax import errors, metrics
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,3 +157,38 @@ def parse_with_hook(text: str, hook: str) -> ParsedAnswer:
     return UNPARSABLE
   label = label.strip() if isinstance(label, str) and label.strip() else None
   return ParsedAnswer(rationale=(rationale or "").strip(), label=label)
+
+
+def evaluate_equation(text: str | None) -> float | None:
+  """Evaluates an arithmetic expression without `eval`.
+
+  Args:
+    text: an expression such as "( 10.0 - ( 6.0 + 3.0 ) )".
+
+  Returns:
+    The value as a float, or None when the text is empty, is not plain
+    arithmetic, divides by zero or does not give a finite number.
+  """
+  if not text:
+    return None
+  value = metrics.evaluate_equation(text)
+  return value if math.isfinite(value) else None
+
+
+def equations_equal(predicted: str | None, gold: str | None) -> bool:
+  """Whether two equations have the same value.
+
+  A relative tolerance of 1e-9 absorbs float rounding from a different order of
+  operations ("(3 + 6) / 10" vs "0.9") without equating different answers.
+
+  Args:
+    predicted: the teacher's or student's equation.
+    gold: the reference equation.
+
+  Returns:
+    True when both evaluate and their values agree; False otherwise.
+  """
+  a, b = evaluate_equation(predicted), evaluate_equation(gold)
+  if a is None or b is None:
+    return False
+  return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)

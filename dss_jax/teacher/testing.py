@@ -1,6 +1,8 @@
-"""A local HTTP server that speaks the Gemini and OpenAI-compatible surfaces.
+"""Test double: a local HTTP server that fakes the Gemini and OpenAI APIs.
 
-For tests and benchmarks of the teacher backends without network access:
+Test support that ships with the package (as `seqio.test_utils` does): the
+teacher tests and benchmarks run the real backends against it, with no network
+and no API key. It is not a teacher; nothing in the library uses it.
 
     POST /v1beta/models/{model}:generateContent   (Gemini REST)
     POST /v1/chat/completions                     (OpenAI-compatible)
@@ -15,21 +17,23 @@ they are deterministic. The server counts every request it receives.
     with FakeTeacherServer(latency_s=1.0, requests_per_minute=600) as server:
       backend = GeminiBackend(base_url=server.url)
 
-Run standalone (e.g. to try the CLI by hand):
+Run standalone (e.g. to try the annotation CLI by hand):
 
-    python -m dss_jax.teacher.fake_server --port 8765
+    python -m dss_jax.teacher.testing --port=8765
 """
 
-import argparse
 import collections
 import hashlib
 import http.server
 import json
 import re
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
+
+from absl import app, flags
 
 _GEMINI_PATH = re.compile(r"^/v1beta/models/([^/:]+):generateContent$")
 _BATCH_CREATE = re.compile(r"^/v1beta/models/([^/:]+):batchGenerateContent$")
@@ -479,17 +483,18 @@ def _gemini_error(
   return {"error": error}
 
 
-def main() -> None:
+def main(argv: list[str]) -> None:
   """Serves until interrupted."""
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--port", type=int, default=8765)
-  parser.add_argument("--latency_s", type=float, default=0.0)
-  parser.add_argument("--requests_per_minute", type=int, default=None)
-  args = parser.parse_args()
+  if len(argv) > 1:
+    print(
+      f"error: unexpected arguments {argv[1:]}; give flags only",
+      file=sys.stderr,
+    )
+    sys.exit(2)
   server = FakeTeacherServer(
-    port=args.port,
-    latency_s=args.latency_s,
-    requests_per_minute=args.requests_per_minute,
+    port=_PORT.value,
+    latency_s=_LATENCY_S.value,
+    requests_per_minute=_REQUESTS_PER_MINUTE.value,
   )
   print(f"serving on {server.url}", flush=True)
   try:
@@ -499,4 +504,13 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  _PORT = flags.DEFINE_integer("port", 8765, "Port on 127.0.0.1.")
+  _LATENCY_S = flags.DEFINE_float(
+    "latency_s", 0.0, "Delay before every answer, in seconds."
+  )
+  _REQUESTS_PER_MINUTE = flags.DEFINE_integer(
+    "requests_per_minute",
+    None,
+    "Answer 429 beyond this rate (no limit: unset).",
+  )
+  app.run(main)

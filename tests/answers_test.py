@@ -1,9 +1,9 @@
-"""Parsers and the safe arithmetic evaluator, on the paper's real outputs."""
+"""Answer parsing and the safe equation evaluator, on the paper's outputs."""
 
 import pytest
 
-from dss_jax import cards
-from dss_jax.teacher import arithmetic, sources
+from dss_jax import answers, cards
+from dss_jax.teacher import sources
 
 
 def _replay_stats(card_name, split, paper_data_dir):
@@ -85,7 +85,7 @@ def test_esnli_and_anli_formats():
   ],
 )
 def test_arithmetic_values(text, value):
-  assert arithmetic.evaluate_equation(text) == value
+  assert answers.evaluate_equation(text) == value
 
 
 @pytest.mark.parametrize(
@@ -106,4 +106,4 @@ def test_arithmetic_values(text, value):
   ],
 )
 def test_arithmetic_rejects_non_arithmetic(text):
-  assert arithmetic.evaluate_equation(text) is None
+  assert answers.evaluate_equation(text) is None
