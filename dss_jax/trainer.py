@@ -519,6 +519,7 @@ def train(
   packed_rows: int | None = None,
   recipe: str = "mixture",
   use_cached_tasks: bool = False,
+  cache_examples: bool = False,
   random_seed: int = 0,
   data_shards: int | None = None,
   num_microbatches: int = 1,
@@ -560,6 +561,8 @@ def train(
       target tokens in the step (`loss.normalizing_factor` does not apply).
       With the paper's 64 inputs a step, both recipes use `batch_size` 128.
     use_cached_tasks: USE_CACHED_TASKS.
+    cache_examples: keep each task's preprocessed examples in memory and
+      reshuffle them every epoch (`input_pipeline.DatasetConfig`).
     random_seed: RANDOM_SEED: parameters, dropout and data order.
     data_shards: DATA_SHARDS: input shards each global batch is assembled
       from (`input_pipeline.DatasetConfig.data_shards`); None: one per
@@ -642,6 +645,7 @@ def train(
     packed_rows=packed_rows,
     random_seed=random_seed,
     use_cached_tasks=use_cached_tasks,
+    cache_examples=cache_examples,
     data_shards=_resumed_data_shards(checkpointer, data_shards),
   )
   trainer = Trainer(
@@ -713,6 +717,7 @@ def dataset_config(
   packed_rows: int | None = None,
   random_seed: int = 0,
   use_cached_tasks: bool = False,
+  cache_examples: bool = False,
   data_shards: int | None = None,
 ) -> Any:
   """The training data `train` reads, from its own arguments.
@@ -726,6 +731,8 @@ def dataset_config(
     packed_rows: PACKED_ROWS.
     random_seed: RANDOM_SEED (data order and mixing).
     use_cached_tasks: USE_CACHED_TASKS.
+    cache_examples: keep each task's preprocessed examples in memory and
+      reshuffle them every epoch (`input_pipeline.DatasetConfig`).
     data_shards: DATA_SHARDS (None: one per process).
 
   Returns:
@@ -743,6 +750,7 @@ def dataset_config(
     pack=pack,
     packed_rows=packed_rows,
     use_cached=use_cached_tasks,
+    cache_examples=cache_examples,
     paired=recipe == "official",
     data_shards=data_shards,
   )
