@@ -124,3 +124,14 @@ def test_cached_stream_resumes_exactly(task_name):
 def test_cached_unshuffled_stream_keeps_the_source_order(task_name):
   ids = _stream(_config(task_name, shuffle=False), 2 * _EXAMPLES // _BATCH)
   assert ids == 2 * list(range(_EXAMPLES))
+
+
+def test_cached_stream_has_no_autotuning_thread(task_name):
+  # tf.data's autotuning thread sleeps up to a minute between rounds, and
+  # deleting an iterator waits for it: 42 s at the end of a 100 s demo run.
+  cached = input_pipeline.make_dataset(_config(task_name))
+  assert cached.options().autotune.enabled is False
+  uncached = input_pipeline.make_dataset(
+    _config(task_name, cache_examples=False)
+  )
+  assert uncached.options().autotune.enabled is not False
