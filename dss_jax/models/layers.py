@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax.linen import partitioning as nn_partitioning
-from jax.typing import DTypeLike
 
-from dss_jax.models.config import T5Config
+if TYPE_CHECKING:
+  from jax.typing import DTypeLike
+
+  from dss_jax.models.config import T5Config
 
 Array = jax.Array
 Initializer = Callable[..., Array]
