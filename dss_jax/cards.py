@@ -430,7 +430,7 @@ def _describe(
 
 
 def card_from_dict(
-  data: Any, origin: str = "<dict>", line_of: LineOf | None = None
+  data: object, origin: str = "<dict>", line_of: LineOf | None = None
 ) -> TaskCard:
   """Validates a card given as a dict.
 

@@ -22,12 +22,14 @@ the model's logical sharding constraints then apply to the decoding loop too.
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+if TYPE_CHECKING:
+  from dss_jax.models import t5
 
 Array = jax.Array
 PyTree = Any
@@ -40,8 +42,8 @@ _NEG_INF = -1.0e7
 
 
 def init_cache(
-  model: nn.Module,
-  params: PyTree,
+  model: t5.Transformer,
+  params: t5.Params,
   encoded: Array,
   encoder_input_tokens: Array,
   max_decode_length: int,
@@ -79,8 +81,8 @@ def init_cache(
 
 
 def _step_logits(
-  model: nn.Module,
-  params: PyTree,
+  model: t5.Transformer,
+  params: t5.Params,
   cache: PyTree,
   encoded: Array,
   encoder_input_tokens: Array,
@@ -101,7 +103,9 @@ def _step_logits(
   return logits[:, 0, :], state["cache"]
 
 
-def _encode(model, params, encoder_input_tokens):
+def _encode(
+  model: t5.Transformer, params: t5.Params, encoder_input_tokens: Array
+) -> Array:
   return model.apply(
     {"params": params},
     encoder_input_tokens,
@@ -143,8 +147,8 @@ def _batch_axis(x: Array, path) -> int:
 
 
 def greedy_or_sample(
-  model: nn.Module,
-  params: PyTree,
+  model: t5.Transformer,
+  params: t5.Params,
   encoder_input_tokens: Array,
   max_decode_length: int,
   *,
@@ -223,8 +227,8 @@ def brevity_penalty(alpha: float, length: Array) -> Array:
 
 
 def beam_search(
-  model: nn.Module,
-  params: PyTree,
+  model: t5.Transformer,
+  params: t5.Params,
   encoder_input_tokens: Array,
   max_decode_length: int,
   *,
@@ -412,8 +416,8 @@ def _decode_jit(
 
 
 def decode(
-  model: nn.Module,
-  params: PyTree,
+  model: t5.Transformer,
+  params: t5.Params,
   encoder_input_tokens: Array,
   *,
   max_decode_length: int,

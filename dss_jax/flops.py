@@ -10,10 +10,13 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
+
+if TYPE_CHECKING:
+  from dss_jax.models.config import T5Config
 
 # Peak dense bfloat16 FLOP/s per chip, for MFU on accelerators (vendor
 # datasheets; H100/H200 SXM dense, TPU per chip). CPUs are measured instead.
@@ -34,7 +37,7 @@ PEAK_FLOPS_BY_DEVICE_KIND = {
 
 
 def train_flops_per_step(
-  config: Any, batch_size: int, inputs_length: int, targets_length: int
+  config: T5Config, batch_size: int, inputs_length: int, targets_length: int
 ) -> float:
   """Model FLOPs of one training step (forward + backward = 3x forward).
 

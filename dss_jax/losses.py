@@ -17,8 +17,6 @@ real target tokens (Hugging Face's cross-entropy).
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 
@@ -175,7 +173,7 @@ def compute_official_loss(
   rationale_logits: Array,
   rationale_targets: Array,
   alpha: float = 0.5,
-  **loss_kwargs: Any,
+  **loss_kwargs: float,
 ) -> tuple[Array, dict[str, Array]]:
   """The official step's loss over its two passes.
 

@@ -30,6 +30,7 @@ import pathlib
 from collections.abc import Iterable, Iterator
 
 import gin
+import sentencepiece as spm
 import seqio
 import tensorflow as tf
 
@@ -106,8 +107,6 @@ def train_sentencepiece(
   Returns:
     The path of the written model.
   """
-  import sentencepiece as spm
-
   model_path = pathlib.Path(model_path)
   model_path.parent.mkdir(parents=True, exist_ok=True)
   model = io.BytesIO()

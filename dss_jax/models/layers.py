@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 import flax.linen as nn
 import jax
@@ -19,7 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax.linen import partitioning as nn_partitioning
 
-from dss_jax.models.config import T5Config
+if TYPE_CHECKING:
+  from jax.typing import DTypeLike
+
+  from dss_jax.models.config import T5Config
 
 Array = jax.Array
 Initializer = Callable[..., Array]
@@ -50,7 +53,9 @@ def _activation(name: str) -> Callable[[Array], Array]:
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _dense_dot(x: Array, kernel: Array, preferred_element_type: Any) -> Array:
+def _dense_dot(
+  x: Array, kernel: Array, preferred_element_type: DTypeLike | None
+) -> Array:
   """`x @ kernel` over the last axis of `x`, with a hand-written backward.
 
   The gradients are the ones autodiff gives (same dots and precision, the
@@ -118,9 +123,9 @@ class DenseGeneral(nn.Module):
   features: int | tuple[int, ...]
   kernel_axes: tuple[str, str]
   num_in_axes: int = 1
-  dtype: Any = jnp.float32
+  dtype: DTypeLike = jnp.float32
   kernel_init: Initializer = _default_kernel_init
-  out_dtype: Any = None
+  out_dtype: DTypeLike | None = None
 
   @nn.compact
   def __call__(self, inputs: Array) -> Array:
@@ -149,7 +154,7 @@ class DenseGeneral(nn.Module):
 class RMSNorm(nn.Module):
   """T5's layer norm: scale only, no mean subtraction, no bias."""
 
-  dtype: Any = jnp.float32
+  dtype: DTypeLike = jnp.float32
   epsilon: float = 1e-6
 
   @nn.compact
@@ -209,7 +214,7 @@ class RelativePositionBiases(nn.Module):
   num_buckets: int
   max_distance: int
   num_heads: int
-  dtype: Any
+  dtype: DTypeLike
 
   @nn.compact
   def __call__(
@@ -251,7 +256,7 @@ def make_attention_bias(
   query_segment_ids: Array | None = None,
   key_segment_ids: Array | None = None,
   causal: bool = False,
-  dtype: Any = jnp.float32,
+  dtype: DTypeLike = jnp.float32,
 ) -> Array:
   """Additive attention mask bias [batch, 1, q_len, k_len] (0 or -1e10).
 
@@ -506,7 +511,7 @@ class Embed(nn.Module):
 
   num_embeddings: int
   features: int
-  dtype: Any = jnp.float32
+  dtype: DTypeLike = jnp.float32
 
   def setup(self):
     self.embedding = param_with_axes(

@@ -81,8 +81,13 @@ from dss_jax.models.layers import (
 )
 
 Array = jax.Array
+# A parameter tree: nested dicts keyed by T5X's names
+# (`encoder/layers_0/attention/query/kernel`), arrays at the leaves (or
+# `jax.ShapeDtypeStruct`s, or the `PartitionSpec`s of `get_logical_axes`).
+Params = Mapping[str, Any]
 
 __all__ = [
+  "Params",
   "T5Config",
   "Transformer",
   "get_logical_axes",
@@ -106,7 +111,7 @@ def make_test_model(**overrides: Any) -> tuple[Transformer, T5Config]:
   return Transformer(config), config
 
 
-def param_shapes(config: T5Config) -> Any:
+def param_shapes(config: T5Config) -> Params:
   """The parameter tree as `jax.ShapeDtypeStruct`s (nothing allocated)."""
   model = Transformer(config)
 
@@ -119,7 +124,7 @@ def param_shapes(config: T5Config) -> Any:
   return jax.eval_shape(init)
 
 
-def make_test_params(config: T5Config, seed: int = 0) -> Any:
+def make_test_params(config: T5Config, seed: int = 0) -> Params:
   """Random parameters with the real tree and T5X's init scales, via numpy.
 
   For tests: `model.init` compiles one RNG program per parameter, which
@@ -610,7 +615,7 @@ def leaf_logical_axes(path: Sequence[str], ndim: int) -> tuple[str, ...]:
   return axes
 
 
-def get_logical_axes(params: Any) -> Any:
+def get_logical_axes(params: Params) -> Params:
   """Logical axis names of every parameter, from the tree's paths and ranks.
 
   Works on arrays, `jax.ShapeDtypeStruct`s, and scanned or unscanned trees
