@@ -43,7 +43,7 @@ import tensorflow as tf
 from absl import logging
 from etils import epath
 
-from dss_jax import decoding, errors, t5x_checkpoints, vocab
+from dss_jax import checkpoints, decoding, errors, t5x_checkpoints, vocab
 
 Params = Any
 
@@ -129,69 +129,8 @@ def check_vocabulary(
     )
 
 
-def abstract_params(model: Any) -> Params:
-  """The model's parameter shapes and dtypes, without allocating them."""
-  tokens = jnp.ones((1, 4), jnp.int32)
-  shapes = jax.eval_shape(
-    functools.partial(model.init, enable_dropout=False),
-    jax.random.PRNGKey(0),
-    tokens,
-    tokens,
-    tokens,
-  )
-  return shapes["params"]
-
-
-def restore_model_params(
-  model: Any, checkpoint: str, *, step: int | None = None
-) -> Params:
-  """Restores ``model``'s parameters from any checkpoint layout.
-
-  Args:
-    model: a `dss_jax.models.t5.Transformer`.
-    checkpoint: this project's model dir or step, or a T5X checkpoint
-      (legacy or orbax), local or gs://.
-    step: the step to take from a model dir (default: latest).
-
-  Returns:
-    The parameter tree (host numpy arrays).
-
-  Raises:
-    t5x_checkpoints.CheckpointError: no usable checkpoint (one line).
-  """
-  return t5x_checkpoints.load_params(
-    checkpoint, abstract_params(model), step=step
-  )
-
-
-def decode_partitioner(partitioner: Any) -> Any:
-  """The partitioner to decode with; None when hosts decode their own share.
-
-  On several hosts, a partitioner without model parallelism would replicate
-  the parameters over every host's devices and make all hosts decode every
-  example together; without it, each host holds the parameters whole and
-  decodes only its share (`predict_tokens`).
-  """
-  if jax.process_count() > 1 and getattr(partitioner, "model", 1) == 1:
-    return None
-  return partitioner
-
-
-def place_params(params: Params, partitioner: Any = None) -> Params:
-  """Puts host parameters on devices once, rather than at every decode call.
-
-  Args:
-    params: the parameter tree.
-    partitioner: optional `dss_jax.partitioning.Partitioner`: parameters are
-      sharded by its logical axis rules (model parallelism for models that do
-      not fit one device); None puts them on the default device.
-
-  Returns:
-    The parameters as jax arrays.
-  """
-  if partitioner is None:
-    return jax.device_put(params)
-  return jax.device_put(params, partitioner.shardings(params))
+# export.py restores through here; `checkpoints` is the home.
+restore_model_params = checkpoints.restore_model_params
 
 
 def model_from_gin() -> Any:
@@ -591,11 +530,11 @@ def _model_dir_of(checkpoint_path: str) -> str:
 
 def _checkpoints_to_score(checkpoint_path: str, mode: str, step: int | None):
   if mode == "specific":
-    return [t5x_checkpoints.resolve_checkpoint(checkpoint_path, step)]
-  refs = t5x_checkpoints.list_checkpoints(checkpoint_path)
+    return [checkpoints.resolve_checkpoint(checkpoint_path, step)]
+  refs = checkpoints.list_checkpoints(checkpoint_path)
   if not refs:
     # Raises the one-line "missing" or "empty" error, or finds a step dir.
-    return [t5x_checkpoints.resolve_checkpoint(checkpoint_path)]
+    return [checkpoints.resolve_checkpoint(checkpoint_path)]
   return refs[-1:] if mode == "latest" else refs
 
 
@@ -644,7 +583,7 @@ def evaluate_checkpoints(
 
   Raises:
     ValueError: unknown mode; see also `Evaluator` and
-      `t5x_checkpoints.resolve_checkpoint`.
+      `checkpoints.resolve_checkpoint`.
   """
   if mode not in ("specific", "latest", "all"):
     raise errors.UserError(
@@ -652,7 +591,7 @@ def evaluate_checkpoints(
     )
   if output_dir is None:
     output_dir = inference_eval_dir(_model_dir_of(checkpoint_path))
-  partitioner = decode_partitioner(partitioner)
+  partitioner = checkpoints.decode_partitioner(partitioner)
   # Fails fast (one line) on a missing or empty path, before reading data.
   _checkpoints_to_score(checkpoint_path, mode, step)
   trained = vocab.read_identity(_model_dir_of(checkpoint_path))
@@ -675,7 +614,7 @@ def evaluate_checkpoints(
     output_dir=output_dir,
     use_cached=use_cached,
   )
-  reference = abstract_params(model)
+  reference = checkpoints.abstract_params(model)
   results: dict[int, dict[str, float]] = {}
   while True:
     done = scored_steps(output_dir, evaluator.task_names)
@@ -683,16 +622,15 @@ def evaluate_checkpoints(
       if mode != "specific" and ref.step in done:
         logging.info("step %s already scored; skipping", ref.step)
         continue
-      flat = t5x_checkpoints.read_params(ref.path)
       params, _ = t5x_checkpoints.match_params(
-        flat, reference, source=f"checkpoint {ref.path}"
+        checkpoints.read_ref(ref), reference, source=f"checkpoint {ref.path}"
       )
       step_num = ref.step if ref.step is not None else 0
       context = (
         partitioner.context() if partitioner else contextlib.nullcontext()
       )
       with context:
-        params = place_params(params, partitioner)
+        params = checkpoints.place_params(params, partitioner)
         results[step_num] = evaluator.evaluate(params, step_num)
       done.add(step_num)
     if mode != "all" or follow_until_step is None:

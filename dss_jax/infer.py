@@ -228,7 +228,8 @@ def infer(
 
   Args:
     model: the `dss_jax.models.t5.Transformer` (gin's MODEL).
-    checkpoint_path: any checkpoint `dss_jax.t5x_checkpoints` reads.
+    checkpoint_path: any checkpoint `dss_jax.checkpoints` reads (this
+      project's or T5X's).
     output_file: the JSONL file to write.
     mixture_or_task_name: read inputs from this task's (or the mixture's
       first task's) ``split``; its vocabulary is used.
@@ -260,7 +261,7 @@ def infer(
   import jax
   from etils import epath
 
-  from dss_jax import evaluation, metrics
+  from dss_jax import checkpoints, evaluation, metrics
   from dss_jax import vocab as vocab_lib
 
   if (mixture_or_task_name is None) == (input_file is None):
@@ -283,8 +284,8 @@ def infer(
     metric_fns = list(task.predict_metric_fns)
     postprocess = task.postprocess_fn or (lambda x, **_: x)
   evaluation.check_vocabulary(vocab, model.config.vocab_size, "the inputs")
-  params = evaluation.restore_model_params(model, checkpoint_path, step=step)
-  partitioner = evaluation.decode_partitioner(partitioner)
+  params = checkpoints.restore_model_params(model, checkpoint_path, step=step)
+  partitioner = checkpoints.decode_partitioner(partitioner)
   kwargs = dict(
     input_length=input_length,
     max_decode_length=max_decode_length,
@@ -293,7 +294,7 @@ def infer(
   )
   context = partitioner.context() if partitioner else contextlib.nullcontext()
   with context:
-    params = evaluation.place_params(params, partitioner)
+    params = checkpoints.place_params(params, partitioner)
     _predict_rows(model, params, vocab, rows, rationales, kwargs)
   if jax.process_index() > 0:
     # Every host has all predictions; process 0 writes and scores them.

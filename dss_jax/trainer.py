@@ -871,10 +871,10 @@ def _initial_state(
     return TrainState.from_dict(restored), batches
   params = None
   if initial_checkpoint_path:
-    from dss_jax import t5x_checkpoints
+    from dss_jax import checkpoints
 
     abstract = trainer.abstract_state(shapes)
-    params = t5x_checkpoints.load_params(
+    params = checkpoints.load_params(
       initial_checkpoint_path,
       abstract.params,
       shardings=jax.tree.map(lambda x: x.sharding, abstract.params),
