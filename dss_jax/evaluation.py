@@ -30,7 +30,6 @@ import functools
 import json
 import os
 import re
-import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -131,60 +130,6 @@ def check_vocabulary(
 
 # export.py restores through here; `checkpoints` is the home.
 restore_model_params = checkpoints.restore_model_params
-
-
-def model_from_gin() -> Any:
-  """Builds the model bound to gin's MODEL macro (a model gin file sets it).
-
-  Raises:
-    ValueError: no MODEL macro has been parsed.
-  """
-  import gin
-
-  try:
-    ref = gin.query_parameter("%MODEL")
-  except ValueError as e:
-    raise errors.UserError(
-      "no MODEL in the gin config; pass a model gin file, e.g. "
-      "--gin_file=models/t5_1_1_base.gin"
-    ) from e
-  if isinstance(ref, gin.config.ConfigurableReference):
-    return ref.scoped_configurable_fn()
-  return ref
-
-
-def run_from_gin(
-  configurable: Callable[..., Any],
-  gin_files: Sequence[str],
-  gin_bindings: Sequence[str],
-  *,
-  configure: bool = True,
-) -> tuple[Any, int]:
-  """Parses gin and calls ``configurable``; user errors become one line.
-
-  Args:
-    configurable: the function to call.
-    gin_files: gin files to parse.
-    gin_bindings: gin bindings to apply after them.
-    configure: call it with its gin bindings (False: call it as it is).
-
-  Returns:
-    (result, 0), or (None, 2) after printing ``error: <reason>`` to stderr
-    for a user error (`errors.UserError`, e.g. a bad gin file or binding,
-    an unknown task, a missing checkpoint). Other exceptions propagate.
-  """
-  import gin
-
-  from dss_jax import gin_flags
-
-  try:
-    gin_flags.parse_gin(gin_files, gin_bindings)
-    logging.info("gin config:\n%s", gin.config_str())
-    return gin_flags.call_configured(configurable, configure), 0
-  except errors.UserError as e:
-    # gin appends "In call to configurable ..." lines; the first is ours.
-    print(f"error: {errors.one_line(e)}", file=sys.stderr)
-    return None, errors.USER_ERROR_STATUS
 
 
 # ---------------------------------------------------------------------------

@@ -343,13 +343,11 @@ def _score(rows, metric_fns, postprocess) -> dict[str, float]:
 
 def cli(gin_files: Sequence[str], gin_bindings: Sequence[str]) -> int:
   """Runs the inference configured by gin; returns the exit status."""
-  from dss_jax import evaluation
-
   # Under `python -m` this module is __main__; gin registered the function of
   # the imported module dss_jax.infer (runs/infer.gin imports it).
   from dss_jax import infer as infer_lib
 
-  result, status = evaluation.run_from_gin(
+  result, status = gin_flags.run_from_gin(
     infer_lib.infer, gin_files, gin_bindings
   )
   if status:
