@@ -32,7 +32,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -41,8 +41,13 @@ import seqio
 import tensorflow as tf
 from absl import logging
 from etils import epath
+from jax.experimental import multihost_utils
 
 from dss_jax import checkpoints, decoding, errors, t5x_checkpoints, vocab
+
+if TYPE_CHECKING:
+  from dss_jax.models import t5
+  from dss_jax.partitioning import Partitioner
 
 Params = Any
 
@@ -171,8 +176,6 @@ def gather_shares(local: np.ndarray, n: int) -> np.ndarray:
   """
   if jax.process_count() == 1:
     return local
-  from jax.experimental import multihost_utils
-
   per_host = -(-n // jax.process_count())
   padded = np.zeros((per_host,) + local.shape[1:], local.dtype)
   padded[: len(local)] = local
@@ -189,7 +192,7 @@ def _split_over_hosts(params: Params) -> bool:
 
 
 def predict_tokens(
-  model: Any,
+  model: t5.Transformer,
   params: Params,
   encoder_input_tokens: Sequence[np.ndarray],
   *,
@@ -221,7 +224,7 @@ def predict_tokens(
 
 
 def _decode_rows(
-  model: Any,
+  model: t5.Transformer,
   params: Params,
   rows: Sequence[np.ndarray],
   *,
@@ -274,7 +277,7 @@ class Evaluator:
   def __init__(
     self,
     mixture_or_task_name: str,
-    model: Any,
+    model: t5.Transformer,
     *,
     feature_lengths: Mapping[str, int],
     split: str = "validation",
@@ -484,7 +487,7 @@ def _checkpoints_to_score(checkpoint_path: str, mode: str, step: int | None):
 
 
 def evaluate_checkpoints(
-  model: Any,
+  model: t5.Transformer,
   checkpoint_path: str,
   mixture_or_task_name: str,
   *,
@@ -500,7 +503,7 @@ def evaluate_checkpoints(
   follow_until_step: int | None = None,
   poll_seconds: float = 60.0,
   use_cached: bool = False,
-  partitioner: Any = None,
+  partitioner: Partitioner | None = None,
 ) -> dict[int, dict[str, float]]:
   """Scores saved checkpoints: one, the latest, or all of a model dir.
 

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import gin
 from absl import app, flags, logging
 
-from dss_jax import errors, resources
+from dss_jax import errors, host, resources
 
 if TYPE_CHECKING:
   from dss_jax.models import t5
@@ -86,6 +86,7 @@ def initialize_distributed_from_flags() -> bool:
   Returns:
     True if `jax.distributed` was initialized.
   """
+  # Here, not at the top: JAX starts after the host settings of `run`.
   from dss_jax import partitioning
 
   f = flags.FLAGS
@@ -274,8 +275,6 @@ def run(main: Callable[[Sequence[str]], None], what: str) -> None:
   Before `main`, the process joins the multi-process job that the
   distributed flags or the cluster environment describe (if any).
   """
-  from dss_jax import host
-
   host.keep_freed_memory()
   host.add_xla_flag_defaults()
   define_gin_flags(what)

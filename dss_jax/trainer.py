@@ -36,9 +36,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import tqdm
+from etils import epath
+from jax._src import distributed
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 
-from dss_jax import errors, losses, optimizers, partitioning
+from dss_jax import checkpoints, errors, losses, optimizers, partitioning
 from dss_jax.flops import (  # noqa: F401  (the trainer's API too)
   PEAK_FLOPS_BY_DEVICE_KIND,
   measure_matmul_flops,
@@ -423,8 +427,6 @@ class _Preemption:
     """
     if jax.process_count() == 1:
       return self.requested
-    from jax.experimental import multihost_utils
-
     if self._sync_manager:
       stop = multihost_utils.reached_preemption_sync_point(step)
       if stop:
@@ -436,8 +438,6 @@ class _Preemption:
 
 def _has_sync_manager() -> bool:
   """Whether `jax.distributed` runs JAX's preemption sync manager."""
-  from jax._src import distributed
-
   return (
     getattr(distributed.global_state, "preemption_sync_manager", None)
     is not None
@@ -584,12 +584,11 @@ def train(
     input_pipeline.DataShardsError: DATA_SHARDS does not fit the processes
       or differs from the checkpoint's.
   """
-  # The loop's I/O (TensorFlow, SeqIO, orbax, CLU) loads only when training
-  # from a mixture; `Trainer` alone needs JAX, flax and optax.
+  # The input pipeline (TensorFlow, SeqIO) and CLU's writers load only when
+  # training from a mixture, so `Trainer` runs (benchmarks on accelerator
+  # machines) without TensorFlow.
   from clu import metric_writers
-  from etils import epath
 
-  from dss_jax import checkpoints as checkpoints_lib
   from dss_jax import input_pipeline, vocab
 
   if recipe not in RECIPES:
@@ -619,7 +618,7 @@ def train(
   if official:
     loss = official_loss(loss)
   _log_step_contents(rates, batch_size, recipe, packed_rows if pack else None)
-  checkpointer = checkpoints_lib.Checkpointer(
+  checkpointer = checkpoints.Checkpointer(
     model_dir,
     max_to_keep=keep_checkpoints,
     async_save=async_checkpointing,
@@ -741,7 +740,7 @@ def dataset_config(
 
 
 def _resumed_data_shards(
-  checkpointer: Any, data_shards: int | None
+  checkpointer: checkpoints.Checkpointer, data_shards: int | None
 ) -> int | None:
   """DATA_SHARDS of a run: as configured, else the checkpoint's if any.
 
@@ -833,7 +832,7 @@ def _log_step_contents(
 
 def _initial_state(
   trainer: Trainer,
-  checkpointer: Any,
+  checkpointer: checkpoints.Checkpointer,
   dataset: Any,
   seed: int,
   initial_checkpoint_path: str | None,
@@ -853,8 +852,6 @@ def _initial_state(
     return TrainState.from_dict(restored), batches
   params = None
   if initial_checkpoint_path:
-    from dss_jax import checkpoints
-
     abstract = trainer.abstract_state(shapes)
     params = checkpoints.load_params(
       initial_checkpoint_path,
@@ -883,7 +880,7 @@ class _Loop:
   """The training loop's state between steps (kept small and explicit)."""
 
   trainer: Trainer
-  checkpointer: Any  # checkpoints.Checkpointer
+  checkpointer: checkpoints.Checkpointer
   writer: Any  # clu.metric_writers.MetricWriter
   schedule: Callable[[int], Any]
   train_steps: int
@@ -996,8 +993,6 @@ class _Loop:
 def _progress(enabled: bool, step: int, total: int):
   if not enabled:
     return None
-  import tqdm
-
   return tqdm.tqdm(
     total=total,
     initial=step,
