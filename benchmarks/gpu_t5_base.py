@@ -242,8 +242,7 @@ def bench_jax(
   tr = trainer.Trainer(
     t5.Transformer(config),
     optax.adamw(5e-5),
-    partitioning.make_mesh(),
-    partitioning.STANDARD_LOGICAL_AXIS_RULES,
+    partitioning.Partitioner(),
     dropout=config.dropout_rate > 0,
   )
   device_batches = [tr.device_batch(b) for b in batches]

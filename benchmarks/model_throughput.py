@@ -119,8 +119,7 @@ def bench_jax(args: argparse.Namespace, packed: bool) -> dict[str, Any]:
   tr = trainer.Trainer(
     t5.Transformer(cfg),
     optax.adamw(5e-5),
-    partitioning.make_mesh(devices=jax.devices()[:1]),
-    partitioning.STANDARD_LOGICAL_AXIS_RULES,
+    partitioning.Partitioner(devices=jax.devices()[:1]),
     dropout=False,
   )
   host = _batch(args.batch, args.inputs, args.targets, cfg.vocab_size, packed)

@@ -77,12 +77,10 @@ def _time_steps(step, steps: int) -> list[float]:
 def bench_jax(config: t5.T5Config, steps: int) -> list[float]:
   """Seconds of each timed training step of this trainer."""
   model = t5.Transformer(config)
-  mesh = partitioning.make_mesh(devices=jax.devices()[:1])
   tr = trainer.Trainer(
     model,
     optax.adamw(5e-5),
-    mesh,
-    partitioning.STANDARD_LOGICAL_AXIS_RULES,
+    partitioning.Partitioner(devices=jax.devices()[:1]),
     dropout=config.dropout_rate > 0,
   )
   rng = np.random.RandomState(0)

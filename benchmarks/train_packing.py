@@ -97,8 +97,7 @@ def bench_packed(
   tr = trainer.Trainer(
     model,
     optax.adamw(5e-5),
-    partitioning.make_mesh(devices=jax.devices()[:1]),
-    partitioning.STANDARD_LOGICAL_AXIS_RULES,
+    partitioning.Partitioner(devices=jax.devices()[:1]),
     task_names=("label", "rationale"),
     dropout=False,
   )

@@ -1,4 +1,4 @@
-"""Orbax checkpoints of the built-in trainer, and parameter loading for eval.
+"""This project's checkpoints: orbax save and restore, and parameter loading.
 
 Layout (one orbax `CheckpointManager` per folder):
 
@@ -20,21 +20,34 @@ of its state (optimizer moments, step, RNG): the uint32 sum of each array,
 computed on the devices; a restore that fails or whose arrays do not
 match is reported in one line, and `restore_latest` falls
 back to the newest intact step.
+
+Parameters for eval, inference and export (`restore_model_params`,
+`place_params`) come from a checkpoint of any layout: this project's, or
+T5X's (`dss_jax.t5x_checkpoints` reads those), found by `resolve_checkpoint`.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import pathlib
+import re
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from dss_jax import errors
+from dss_jax import errors, t5x_checkpoints
+from dss_jax.t5x_checkpoints import CheckpointRef
+
+if TYPE_CHECKING:
+  from dss_jax.models import t5
+  from dss_jax.partitioning import Partitioner
 
 PyTree = Any
 
@@ -42,6 +55,11 @@ STATE = "state"
 DATA = "data"
 CHECKPOINTS = "checkpoints"
 BEST_CHECKPOINTS = "best_checkpoints"
+# The orbax manager names step directories <step>.
+_STEP_DIR = re.compile(r"^(\d+)$")
+ORBAX = t5x_checkpoints.ORBAX
+# A checkpoint that cannot be used; the reason fits one line.
+CheckpointError = t5x_checkpoints.CheckpointError
 
 
 class CorruptCheckpointError(errors.UserError):
@@ -76,10 +94,7 @@ def _state_checksum(state: PyTree) -> list[int]:
   return params_checksum(rest)
 
 
-def absolute_path(path: epath.PathLike) -> epath.Path:
-  """`path` made absolute when it is local; orbax refuses relative paths."""
-  path = epath.Path(path)
-  return path if "://" in str(path) else path.absolute()
+absolute_path = t5x_checkpoints.absolute_path
 
 
 def _manager(
@@ -373,3 +388,228 @@ def checkpoint_steps(
   if not directory.exists():
     return []
   return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+
+
+# ---------------------------------------------------------------------------
+# Checkpoints of any layout: this project's, or T5X's.
+
+
+def list_checkpoints(model_dir: str | os.PathLike[str]) -> list[CheckpointRef]:
+  """Lists the complete checkpoints under a model directory, oldest first.
+
+  Looks at this project's ``checkpoints/<step>`` directories (or ``<step>``
+  ones when ``model_dir`` is a checkpoint manager's directory such as
+  ``MODEL_DIR/best_checkpoints``) and at T5X's ``checkpoint_<step>`` ones;
+  directories still being written (no orbax metadata or msgpack file yet, or
+  an orbax temporary name) are left out, so a running job can be followed.
+
+  Args:
+    model_dir: a dss-jax or T5X model directory.
+
+  Returns:
+    The checkpoints, sorted by step.
+  """
+  root = epath.Path(model_dir)
+  found: dict[int, CheckpointRef] = {}
+  for ref in [
+    *t5x_checkpoints.list_checkpoints(root),
+    *_own_checkpoints(root),
+    *_own_checkpoints(root / CHECKPOINTS),
+    *t5x_checkpoints.list_checkpoints(root / CHECKPOINTS),
+  ]:
+    found.setdefault(ref.step, ref)
+  return [found[s] for s in sorted(found)]
+
+
+def _own_checkpoints(manager_dir: epath.Path) -> list[CheckpointRef]:
+  """The complete ``<step>`` checkpoints of one orbax manager's directory."""
+  if not t5x_checkpoints.is_dir(manager_dir):
+    return []
+  refs = []
+  for child in manager_dir.iterdir():
+    match = _STEP_DIR.match(child.name)
+    if match and t5x_checkpoints.is_dir(child):
+      ref = t5x_checkpoints.step_dir_ref(child, int(match.group(1)))
+      if ref is not None:
+        refs.append(ref)
+  return refs
+
+
+def resolve_checkpoint(
+  path: str | os.PathLike[str], step: int | None = None
+) -> CheckpointRef:
+  """Finds the checkpoint a user pointed at, of any layout.
+
+  Args:
+    path: a model directory (then ``step``, or the latest step, is used), a
+      step directory, an orbax item directory, or T5X's msgpack
+      ``checkpoint`` file.
+    step: which step to take from a model directory.
+
+  Returns:
+    The checkpoint.
+
+  Raises:
+    CheckpointError: the path does not exist or holds no checkpoint.
+  """
+  p = epath.Path(path)
+  if p.exists() and t5x_checkpoints.is_dir(p):
+    refs = list_checkpoints(p)
+    if refs:
+      return t5x_checkpoints.pick_step(refs, step, path)
+    match = _STEP_DIR.match(p.name)
+    if match:  # one of this project's step directories
+      ref = t5x_checkpoints.step_dir_ref(p, int(match.group(1)))
+      if ref is not None:
+        return ref
+    match = _STEP_DIR.match(p.parent.name)
+    if match and any(
+      (p / m).exists() for m in t5x_checkpoints.ORBAX_MARKERS
+    ):  # the state item of one of this project's steps
+      return CheckpointRef(os.fspath(p), int(match.group(1)), ORBAX)
+  return t5x_checkpoints.resolve_checkpoint(path, step)
+
+
+def read_ref(ref: CheckpointRef) -> dict[str, np.ndarray]:
+  """Reads one checkpoint's parameters, flat, as host numpy arrays.
+
+  Args:
+    ref: this project's orbax item (its tree keeps the parameters under
+      "params"), or one of T5X's checkpoints.
+
+  Returns:
+    ``{"encoder/layers_0/attention/query/kernel": array, ...}``.
+  """
+  if ref.format == ORBAX:
+    item_dir = absolute_path(ref.path)
+    if "params" in t5x_checkpoints.orbax_tree(item_dir):
+      flat = t5x_checkpoints.read_orbax_subtree(item_dir, "params")
+      logging.info("read %d parameters from %s", len(flat), ref.path)
+      return flat
+  return t5x_checkpoints.read_ref(ref)
+
+
+def read_params(
+  path: str | os.PathLike[str], step: int | None = None
+) -> dict[str, np.ndarray]:
+  """Reads a checkpoint's parameters, flat, without a model to compare to.
+
+  Args:
+    path: see `resolve_checkpoint`.
+    step: see `resolve_checkpoint`.
+
+  Returns:
+    ``{"encoder/layers_0/attention/query/kernel": array, ...}`` on the host.
+
+  Raises:
+    CheckpointError: no readable checkpoint at ``path``.
+  """
+  return read_ref(resolve_checkpoint(path, step))
+
+
+def load_params(
+  path: str | os.PathLike[str],
+  reference: PyTree,
+  *,
+  step: int | None = None,
+  fallback: PyTree | None = None,
+  shardings: PyTree | None = None,
+) -> dict[str, Any]:
+  """Restores a model's parameters from a checkpoint of any layout.
+
+  This is what INITIAL_CHECKPOINT_PATH and the eval jobs use.
+
+  Args:
+    path: see `resolve_checkpoint`; local or ``gs://``.
+    reference: the model's parameters or their shapes.
+    step: the step to take from a model directory (default: latest).
+    fallback: parameters for names the checkpoint lacks (see
+      `t5x_checkpoints.match_params`).
+    shardings: optional tree of ``jax.sharding.Sharding`` like
+      ``reference``; the arrays are placed with them, and from a legacy T5X
+      checkpoint each host reads only its devices' slices.
+
+  Returns:
+    The parameter tree (numpy, or jax arrays when ``shardings`` is given).
+
+  Raises:
+    CheckpointError: see `resolve_checkpoint` and
+      `t5x_checkpoints.match_params`.
+  """
+  return t5x_checkpoints.load_ref(
+    resolve_checkpoint(path, step),
+    reference,
+    source=f"checkpoint {path}",
+    fallback=fallback,
+    shardings=shardings,
+    read=read_ref,
+  )
+
+
+# ---------------------------------------------------------------------------
+# A model's parameters, restored and placed for decoding.
+
+
+def abstract_params(model: t5.Transformer) -> PyTree:
+  """The model's parameter shapes and dtypes, without allocating them."""
+  tokens = jnp.ones((1, 4), jnp.int32)
+  shapes = jax.eval_shape(
+    functools.partial(model.init, enable_dropout=False),
+    jax.random.PRNGKey(0),
+    tokens,
+    tokens,
+    tokens,
+  )
+  return shapes["params"]
+
+
+def restore_model_params(
+  model: t5.Transformer, checkpoint: str, *, step: int | None = None
+) -> PyTree:
+  """Restores ``model``'s parameters from any checkpoint layout.
+
+  Args:
+    model: the student.
+    checkpoint: this project's model dir or step, or a T5X checkpoint
+      (legacy or orbax), local or gs://.
+    step: the step to take from a model dir (default: latest).
+
+  Returns:
+    The parameter tree (host numpy arrays).
+
+  Raises:
+    CheckpointError: no usable checkpoint (one line).
+  """
+  return load_params(checkpoint, abstract_params(model), step=step)
+
+
+def decode_partitioner(partitioner: Partitioner | None) -> Partitioner | None:
+  """The partitioner to decode with; None when hosts decode their own share.
+
+  On several hosts, a partitioner without model parallelism would replicate
+  the parameters over every host's devices and make all hosts decode every
+  example together; without it, each host holds the parameters whole and
+  decodes only its share (`evaluation.predict_tokens`).
+  """
+  if jax.process_count() > 1 and getattr(partitioner, "model", 1) == 1:
+    return None
+  return partitioner
+
+
+def place_params(
+  params: PyTree, partitioner: Partitioner | None = None
+) -> PyTree:
+  """Puts host parameters on devices once, rather than at every decode call.
+
+  Args:
+    params: the parameter tree.
+    partitioner: optional partitioner: parameters are sharded by its logical
+      axis rules (model parallelism for models that do not fit one device);
+      None puts them on the default device.
+
+  Returns:
+    The parameters as jax arrays.
+  """
+  if partitioner is None:
+    return jax.device_put(params)
+  return jax.device_put(params, partitioner.shardings(params))

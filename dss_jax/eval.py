@@ -25,7 +25,7 @@ def cli(gin_files: Sequence[str], gin_bindings: Sequence[str]) -> int:
   """Runs the eval job configured by gin; returns the exit status."""
   from dss_jax import evaluation
 
-  results, status = evaluation.run_from_gin(
+  results, status = gin_flags.run_from_gin(
     evaluation.evaluate_checkpoints, gin_files, gin_bindings
   )
   if status:

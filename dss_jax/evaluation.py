@@ -30,10 +30,9 @@ import functools
 import json
 import os
 import re
-import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -42,8 +41,13 @@ import seqio
 import tensorflow as tf
 from absl import logging
 from etils import epath
+from jax.experimental import multihost_utils
 
-from dss_jax import decoding, errors, t5x_checkpoints, vocab
+from dss_jax import checkpoints, decoding, errors, t5x_checkpoints, vocab
+
+if TYPE_CHECKING:
+  from dss_jax.models import t5
+  from dss_jax.partitioning import Partitioner
 
 Params = Any
 
@@ -129,123 +133,8 @@ def check_vocabulary(
     )
 
 
-def abstract_params(model: Any) -> Params:
-  """The model's parameter shapes and dtypes, without allocating them."""
-  tokens = jnp.ones((1, 4), jnp.int32)
-  shapes = jax.eval_shape(
-    functools.partial(model.init, enable_dropout=False),
-    jax.random.PRNGKey(0),
-    tokens,
-    tokens,
-    tokens,
-  )
-  return shapes["params"]
-
-
-def restore_model_params(
-  model: Any, checkpoint: str, *, step: int | None = None
-) -> Params:
-  """Restores ``model``'s parameters from any checkpoint layout.
-
-  Args:
-    model: a `dss_jax.models.t5.Transformer`.
-    checkpoint: this project's model dir or step, or a T5X checkpoint
-      (legacy or orbax), local or gs://.
-    step: the step to take from a model dir (default: latest).
-
-  Returns:
-    The parameter tree (host numpy arrays).
-
-  Raises:
-    t5x_checkpoints.CheckpointError: no usable checkpoint (one line).
-  """
-  return t5x_checkpoints.load_params(
-    checkpoint, abstract_params(model), step=step
-  )
-
-
-def decode_partitioner(partitioner: Any) -> Any:
-  """The partitioner to decode with; None when hosts decode their own share.
-
-  On several hosts, a partitioner without model parallelism would replicate
-  the parameters over every host's devices and make all hosts decode every
-  example together; without it, each host holds the parameters whole and
-  decodes only its share (`predict_tokens`).
-  """
-  if jax.process_count() > 1 and getattr(partitioner, "model", 1) == 1:
-    return None
-  return partitioner
-
-
-def place_params(params: Params, partitioner: Any = None) -> Params:
-  """Puts host parameters on devices once, rather than at every decode call.
-
-  Args:
-    params: the parameter tree.
-    partitioner: optional `dss_jax.partitioning.Partitioner`: parameters are
-      sharded by its logical axis rules (model parallelism for models that do
-      not fit one device); None puts them on the default device.
-
-  Returns:
-    The parameters as jax arrays.
-  """
-  if partitioner is None:
-    return jax.device_put(params)
-  return jax.device_put(params, partitioner.shardings(params))
-
-
-def model_from_gin() -> Any:
-  """Builds the model bound to gin's MODEL macro (a model gin file sets it).
-
-  Raises:
-    ValueError: no MODEL macro has been parsed.
-  """
-  import gin
-
-  try:
-    ref = gin.query_parameter("%MODEL")
-  except ValueError as e:
-    raise errors.UserError(
-      "no MODEL in the gin config; pass a model gin file, e.g. "
-      "--gin_file=models/t5_1_1_base.gin"
-    ) from e
-  if isinstance(ref, gin.config.ConfigurableReference):
-    return ref.scoped_configurable_fn()
-  return ref
-
-
-def run_from_gin(
-  configurable: Callable[..., Any],
-  gin_files: Sequence[str],
-  gin_bindings: Sequence[str],
-  *,
-  configure: bool = True,
-) -> tuple[Any, int]:
-  """Parses gin and calls ``configurable``; user errors become one line.
-
-  Args:
-    configurable: the function to call.
-    gin_files: gin files to parse.
-    gin_bindings: gin bindings to apply after them.
-    configure: call it with its gin bindings (False: call it as it is).
-
-  Returns:
-    (result, 0), or (None, 2) after printing ``error: <reason>`` to stderr
-    for a user error (`errors.UserError`, e.g. a bad gin file or binding,
-    an unknown task, a missing checkpoint). Other exceptions propagate.
-  """
-  import gin
-
-  from dss_jax import gin_flags
-
-  try:
-    gin_flags.parse_gin(gin_files, gin_bindings)
-    logging.info("gin config:\n%s", gin.config_str())
-    return gin_flags.call_configured(configurable, configure), 0
-  except errors.UserError as e:
-    # gin appends "In call to configurable ..." lines; the first is ours.
-    print(f"error: {errors.one_line(e)}", file=sys.stderr)
-    return None, errors.USER_ERROR_STATUS
+# export.py restores through here; `checkpoints` is the home.
+restore_model_params = checkpoints.restore_model_params
 
 
 # ---------------------------------------------------------------------------
@@ -287,8 +176,6 @@ def gather_shares(local: np.ndarray, n: int) -> np.ndarray:
   """
   if jax.process_count() == 1:
     return local
-  from jax.experimental import multihost_utils
-
   per_host = -(-n // jax.process_count())
   padded = np.zeros((per_host,) + local.shape[1:], local.dtype)
   padded[: len(local)] = local
@@ -305,7 +192,7 @@ def _split_over_hosts(params: Params) -> bool:
 
 
 def predict_tokens(
-  model: Any,
+  model: t5.Transformer,
   params: Params,
   encoder_input_tokens: Sequence[np.ndarray],
   *,
@@ -337,7 +224,7 @@ def predict_tokens(
 
 
 def _decode_rows(
-  model: Any,
+  model: t5.Transformer,
   params: Params,
   rows: Sequence[np.ndarray],
   *,
@@ -390,7 +277,7 @@ class Evaluator:
   def __init__(
     self,
     mixture_or_task_name: str,
-    model: Any,
+    model: t5.Transformer,
     *,
     feature_lengths: Mapping[str, int],
     split: str = "validation",
@@ -591,16 +478,16 @@ def _model_dir_of(checkpoint_path: str) -> str:
 
 def _checkpoints_to_score(checkpoint_path: str, mode: str, step: int | None):
   if mode == "specific":
-    return [t5x_checkpoints.resolve_checkpoint(checkpoint_path, step)]
-  refs = t5x_checkpoints.list_checkpoints(checkpoint_path)
+    return [checkpoints.resolve_checkpoint(checkpoint_path, step)]
+  refs = checkpoints.list_checkpoints(checkpoint_path)
   if not refs:
     # Raises the one-line "missing" or "empty" error, or finds a step dir.
-    return [t5x_checkpoints.resolve_checkpoint(checkpoint_path)]
+    return [checkpoints.resolve_checkpoint(checkpoint_path)]
   return refs[-1:] if mode == "latest" else refs
 
 
 def evaluate_checkpoints(
-  model: Any,
+  model: t5.Transformer,
   checkpoint_path: str,
   mixture_or_task_name: str,
   *,
@@ -616,7 +503,7 @@ def evaluate_checkpoints(
   follow_until_step: int | None = None,
   poll_seconds: float = 60.0,
   use_cached: bool = False,
-  partitioner: Any = None,
+  partitioner: Partitioner | None = None,
 ) -> dict[int, dict[str, float]]:
   """Scores saved checkpoints: one, the latest, or all of a model dir.
 
@@ -644,7 +531,7 @@ def evaluate_checkpoints(
 
   Raises:
     ValueError: unknown mode; see also `Evaluator` and
-      `t5x_checkpoints.resolve_checkpoint`.
+      `checkpoints.resolve_checkpoint`.
   """
   if mode not in ("specific", "latest", "all"):
     raise errors.UserError(
@@ -652,7 +539,7 @@ def evaluate_checkpoints(
     )
   if output_dir is None:
     output_dir = inference_eval_dir(_model_dir_of(checkpoint_path))
-  partitioner = decode_partitioner(partitioner)
+  partitioner = checkpoints.decode_partitioner(partitioner)
   # Fails fast (one line) on a missing or empty path, before reading data.
   _checkpoints_to_score(checkpoint_path, mode, step)
   trained = vocab.read_identity(_model_dir_of(checkpoint_path))
@@ -675,7 +562,7 @@ def evaluate_checkpoints(
     output_dir=output_dir,
     use_cached=use_cached,
   )
-  reference = abstract_params(model)
+  reference = checkpoints.abstract_params(model)
   results: dict[int, dict[str, float]] = {}
   while True:
     done = scored_steps(output_dir, evaluator.task_names)
@@ -683,16 +570,15 @@ def evaluate_checkpoints(
       if mode != "specific" and ref.step in done:
         logging.info("step %s already scored; skipping", ref.step)
         continue
-      flat = t5x_checkpoints.read_params(ref.path)
       params, _ = t5x_checkpoints.match_params(
-        flat, reference, source=f"checkpoint {ref.path}"
+        checkpoints.read_ref(ref), reference, source=f"checkpoint {ref.path}"
       )
       step_num = ref.step if ref.step is not None else 0
       context = (
         partitioner.context() if partitioner else contextlib.nullcontext()
       )
       with context:
-        params = place_params(params, partitioner)
+        params = checkpoints.place_params(params, partitioner)
         results[step_num] = evaluator.evaluate(params, step_num)
       done.add(step_num)
     if mode != "all" or follow_until_step is None:

@@ -25,12 +25,15 @@ import os
 import sys
 import tokenize
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gin
-from absl import app, flags
+from absl import app, flags, logging
 
-from dss_jax import errors, resources
+from dss_jax import errors, host, resources
+
+if TYPE_CHECKING:
+  from dss_jax.models import t5
 
 # `gin_configs/` of a checkout, or the copy a wheel ships.
 GIN_CONFIGS_DIR = resources.gin_configs_dir()
@@ -83,6 +86,7 @@ def initialize_distributed_from_flags() -> bool:
   Returns:
     True if `jax.distributed` was initialized.
   """
+  # Here, not at the top: JAX starts after the host settings of `run`.
   from dss_jax import partitioning
 
   f = flags.FLAGS
@@ -207,6 +211,54 @@ def call_configured(fn: Callable[[], Any], configure: bool = True) -> Any:
     raise _required_error(e) or e from None
 
 
+def model_from_gin() -> t5.Transformer:
+  """Builds the model bound to gin's MODEL macro (a model gin file sets it).
+
+  Raises:
+    ValueError: no MODEL macro has been parsed.
+  """
+  try:
+    ref = gin.query_parameter("%MODEL")
+  except ValueError as e:
+    raise errors.UserError(
+      "no MODEL in the gin config; pass a model gin file, e.g. "
+      "--gin_file=models/t5_1_1_base.gin"
+    ) from e
+  if isinstance(ref, gin.config.ConfigurableReference):
+    return ref.scoped_configurable_fn()
+  return ref
+
+
+def run_from_gin(
+  configurable: Callable[..., Any],
+  gin_files: Sequence[str],
+  gin_bindings: Sequence[str],
+  *,
+  configure: bool = True,
+) -> tuple[Any, int]:
+  """Parses gin and calls ``configurable``; user errors become one line.
+
+  Args:
+    configurable: the function to call.
+    gin_files: gin files to parse.
+    gin_bindings: gin bindings to apply after them.
+    configure: call it with its gin bindings (False: call it as it is).
+
+  Returns:
+    (result, 0), or (None, 2) after printing ``error: <reason>`` to stderr
+    for a user error (`errors.UserError`, e.g. a bad gin file or binding,
+    an unknown task, a missing checkpoint). Other exceptions propagate.
+  """
+  try:
+    parse_gin(gin_files, gin_bindings)
+    logging.info("gin config:\n%s", gin.config_str())
+    return call_configured(configurable, configure), 0
+  except errors.UserError as e:
+    # gin appends "In call to configurable ..." lines; the first is ours.
+    print(f"error: {errors.one_line(e)}", file=sys.stderr)
+    return None, errors.USER_ERROR_STATUS
+
+
 def parse_gin_flags(finalize: bool = False) -> None:
   """Parses the gin flags of this process's command line."""
   parse_gin(
@@ -223,8 +275,6 @@ def run(main: Callable[[Sequence[str]], None], what: str) -> None:
   Before `main`, the process joins the multi-process job that the
   distributed flags or the cluster environment describe (if any).
   """
-  from dss_jax import host
-
   host.keep_freed_memory()
   host.add_xla_flag_defaults()
   define_gin_flags(what)

@@ -29,12 +29,22 @@ import contextlib
 import dataclasses
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from absl import logging
+from etils import epath
 
-from dss_jax import errors, gin_flags
+from dss_jax import cards, errors, gin_flags
 from dss_jax.cards import LABEL_PREFIX, RATIONALE_PREFIX
+
+# JAX, TensorFlow and SeqIO load inside the functions: the entry point sets
+# the host's malloc and XLA settings (`gin_flags.run`) before they start.
+if TYPE_CHECKING:
+  import seqio
+
+  from dss_jax.evaluation import DecodeConfig
+  from dss_jax.models import t5
+  from dss_jax.partitioning import Partitioner
 
 
 def _strip_prefix(text: str) -> str:
@@ -60,8 +70,6 @@ def read_input_file(path: str, card: str | None = None) -> list[dict[str, Any]]:
     errors.UserError: the file is missing, or a JSONL line is not a JSON
       object that is formatted or formattable (the message names the line).
   """
-  from etils import epath
-
   if not epath.Path(path).exists():
     raise errors.MissingFileError(f"INPUT_FILE {path}: no such file")
   text = epath.Path(path).read_text()
@@ -70,8 +78,6 @@ def read_input_file(path: str, card: str | None = None) -> list[dict[str, Any]]:
     return [{"id": i, "input": line} for i, line in enumerate(lines)]
   task_card = None
   if card:
-    from dss_jax import cards
-
     task_card = cards.load_card(card)
   rows = []
   numbered = [(n, x) for n, x in enumerate(text.splitlines(), 1) if x.strip()]
@@ -133,7 +139,7 @@ class InferResult:
 
 def read_task_split(
   mixture_or_task_name: str, split: str, num_examples: int | None = None
-) -> tuple[list[dict[str, Any]], Any]:
+) -> tuple[list[dict[str, Any]], seqio.Task]:
   """Reads a task's inputs (prefix removed) and targets.
 
   A mixture's first task is read.
@@ -164,15 +170,15 @@ def read_task_split(
 
 
 def predict_texts(
-  model: Any,
+  model: t5.Transformer,
   params: Any,
-  vocabulary: Any,
+  vocabulary: seqio.Vocabulary,
   texts: Sequence[str],
   *,
   input_length: int,
   max_decode_length: int,
   batch_size: int,
-  decode: Any,
+  decode: DecodeConfig,
 ) -> list[str]:
   """Tokenizes (truncating to ``input_length`` with EOS), decodes, detokenizes."""
   import numpy as np
@@ -206,7 +212,7 @@ def predict_texts(
 
 
 def infer(
-  model: Any,
+  model: t5.Transformer,
   checkpoint_path: str,
   output_file: str,
   *,
@@ -221,14 +227,15 @@ def infer(
   batch_size: int = 32,
   num_examples: int | None = None,
   step: int | None = None,
-  decode: Any = None,
-  partitioner: Any = None,
+  decode: DecodeConfig | None = None,
+  partitioner: Partitioner | None = None,
 ) -> InferResult:
   """Predicts labels (and rationales) and writes them as JSONL.
 
   Args:
     model: the `dss_jax.models.t5.Transformer` (gin's MODEL).
-    checkpoint_path: any checkpoint `dss_jax.t5x_checkpoints` reads.
+    checkpoint_path: any checkpoint `dss_jax.checkpoints` reads (this
+      project's or T5X's).
     output_file: the JSONL file to write.
     mixture_or_task_name: read inputs from this task's (or the mixture's
       first task's) ``split``; its vocabulary is used.
@@ -258,9 +265,8 @@ def infer(
       ``input_file``; a vocabulary larger than the model's embedding.
   """
   import jax
-  from etils import epath
 
-  from dss_jax import evaluation, metrics
+  from dss_jax import checkpoints, evaluation, metrics
   from dss_jax import vocab as vocab_lib
 
   if (mixture_or_task_name is None) == (input_file is None):
@@ -274,8 +280,6 @@ def infer(
     vocab = vocab_lib.get_vocabulary(vocabulary)
     metric_fns = [metrics.label_accuracy]
     if card:
-      from dss_jax import cards
-
       metric_fns = metrics.metric_fns_for(cards.load_card(card).metric)
   else:
     rows, task = read_task_split(mixture_or_task_name, split, num_examples)
@@ -283,8 +287,8 @@ def infer(
     metric_fns = list(task.predict_metric_fns)
     postprocess = task.postprocess_fn or (lambda x, **_: x)
   evaluation.check_vocabulary(vocab, model.config.vocab_size, "the inputs")
-  params = evaluation.restore_model_params(model, checkpoint_path, step=step)
-  partitioner = evaluation.decode_partitioner(partitioner)
+  params = checkpoints.restore_model_params(model, checkpoint_path, step=step)
+  partitioner = checkpoints.decode_partitioner(partitioner)
   kwargs = dict(
     input_length=input_length,
     max_decode_length=max_decode_length,
@@ -293,7 +297,7 @@ def infer(
   )
   context = partitioner.context() if partitioner else contextlib.nullcontext()
   with context:
-    params = evaluation.place_params(params, partitioner)
+    params = checkpoints.place_params(params, partitioner)
     _predict_rows(model, params, vocab, rows, rationales, kwargs)
   if jax.process_index() > 0:
     # Every host has all predictions; process 0 writes and scores them.
@@ -342,13 +346,11 @@ def _score(rows, metric_fns, postprocess) -> dict[str, float]:
 
 def cli(gin_files: Sequence[str], gin_bindings: Sequence[str]) -> int:
   """Runs the inference configured by gin; returns the exit status."""
-  from dss_jax import evaluation
-
   # Under `python -m` this module is __main__; gin registered the function of
   # the imported module dss_jax.infer (runs/infer.gin imports it).
   from dss_jax import infer as infer_lib
 
-  result, status = evaluation.run_from_gin(
+  result, status = gin_flags.run_from_gin(
     infer_lib.infer, gin_files, gin_bindings
   )
   if status:

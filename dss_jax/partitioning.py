@@ -1,4 +1,4 @@
-"""Device mesh, T5X's logical axis rules, shardings and a sharded `jax.jit`.
+"""Device mesh, T5X's logical axis rules, shardings: the `Partitioner`.
 
 The model names every parameter and activation axis logically (`batch`,
 `vocab`, `embed`, `mlp`, `heads`, `kv`, `joined_kv`, `relpos_buckets`,
@@ -11,17 +11,15 @@ The model names every parameter and activation axis logically (`batch`,
     parameter_partitioning_dims=2), so parameters and optimizer state are
     sharded across the data-parallel replicas.
 
-Typical use in a trainer:
+A `Partitioner` holds the mesh and the rules together, so one gin binding
+(`partitioning.Partitioner.model = %NUM_PARTITIONS`) places a whole job. The
+trainer jits through it, as T5X's trainer jits through its partitioner:
 
     partitioner = Partitioner(data=-1, model=1, fsdp=False)
     param_sh = partitioner.shardings(params_shapes)
     step = partitioner.jit(train_step, in_shardings=(state_sh, batch_sh),
                            out_shardings=(state_sh, None), donate_argnums=0)
-
-With a mesh and rules from elsewhere (gin's `make_mesh()` and
-`STANDARD_LOGICAL_AXIS_RULES`), the same pieces are module functions:
-`tree_shardings(tree, mesh, rules)`, `sharded_jit(fn, mesh, rules, ...)` and
-`mesh_context(mesh, rules)`.
+    batch = partitioner.put_batch(host_batch)  # batch split over "data"
 """
 
 from __future__ import annotations
@@ -225,51 +223,6 @@ def tree_shardings(tree: Any, mesh: Mesh, rules: LogicalAxisRules) -> Any:
   )
 
 
-def sharded_jit(
-  fn: Callable[..., Any],
-  mesh: Mesh,
-  rules: LogicalAxisRules,
-  in_shardings: Any = None,
-  out_shardings: Any = None,
-  donate_argnums: int | Sequence[int] = (),
-  static_argnums: int | Sequence[int] = (),
-) -> Callable[..., Any]:
-  """`jax.jit` with shardings, traced and run under `mesh` and `rules`.
-
-  Args:
-    fn: the step function.
-    mesh: the device mesh.
-    rules: logical axis rules for the model's activation constraints.
-    in_shardings: shardings of the arguments (a tree per argument).
-    out_shardings: shardings of the outputs.
-    donate_argnums: arguments whose buffers the outputs may reuse (the
-      train state), halving peak parameter memory.
-    static_argnums: hashable, compile-time arguments.
-
-  Returns:
-    A callable with `fn`'s signature; its `.lower(...)` lowers under the
-    same mesh and rules.
-  """
-  jitted = jax.jit(
-    fn,
-    in_shardings=in_shardings,
-    out_shardings=out_shardings,
-    donate_argnums=donate_argnums,
-    static_argnums=static_argnums,
-  )
-
-  def call(*args, **kwargs):
-    with mesh_context(mesh, rules):
-      return jitted(*args, **kwargs)
-
-  def lower(*args, **kwargs):
-    with mesh_context(mesh, rules):
-      return jitted.lower(*args, **kwargs)
-
-  call.lower = lower
-  return call
-
-
 @dataclasses.dataclass
 class Partitioner:
   """A mesh plus the rules that place the model on it.
@@ -280,6 +233,9 @@ class Partitioner:
     fsdp: split parameters' `embed` axis over "data" too.
     activation_partitioning_dims: 2 also splits activations' `embed`.
     devices: optional explicit device list.
+    logical_axis_rules: rules to use instead of T5X's standard ones built
+      from `fsdp` and `activation_partitioning_dims` (T5X's partitioner
+      takes them the same way).
   """
 
   data: int = -1
@@ -287,12 +243,16 @@ class Partitioner:
   fsdp: bool = False
   activation_partitioning_dims: int = 1
   devices: Sequence[jax.Device] | None = None
+  logical_axis_rules: LogicalAxisRules | None = None
 
   def __post_init__(self):
     self.mesh = make_mesh(self.data, self.model, devices=self.devices)
-    self.rules = standard_logical_axis_rules(
-      self.activation_partitioning_dims, 2 if self.fsdp else 1
-    )
+    if self.logical_axis_rules is not None:
+      self.rules = tuple(tuple(rule) for rule in self.logical_axis_rules)
+    else:
+      self.rules = standard_logical_axis_rules(
+        self.activation_partitioning_dims, 2 if self.fsdp else 1
+      )
 
   def context(self):
     """Mesh and axis rules active, so the model's logical constraints apply."""
@@ -303,8 +263,11 @@ class Partitioner:
     return tree_shardings(tree, self.mesh, self.rules)
 
   def batch_sharding(self) -> NamedSharding:
-    """Sharding of [batch, ...] input arrays: batch split over "data"."""
-    return NamedSharding(self.mesh, PartitionSpec(DATA_AXIS))
+    """Sharding of [batch, ...] input arrays: the rules' `batch` axis
+    (split over "data" by the standard rules)."""
+    return NamedSharding(
+      self.mesh, nn.logical_to_mesh_axes(("batch",), list(self.rules))
+    )
 
   def replicated(self) -> NamedSharding:
     """A fully replicated sharding (scalars, RNG keys)."""
@@ -329,20 +292,34 @@ class Partitioner:
       static_argnums: hashable, compile-time arguments.
 
     Returns:
-      A callable with `fn`'s signature.
+      A callable with `fn`'s signature; its `.lower(...)` lowers under the
+      same mesh and rules.
     """
-    return sharded_jit(
+    jitted = jax.jit(
       fn,
-      self.mesh,
-      self.rules,
       in_shardings=in_shardings,
       out_shardings=out_shardings,
       donate_argnums=donate_argnums,
       static_argnums=static_argnums,
     )
 
+    def call(*args, **kwargs):
+      with self.context():
+        return jitted(*args, **kwargs)
+
+    def lower(*args, **kwargs):
+      with self.context():
+        return jitted.lower(*args, **kwargs)
+
+    call.lower = lower
+    return call
+
   def put_batch(self, batch: Any) -> Any:
-    """Assembles this host's slice of a batch into global sharded arrays."""
+    """Assembles this host's slice of a batch into global sharded arrays.
+
+    Every host passes its own rows (its input shards); the global batch is
+    split over the mesh by `batch_sharding`.
+    """
     sharding = self.batch_sharding()
     return jax.tree_util.tree_map(
       lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),

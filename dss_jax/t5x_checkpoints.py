@@ -1,6 +1,6 @@
 """Reads T5X checkpoints (both on-disk formats) and writes ones T5X restores.
 
-Three layouts are understood, local or on ``gs://``:
+Two layouts are understood, local or on ``gs://``:
 
 * T5X's legacy format, used by the public
   ``gs://t5-data/pretrained_models/t5x/...`` checkpoints: a step directory
@@ -11,8 +11,10 @@ Three layouts are understood, local or on ``gs://``:
   and small arrays are stored inline.
 * T5X's orbax format: ``checkpoint_<step>/state/`` written by orbax's
   ``PyTreeCheckpointHandler`` with the same ``{"target", "state"}`` tree.
-* This project's orbax format: ``<model_dir>/checkpoints/<step>/state/`` whose
-  tree keeps the parameters under ``"params"``.
+
+This project's own checkpoints are `dss_jax.checkpoints`' concern; its
+``resolve_checkpoint`` and ``load_params`` take a checkpoint of any layout and
+come here for T5X's.
 
 Only the parameters (the ``target`` subtree) are read: optimizer state is never
 materialized, which halves host memory for Adam-style optimizers. Names are
@@ -38,13 +40,14 @@ import dataclasses
 import os
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import flax.serialization
 import flax.traverse_util
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import tensorstore as ts
 from absl import logging
 from etils import epath
@@ -61,14 +64,12 @@ ORBAX = "orbax"
 _T5X_VERSION = 3
 # The msgpack file name inside a legacy step directory.
 _MSGPACK_FILE = "checkpoint"
-# T5X names step directories checkpoint_<step>; this project's orbax manager
-# names them <step> under <model_dir>/checkpoints.
-_T5X_STEP_DIR = re.compile(r"^checkpoint_(\d+)$")
-_OWN_STEP_DIR = re.compile(r"^(\d+)$")
-_OWN_CHECKPOINTS_SUBDIR = "checkpoints"
+# T5X names step directories checkpoint_<step>.
+T5X_STEP_DIR = re.compile(r"^checkpoint_(\d+)$")
 # The orbax item that holds the train state, in T5X and in this project.
-_STATE_ITEM = "state"
-_ORBAX_MARKERS = ("_METADATA", "manifest.ocdbt", "_CHECKPOINT_METADATA")
+STATE_ITEM = "state"
+# Files an orbax item or step directory holds once it is complete.
+ORBAX_MARKERS = ("_METADATA", "manifest.ocdbt", "_CHECKPOINT_METADATA")
 # T5X aims at 64 MiB chunks: big enough for few files, small enough to let
 # many hosts write slices of one array in parallel.
 _CHUNK_BYTES = 64 * 1024 * 1024
@@ -128,24 +129,35 @@ class ParamReport:
 # Finding checkpoints.
 
 
-def _is_dir(path: epath.Path) -> bool:
+def is_dir(path: epath.Path) -> bool:
+  """`path.is_dir()`, False where a remote file system cannot say."""
   try:
     return path.is_dir()
   except Exception:  # noqa: BLE001 - remote file systems raise many types.
     return False
 
 
-def _step_dir_ref(
+def absolute_path(path: str | os.PathLike[str]) -> epath.Path:
+  """`path` made absolute when it is local; orbax refuses relative paths."""
+  path = epath.Path(path)
+  return path if "://" in str(path) else path.absolute()
+
+
+def step_dir_ref(
   step_dir: epath.Path, step: int | None
 ) -> CheckpointRef | None:
-  """Returns the checkpoint inside one step directory, None if incomplete."""
+  """Returns the checkpoint inside one step directory, None if incomplete.
+
+  A step directory holds a legacy msgpack ``checkpoint`` file, or is (or
+  holds as its ``state`` item) an orbax checkpoint.
+  """
   if any((step_dir / m).exists() for m in ("_METADATA", "manifest.ocdbt")):
     return CheckpointRef(os.fspath(step_dir), step, ORBAX)
   msgpack = step_dir / _MSGPACK_FILE
-  if msgpack.exists() and not _is_dir(msgpack):
+  if msgpack.exists() and not is_dir(msgpack):
     return CheckpointRef(os.fspath(msgpack), step, LEGACY)
-  state = step_dir / _STATE_ITEM
-  if _is_dir(state):
+  state = step_dir / STATE_ITEM
+  if is_dir(state):
     if (state / "_METADATA").exists() or (state / "manifest.ocdbt").exists():
       return CheckpointRef(os.fspath(state), step, ORBAX)
     if (state / _MSGPACK_FILE).exists():
@@ -154,50 +166,57 @@ def _step_dir_ref(
 
 
 def list_checkpoints(model_dir: str | os.PathLike[str]) -> list[CheckpointRef]:
-  """Lists the complete checkpoints under a model directory, oldest first.
+  """Lists T5X's complete ``checkpoint_<step>`` checkpoints, oldest first.
 
-  Looks at T5X's ``checkpoint_<step>`` directories and at this project's
-  ``checkpoints/<step>`` ones (or ``<step>`` ones when ``model_dir`` is a
-  checkpoint manager's directory such as ``MODEL_DIR/best_checkpoints``);
-  directories still being written (no msgpack file or orbax metadata yet, or
-  an orbax temporary name) are left out, so a running job can be followed.
+  Directories still being written (no msgpack file or orbax metadata yet)
+  are left out, so a running job can be followed.
 
   Args:
-    model_dir: a T5X or dss-jax model directory.
+    model_dir: a T5X model directory.
 
   Returns:
     The checkpoints, sorted by step.
   """
   root = epath.Path(model_dir)
   found: dict[int, CheckpointRef] = {}
-  for parent, pattern in (
-    (root, _T5X_STEP_DIR),
-    # A checkpoint manager's own directory, e.g. MODEL_DIR/best_checkpoints.
-    (root, _OWN_STEP_DIR),
-    (root / _OWN_CHECKPOINTS_SUBDIR, _OWN_STEP_DIR),
-    (root / _OWN_CHECKPOINTS_SUBDIR, _T5X_STEP_DIR),
-  ):
-    if not _is_dir(parent):
+  if not is_dir(root):
+    return []
+  for child in root.iterdir():
+    match = T5X_STEP_DIR.match(child.name)
+    if not match or not is_dir(child):
       continue
-    for child in parent.iterdir():
-      match = pattern.match(child.name)
-      if not match or not _is_dir(child):
-        continue
-      ref = _step_dir_ref(child, int(match.group(1)))
-      if ref is not None:
-        found.setdefault(ref.step, ref)
+    ref = step_dir_ref(child, int(match.group(1)))
+    if ref is not None:
+      found.setdefault(ref.step, ref)
   return [found[s] for s in sorted(found)]
+
+
+def pick_step(
+  refs: Sequence[CheckpointRef], step: int | None, path: Any
+) -> CheckpointRef:
+  """The checkpoint of `step` (default: the latest) among `refs`.
+
+  Raises:
+    CheckpointError: no checkpoint has that step.
+  """
+  if step is None:
+    return refs[-1]
+  for ref in refs:
+    if ref.step == step:
+      return ref
+  steps = [r.step for r in refs]
+  raise CheckpointError(f"no checkpoint for step {step} in {path}; has {steps}")
 
 
 def resolve_checkpoint(
   path: str | os.PathLike[str], step: int | None = None
 ) -> CheckpointRef:
-  """Finds the checkpoint a user pointed at.
+  """Finds the T5X checkpoint a user pointed at.
 
   Args:
-    path: a model directory (then ``step``, or the latest step, is used), a
-      step directory, a legacy msgpack ``checkpoint`` file, or an orbax item
-      directory.
+    path: a T5X model directory (then ``step``, or the latest step, is
+      used), a step directory, a legacy msgpack ``checkpoint`` file, or an
+      orbax item directory.
     step: which step to take from a model directory.
 
   Returns:
@@ -209,32 +228,21 @@ def resolve_checkpoint(
   p = epath.Path(path)
   if not p.exists():
     raise CheckpointError(f"checkpoint path does not exist: {path}")
-  if not _is_dir(p):
+  if not is_dir(p):
     # A file is taken as T5X's msgpack; reading it says if it is not one.
-    match = _T5X_STEP_DIR.match(p.parent.name)
+    match = T5X_STEP_DIR.match(p.parent.name)
     return CheckpointRef(
       os.fspath(p), int(match.group(1)) if match else None, LEGACY
     )
   refs = list_checkpoints(p)
   if refs:
-    if step is None:
-      return refs[-1]
-    for ref in refs:
-      if ref.step == step:
-        return ref
-    steps = [r.step for r in refs]
-    raise CheckpointError(
-      f"no checkpoint for step {step} in {path}; has {steps}"
-    )
-  name = p.name
-  match = _T5X_STEP_DIR.match(name) or _OWN_STEP_DIR.match(name)
-  ref = _step_dir_ref(p, int(match.group(1)) if match else None)
+    return pick_step(refs, step, path)
+  match = T5X_STEP_DIR.match(p.name)
+  ref = step_dir_ref(p, int(match.group(1)) if match else None)
   if ref is not None:
     return ref
-  if any((p / m).exists() for m in _ORBAX_MARKERS):
-    match = _T5X_STEP_DIR.match(p.parent.name) or _OWN_STEP_DIR.match(
-      p.parent.name
-    )
+  if any((p / m).exists() for m in ORBAX_MARKERS):
+    match = T5X_STEP_DIR.match(p.parent.name)
     return CheckpointRef(
       os.fspath(p), int(match.group(1)) if match else None, ORBAX
     )
@@ -334,19 +342,17 @@ def _read_legacy_target(msgpack_path: str) -> dict[str, Any]:
   return dict(zip(flat, arrays, strict=True))
 
 
-def _orbax_tree_metadata(item_dir: str) -> Mapping[str, Any]:
-  import orbax.checkpoint as ocp
-
+def orbax_tree(item_dir: str | os.PathLike[str]) -> Mapping[str, Any]:
+  """The tree metadata of an orbax item (shapes and dtypes, no arrays)."""
   # The handler reads only the item's tree metadata (the checkpointer would
   # also look for, and warn about, step-level metadata an item dir lacks).
   metadata = ocp.PyTreeCheckpointHandler().metadata(epath.Path(item_dir))
   return getattr(metadata, "tree", metadata)
 
 
-def _params_key(tree: Mapping[str, Any], item_dir: str) -> str | None:
-  for key in ("target", "params"):
-    if key in tree:
-      return key
+def _target_key(tree: Mapping[str, Any], item_dir: str) -> str | None:
+  if "target" in tree:
+    return "target"
   if "encoder" in tree or "decoder" in tree:
     return None  # a bare parameter tree
   raise CheckpointError(
@@ -355,16 +361,24 @@ def _params_key(tree: Mapping[str, Any], item_dir: str) -> str | None:
   )
 
 
-def _read_orbax_target(item_dir: str) -> dict[str, Any]:
-  """Reads only the parameter subtree of an orbax checkpoint as numpy."""
-  import orbax.checkpoint as ocp
+def read_orbax_subtree(
+  item_dir: str | os.PathLike[str], key: str | None
+) -> dict[str, np.ndarray]:
+  """Reads one subtree of an orbax item, flat, as host numpy arrays.
 
-  from dss_jax import checkpoints
+  Only that subtree is read: an optimizer state beside it is never
+  materialized.
 
+  Args:
+    item_dir: the orbax item directory.
+    key: the top-level key of the subtree; None reads the whole tree.
+
+  Returns:
+    ``{"a/b/c": array}``.
+  """
   # orbax refuses relative paths.
-  item_dir = str(checkpoints.absolute_path(item_dir))
-  tree = _orbax_tree_metadata(item_dir)
-  key = _params_key(tree, item_dir)
+  item_dir = str(absolute_path(item_dir))
+  tree = orbax_tree(item_dir)
   sub = tree[key] if key else tree
   restore_args = jax.tree.map(
     lambda _: ocp.RestoreArgs(restore_type=np.ndarray), dict(sub)
@@ -382,10 +396,41 @@ def _read_orbax_target(item_dir: str) -> dict[str, Any]:
   return {k: np.asarray(v) for k, v in _flatten(restored).items()}
 
 
+def read_ref(ref: CheckpointRef) -> dict[str, np.ndarray]:
+  """Reads the parameters of one T5X checkpoint, flat, on the host.
+
+  Args:
+    ref: a legacy msgpack file, or an orbax item with T5X's ``target``
+      tree (or a bare parameter tree).
+
+  Returns:
+    ``{"encoder/layers_0/attention/query/kernel": array, ...}``.
+
+  Raises:
+    CheckpointError: no parameters in it.
+  """
+  start = time.time()
+  if ref.format == LEGACY:
+    flat = _read_legacy_target(ref.path)
+  else:
+    item_dir = str(absolute_path(ref.path))
+    flat = read_orbax_subtree(
+      item_dir, _target_key(orbax_tree(item_dir), item_dir)
+    )
+  logging.info(
+    "Read %d parameters from %s (%s) in %.1fs",
+    len(flat),
+    ref.path,
+    ref.format,
+    time.time() - start,
+  )
+  return flat
+
+
 def read_params(
   path: str | os.PathLike[str], step: int | None = None
 ) -> dict[str, np.ndarray]:
-  """Reads a checkpoint's parameters, flat, without any model to compare to.
+  """Reads a T5X checkpoint's parameters, flat, without a model to compare to.
 
   Args:
     path: see ``resolve_checkpoint``.
@@ -397,20 +442,7 @@ def read_params(
   Raises:
     CheckpointError: no readable checkpoint at ``path``.
   """
-  ref = resolve_checkpoint(path, step)
-  start = time.time()
-  if ref.format == LEGACY:
-    flat = _read_legacy_target(ref.path)
-  else:
-    flat = _read_orbax_target(ref.path)
-  logging.info(
-    "Read %d parameters from %s (%s) in %.1fs",
-    len(flat),
-    ref.path,
-    ref.format,
-    time.time() - start,
-  )
-  return flat
+  return read_ref(resolve_checkpoint(path, step))
 
 
 # ---------------------------------------------------------------------------
@@ -513,6 +545,46 @@ def _check_fit(
   return report
 
 
+def load_ref(
+  ref: CheckpointRef,
+  reference: Params,
+  *,
+  source: str,
+  fallback: Params | None = None,
+  shardings: Any = None,
+  read: Callable[[CheckpointRef], Mapping[str, np.ndarray]] = read_ref,
+) -> dict[str, Any]:
+  """Restores a model's parameters from one found checkpoint.
+
+  Args:
+    ref: the checkpoint.
+    reference: the model's parameters or their shapes.
+    source: where the checkpoint came from, for messages.
+    fallback: parameters for names the checkpoint lacks (see
+      ``match_params``).
+    shardings: optional tree of ``jax.sharding.Sharding`` like ``reference``;
+      the arrays are placed with them, and each host reads from a legacy
+      checkpoint only the slices its devices hold.
+    read: reads ``ref``'s parameters, flat (default: T5X's formats).
+
+  Returns:
+    The parameter tree (numpy, or jax arrays when ``shardings`` is given).
+
+  Raises:
+    CheckpointError: see ``match_params``.
+  """
+  if shardings is not None and ref.format == LEGACY:
+    return _load_legacy_sharded(
+      ref.path, reference, shardings, source, fallback
+    )
+  params, _ = match_params(
+    read(ref), reference, source=source, fallback=fallback
+  )
+  if shardings is not None:
+    params = jax.tree.map(jax.device_put, params, shardings)
+  return params
+
+
 def load_params(
   path: str | os.PathLike[str],
   reference: Params,
@@ -521,9 +593,9 @@ def load_params(
   fallback: Params | None = None,
   shardings: Any = None,
 ) -> dict[str, Any]:
-  """Restores a model's parameters from any supported checkpoint.
+  """Restores a model's parameters from a T5X checkpoint.
 
-  This is what ``INITIAL_CHECKPOINT_PATH`` and the eval jobs use.
+  `dss_jax.checkpoints.load_params` takes this project's checkpoints too.
 
   Args:
     path: see ``resolve_checkpoint``; local or ``gs://``.
@@ -540,19 +612,13 @@ def load_params(
   Raises:
     CheckpointError: see ``resolve_checkpoint`` and ``match_params``.
   """
-  if shardings is not None:
-    ref = resolve_checkpoint(path, step)
-    if ref.format == LEGACY:
-      return _load_legacy_sharded(
-        ref.path, reference, shardings, f"checkpoint {path}", fallback
-      )
-  loaded = read_params(path, step)
-  params, _ = match_params(
-    loaded, reference, source=f"checkpoint {path}", fallback=fallback
+  return load_ref(
+    resolve_checkpoint(path, step),
+    reference,
+    source=f"checkpoint {path}",
+    fallback=fallback,
+    shardings=shardings,
   )
-  if shardings is not None:
-    params = jax.tree.map(jax.device_put, params, shardings)
-  return params
 
 
 def _load_legacy_sharded(

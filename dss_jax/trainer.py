@@ -36,9 +36,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+import tqdm
+from etils import epath
+from jax._src import distributed
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding
 
-from dss_jax import errors, losses, optimizers, partitioning
+from dss_jax import checkpoints, errors, losses, optimizers, partitioning
 from dss_jax.flops import (  # noqa: F401  (the trainer's API too)
   PEAK_FLOPS_BY_DEVICE_KIND,
   measure_matmul_flops,
@@ -56,7 +60,6 @@ LOSS_NORMALIZATIONS = {
   "NUM_REAL_TARGET_TOKENS": "tokens",
 }
 
-_BATCH_AXES = ("batch", "length")
 # What a distilling step-by-step step holds (see `train`'s `recipe`):
 #   mixture   SeqIO samples every row from one task at the mixture's rates
 #             (lambda is the rationale task's rate); per-sequence loss.
@@ -133,11 +136,14 @@ class LossConfig:
 class Trainer:
   """Builds the sharded, jitted init and train step for one model.
 
+  As T5X's trainer does, it jits and places through its partitioner, whose
+  mesh and logical axis rules decide every sharding: parameters, optimizer
+  state and batches.
+
   Args:
     model: a flax module with T5X's `Transformer.__call__` signature.
     optimizer: an optax transformation.
-    mesh: the device mesh.
-    logical_axis_rules: logical-to-mesh axis rules (T5X's standard rules).
+    partitioner: the mesh and its logical axis rules.
     task_names: the mixture's tasks, in `decoder_task_ids` order.
     task_weights: the loss is sum_t task_weights[t] * L_t, each L_t the
       configured normalization over task t's tokens only (the official
@@ -152,8 +158,7 @@ class Trainer:
     self,
     model: nn.Module,
     optimizer: optax.GradientTransformation,
-    mesh: Mesh,
-    logical_axis_rules: Sequence[tuple[str, Any]],
+    partitioner: partitioning.Partitioner,
     task_names: Sequence[str] = (),
     task_weights: Sequence[float] | None = None,
     loss: LossConfig = LossConfig(),
@@ -162,8 +167,7 @@ class Trainer:
   ):
     self.model = model
     self.optimizer = optimizer
-    self.mesh = mesh
-    self.rules = tuple(logical_axis_rules)
+    self.partitioner = partitioner
     self.task_names = tuple(task_names)
     self.task_weights = None if task_weights is None else tuple(task_weights)
     self.loss = loss
@@ -175,8 +179,7 @@ class Trainer:
 
   def batch_sharding(self) -> NamedSharding:
     """Sharding of every [batch, length] input array."""
-    spec = nn.logical_to_mesh_axes(_BATCH_AXES, self.rules)
-    return NamedSharding(self.mesh, spec)
+    return self.partitioner.batch_sharding()
 
   def _init_params(self, rng: Array, batch: Mapping[str, Any]) -> PyTree:
     # One row of zeros is enough to trace shapes; parameters do not depend on
@@ -196,10 +199,10 @@ class Trainer:
     opt_state = jax.eval_shape(self.optimizer.init, params)
     # Moments get their parameter's sharding (matched by path); scalars and
     # factored moments, and dims a mesh axis does not divide, are replicated.
-    shardings = partitioning.tree_shardings(
-      {"params": params, "opt_state": opt_state}, self.mesh, self.rules
+    shardings = self.partitioner.shardings(
+      {"params": params, "opt_state": opt_state}
     )
-    replicated = NamedSharding(self.mesh, PartitionSpec())
+    replicated = self.partitioner.replicated()
 
     def with_sharding(x, s):
       return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
@@ -241,9 +244,9 @@ class Trainer:
         rng=train_rng,
       )
 
-    return partitioning.sharded_jit(
-      init, self.mesh, self.rules, out_shardings=shardings
-    )(init_rng, train_rng, params)
+    return self.partitioner.jit(init, out_shardings=shardings)(
+      init_rng, train_rng, params
+    )
 
   # -- the step --------------------------------------------------------------
 
@@ -332,10 +335,8 @@ class Trainer:
     if self._train_step is None:
       state_shardings = jax.tree.map(lambda x: x.sharding, state)
       batch_shardings = jax.tree.map(lambda _: self.batch_sharding(), batch)
-      self._train_step = partitioning.sharded_jit(
+      self._train_step = self.partitioner.jit(
         self._step,
-        self.mesh,
-        self.rules,
         in_shardings=(state_shardings, batch_shardings),
         out_shardings=(state_shardings, None),
         donate_argnums=(0,),
@@ -344,11 +345,7 @@ class Trainer:
 
   def device_batch(self, batch: Mapping[str, np.ndarray]) -> dict[str, Array]:
     """Places this host's numpy batch as global arrays on the mesh."""
-    sharding = self.batch_sharding()
-    return {
-      k: jax.make_array_from_process_local_data(sharding, v)
-      for k, v in batch.items()
-    }
+    return dict(self.partitioner.put_batch(batch))
 
 
 def _model_inputs(batch: Mapping[str, Any]) -> dict[str, Any]:
@@ -430,8 +427,6 @@ class _Preemption:
     """
     if jax.process_count() == 1:
       return self.requested
-    from jax.experimental import multihost_utils
-
     if self._sync_manager:
       stop = multihost_utils.reached_preemption_sync_point(step)
       if stop:
@@ -443,8 +438,6 @@ class _Preemption:
 
 def _has_sync_manager() -> bool:
   """Whether `jax.distributed` runs JAX's preemption sync manager."""
-  from jax._src import distributed
-
   return (
     getattr(distributed.global_state, "preemption_sync_manager", None)
     is not None
@@ -523,8 +516,7 @@ def train(
   random_seed: int = 0,
   data_shards: int | None = None,
   num_microbatches: int = 1,
-  mesh: Mesh | None = None,
-  logical_axis_rules: Sequence[tuple[str, Any]] | None = None,
+  partitioner: partitioning.Partitioner | None = None,
   initial_checkpoint_path: str | None = None,
   checkpoint_period: int = 1000,
   keep_checkpoints: int = 3,
@@ -569,8 +561,9 @@ def train(
       process, or, when resuming, the checkpoint's, so a run resumes
       exactly on another number of processes.
     num_microbatches: gradient accumulation steps inside one update.
-    mesh: the device mesh; default `partitioning.make_mesh()`.
-    logical_axis_rules: default `partitioning.STANDARD_LOGICAL_AXIS_RULES`.
+    partitioner: the mesh and its logical axis rules; default
+      `partitioning.Partitioner()` (data parallel over every device, T5X's
+      standard rules).
     initial_checkpoint_path: INITIAL_CHECKPOINT_PATH: parameters to start
       from (T5X or this trainer's checkpoints); ignored when resuming.
     checkpoint_period: save every this many steps (and at the end).
@@ -594,12 +587,11 @@ def train(
     input_pipeline.DataShardsError: DATA_SHARDS does not fit the processes
       or differs from the checkpoint's.
   """
-  # The loop's I/O (TensorFlow, SeqIO, orbax, CLU) loads only when training
-  # from a mixture; `Trainer` alone needs JAX, flax and optax.
+  # The input pipeline (TensorFlow, SeqIO) and CLU's writers load only when
+  # training from a mixture, so `Trainer` runs (benchmarks on accelerator
+  # machines) without TensorFlow.
   from clu import metric_writers
-  from etils import epath
 
-  from dss_jax import checkpoints as checkpoints_lib
   from dss_jax import input_pipeline, vocab
 
   if recipe not in RECIPES:
@@ -623,13 +615,13 @@ def train(
     raise errors.UserError(
       f"MODEL_DIR {model_dir} is a file; give a folder for the checkpoints"
     )
-  mesh, rules = _mesh_and_rules(mesh, logical_axis_rules)
+  partitioner = partitioner or partitioning.Partitioner()
   rates = input_pipeline.task_rates(mixture_or_task_name)
   official = recipe == "official"
   if official:
     loss = official_loss(loss)
   _log_step_contents(rates, batch_size, recipe, packed_rows if pack else None)
-  checkpointer = checkpoints_lib.Checkpointer(
+  checkpointer = checkpoints.Checkpointer(
     model_dir,
     max_to_keep=keep_checkpoints,
     async_save=async_checkpointing,
@@ -651,8 +643,7 @@ def train(
   trainer = Trainer(
     model,
     optimizer.build(train_steps),
-    mesh,
-    rules,
+    partitioner,
     task_names=list(rates),
     task_weights=official_task_weights(rates) if official else None,
     loss=loss,
@@ -757,7 +748,7 @@ def dataset_config(
 
 
 def _resumed_data_shards(
-  checkpointer: Any, data_shards: int | None
+  checkpointer: checkpoints.Checkpointer, data_shards: int | None
 ) -> int | None:
   """DATA_SHARDS of a run: as configured, else the checkpoint's if any.
 
@@ -847,19 +838,9 @@ def _log_step_contents(
   logging.info("each step trains on %s", what)
 
 
-def _mesh_and_rules(
-  mesh: Mesh | None, rules: Sequence[tuple[str, Any]] | None
-) -> tuple[Mesh, Sequence[tuple[str, Any]]]:
-  if mesh is None:
-    mesh = partitioning.make_mesh()
-  if rules is None:
-    rules = partitioning.STANDARD_LOGICAL_AXIS_RULES
-  return mesh, rules
-
-
 def _initial_state(
   trainer: Trainer,
-  checkpointer: Any,
+  checkpointer: checkpoints.Checkpointer,
   dataset: Any,
   seed: int,
   initial_checkpoint_path: str | None,
@@ -879,10 +860,8 @@ def _initial_state(
     return TrainState.from_dict(restored), batches
   params = None
   if initial_checkpoint_path:
-    from dss_jax import t5x_checkpoints
-
     abstract = trainer.abstract_state(shapes)
-    params = t5x_checkpoints.load_params(
+    params = checkpoints.load_params(
       initial_checkpoint_path,
       abstract.params,
       shardings=jax.tree.map(lambda x: x.sharding, abstract.params),
@@ -909,7 +888,7 @@ class _Loop:
   """The training loop's state between steps (kept small and explicit)."""
 
   trainer: Trainer
-  checkpointer: Any  # checkpoints.Checkpointer
+  checkpointer: checkpoints.Checkpointer
   writer: Any  # clu.metric_writers.MetricWriter
   schedule: Callable[[int], Any]
   train_steps: int
@@ -1022,8 +1001,6 @@ class _Loop:
 def _progress(enabled: bool, step: int, total: int):
   if not enabled:
     return None
-  import tqdm
-
   return tqdm.tqdm(
     total=total,
     initial=step,

@@ -1,12 +1,14 @@
-"""Orbax checkpoints: round trip with shardings, keep-N, keep-best, params."""
+"""This project's checkpoints: round trip with shardings, keep-N, keep-best,
+parameters, and finding checkpoints of every layout."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
-from dss_jax import checkpoints
+from dss_jax import checkpoints, t5x_checkpoints
 
 
 def _state(mesh, seed=0):
@@ -111,3 +113,56 @@ def test_relative_model_dir_saves_and_restores(tmp_path, mesh, monkeypatch):
     params["encoder"]["kernel"], state["params"]["encoder"]["kernel"]
   )
   assert (tmp_path / "run" / "model" / "checkpoints" / "5" / "state").is_dir()
+
+
+def _params(seed: int) -> dict:
+  rng = np.random.RandomState(seed)
+  return {
+    "encoder": {"kernel": rng.randn(4, 3).astype(np.float32)},
+    "decoder": {"scale": rng.randn(3).astype(np.float32)},
+  }
+
+
+def test_reads_own_orbax_layout_and_lists_steps(tmp_path):
+  manager = ocp.CheckpointManager(
+    tmp_path / "checkpoints",
+    item_handlers={"state": ocp.PyTreeCheckpointHandler()},
+  )
+  for step in (2, 4):
+    state = {
+      "params": _params(step),
+      "opt_state": {"mu": np.zeros(2)},
+      "step": step,
+    }
+    manager.save(
+      step, args=ocp.args.Composite(state=ocp.args.PyTreeSave(state))
+    )
+  manager.wait_until_finished()
+  manager.close()
+  # A step still being written is not listed.
+  (tmp_path / "checkpoints" / "6.orbax-checkpoint-tmp-123").mkdir()
+  (tmp_path / "checkpoints" / "8").mkdir()
+  assert [r.step for r in checkpoints.list_checkpoints(tmp_path)] == [2, 4]
+  # The manager's own directory (e.g. MODEL_DIR/best_checkpoints) works too.
+  managed = tmp_path / "checkpoints"
+  assert [r.step for r in checkpoints.list_checkpoints(managed)] == [2, 4]
+  # T5X's module lists T5X's checkpoint_<step> directories only.
+  assert t5x_checkpoints.list_checkpoints(tmp_path) == []
+
+  def load(path, **kwargs):
+    return checkpoints.load_params(path, _params(0), **kwargs)
+
+  jax.tree.map(np.testing.assert_array_equal, load(tmp_path), _params(4))
+  jax.tree.map(
+    np.testing.assert_array_equal, load(tmp_path, step=2), _params(2)
+  )
+  # A step directory and its state item say their step.
+  for path in (managed / "2", managed / "2" / "state"):
+    ref = checkpoints.resolve_checkpoint(path)
+    assert (ref.step, ref.format) == (2, checkpoints.ORBAX)
+    jax.tree.map(np.testing.assert_array_equal, load(path), _params(2))
+  flat = checkpoints.read_params(tmp_path)
+  # Only the parameters: the optimizer state stays on disk.
+  assert sorted(flat) == ["decoder/scale", "encoder/kernel"]
+  with pytest.raises(checkpoints.CheckpointError, match="no checkpoint for"):
+    checkpoints.resolve_checkpoint(tmp_path, step=3)

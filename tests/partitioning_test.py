@@ -112,6 +112,20 @@ def test_model_constraints_apply_under_the_partitioner(reference):
   assert '[{"data"}, {}, {"model"}, {}]' in text
 
 
+def test_batch_sharding_and_rules_come_from_one_partitioner():
+  part = partitioning.Partitioner(data=4, model=2)
+  assert part.batch_sharding().spec == jax.sharding.PartitionSpec("data")
+  batch = part.put_batch({"x": np.arange(16).reshape(8, 2)})
+  assert batch["x"].sharding.spec == jax.sharding.PartitionSpec("data")
+  # Rules given to the partitioner replace the standard ones everywhere:
+  # without a rule for `batch` the batch is replicated.
+  custom = partitioning.Partitioner(data=4, model=2, logical_axis_rules=())
+  assert custom.rules == ()
+  assert custom.batch_sharding().is_fully_replicated
+  fsdp = partitioning.Partitioner(fsdp=True)
+  assert fsdp.rules == partitioning.FSDP_LOGICAL_AXIS_RULES
+
+
 def test_make_mesh_validates_sizes():
   assert partitioning.make_mesh().shape == {"data": 8, "model": 1}
   assert partitioning.make_mesh(model=4).shape == {"data": 2, "model": 4}

@@ -18,7 +18,14 @@ import numpy as np
 import pytest
 import seqio
 
-from dss_jax import distill, gin_flags, grid, input_pipeline, trainer
+from dss_jax import (
+  distill,
+  gin_flags,
+  grid,
+  input_pipeline,
+  partitioning,
+  trainer,
+)
 from dss_jax.models import t5
 
 _STEPS = 10
@@ -196,8 +203,9 @@ def test_official_loss_on_a_real_step_equals_the_official_formula(cqa_tasks):
   step = trainer.Trainer(
     model,
     optimizer=None,
-    mesh=jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",)),
-    logical_axis_rules=(),
+    partitioner=partitioning.Partitioner(
+      devices=jax.devices()[:1], logical_axis_rules=()
+    ),
     task_names=list(rates),
     task_weights=trainer.official_task_weights(rates),
     loss=trainer.official_loss(trainer.LossConfig()),

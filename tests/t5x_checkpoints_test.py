@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import tensorstore as ts
 
+from dss_jax import checkpoints
 from dss_jax import t5x_checkpoints as tc
 
 _EMB, _HEADS_KV, _VOCAB, _MLP = 8, 12, 16, 20
@@ -152,12 +153,14 @@ def test_reads_hand_written_legacy_checkpoint(tmp_path, old_spec):
   assert not any("v_row" in k for k in flat)
   restored = tc.load_params(tmp_path, params)
   _assert_tree_equal(restored, params)
-  # The step dir and the msgpack file itself work as paths too.
+  # The step dir and the msgpack file itself work as paths too, and
+  # `checkpoints`, which takes every layout, reads T5X's through here.
   for path in (
     tmp_path / "checkpoint_1000",
     tmp_path / "checkpoint_1000/checkpoint",
   ):
     _assert_tree_equal(tc.load_params(path, params), params)
+    _assert_tree_equal(checkpoints.load_params(path, params), params)
 
 
 def test_reads_t5x_orbax_layout(tmp_path):
@@ -183,37 +186,6 @@ def test_reads_t5x_orbax_layout(tmp_path):
   flat = tc.read_params(tmp_path)
   assert "m" not in flat and "param_states/m" not in flat
   _assert_tree_equal(tc.load_params(tmp_path, params), params)
-
-
-def test_reads_own_orbax_layout_and_lists_steps(tmp_path):
-  import orbax.checkpoint as ocp
-
-  manager = ocp.CheckpointManager(
-    tmp_path / "checkpoints",
-    item_handlers={"state": ocp.PyTreeCheckpointHandler()},
-  )
-  for step in (2, 4):
-    state = {
-      "params": _params(step),
-      "opt_state": {"mu": np.zeros(2)},
-      "step": step,
-    }
-    manager.save(
-      step, args=ocp.args.Composite(state=ocp.args.PyTreeSave(state))
-    )
-  manager.wait_until_finished()
-  manager.close()
-  # A step still being written is not listed.
-  (tmp_path / "checkpoints" / "6.orbax-checkpoint-tmp-123").mkdir()
-  (tmp_path / "checkpoints" / "8").mkdir()
-  assert [r.step for r in tc.list_checkpoints(tmp_path)] == [2, 4]
-  # The manager's own directory (e.g. MODEL_DIR/best_checkpoints) works too.
-  assert [r.step for r in tc.list_checkpoints(tmp_path / "checkpoints")] == [
-    2,
-    4,
-  ]
-  _assert_tree_equal(tc.load_params(tmp_path, _params()), _params(4))
-  _assert_tree_equal(tc.load_params(tmp_path, _params(), step=2), _params(2))
 
 
 # ---------------------------------------------------------------------------

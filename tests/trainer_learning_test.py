@@ -60,8 +60,7 @@ def test_tiny_t5_learns_to_reverse_unseen_digit_strings(tmp_path):
     optimizer=optimizers.AdamW(
       optimizers.LearningRateSchedule(5e-3, warmup_steps=20)
     ),
-    mesh=partitioning.make_mesh(devices=jax.devices()[:1]),
-    logical_axis_rules=partitioning.STANDARD_LOGICAL_AXIS_RULES,
+    partitioner=partitioning.Partitioner(devices=jax.devices()[:1]),
     checkpoint_period=10_000,
     log_period=100,
     peak_flops=1e12,

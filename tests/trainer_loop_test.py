@@ -88,8 +88,8 @@ def compilation_cache(tmp_path_factory):
   cc.reset_cache()
 
 
-def _one_device_mesh():
-  return partitioning.make_mesh(devices=jax.devices()[:1])
+def _one_device():
+  return partitioning.Partitioner(devices=jax.devices()[:1])
 
 
 def _train(model_dir, steps=6, evaluator=None, eval_period=0, **kwargs):
@@ -102,8 +102,7 @@ def _train(model_dir, steps=6, evaluator=None, eval_period=0, **kwargs):
     batch_size=4,
     model_dir=str(model_dir),
     optimizer=optimizers.AdamW(optimizers.LearningRateSchedule(1e-3)),
-    mesh=_one_device_mesh(),
-    logical_axis_rules=partitioning.STANDARD_LOGICAL_AXIS_RULES,
+    partitioner=_one_device(),
     checkpoint_period=100,
     log_period=2,
     peak_flops=1e12,
@@ -199,8 +198,7 @@ def _trainer(model, **kwargs):
   return trainer.Trainer(
     model,
     optax.sgd(0.1),
-    _one_device_mesh(),
-    partitioning.STANDARD_LOGICAL_AXIS_RULES,
+    _one_device(),
     task_names=("label", "rationale"),
     dropout=False,
     **kwargs,
@@ -270,7 +268,7 @@ def test_sharded_training_on_8_devices_logs_per_task_losses(tmp_path):
     # 16 examples a step, packed into 8 rows of 64 tokens (2 per device).
     batch_size=16,
     task_feature_lengths={"inputs": 64, "targets": 64},
-    mesh=partitioning.make_mesh(data=4, model=2),
+    partitioner=partitioning.Partitioner(data=4, model=2),
     pack=True,
     packed_rows=8,
   )
@@ -295,8 +293,7 @@ def test_a_model_axis_wider_than_the_heads_replicates_them():
   tr = trainer.Trainer(
     model,
     optax.adamw(1e-3),
-    partitioning.make_mesh(data=1, model=8),
-    partitioning.STANDARD_LOGICAL_AXIS_RULES,
+    partitioning.Partitioner(data=1, model=8),
     dropout=False,
   )
   batch = tr.device_batch(_batch([1] * 8))
