@@ -34,7 +34,6 @@ import json
 import logging as py_logging
 import os
 import pathlib
-import re
 import sys
 import tempfile
 import time
@@ -47,8 +46,7 @@ from dss_jax import errors, host, report
 from dss_jax import grid as grid_lib
 from dss_jax import workers as workers_lib
 from dss_jax.models.config import STUDENT_SIZES, T5_SIZES
-
-BACKENDS = ("offline", "replay", "gemini", "openai")
+from dss_jax.teacher import jobs, runner
 
 # A run's test examples with the student's rationale (`show_examples`).
 EXAMPLES_FILE = "examples.txt"
@@ -172,9 +170,9 @@ class DistillConfig:
         f"--recipe must be one of {', '.join(trainer.RECIPES)}, "
         f"got {self.recipe!r}"
       )
-    if self.backend not in BACKENDS:
+    if self.backend not in jobs.BACKENDS:
       raise ValueError(
-        f"backend must be one of {BACKENDS}, got {self.backend!r}"
+        f"backend must be one of {jobs.BACKENDS}, got {self.backend!r}"
       )
     for method in self.methods:
       if method not in grid_lib.METHODS:
@@ -274,16 +272,19 @@ class DistillConfig:
     ]
 
   @property
+  def teacher(self) -> jobs.TeacherConfig:
+    """The teacher of the annotation stage (as `dss-jax annotate` has it)."""
+    return jobs.TeacherConfig(
+      backend=self.backend,
+      model=self.teacher_model,
+      base_url=self.base_url,
+      source=self.source,
+    )
+
+  @property
   def source_name(self) -> str:
-    if self.source:
-      return self.source
-    if self.backend == "replay":
-      return "palm"
-    if self.backend == "offline":
-      return "offline"
-    # As `dss-jax annotate` names it: gemini-2.5-flash -> gemini_2_5_flash.
-    model = (self.teacher_model or "gemini-2.5-flash").lower().split("/")[-1]
-    return re.sub(r"[^a-z0-9]+", "_", model).strip("_")
+    """The annotation's name (`jobs.TeacherConfig.source_name`)."""
+    return self.teacher.source_name
 
   @property
   def data_dir(self) -> str:
@@ -440,24 +441,6 @@ class Pipeline:
     )
 
   # ------------------------------------------------------------- annotation
-  def _backend(self):
-    from dss_jax.teacher import backends
-
-    config = self.config
-    if config.backend == "offline":
-      return backends.make_backend("offline")
-    if config.backend == "openai":
-      return backends.make_backend(
-        "openai",
-        model=config.teacher_model,
-        base_url=config.base_url or "http://localhost:8000/v1",
-      )
-    return backends.make_backend(
-      "gemini",
-      model=config.teacher_model or "gemini-2.5-flash",
-      base_url=config.base_url,
-    )
-
   def annotate(self) -> None:
     """Stage 1: the teacher writes rationales and labels (skipped for replay)."""
     config = self.config
@@ -472,30 +455,15 @@ class Pipeline:
     if marker.exists():
       self.log(f"annotate: done before ({marker})")
       return
-    from dss_jax.teacher import prompts, runner, sources
-
-    root = None
-    if self.card.source.paper_folder:
-      root = (
-        sources.find_root(config.paper_data_dir)
-        if config.paper_data_dir
-        else sources.default_root()
-      )
-    splits = sources.source_splits(self.card, root)
-    sampling = prompts.SamplingConfig(
-      temperature=0.7 if config.num_samples > 1 else 0.0,
-      stop=tuple(self.card.prompt.stop),
+    job = jobs.plan_job(
+      self.card,
+      config.annotate_splits,
+      num_samples=config.num_samples,
+      paper_data_dir=config.paper_data_dir,
+      skip_missing_splits=True,
     )
-    examples, requests = [], []
-    for split in config.annotate_splits:
-      if split not in splits:
-        continue
-      rows = sources.read_source(self.card, splits[split], root)
-      examples += rows
-      requests += runner.build_job(
-        self.card, rows, splits[split], sampling, config.num_samples
-      )
-    backend = self._backend()
+    examples, requests = job.examples, job.requests
+    backend = jobs.make_teacher(config.teacher, self.card, job.root)
     self.log(f"annotate: {len(requests)} teacher calls to {backend.name}")
     self.store_path.parent.mkdir(parents=True, exist_ok=True)
     stats = runner.annotate(
@@ -1045,7 +1013,7 @@ def define_flags() -> None:
     if name in flags.FLAGS:
       continue
     if kind == "enum":
-      flags.DEFINE_enum(name, None, BACKENDS, help_text)
+      flags.DEFINE_enum(name, None, jobs.BACKENDS, help_text)
     elif kind == "bool":
       flags.DEFINE_bool(name, True, help_text)
     else:
