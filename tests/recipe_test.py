@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import seqio
 
-from dss_jax import distill, gin_flags, grid, input_pipeline, trainer
+from dss_jax import gin_flags, grid, input_pipeline, pipeline, trainer
 from dss_jax.models import t5
 
 _STEPS = 10
@@ -150,7 +150,7 @@ def test_finetune_gin_steps_hold_64_examples(cqa_tasks):
 
 
 def _paper_pipeline(cqa_data_dir, paper_data_dir, tmp_path, **overrides):
-  values = dict(distill.PAPER_OVERRIDES)
+  values = dict(pipeline.PAPER_OVERRIDES)
   values.update(
     card="cqa",
     backend="replay",
@@ -160,7 +160,7 @@ def _paper_pipeline(cqa_data_dir, paper_data_dir, tmp_path, **overrides):
     out_dir=str(tmp_path),
   )
   values.update(overrides)
-  return distill.Pipeline(distill.DistillConfig(**values), log=lambda _: None)
+  return pipeline.Pipeline(pipeline.DistillConfig(**values), log=lambda _: None)
 
 
 @pytest.mark.parametrize("recipe", ["mixture", "official"])
