@@ -26,6 +26,17 @@ _KNOWN_UPWARD = {
 }
 
 
+# Library modules (layers 1-3) that touch the command line today, with why.
+# The test fails once one no longer does, so the list only shrinks.
+_KNOWN_COMMAND_LINE = {
+  # Issue 15, entry points: `errors.run`, the wrapper every entry point's
+  # `main` runs under, parses the flags (it defines none) so that a bad flag
+  # ends in one `error:` line; it moves up a layer once gin_flags' call to
+  # it does.
+  "dss_jax.errors",
+}
+
+
 def _modules() -> dict[str, pathlib.Path]:
   """Module name -> file, for every module of the package."""
   modules = {}
@@ -252,3 +263,58 @@ def test_no_library_module_imports_the_test_double():
     if "dss_jax.teacher.testing" in edges
   ]
   assert importers == []
+
+
+def _command_line_uses(tree: ast.AST, module: str, is_package: bool) -> list:
+  """absl.flags and argparse imports, and flag definitions, in a module."""
+  uses = [
+    name
+    for name, _ in _imported_names(tree, module, is_package)
+    if name.split(".")[0] == "argparse"
+    or name == "absl.flags"
+    or name.startswith("absl.flags.")
+  ]
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Call):
+      func = node.func
+      name = func.attr if isinstance(func, ast.Attribute) else ""
+      name = func.id if isinstance(func, ast.Name) else name
+      if name.startswith("DEFINE"):
+        uses.append(f"{name}(...) on line {node.lineno}")
+  return uses
+
+
+def test_the_command_line_check_sees_flags():
+  source = (
+    "from absl import flags\n"
+    "def main():\n"
+    "  import argparse\n"
+    "  flags.DEFINE_string('x', None, 'x')\n"
+  )
+  uses = _command_line_uses(ast.parse(source), "dss_jax.m", False)
+  assert uses == [
+    "absl.flags",
+    "argparse",
+    "DEFINE_string(...) on line 4",
+  ]
+
+
+def test_library_modules_hold_no_command_line():
+  # Flags are defined and parsed only in entry points (layer 4), as T5X
+  # defines them in `t5x/train.py`'s `__main__` and nowhere in its library.
+  layers = _layers()
+  found = {}
+  for module, path in _modules().items():
+    if _layer_of(module, layers) == 4:
+      continue
+    tree = ast.parse(path.read_text(), filename=str(path))
+    uses = _command_line_uses(tree, module, path.name == "__init__.py")
+    if uses:
+      found[module] = uses
+  unexpected = {m: u for m, u in found.items() if m not in _KNOWN_COMMAND_LINE}
+  assert not unexpected, (
+    "command lines belong in entry points (layer 4, docs/architecture.md)"
+  )
+  assert sorted(_KNOWN_COMMAND_LINE - set(found)) == [], (
+    "no longer on the command line: remove from _KNOWN_COMMAND_LINE"
+  )
