@@ -87,8 +87,8 @@ class DistillConfig:
 
   Attributes:
     card: task card name or path.
-    backend: teacher backend, one of `BACKENDS`; "replay" reads the paper's
-      released PaLM outputs (cqa, svamp, anli1, esnli).
+    backend: teacher backend, one of `jobs.BACKENDS`; "replay" reads the
+      paper's released PaLM outputs (cqa, svamp, anli1, esnli).
     teacher_model: model name for "gemini" / "openai".
     base_url: endpoint for "openai" (or a Gemini endpoint override).
     source: the annotation's source name; by default "offline", "palm" or
