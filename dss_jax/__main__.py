@@ -2,9 +2,13 @@
 
 dss-jax                      # lists the entry points
 dss-jax distill [FLAGS]      # same as python -m dss_jax.distill [FLAGS]
+
+`dss-jax COMMAND` runs the command's module as `python -m` does (as
+`__main__`), so each entry point defines its flags and starts in one place,
+under its own `if __name__ == "__main__":`, and `--help` shows its flags.
 """
 
-import importlib
+import runpy
 import sys
 
 # name -> (module, one-line purpose). Each module is a thin absl entry point
@@ -22,14 +26,16 @@ ENTRY_POINTS: dict[str, tuple[str, str]] = {
     "dss_jax.annotate",
     "teacher annotation of a dataset (gemini, openai-compatible, replay)",
   ),
+  "datasets": (
+    "dss_jax.datasets",
+    "build the TFDS dataset of an annotation (dss_annotated/<card>_<source>)",
+  ),
   "train": ("dss_jax.train", "built-in trainer, T5X-style gin flags"),
   "eval": ("dss_jax.eval", "score one, the latest or every checkpoint"),
   "infer": ("dss_jax.infer", "predict labels and rationales"),
+  "export": ("dss_jax.export", "a checkpoint as a Hugging Face T5"),
+  "report": ("dss_jax.report", "tables and plots from a results CSV"),
 }
-
-
-# Entry points driven by gin files, started through their `run()`.
-GIN_ENTRY_POINTS = frozenset({"train", "eval", "infer"})
 
 
 def usage() -> str:
@@ -56,16 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     print(usage(), file=sys.stderr)
     print(f"\nerror: unknown command {command!r}", file=sys.stderr)
     return 2
-  module = importlib.import_module(ENTRY_POINTS[command][0])
-  # absl parses sys.argv; present the command as its own program.
-  sys.argv = [f"dss-jax {command}", *argv[2:]]
-  if command in GIN_ENTRY_POINTS:
-    # They define their gin flags and accept T5X's `--gin.NAME=value`.
-    module.run()
-  else:
-    from dss_jax import errors
-
-    errors.run(module.main)
+  # runpy puts the module's file in sys.argv[0], as `python -m` does.
+  sys.argv = [command, *argv[2:]]
+  runpy.run_module(
+    ENTRY_POINTS[command][0], run_name="__main__", alter_sys=True
+  )
   return 0
 
 

@@ -27,114 +27,140 @@ from collections.abc import Sequence
 
 from absl import flags
 
-from dss_jax import cards, errors
-from dss_jax.teacher import backends, prompts, runner, sources
+from dss_jax import cards, datasets, errors
+from dss_jax.teacher import jobs, runner
 from dss_jax.teacher import store as store_lib
+from dss_jax.teacher.backends import gemini_batch
 
-_CARD = flags.DEFINE_string(
-  "card", None, "Task card name or path.", required=True
-)
-_SPLITS = flags.DEFINE_list("split", ["train"], "Source splits to annotate.")
-_BACKEND = flags.DEFINE_enum(
-  "backend", "gemini", backends.BACKENDS, "Teacher backend."
-)
-_MODEL = flags.DEFINE_string("model", "gemini-2.5-flash", "Teacher model name.")
-_BASE_URL = flags.DEFINE_string(
-  "base_url", None, "Endpoint override (gemini) or the /v1 root (openai)."
-)
-_VERTEXAI = flags.DEFINE_bool(
-  "vertexai", False, "Gemini on Vertex AI (ADC credentials)."
-)
-_PROJECT = flags.DEFINE_string(
-  "project", None, "Google Cloud project (Vertex AI)."
-)
-_LOCATION = flags.DEFINE_string("location", "us-central1", "Vertex AI region.")
-_BATCH = flags.DEFINE_bool(
-  "batch", False, "Gemini Batch API (half price, hours of latency)."
-)
-_SOURCE = flags.DEFINE_string(
-  "source",
-  None,
-  "Source name (default: from the model, e.g. gemini_2_5_flash).",
-)
-_STORE = flags.DEFINE_string(
-  "store",
-  None,
-  "Store path (default: $DSS_ANNOTATIONS_DIR/<card>_<source>.jsonl).",
-)
-_PAPER_DATA_DIR = flags.DEFINE_string(
-  "paper_data_dir",
-  None,
-  "The paper's data layout (default: $DSS_PAPER_DATA_DIR or the downloaded zip).",
-)
-_LIMIT = flags.DEFINE_integer(
-  "limit",
-  None,
-  "Annotate only the first N examples of each split.",
-  lower_bound=1,
-)
-_NUM_SAMPLES = flags.DEFINE_integer(
-  "num_samples",
-  1,
-  "Samples per example (self-consistency vote when > 1).",
-  lower_bound=1,
-)
-_TEMPERATURE = flags.DEFINE_float(
-  "temperature",
-  None,
-  "Sampling temperature (default 0, or 0.7 with --num_samples > 1).",
-  lower_bound=0.0,
-)
-_MAX_OUTPUT_TOKENS = flags.DEFINE_integer(
-  "max_output_tokens", 256, "Completion length cap.", lower_bound=1
-)
-_CONCURRENCY = flags.DEFINE_integer(
-  "concurrency", 16, "Calls in flight.", lower_bound=1
-)
-_RPM = flags.DEFINE_float("rpm", None, "Client-side requests-per-minute limit.")
-_TPM = flags.DEFINE_float("tpm", None, "Client-side tokens-per-minute limit.")
-_MAX_RETRIES = flags.DEFINE_integer(
-  "max_retries", 8, "Retries per call.", lower_bound=0
-)
-_TIMEOUT_S = flags.DEFINE_float("timeout_s", 120.0, "Per-attempt timeout.")
-_THINKING_BUDGET = flags.DEFINE_integer(
-  "thinking_budget",
-  0,
-  "Gemini 2.5 thinking tokens (-1: model default).",
-  lower_bound=-1,
-)
-_PRICE = flags.DEFINE_list(
-  "price", None, "US$ per million input,output tokens for the cost estimate."
-)
-_PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
-_BUILD_TFDS = flags.DEFINE_bool(
-  "build_tfds", False, "Build dss_annotated/<card>_<source> afterwards."
-)
-_DATA_DIR = flags.DEFINE_string(
-  "data_dir", None, "TFDS data dir for --build_tfds."
-)
-_ALLOW_INCOMPLETE = flags.DEFINE_bool(
-  "allow_incomplete",
-  False,
-  "With --build_tfds: build even when teacher calls failed (their examples "
-  "are left out).",
-)
+FLAGS = flags.FLAGS
 
-# Checked when the flags are parsed, before any file is read or call made.
-for _flag in ("rpm", "tpm", "timeout_s"):
-  flags.register_validator(
-    _flag, lambda v: v is None or v > 0, f"--{_flag} must be > 0"
+
+def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+  """Defines the command line (called when the command starts)."""
+
+  def define(kind: str, name: str, default, help_text: str, **kwargs) -> None:
+    getattr(flags, f"DEFINE_{kind}")(
+      name, default, help_text, flag_values=flag_values, **kwargs
+    )
+
+  define("string", "card", None, "Task card name or path.", required=True)
+  define("list", "split", ["train"], "Source splits to annotate.")
+  flags.DEFINE_enum(
+    "backend",
+    "gemini",
+    jobs.BACKENDS,
+    "Teacher backend.",
+    flag_values=flag_values,
   )
-flags.register_validator(
-  "price",
-  lambda v: v is None or (len(v) == 2 and all(_is_price(p) for p in v)),
-  "--price must be two non-negative numbers: input,output US$ per million",
-)
-flags.register_validator(
-  "source",
-  lambda v: v is None or re.fullmatch(r"[a-z][a-z0-9_]*", v) is not None,
-  "--source must be lower-case letters, digits and _ (it names the dataset)",
-)
+  define("string", "model", "gemini-2.5-flash", "Teacher model name.")
+  define(
+    "string",
+    "base_url",
+    None,
+    "Endpoint override (gemini) or the /v1 root (openai).",
+  )
+  define("bool", "vertexai", False, "Gemini on Vertex AI (ADC credentials).")
+  define("string", "project", None, "Google Cloud project (Vertex AI).")
+  define("string", "location", "us-central1", "Vertex AI region.")
+  define(
+    "bool", "batch", False, "Gemini Batch API (half price, hours of latency)."
+  )
+  define(
+    "string",
+    "source",
+    None,
+    "Source name (default: from the model, e.g. gemini_2_5_flash).",
+  )
+  define(
+    "string",
+    "store",
+    None,
+    "Store path (default: $DSS_ANNOTATIONS_DIR/<card>_<source>.jsonl).",
+  )
+  define(
+    "string",
+    "paper_data_dir",
+    None,
+    "The paper's data layout (default: $DSS_PAPER_DATA_DIR or the "
+    "downloaded zip).",
+  )
+  define(
+    "integer",
+    "limit",
+    None,
+    "Annotate only the first N examples of each split.",
+    lower_bound=1,
+  )
+  define(
+    "integer",
+    "num_samples",
+    1,
+    "Samples per example (self-consistency vote when > 1).",
+    lower_bound=1,
+  )
+  define(
+    "float",
+    "temperature",
+    None,
+    "Sampling temperature (default 0, or 0.7 with --num_samples > 1).",
+    lower_bound=0.0,
+  )
+  define(
+    "integer", "max_output_tokens", 256, "Completion length cap.", lower_bound=1
+  )
+  define("integer", "concurrency", 16, "Calls in flight.", lower_bound=1)
+  define("float", "rpm", None, "Client-side requests-per-minute limit.")
+  define("float", "tpm", None, "Client-side tokens-per-minute limit.")
+  define("integer", "max_retries", 8, "Retries per call.", lower_bound=0)
+  define("float", "timeout_s", 120.0, "Per-attempt timeout.")
+  define(
+    "integer",
+    "thinking_budget",
+    0,
+    "Gemini 2.5 thinking tokens (-1: model default).",
+    lower_bound=-1,
+  )
+  define(
+    "list",
+    "price",
+    None,
+    "US$ per million input,output tokens for the cost estimate.",
+  )
+  define("bool", "progress", True, "Show a progress bar.")
+  define(
+    "bool",
+    "build_tfds",
+    False,
+    "Build dss_annotated/<card>_<source> afterwards.",
+  )
+  define("string", "data_dir", None, "TFDS data dir for --build_tfds.")
+  define(
+    "bool",
+    "allow_incomplete",
+    False,
+    "With --build_tfds: build even when teacher calls failed (their examples "
+    "are left out).",
+  )
+  # Checked when the flags are parsed, before any file is read or call made.
+  for name in ("rpm", "tpm", "timeout_s"):
+    flags.register_validator(
+      name,
+      lambda v: v is None or v > 0,
+      f"--{name} must be > 0",
+      flag_values=flag_values,
+    )
+  flags.register_validator(
+    "price",
+    lambda v: v is None or (len(v) == 2 and all(_is_price(p) for p in v)),
+    "--price must be two non-negative numbers: input,output US$ per million",
+    flag_values=flag_values,
+  )
+  flags.register_validator(
+    "source",
+    lambda v: v is None or re.fullmatch(r"[a-z][a-z0-9_]*", v) is not None,
+    "--source must be lower-case letters, digits and _ (it names the dataset)",
+    flag_values=flag_values,
+  )
 
 
 def _is_price(text: str) -> bool:
@@ -144,97 +170,65 @@ def _is_price(text: str) -> bool:
     return False
 
 
-def source_name(model: str) -> str:
-  """A TFDS-safe source name: gemini-2.5-flash -> gemini_2_5_flash."""
-  return re.sub(r"[^a-z0-9]+", "_", model.lower().split("/")[-1]).strip("_")
-
-
-def _backend(card: cards.TaskCard, root) -> backends.TeacherBackend:
-  if _BACKEND.value == "replay":
-    return backends.make_backend("replay", card=card, root=root)
-  if _BACKEND.value == "offline":
-    return backends.make_backend("offline")
-  if _BACKEND.value == "openai":
-    return backends.make_backend(
-      "openai",
-      model=_MODEL.value,
-      base_url=_BASE_URL.value or "http://localhost:8000/v1",
-      timeout_s=_TIMEOUT_S.value,
-    )
-  budget = None if _THINKING_BUDGET.value < 0 else _THINKING_BUDGET.value
-  return backends.make_backend(
-    "gemini",
-    model=_MODEL.value,
-    base_url=_BASE_URL.value,
-    vertexai=_VERTEXAI.value,
-    project=_PROJECT.value,
-    location=_LOCATION.value,
-    timeout_s=_TIMEOUT_S.value,
-    thinking_budget=budget,
+def teacher_from_flags(
+  flag_values: flags.FlagValues = FLAGS,
+) -> jobs.TeacherConfig:
+  """The teacher the command line names."""
+  f = flag_values
+  return jobs.TeacherConfig(
+    backend=f.backend,
+    model=f.model,
+    base_url=f.base_url,
+    source=f.source,
+    vertexai=f.vertexai,
+    project=f.project,
+    location=f.location,
+    timeout_s=f.timeout_s,
+    thinking_budget=None if f.thinking_budget < 0 else f.thinking_budget,
   )
 
 
 def main(argv: Sequence[str]) -> None:
+  """Annotates the splits the flags name; builds the TFDS dataset if asked."""
   del argv
+  f = FLAGS
   # One INFO line per HTTP request would bury the progress bar.
   for name in ("httpx", "httpx2", "google_genai"):
     logging.getLogger(name).setLevel(logging.WARNING)
+  teacher = teacher_from_flags()
+  source = teacher.source_name
   try:
-    card = cards.load_card(_CARD.value)
-    root = None
-    if card.source.paper_folder:
-      root = (
-        sources.find_root(_PAPER_DATA_DIR.value)
-        if _PAPER_DATA_DIR.value
-        else sources.default_root()
-      )
-    splits = sources.source_splits(card, root)
-    temperature = _TEMPERATURE.value
-    if temperature is None:
-      temperature = 0.7 if _NUM_SAMPLES.value > 1 else 0.0
-    sampling = prompts.SamplingConfig(
-      temperature=temperature,
-      max_output_tokens=_MAX_OUTPUT_TOKENS.value,
-      stop=tuple(card.prompt.stop),
+    card = cards.load_card(f.card)
+    job = jobs.plan_job(
+      card,
+      f.split,
+      num_samples=f.num_samples,
+      paper_data_dir=f.paper_data_dir,
+      temperature=f.temperature,
+      max_output_tokens=f.max_output_tokens,
+      limit=f.limit,
     )
-    examples, requests = [], []
-    for split in _SPLITS.value:
-      if split not in splits and split not in splits.values():
-        raise errors.UserError(
-          f"--split={split}: card {card.name} has no such split here "
-          f"(it has {', '.join(sorted(splits)) or 'none'})"
-        )
-      file_split = splits.get(split, split)
-      rows = sources.read_source(card, file_split, root)[: _LIMIT.value]
-      examples += rows
-      requests += runner.build_job(
-        card, rows, file_split, sampling, _NUM_SAMPLES.value
-      )
-    backend = _backend(card, root)
-    source = _SOURCE.value or (
-      "palm" if _BACKEND.value == "replay" else source_name(_MODEL.value)
-    )
-    store = _STORE.value or store_lib.default_store_path(card.name, source)
-    price = tuple(float(p) for p in _PRICE.value) if _PRICE.value else None
+    backend = jobs.make_teacher(teacher, card, job.root)
+    store = f.store or store_lib.default_store_path(card.name, source)
+    price = tuple(float(p) for p in f.price) if f.price else None
     config = runner.RunnerConfig(
-      concurrency=_CONCURRENCY.value,
-      requests_per_minute=_RPM.value,
-      tokens_per_minute=_TPM.value,
-      max_retries=_MAX_RETRIES.value,
-      timeout_s=_TIMEOUT_S.value + 5.0,
+      concurrency=f.concurrency,
+      requests_per_minute=f.rpm,
+      tokens_per_minute=f.tpm,
+      max_retries=f.max_retries,
+      timeout_s=f.timeout_s + 5.0,
       price_per_million=price,
-      progress=_PROGRESS.value,
+      progress=f.progress,
     )
-    if _BATCH.value:
-      from dss_jax.teacher.backends import gemini_batch
-
-      stats = gemini_batch.annotate_batch(backend, requests, store, config)
+    if f.batch:
+      stats = gemini_batch.annotate_batch(backend, job.requests, store, config)
     else:
-      stats = runner.annotate(backend, requests, store, config)
+      stats = runner.annotate(backend, job.requests, store, config)
   except FileNotFoundError as e:
     # A missing data folder or split file: the user's to provide.
     raise errors.UserError(str(e)) from None
-  summary = runner.summarize(card, examples, requests, store, backend.name)
+  requests = job.requests
+  summary = runner.summarize(card, job.examples, requests, store, backend.name)
   print(
     f"{card.name}: {stats.completed} calls made, {stats.already_stored} already "
     f"stored, {stats.failed} failed, {stats.retries} retries in "
@@ -252,23 +246,20 @@ def main(argv: Sequence[str]) -> None:
       f"{stats.failed} of {len(requests)} teacher calls failed "
       f"({100 * share:.1f}%); rerun the same command to retry them"
     )
-    if not (_BUILD_TFDS.value and _ALLOW_INCOMPLETE.value):
-      if _BUILD_TFDS.value:
+    if not (f.build_tfds and f.allow_incomplete):
+      if f.build_tfds:
         message += ", or pass --allow_incomplete to build without them"
       raise SystemExit(f"error: {message}")
     print(f"warning: {message}; building without them (--allow_incomplete)")
-  if _BUILD_TFDS.value:
-    from dss_jax import datasets
-
-    if _PAPER_DATA_DIR.value:
+  if f.build_tfds:
+    if f.paper_data_dir:
       # The builder reads the source rows from the same place (the flag wins
       # over the environment).
-      os.environ["DSS_PAPER_DATA_DIR"] = _PAPER_DATA_DIR.value
-
+      os.environ["DSS_PAPER_DATA_DIR"] = f.paper_data_dir
     builder = datasets.build_annotated(
-      _CARD.value,
+      f.card,
       source,
-      data_dir=_DATA_DIR.value,
+      data_dir=f.data_dir,
       store=store,
       teacher=backend.name,
     )
@@ -278,4 +269,5 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
+  define_flags()
   errors.run(main)

@@ -22,1099 +22,211 @@ Other cards and teachers (see docs/distill.md for the full commands):
   # a new dataset annotated by Gemini
   GEMINI_API_KEY=... dss-jax distill --task_card=path/to/card.yaml \
     --teacher=gemini --teacher_model=gemini-2.5-flash --out_dir=runs/mine
+
+This module is the command line only; the job is `dss_jax.pipeline`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import functools
-import io
-import json
 import logging as py_logging
 import os
 import pathlib
-import re
 import sys
 import tempfile
-import time
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from absl import app, flags, logging
 
-from dss_jax import errors, host, report
-from dss_jax import grid as grid_lib
-from dss_jax import workers as workers_lib
-from dss_jax.models.config import STUDENT_SIZES, T5_SIZES
+from dss_jax import errors, grid, host, workers
+from dss_jax.teacher import jobs
 
-BACKENDS = ("offline", "replay", "gemini", "openai")
+if TYPE_CHECKING:
+  from dss_jax import pipeline
 
-# A run's test examples with the student's rationale (`show_examples`).
-EXAMPLES_FILE = "examples.txt"
+FLAGS = flags.FLAGS
 
-
-class AnnotationIncompleteError(RuntimeError):
-  """Some teacher calls failed; the job stops before building the dataset."""
-
-
-@dataclasses.dataclass(frozen=True)
-class DistillConfig:
-  """Everything a distillation job needs; the defaults are the offline demo.
-
-  Attributes:
-    card: task card name or path.
-    backend: teacher backend, one of `BACKENDS`; "replay" reads the paper's
-      released PaLM outputs (cqa, svamp, anli1, esnli).
-    teacher_model: model name for "gemini" / "openai".
-    base_url: endpoint for "openai" (or a Gemini endpoint override).
-    source: the annotation's source name; by default "offline", "palm" or
-      derived from the teacher model.
-    annotate_splits: source splits the teacher annotates (train for
-      training, test for the teacher's own accuracy).
-    num_samples: teacher samples per example (self-consistency when > 1).
-    concurrency: teacher calls in flight.
-    requests_per_minute: client-side teacher rate limit.
-    paper_data_dir: the paper's data layout (replay; default
-      $DSS_PAPER_DATA_DIR or the downloaded zip).
-    methods: training methods (`grid.METHODS`).
-    model_sizes: student sizes (`STUDENT_SIZES` or T5 v1.1 sizes).
-    fractions: training-data fractions.
-    baseline_fractions: the fractions that methods without rationales
-      (finetune, distill) train on too, among `fractions`; None: all of
-      them. The demo's claim needs the baseline on all the data only, and
-      skipping the rest saves a sixth of its time.
-    seeds: seeds (initialization, data order, training subset).
-    vocabulary: "byte" (no files) or "t5" (SentencePiece, for pretrained T5).
-    initial_checkpoint: pretrained T5X checkpoint to start from; `{size}` in
-      it is replaced by the run's model size (one path for a grid of sizes).
-    train_steps: optimizer steps per run.
-    batch_size: training inputs per step, the paper's batch (64). Baselines
-      train `batch_size` examples a step; distilling step-by-step trains
-      2 x `batch_size` sequences a step, as the official step's `batch_size`
-      inputs each with its label and its rationale (see `recipe`).
-    recipe: what a distilling step-by-step step holds: "mixture" (default;
-      the SeqIO mixture sampled at rates 1 : lambda, so at lambda 1 a step
-      holds `batch_size` label and `batch_size` rationale examples in
-      expectation, per-sequence loss) or "official" (each input with its
-      label and its rationale in the same step, loss alpha * L_label +
-      (1 - alpha) * L_rationale, alpha = 1 / (1 + lambda), token means).
-    learning_rate: peak learning rate (linear decay to 0).
-    warmup_steps: linear warmup steps.
-    dropout_rate: student dropout.
-    inputs_length: input tokens (longer inputs are cut).
-    targets_length: target tokens of rationale runs.
-    label_length: target tokens of label-only runs and of decoding.
-    rationale_rate: lambda, the weight of the rationale loss.
-    eval_examples: test examples to score (None: all).
-    validation_period: score the validation split every this many steps
-      (and at the last step) and keep the best checkpoint; the test split is
-      then scored at the last step and at that checkpoint. 0: last step only.
-    validation_examples: validation examples to score (None: all).
-    eval_batch_size: decoding batch size.
-    out_dir: where everything goes.
-    tfds_data_dir: TFDS data dir (default: <out_dir>/tfds).
-    progress: progress bars.
-    compilation_cache: keep XLA's compiled programs in <out_dir>/xla_cache,
-      so runs after the first (and reruns) skip compilation.
-    workers: runs trained side by side, each in its own single-threaded
-      process (`dss_jax.workers`); None: one per core, at most 2; 1: all in
-      this process.
-    show_examples: test examples whose rationale and label a distilling
-      step-by-step student decodes at the end, beside the teacher's.
-  """
-
-  card: str = "arith"
-  backend: str = "offline"
-  teacher_model: str | None = None
-  base_url: str | None = None
-  source: str | None = None
-  annotate_splits: tuple[str, ...] = ("train", "test")
-  num_samples: int = 1
-  concurrency: int = 16
-  requests_per_minute: float | None = None
-  paper_data_dir: str | None = None
-  methods: tuple[str, ...] = ("finetune", "dss_gold")
-  model_sizes: tuple[str, ...] = ("demo",)
-  # Half the data beside all of it: the paper's data-efficiency claim
-  # (distilling step-by-step on 50% against finetuning on 100%).
-  fractions: tuple[float, ...] = (0.5, 1.0)
-  baseline_fractions: tuple[float, ...] | None = (1.0,)
-  seeds: tuple[int, ...] = (0, 1, 2)
-  vocabulary: str = "byte"
-  initial_checkpoint: str | None = None
-  train_steps: int = 800
-  batch_size: int = 32
-  recipe: str = "mixture"
-  learning_rate: float = 3e-3
-  warmup_steps: int = 50
-  dropout_rate: float = 0.0
-  inputs_length: int = 64
-  targets_length: int = 26
-  label_length: int = 4
-  rationale_rate: float = 1.0
-  eval_examples: int | None = None
-  validation_period: int = 400
-  validation_examples: int | None = 200
-  eval_batch_size: int = 100
-  out_dir: str = "demo_output"
-  tfds_data_dir: str | None = None
-  progress: bool = True
-  compilation_cache: bool = True
-  workers: int | None = None
-  show_examples: int = 3
-
-  def __post_init__(self):
-    from dss_jax import trainer
-
-    if self.recipe not in trainer.RECIPES:
-      raise ValueError(
-        f"--recipe must be one of {', '.join(trainer.RECIPES)}, "
-        f"got {self.recipe!r}"
-      )
-    if self.backend not in BACKENDS:
-      raise ValueError(
-        f"backend must be one of {BACKENDS}, got {self.backend!r}"
-      )
-    for method in self.methods:
-      if method not in grid_lib.METHODS:
-        raise ValueError(
-          f"--methods: unknown method {method!r}; choose from "
-          f"{','.join(grid_lib.METHODS)}"
-        )
-    for size in self.model_sizes:
-      if size not in STUDENT_SIZES and size not in T5_SIZES:
-        raise ValueError(
-          f"--model_sizes: unknown model size {size!r}; choose from "
-          f"{', '.join(sorted(STUDENT_SIZES) + list(T5_SIZES))}"
-        )
-    self._check_numbers()
-    self._check_paths()
-
-  def _check_paths(self) -> None:
-    """Local files the job will read exist (before any stage)."""
-    named = self.vocabulary in ("byte", "t5", "local")
-    if not named and "://" not in self.vocabulary:
-      if not pathlib.Path(self.vocabulary).is_file():
-        raise ValueError(
-          f"--student_vocabulary={self.vocabulary}: neither byte, t5 nor an "
-          "existing SentencePiece model file"
-        )
-    if self.initial_checkpoint and "://" not in self.initial_checkpoint:
-      for size in self.model_sizes:
-        path = self.initial_checkpoint.replace("{size}", size)
-        if not pathlib.Path(path).exists():
-          raise ValueError(
-            f"--initial_checkpoint: {path} does not exist (for model size "
-            f"{size}; {{size}} in the flag is replaced by each size)"
-          )
-    if self.paper_data_dir and not pathlib.Path(self.paper_data_dir).is_dir():
-      raise ValueError(
-        f"--paper_data={self.paper_data_dir}: no such folder; give the "
-        "folder of the paper's released data"
-      )
-
-  def _check_numbers(self) -> None:
-    """Numeric fields in range, named by their flags (before any stage)."""
-    flag_of = {field: flag for flag, field in _FIELD_OF_FLAG.items()}
-
-    def check(name, ok, want):
-      if not ok:
-        flag = flag_of.get(name, name)
-        raise ValueError(
-          f"--{flag} must be {want}, got {getattr(self, name)!r}"
-        )
-
-    for name in (
-      "train_steps",
-      "batch_size",
-      "inputs_length",
-      "targets_length",
-      "label_length",
-      "eval_batch_size",
-      "num_samples",
-      "concurrency",
-    ):
-      check(name, getattr(self, name) >= 1, ">= 1")
-    for name in ("eval_examples", "validation_examples"):
-      value = getattr(self, name)
-      check(name, value is None or value >= 1, ">= 1 (or unset: all)")
-    check("learning_rate", self.learning_rate > 0, "> 0")
-    check("warmup_steps", self.warmup_steps >= 0, ">= 0")
-    check("validation_period", self.validation_period >= 0, ">= 0")
-    check("rationale_rate", self.rationale_rate >= 0, ">= 0")
-    check("dropout_rate", 0 <= self.dropout_rate < 1, "in [0, 1)")
-    check("fractions", all(0 < f <= 1 for f in self.fractions), "in (0, 1]")
-    check(
-      "baseline_fractions",
-      all(0 < f <= 1 for f in self.baseline_fractions or ()),
-      "in (0, 1]",
-    )
-    check("workers", self.workers is None or self.workers >= 1, ">= 1")
-    check(
-      "requests_per_minute",
-      self.requests_per_minute is None or self.requests_per_minute > 0,
-      "> 0",
-    )
-    check("seeds", all(seed >= 0 for seed in self.seeds), ">= 0")
-    for name in ("methods", "model_sizes", "fractions", "seeds"):
-      check(name, len(getattr(self, name)) > 0, "a non-empty list")
-
-  def specs(self) -> list[grid_lib.RunSpec]:
-    """The job's runs (`grid_lib.expand`, less `baseline_fractions`)."""
-    specs = grid_lib.expand(
-      self.methods, self.model_sizes, self.fractions, self.seeds
-    )
-    if self.baseline_fractions is None:
-      return specs
-    return [
-      s
-      for s in specs
-      if s.uses_rationales or s.fraction in self.baseline_fractions
-    ]
-
-  @property
-  def source_name(self) -> str:
-    if self.source:
-      return self.source
-    if self.backend == "replay":
-      return "palm"
-    if self.backend == "offline":
-      return "offline"
-    # As `dss-jax annotate` names it: gemini-2.5-flash -> gemini_2_5_flash.
-    model = (self.teacher_model or "gemini-2.5-flash").lower().split("/")[-1]
-    return re.sub(r"[^a-z0-9]+", "_", model).strip("_")
-
-  @property
-  def data_dir(self) -> str:
-    return self.tfds_data_dir or str(pathlib.Path(self.out_dir) / "tfds")
-
-  def run_identity(self, spec: grid_lib.RunSpec) -> dict[str, Any]:
-    """Every value that decides the result of `spec`'s run (JSON-able).
-
-    Where outputs go, progress bars, caches and the teacher client's pace
-    are left out; a stored run is reused only under the same identity.
-    """
-    ignored = {
-      "out_dir",
-      "tfds_data_dir",
-      "progress",
-      "compilation_cache",
-      "concurrency",
-      "requests_per_minute",
-      "eval_batch_size",
-      "paper_data_dir",
-      "methods",
-      "model_sizes",
-      "fractions",
-      "seeds",
-      # Which runs a job has, how many train at once, what it shows after.
-      "baseline_fractions",
-      "workers",
-      "show_examples",
-    }
-    values = {
-      f.name: getattr(self, f.name)
-      for f in dataclasses.fields(self)
-      if f.name not in ignored
-    }
-    values["source"] = self.source_name
-    values.update(dataclasses.asdict(spec))
-    return json.loads(json.dumps(values))
-
-
-# Defaults of real runs (the paper's T5 recipe: AdamW 5e-5, batch 64, 10k
-# steps, inputs up to 1024 tokens), used for cards other than the demo's.
-PAPER_OVERRIDES: dict[str, Any] = dict(
-  vocabulary="t5",
-  model_sizes=("base",),
-  train_steps=10_000,
-  batch_size=64,
-  learning_rate=5e-5,
-  warmup_steps=0,
-  dropout_rate=0.1,
-  inputs_length=1024,
-  targets_length=256,
-  label_length=64,
-  eval_batch_size=64,
-  fractions=(1.0,),
-  baseline_fractions=None,
-  # One accelerator: runs one after another, each using all of it.
-  workers=1,
-  # The official code scores every 250 steps (its eval_steps).
-  validation_period=250,
-  validation_examples=None,
-)
-# `dss-jax grid` on the demo card: the paper's four methods and fractions,
-# three student sizes.
-GRID_OVERRIDES: dict[str, Any] = dict(
-  methods=grid_lib.METHODS,
-  fractions=grid_lib.PAPER_FRACTIONS,
-  baseline_fractions=None,
-  model_sizes=("demo-xs", "demo", "demo-l"),
-  out_dir="runs/grid",
-)
-
-
-def _vocabulary(name: str):
-  from dss_jax import vocab
-
-  return vocab.get_vocabulary(name)
-
-
-def student_config(size: str, vocabulary_size: int, dropout_rate: float):
-  """The T5 configuration of a student size.
-
-  Args:
-    size: a `STUDENT_SIZES` name or a T5 v1.1 size.
-    vocabulary_size: ids the vocabulary uses; the embedding is padded to a
-      multiple of 128 (T5's 32,100 pieces -> 32,128), as T5X does for the
-      matmul units.
-    dropout_rate: dropout.
-
-  Returns:
-    A `dss_jax.models.t5.T5Config`.
-  """
-  from dss_jax.models import t5
-
-  vocab_size = -(-vocabulary_size // 128) * 128
-  if size in STUDENT_SIZES:
-    return t5.T5Config(
-      vocab_size=vocab_size, dropout_rate=dropout_rate, **STUDENT_SIZES[size]
-    )
-  return t5.t5_1_1_config(
-    size, vocab_size=vocab_size, dropout_rate=dropout_rate
-  )
-
-
-def _metric_value(metrics: Mapping[str, float], name: str) -> float:
-  """The named metric, else the task's first (a card's custom metric)."""
-  if name in metrics:
-    return metrics[name]
-  task = name.split("/")[0]
-  return next(v for k, v in metrics.items() if k.startswith(f"{task}/"))
-
-
-def _enable_compilation_cache(directory: pathlib.Path) -> None:
-  # Runs of one grid share shapes: a persistent XLA cache turns every
-  # compilation after the first into a disk read, also across restarts.
-  import jax
-
-  if jax.config.jax_compilation_cache_dir:
-    return  # the user's own cache wins
-  jax.config.update("jax_compilation_cache_dir", str(directory))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-
-
-class Pipeline:
-  """The stages of one job; each stage skips work that is already done."""
-
-  def __init__(self, config: DistillConfig, log=print):
-    """Prepares the output folder.
-
-    Args:
-      config: the job.
-      log: where progress lines go.
-    """
-    self.config = config
-    self.out_dir = pathlib.Path(config.out_dir)
-    self.out_dir.mkdir(parents=True, exist_ok=True)
-    self.log = log
-    self._card = None
-
-  @property
-  def card(self):
-    if self._card is None:
-      from dss_jax import cards
-
-      self._card = cards.load_card(self.config.card)
-    return self._card
-
-  @property
-  def store_path(self) -> pathlib.Path:
-    return (
-      self.out_dir
-      / "annotations"
-      / f"{self.card.name}_{self.config.source_name}.jsonl"
-    )
-
-  # ------------------------------------------------------------- annotation
-  def _backend(self):
-    from dss_jax.teacher import backends
-
-    config = self.config
-    if config.backend == "offline":
-      return backends.make_backend("offline")
-    if config.backend == "openai":
-      return backends.make_backend(
-        "openai",
-        model=config.teacher_model,
-        base_url=config.base_url or "http://localhost:8000/v1",
-      )
-    return backends.make_backend(
-      "gemini",
-      model=config.teacher_model or "gemini-2.5-flash",
-      base_url=config.base_url,
-    )
-
-  def annotate(self) -> None:
-    """Stage 1: the teacher writes rationales and labels (skipped for replay)."""
-    config = self.config
-    marker = (
-      self.out_dir
-      / "annotations"
-      / f"{self.card.name}_{config.source_name}.done"
-    )
-    if config.backend == "replay":
-      self.log("annotate: replaying the paper's released teacher outputs")
-      return
-    if marker.exists():
-      self.log(f"annotate: done before ({marker})")
-      return
-    from dss_jax.teacher import prompts, runner, sources
-
-    root = None
-    if self.card.source.paper_folder:
-      root = (
-        sources.find_root(config.paper_data_dir)
-        if config.paper_data_dir
-        else sources.default_root()
-      )
-    splits = sources.source_splits(self.card, root)
-    sampling = prompts.SamplingConfig(
-      temperature=0.7 if config.num_samples > 1 else 0.0,
-      stop=tuple(self.card.prompt.stop),
-    )
-    examples, requests = [], []
-    for split in config.annotate_splits:
-      if split not in splits:
-        continue
-      rows = sources.read_source(self.card, splits[split], root)
-      examples += rows
-      requests += runner.build_job(
-        self.card, rows, splits[split], sampling, config.num_samples
-      )
-    backend = self._backend()
-    self.log(f"annotate: {len(requests)} teacher calls to {backend.name}")
-    self.store_path.parent.mkdir(parents=True, exist_ok=True)
-    stats = runner.annotate(
-      backend,
-      requests,
-      str(self.store_path),
-      runner.RunnerConfig(
-        concurrency=config.concurrency,
-        requests_per_minute=config.requests_per_minute,
-        progress=config.progress,
-      ),
-    )
-    summary = runner.summarize(
-      self.card, examples, requests, str(self.store_path), backend.name
-    )
-    self.log(
-      f"annotate: {stats.completed} calls made, {stats.already_stored} stored "
-      f"before, {stats.failed} failed; {summary.unparsable} unparsable; "
-      f"teacher accuracy {summary.accuracy:.1f}% over {summary.annotated}"
-    )
-    if stats.failed:
-      raise AnnotationIncompleteError(
-        f"{stats.failed} of {len(requests)} teacher calls failed; rerun the "
-        "same command to retry them"
-      )
-    marker.write_text(json.dumps(dataclasses.asdict(stats), indent=2))
-
-  # -------------------------------------------------------------------- TFDS
-  def build_dataset(self) -> None:
-    """Stage 2: the annotated TFDS dataset (tfds skips a prepared one)."""
-    import tensorflow_datasets as tfds
-
-    from dss_jax import datasets
-
-    config = self.config
-    start = time.monotonic()
-    if config.backend == "replay" and config.paper_data_dir:
-      # The flag wins over the environment.
-      os.environ["DSS_PAPER_DATA_DIR"] = config.paper_data_dir
-    store = None if config.backend == "replay" else str(self.store_path)
-    # TFDS prints its own banners to stdout and draws nested bars for a
-    # build of seconds; the stage line below says what happened.
-    tfds.disable_progress_bar()
-    banners = io.StringIO()
-    with contextlib.redirect_stdout(banners):
-      builder = datasets.build_annotated(
-        config.card, config.source_name, data_dir=config.data_dir, store=store
-      )
-    if banners.getvalue().strip():
-      logging.info("tfds: %s", banners.getvalue().strip())
-    self.log(
-      f"tfds: {datasets.tfds_name(self.card.name, config.source_name)} in "
-      f"{builder.data_dir} ({time.monotonic() - start:.1f}s)"
-    )
-
-  def teacher_accuracy(self, split: str = "test") -> float | None:
-    """The teacher's accuracy against gold on a split (None if unannotated)."""
-    from dss_jax import datasets
-
-    name = f"{self.card.name}_{self.config.source_name}_{split}"
-    cache = self.out_dir / f"teacher_accuracy_{name}.json"
-    if cache.exists():
-      return json.loads(cache.read_text())["accuracy"]
-    builder = datasets.build_annotated(
-      self.config.card,
-      self.config.source_name,
-      data_dir=self.config.data_dir,
-      store=None if self.config.backend == "replay" else str(self.store_path),
-    )
-    if split not in builder.info.splits:
-      return None
-    total = correct = 0
-    for row in builder.as_dataset(split=split).as_numpy_iterator():
-      teacher = row["teacher_label"].decode()
-      if not row["teacher"] or not row["gold_label"]:
-        # Not annotated on this split, or no gold label to score against;
-        # unparsable answers count as wrong.
-        continue
-      total += 1
-      correct += self.card.is_correct(
-        teacher or None, row["gold_label"].decode()
-      )
-    accuracy = correct / total if total else None
-    cache.write_text(json.dumps({"accuracy": accuracy, "examples": total}))
-    return accuracy
-
-  # ------------------------------------------------------- train and eval
-  def task_names(self, method: str) -> tuple[str, str]:
-    """(training task or mixture, evaluation task) of a method."""
-    card, source = self.card.name, self.config.source_name
-    if method == "finetune":
-      return f"dss_{card}_gold_finetune", f"dss_{card}_gold_finetune"
-    if method == "distill":
-      return f"dss_{card}_{source}_distill", f"dss_{card}_{source}_distill"
-    return f"dss_{card}_{source}", f"dss_{card}_{source}_label"
-
-  def register_tasks(self, spec: grid_lib.RunSpec):
-    """Registers the SeqIO tasks of a run; returns its vocabulary."""
-    from dss_jax import seqio_tasks
-
-    config = self.config
-    vocabulary = _vocabulary(config.vocabulary)
-    seqio_tasks.register_card(
-      config.card,
-      config.source_name,
-      data_dir=config.data_dir,
-      vocabulary=vocabulary,
-      label_source="teacher" if spec.method == "dss_teacher" else "gold",
-      rationale_rate=config.rationale_rate,
-      train_fraction=spec.fraction,
-      fraction_seed=spec.seed,
-    )
-    return vocabulary
-
-  def train_kwargs(self, spec: grid_lib.RunSpec) -> dict[str, Any]:
-    """What a run trains on: `dss_jax.trainer.train`'s data arguments.
-
-    Baselines train `batch_size` examples a step. Distilling step-by-step
-    trains 2 x `batch_size` sequences a step: the official step's
-    `batch_size` inputs, each with its label and its rationale, exactly
-    ("official") or in expectation ("mixture").
-    """
-    config = self.config
-    train_name, _ = self.task_names(spec.method)
-    targets = (
-      config.targets_length if spec.uses_rationales else config.label_length
-    )
-    return dict(
-      mixture_or_task_name=train_name,
-      task_feature_lengths={"inputs": config.inputs_length, "targets": targets},
-      batch_size=config.batch_size * (2 if spec.uses_rationales else 1),
-      recipe=config.recipe if spec.uses_rationales else "mixture",
-      pack=False,
-      # The datasets of task cards fit in memory: preprocess each example
-      # once, not once an epoch (about a quarter of a demo step's CPU time).
-      cache_examples=True,
-      random_seed=spec.seed,
-    )
-
-  def _metric_name(self, eval_name: str) -> str:
-    metric = (
-      "equation_accuracy"
-      if self.card.metric == "equation_accuracy"
-      else "accuracy"
-    )
-    return f"{eval_name}/{metric}"
-
-  def _evaluator(self, eval_name, model, split, num_examples, output_dir):
-    from dss_jax import evaluation
-
-    config = self.config
-    return evaluation.Evaluator(
-      eval_name,
-      model,
-      feature_lengths={
-        "inputs": config.inputs_length,
-        "targets": config.label_length,
-      },
-      split=split,
-      num_examples=num_examples,
-      batch_size=config.eval_batch_size,
-      output_dir=str(output_dir),
-    )
-
-  def run(
-    self, spec: grid_lib.RunSpec, directory: pathlib.Path
-  ) -> dict[str, Any]:
-    """Stage 3: trains one student and scores it on the test split.
-
-    The test split is scored with the last step's parameters and, when
-    `validation_period` is set, with the checkpoint that scored best on the
-    validation split (the official code scores every 250 steps; the paper's
-    numbers are means over runs).
-
-    Args:
-      spec: the run.
-      directory: its folder (checkpoints; a rerun resumes from them).
-
-    Returns:
-      The run's result row (`report.RESULT_FIELDS`).
-    """
-    import jax
-
-    from dss_jax import checkpoints, evaluation, optimizers, trainer
-    from dss_jax.models import t5
-
-    config = self.config
-    vocabulary = self.register_tasks(spec)
-    _, eval_name = self.task_names(spec.method)
-    metric = self._metric_name(eval_name)
-    model = t5.Transformer(
-      student_config(
-        spec.model_size, vocabulary.vocab_size, config.dropout_rate
-      )
-    )
-    validation = None
-    if config.validation_period:
-      validation = self._evaluator(
-        eval_name,
-        model,
-        "validation",
-        config.validation_examples,
-        directory / "validation_eval",
-      )
-    start = time.monotonic()
-    result = trainer.train(
-      model=model,
-      **self.train_kwargs(spec),
-      train_steps=config.train_steps,
-      model_dir=str(directory),
-      optimizer=optimizers.AdamW(
-        learning_rate=optimizers.LearningRateSchedule(
-          peak=config.learning_rate,
-          name="linear",
-          warmup_steps=config.warmup_steps,
-        )
-      ),
-      initial_checkpoint_path=(
-        config.initial_checkpoint.replace("{size}", spec.model_size)
-        if config.initial_checkpoint
-        else None
-      ),
-      # A killed run loses at most a quarter of its steps.
-      checkpoint_period=max(1, config.train_steps // 4),
-      keep_checkpoints=1,
-      log_period=max(1, config.train_steps // 10),
-      evaluator=validation,
-      eval_period=config.validation_period,
-      best_metric=metric if validation else None,
-      progress_bar=config.progress,
-    )
-    train_seconds = time.monotonic() - start
-    if result.preempted:
-      # The trainer saved a checkpoint on SIGTERM; no result is written, so
-      # rerunning the command resumes this run from that checkpoint.
-      raise SystemExit(
-        f"stopped at step {result.step} of {spec.name}; rerun to resume"
-      )
-    test = self._evaluator(
-      eval_name,
-      model,
-      "test",
-      config.eval_examples,
-      directory / evaluation.INFERENCE_EVAL_DIR,
-    )
-    value = _metric_value(
-      test.evaluate(result.state.params, result.step), metric
-    )
-    picked_value, picked_step = value, int(result.step)
-    best = checkpoints.BEST_CHECKPOINTS
-    best_steps = (
-      checkpoints.checkpoint_steps(directory, best) if validation else []
-    )
-    if best_steps and best_steps[-1] != result.step:
-      picked_step = best_steps[-1]
-      params = checkpoints.restore_params(directory / best / str(picked_step))
-      picked_value = _metric_value(test.evaluate(params, picked_step), metric)
-    num_params = sum(
-      x.size for x in jax.tree_util.tree_leaves(result.state.params)
-    )
-    return {
-      "card": self.card.name,
-      "source": config.source_name,
-      "method": spec.method,
-      "model_size": spec.model_size,
-      "num_params": int(num_params),
-      "fraction": spec.fraction,
-      "seed": spec.seed,
-      "metric": "accuracy",
-      "value": round(value / 100.0, 6),
-      "value_picked": round(picked_value / 100.0, 6),
-      "picked_step": picked_step,
-      "steps": int(result.step),
-      "train_seconds": round(train_seconds, 1),
-      "run_dir": str(directory),
-      "checkpoint": str(directory / "checkpoints"),
-    }
-
-  # ---------------------------------------------------------------- report
-  def write_report(
-    self, rows: Sequence[Mapping[str, Any]]
-  ) -> dict[str, pathlib.Path]:
-    """Stage 4: results.csv, summary tables and plots."""
-    results = grid_lib.write_results_csv(rows, self.out_dir / "results.csv")
-    paths = report.write_report(
-      results,
-      self.out_dir,
-      teacher_accuracy=self.teacher_accuracy("test"),
-      teacher_name=self._teacher_name(),
-      title=self.card.name,
-    )
-    return {"results_csv": results, **paths}
-
-  def showcase_spec(self) -> grid_lib.RunSpec | None:
-    """The run whose student shows test examples: with rationales, on the
-    most data, lowest seed; None when the job has no such run."""
-    specs = [s for s in self.config.specs() if s.uses_rationales]
-    if not specs or not self.config.show_examples:
-      return None
-    return min(specs, key=lambda s: (-s.fraction, s.model_size, s.seed))
-
-  def show_examples(self) -> str | None:
-    """Test examples decoded by the `showcase_spec` student, as text.
-
-    Each has the student's rationale (`explain: `) and label (`predict: `)
-    beside the teacher's. Written once to the run's `examples.txt` (a
-    worker does it right after training the run); None when the job has no
-    such run or it has not finished.
-    """
-    spec = self.showcase_spec()
-    if spec is None:
-      return None
-    directory = grid_lib.run_dir(self.out_dir, spec)
-    path = directory / EXAMPLES_FILE
-    if not path.exists():
-      if grid_lib.read_result(directory) is None:
-        return None
-      self.write_examples(spec, directory)
-    return path.read_text()
-
-  def write_examples(
-    self, spec: grid_lib.RunSpec, directory: pathlib.Path
-  ) -> pathlib.Path:
-    """Decodes the test examples with a trained run; writes EXAMPLES_FILE."""
-    path = directory / EXAMPLES_FILE
-    path.write_text(self._decode_examples(spec, directory))
-    return path
-
-  def _decode_examples(
-    self, spec: grid_lib.RunSpec, directory: pathlib.Path
-  ) -> str:
-    from dss_jax import checkpoints, datasets, showcase
-    from dss_jax.models import t5
-
-    config = self.config
-    vocabulary = self.register_tasks(spec)
-    model = t5.Transformer(
-      student_config(
-        spec.model_size, vocabulary.vocab_size, config.dropout_rate
-      )
-    )
-    params = checkpoints.restore_params(directory / checkpoints.CHECKPOINTS)
-    builder = datasets.build_annotated(
-      config.card,
-      config.source_name,
-      data_dir=config.data_dir,
-      store=None if config.backend == "replay" else str(self.store_path),
-    )
-    teacher_rows = {
-      row["input"].decode(): {
-        k: v.decode() for k, v in row.items() if isinstance(v, bytes)
-      }
-      for row in builder.as_dataset(split="test").as_numpy_iterator()
-    }
-    card, source = self.card.name, config.source_name
-    examples = showcase.student_examples(
-      model=model,
-      params=params,
-      vocabulary=vocabulary,
-      label_task=f"dss_{card}_{source}_label",
-      rationale_task=f"dss_{card}_{source}_rationale",
-      teacher_rows=teacher_rows,
-      inputs_length=config.inputs_length,
-      targets_length=config.targets_length,
-      label_length=config.label_length,
-      count=config.show_examples,
-    )
-    return (
-      f"Test examples, {spec.name} (greedy; only the label is scored):\n"
-      + showcase.format_examples(examples)
-    )
-
-  def _teacher_name(self) -> str:
-    if self.config.backend == "replay":
-      return "PaLM 540B"
-    if self.config.backend == "offline":
-      return "offline teacher"
-    return self.config.teacher_model or self.config.backend
-
-
-def run(config: DistillConfig, log=print) -> dict[str, pathlib.Path]:
-  """Runs every stage of a job, skipping finished work.
-
-  Args:
-    config: the job.
-    log: where progress lines go.
-
-  Returns:
-    Name -> written file (results CSV, summary tables, plots).
-  """
-  start = time.monotonic()
-  pipeline = Pipeline(config, log)
-  if config.compilation_cache:
-    _enable_compilation_cache(pipeline.out_dir / "xla_cache")
-  specs = config.specs()
-  # Before any expensive stage: a stale run folder stops the job now.
-  for spec in specs:
-    grid_lib.check_run_config(
-      grid_lib.run_dir(pipeline.out_dir, spec), config.run_identity(spec)
-    )
-  pipeline.annotate()
-  pipeline.build_dataset()
-  workers = config.workers or workers_lib.default_workers()
-  if workers > 1 and len(specs) > 1:
-    rows = workers_lib.run_grid(
-      specs,
-      functools.partial(_run_in_worker, config),
-      pipeline.out_dir,
-      workers=workers,
-      log_dir=pipeline.out_dir / "logs",
-      identity=config.run_identity,
-      setup=functools.partial(_setup_worker, config),
-      log=log,
-      progress=config.progress,
-    )
-  else:
-    rows = grid_lib.run_grid(
-      specs,
-      pipeline.run,
-      pipeline.out_dir,
-      identity=config.run_identity,
-      log=log,
-    )
-  paths = pipeline.write_report(rows)
-  examples = pipeline.show_examples()
-  log("")
-  log(paths["summary_md"].read_text())
-  pair = report.data_efficiency(
-    report.summarize(report.read_results(paths["results_csv"]))
-  )
-  if pair is not None:
-    log(report.data_efficiency_text(pair))
-  if examples:
-    log(examples)
-  log(f"{'results_csv:':<20}{paths['results_csv']}")
-  for name in (
-    "summary_md",
-    "summary_csv",
-    "accuracy_by_method",
-    "data_efficiency",
-    "accuracy_vs_data",
-    "accuracy_vs_size",
-  ):
-    if name in paths:
-      log(f"{name + ':':<20}{paths[name]}")
-  runs = pipeline.out_dir / "runs"
-  teacher = (
-    "the released PaLM outputs"
-    if config.backend == "replay"
-    else pipeline.store_path
-  )
-  log(f"{'checkpoints:':<20}{runs}/<method>/<size>/<frac>/<seed>/checkpoints")
-  log(
-    f"{'predictions:':<20}{runs}/<method>/<size>/<frac>/<seed>/inference_eval"
-  )
-  log(f"{'teacher answers:':<20}{teacher}")
-  log(f"{'tfds data:':<20}{config.data_dir}")
-  log(f"{'logs:':<20}{pipeline.out_dir / 'logs'}")
-  log(f"{'wall time:':<20}{time.monotonic() - start:.0f}s")
-  return paths
-
-
-# A worker process's pipeline (`dss_jax.workers`), built on its first run.
-_WORKER_PIPELINE: Pipeline | None = None
-
-
-def _setup_worker(config: DistillConfig) -> None:
-  host.keep_freed_memory()
-  if config.compilation_cache:
-    _enable_compilation_cache(pathlib.Path(config.out_dir) / "xla_cache")
-
-
-def _run_in_worker(
-  config: DistillConfig, spec: grid_lib.RunSpec, directory: pathlib.Path
-) -> dict[str, Any]:
-  global _WORKER_PIPELINE
-  if _WORKER_PIPELINE is None:
-    # The worker's output goes to its log file; bars there are noise.
-    quiet = dataclasses.replace(config, progress=False)
-    _WORKER_PIPELINE = Pipeline(quiet, log=logging.info)
-  result = _WORKER_PIPELINE.run(spec, directory)
-  if spec == _WORKER_PIPELINE.showcase_spec():
-    # Here, beside the other runs still training, rather than in the main
-    # process after the last one.
-    _WORKER_PIPELINE.write_examples(spec, directory)
-  return result
-
-
-# ------------------------------------------------------------------ the CLI
-
-# Names differ from those of the other entry points (`dss-jax annotate` has
-# --card, --backend, ...), since `dss-jax` imports several entry modules into
-# one process and absl flags are global.
-_FLAGS: dict[str, tuple[str, str]] = {
-  # name: (kind, help); every default is None (= "not set") but the last.
-  "task_card": ("string", "Card name or path (default: arith, the demo)."),
-  "teacher": ("enum", "offline, replay (released PaLM), gemini or openai."),
-  "teacher_model": ("string", "gemini/openai model, e.g. gemini-2.5-flash."),
-  "teacher_url": ("string", "OpenAI-compatible /v1 root or Gemini endpoint."),
-  "teacher_source": ("string", "Annotation name (default: from the teacher)."),
-  "teacher_samples": ("integer", "Samples per example (vote when > 1)."),
-  "teacher_concurrency": ("integer", "Teacher calls in flight."),
-  "teacher_rpm": ("float", "Client-side teacher requests per minute."),
-  "paper_data": ("string", "Released paper data (else $DSS_PAPER_DATA_DIR)."),
-  "methods": ("list", f"Among {','.join(grid_lib.METHODS)}."),
-  "model_sizes": ("list", "demo-xs, demo, demo-l or T5 small ... xxl."),
-  "fractions": ("list", "Training-data fractions, e.g. 0.125,0.25,0.5,1."),
-  "baseline_fractions": ("list", "Fractions for finetune/distill too."),
-  "seeds": ("list", "Seeds, e.g. 0,1,2."),
-  "student_vocabulary": ("string", "byte, t5 or a SentencePiece path."),
-  "initial_checkpoint": ("string", "Pretrained T5X checkpoint; {size} = size."),
-  "train_steps": ("integer", "Optimizer steps per run."),
-  "batch_size": ("integer", "Training inputs per step (DSS: x2 sequences)."),
-  "recipe": ("string", "DSS step: mixture (sampled) or official (paired)."),
-  "learning_rate": ("float", "Peak learning rate."),
-  "inputs_length": ("integer", "Input tokens."),
-  "targets_length": ("integer", "Target tokens of rationale runs."),
-  "label_length": ("integer", "Target tokens of labels."),
-  "rationale_rate": ("float", "lambda, the rationale loss weight."),
-  "eval_examples": ("integer", "Test examples to score (default: all)."),
-  "validation_period": ("integer", "Score validation every N steps; 0: off."),
-  "validation_examples": ("integer", "Validation examples to score."),
-  "out_dir": ("string", "Output folder (default: demo_output, runs/...)."),
-  "tfds_data_dir": ("string", "TFDS data dir (default: <out_dir>/tfds)."),
-  "progress_bars": ("bool", "Show progress bars."),
-  "workers": ("integer", "Runs side by side (default: 1 per core, max 2)."),
-}
-# Flag name -> DistillConfig field, where they differ.
-_FIELD_OF_FLAG = {
+# The `pipeline.DistillConfig` field each flag sets. The flags keep the names
+# the docs use, which say on a command line what they set (--teacher_url
+# rather than --base_url).
+FIELD_OF_FLAG = {
   "task_card": "card",
   "teacher": "backend",
+  "teacher_model": "teacher_model",
   "teacher_url": "base_url",
   "teacher_source": "source",
   "teacher_samples": "num_samples",
   "teacher_concurrency": "concurrency",
   "teacher_rpm": "requests_per_minute",
   "paper_data": "paper_data_dir",
+  "methods": "methods",
+  "model_sizes": "model_sizes",
+  "fractions": "fractions",
+  "baseline_fractions": "baseline_fractions",
+  "seeds": "seeds",
   "student_vocabulary": "vocabulary",
+  "initial_checkpoint": "initial_checkpoint",
+  "train_steps": "train_steps",
+  "batch_size": "batch_size",
+  "recipe": "recipe",
+  "learning_rate": "learning_rate",
+  "inputs_length": "inputs_length",
+  "targets_length": "targets_length",
+  "label_length": "label_length",
+  "rationale_rate": "rationale_rate",
+  "eval_examples": "eval_examples",
+  "validation_period": "validation_period",
+  "validation_examples": "validation_examples",
+  "out_dir": "out_dir",
+  "tfds_data_dir": "tfds_data_dir",
   "progress_bars": "progress",
+  "workers": "workers",
 }
 
 
-def define_flags() -> None:
-  """Defines the flags of `dss-jax distill` and `dss-jax grid`, once.
+def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+  """Defines the flags of `dss-jax distill` and `dss-jax grid`.
 
-  Idempotent: `python -m dss_jax.distill` imports this module twice (as
-  `__main__` and by name), and both copies read the same global flags.
-  """
-  for name, (kind, help_text) in _FLAGS.items():
-    if name in flags.FLAGS:
-      continue
-    if kind == "enum":
-      flags.DEFINE_enum(name, None, BACKENDS, help_text)
-    elif kind == "bool":
-      flags.DEFINE_bool(name, True, help_text)
-    else:
-      getattr(flags, f"DEFINE_{kind}")(name, None, help_text)
-
-
-define_flags()
-
-
-def _flag_values() -> dict[str, Any]:
-  """Explicitly set flags as DistillConfig fields (unset flags left out)."""
-  values = {}
-  for name, (kind, _) in _FLAGS.items():
-    flag = flags.FLAGS[name]
-    if flag.value is None or (kind == "bool" and not flag.present):
-      continue
-    value = flag.value
-    if name in ("fractions", "baseline_fractions", "seeds"):
-      number = int if name == "seeds" else float
-      try:
-        value = tuple(number(v) for v in value)
-      except ValueError:
-        raise ValueError(
-          f"--{name} must be comma-separated "
-          f"{'numbers' if number is float else 'integers'}, "
-          f"got {','.join(value)}"
-        ) from None
-    elif kind == "list":
-      value = tuple(value)
-    values[_FIELD_OF_FLAG.get(name, name)] = value
-  return values
-
-
-def _config_values(grid_defaults: bool = False) -> dict[str, Any]:
-  """The job the command line asks for.
-
-  The demo card keeps the CPU-sized defaults; other cards start from the
-  paper's recipe (`PAPER_OVERRIDES`); `dss-jax grid` adds the grid's axes
-  (`GRID_OVERRIDES`); explicit flags win over all of them.
+  Every default is None, "not set": the job's defaults depend on the card
+  (`pipeline.make_config`).
 
   Args:
-    grid_defaults: fill unset axes with the paper's grid.
+    flag_values: where to define them.
+  """
+  define = functools.partial(_define, flag_values)
+  define("string", "task_card", "Card name or path (default: arith, the demo).")
+  flags.DEFINE_enum(
+    "teacher",
+    None,
+    jobs.BACKENDS,
+    "offline, replay (released PaLM), gemini or openai.",
+    flag_values=flag_values,
+  )
+  define(
+    "string", "teacher_model", "gemini/openai model, e.g. gemini-2.5-flash."
+  )
+  define(
+    "string", "teacher_url", "OpenAI-compatible /v1 root or Gemini endpoint."
+  )
+  define(
+    "string", "teacher_source", "Annotation name (default: from the teacher)."
+  )
+  define("integer", "teacher_samples", "Samples per example (vote when > 1).")
+  define("integer", "teacher_concurrency", "Teacher calls in flight.")
+  define("float", "teacher_rpm", "Client-side teacher requests per minute.")
+  define(
+    "string", "paper_data", "Released paper data (else $DSS_PAPER_DATA_DIR)."
+  )
+  define("list", "methods", f"Among {','.join(grid.METHODS)}.")
+  define("list", "model_sizes", "demo-xs, demo, demo-l or T5 small ... xxl.")
+  define("list", "fractions", "Training-data fractions, e.g. 0.125,0.25,0.5,1.")
+  define("list", "baseline_fractions", "Fractions for finetune/distill too.")
+  define("list", "seeds", "Seeds, e.g. 0,1,2.")
+  define("string", "student_vocabulary", "byte, t5 or a SentencePiece path.")
+  define(
+    "string", "initial_checkpoint", "Pretrained T5X checkpoint; {size} = size."
+  )
+  define("integer", "train_steps", "Optimizer steps per run.")
+  define(
+    "integer", "batch_size", "Training inputs per step (DSS: x2 sequences)."
+  )
+  define(
+    "string", "recipe", "DSS step: mixture (sampled) or official (paired)."
+  )
+  define("float", "learning_rate", "Peak learning rate.")
+  define("integer", "inputs_length", "Input tokens.")
+  define("integer", "targets_length", "Target tokens of rationale runs.")
+  define("integer", "label_length", "Target tokens of labels.")
+  define("float", "rationale_rate", "lambda, the rationale loss weight.")
+  define("integer", "eval_examples", "Test examples to score (default: all).")
+  define(
+    "integer", "validation_period", "Score validation every N steps; 0: off."
+  )
+  define("integer", "validation_examples", "Validation examples to score.")
+  define("string", "out_dir", "Output folder (default: demo_output, runs/...).")
+  define("string", "tfds_data_dir", "TFDS data dir (default: <out_dir>/tfds).")
+  flags.DEFINE_bool(
+    "progress_bars", True, "Show progress bars.", flag_values=flag_values
+  )
+  define(
+    "integer", "workers", "Runs side by side (default: 1 per core, max 2)."
+  )
+
+
+def _define(
+  flag_values: flags.FlagValues, kind: str, name: str, help_text: str
+) -> None:
+  getattr(flags, f"DEFINE_{kind}")(
+    name, None, help_text, flag_values=flag_values
+  )
+
+
+def _numbers(name: str, values: list[str], number: type) -> tuple[Any, ...]:
+  try:
+    return tuple(number(v) for v in values)
+  except ValueError:
+    kind = "numbers" if number is float else "integers"
+    raise errors.UserError(
+      f"--{name} must be comma-separated {kind}, got {','.join(values)}"
+    ) from None
+
+
+def config_fields(flag_values: flags.FlagValues = FLAGS) -> dict[str, Any]:
+  """The `DistillConfig` fields the command line sets (unset flags left out).
+
+  Args:
+    flag_values: parsed flags (`define_flags`).
 
   Returns:
-    The `DistillConfig` fields.
+    Field -> value.
+
+  Raises:
+    errors.UserError: a list flag that should hold numbers does not.
   """
-  explicit = _flag_values()
-  card = explicit.get("card", "arith")
-  values: dict[str, Any] = {"card": card}
-  is_demo = pathlib.Path(card).stem == "arith"
-  if not is_demo:
-    values.update(PAPER_OVERRIDES)
-    values["backend"] = "replay"
-    values["out_dir"] = f"runs/{pathlib.Path(card).stem}"
-  if grid_defaults:
-    values.update(GRID_OVERRIDES)
-    if not is_demo:
-      values["model_sizes"] = ("small", "base", "large")
-      values["out_dir"] = f"runs/{pathlib.Path(card).stem}_grid"
-  values.update(explicit)
-  return values
+  fields = {}
+  for name, field in FIELD_OF_FLAG.items():
+    flag = flag_values[name]
+    if flag.value is None or (name == "progress_bars" and not flag.present):
+      continue
+    value = flag.value
+    if name in ("fractions", "baseline_fractions"):
+      value = _numbers(name, value, float)
+    elif name == "seeds":
+      value = _numbers(name, value, int)
+    elif isinstance(value, list):
+      value = tuple(value)
+    fields[field] = value
+  return fields
 
 
-def config_from_flags(grid_defaults: bool = False) -> DistillConfig:
-  """The job the command line asks for (see `_config_values`)."""
-  return DistillConfig(**_config_values(grid_defaults))
+def config_from_flags(
+  flag_values: flags.FlagValues = FLAGS, grid_defaults: bool = False
+) -> pipeline.DistillConfig:
+  """The job the command line asks for (`pipeline.make_config`).
+
+  Args:
+    flag_values: parsed flags (`define_flags`).
+    grid_defaults: fill unset axes with the paper's grid (`dss-jax grid`).
+
+  Returns:
+    The job.
+
+  Raises:
+    errors.UserError: a flag value the job cannot run with, named by its
+      flag.
+  """
+  # Imported here: once the flags are parsed, since the job loads
+  # TensorFlow and JAX.
+  from dss_jax import pipeline
+
+  flag_of = {field: flag for flag, field in FIELD_OF_FLAG.items()}
+  try:
+    return pipeline.make_config(config_fields(flag_values), grid=grid_defaults)
+  except pipeline.ConfigError as e:
+    raise errors.UserError(
+      f"--{flag_of.get(e.field, e.field)}{e.problem}"
+    ) from None
 
 
 def _log_to_file(log_dir: pathlib.Path) -> None:
@@ -1127,52 +239,56 @@ def _log_to_file(log_dir: pathlib.Path) -> None:
   terminal.
   """
   logging.get_absl_handler().use_absl_log_file("distill", str(log_dir))
-  if not flags.FLAGS["verbosity"].present:
+  if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.INFO)
-  if not flags.FLAGS["stderrthreshold"].present:
-    flags.FLAGS.stderrthreshold = "error"
+  if not FLAGS["stderrthreshold"].present:
+    FLAGS.stderrthreshold = "error"
 
 
 def main(argv: Sequence[str], grid_defaults: bool = False) -> None:
-  """`dss-jax distill`: runs the job the flags describe."""
+  """`dss-jax distill`: runs the job the flags describe.
+
+  Args:
+    argv: what is left of the command line after the flags.
+    grid_defaults: the paper's grid for unset axes (`dss-jax grid`).
+  """
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   host.keep_freed_memory()
   host.add_xla_flag_defaults()
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
   py_logging.captureWarnings(True)
-  # Before the config's checks import TensorFlow, whose C++ side writes
+  # Before the job's modules import TensorFlow, whose C++ side writes
   # oneDNN, CUDA and cuInit lines (and later oneDNN and tf.data warnings)
   # to stderr whatever the log level; to a scratch file until the config
   # is valid, so that a bad flag leaves no output folder behind.
   fd, early = tempfile.mkstemp(prefix="dss_jax_native_", suffix=".log")
   os.close(fd)
-  workers_lib.redirect_native_stderr(early)
+  workers.redirect_native_stderr(early)
   try:
-    config = DistillConfig(**_config_values(grid_defaults))
-  except ValueError as e:
-    # A user error: one line and exit status 2, no traceback.
-    print(f"error: {e}", file=sys.stderr)
+    config = config_from_flags(grid_defaults=grid_defaults)
+  except errors.UserError:
     os.unlink(early)
-    sys.exit(2)
+    raise
+  # Imported here: the job's modules load TensorFlow and JAX, which must
+  # come after the redirect above.
+  from dss_jax import pipeline
+
   log_dir = pathlib.Path(config.out_dir) / "logs"
   native = log_dir / "native.log"
-  workers_lib.redirect_native_stderr(native)
+  workers.redirect_native_stderr(native)
   with open(early, "rb") as lines, open(native, "ab") as kept:
     kept.write(lines.read())
   os.unlink(early)
   _log_to_file(log_dir)
   try:
-    run(config)
-  except AnnotationIncompleteError as e:
+    pipeline.run(config)
+  except pipeline.AnnotationIncompleteError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
   sys.stdout.flush()
 
 
 if __name__ == "__main__":
-  # --helpshort lists the job's flags (they may be defined by the imported
-  # copy of this module, see `define_flags`).
-  for _name in _FLAGS:
-    flags.declare_key_flag(_name)
+  define_flags()
   errors.run(main)

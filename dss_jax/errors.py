@@ -26,6 +26,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from absl import app, flags
+
 # The exit status of a user error (argparse's and absl's usage convention).
 USER_ERROR_STATUS = 2
 
@@ -61,7 +63,6 @@ def reports_user_errors(main: Callable[..., Any]) -> Callable[..., Any]:
     `main`, with `UserError` and `app.UsageError` reported as
     `error: <first line>` on stderr and exit status 2.
   """
-  from absl import app
 
   @functools.wraps(main)
   def wrapped(*args: Any, **kwargs: Any) -> Any:
@@ -86,8 +87,6 @@ def parse_flags(
   Returns:
     The arguments left after the flags.
   """
-  from absl import flags
-
   try:
     return flags.FLAGS(list(rewrite(argv) if rewrite else argv))
   except flags.Error as e:
@@ -105,8 +104,6 @@ def run(
     main: the entry point's absl `main`.
     rewrite: turns the command line into what absl parses (gin's shorthand).
   """
-  from absl import app
-
   app.run(
     reports_user_errors(main),
     flags_parser=lambda argv: parse_flags(argv, rewrite),

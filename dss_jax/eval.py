@@ -23,6 +23,7 @@ from dss_jax import gin_flags
 
 def cli(gin_files: Sequence[str], gin_bindings: Sequence[str]) -> int:
   """Runs the eval job configured by gin; returns the exit status."""
+  # Imported here: JAX starts after the host settings of `gin_flags.run`.
   from dss_jax import evaluation
 
   results, status = gin_flags.run_from_gin(

@@ -133,10 +133,6 @@ def check_vocabulary(
     )
 
 
-# export.py restores through here; `checkpoints` is the home.
-restore_model_params = checkpoints.restore_model_params
-
-
 # ---------------------------------------------------------------------------
 # Batched model calls.
 

@@ -86,7 +86,7 @@ def initialize_distributed_from_flags() -> bool:
   Returns:
     True if `jax.distributed` was initialized.
   """
-  # Here, not at the top: JAX starts after the host settings of `run`.
+  # Imported here: JAX starts after the host settings of `run`.
   from dss_jax import partitioning
 
   f = flags.FLAGS

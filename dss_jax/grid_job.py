@@ -20,6 +20,8 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-  for _name in distill._FLAGS:  # --helpshort lists the shared flags
-    flags.declare_key_flag(_name)
+  distill.define_flags()
+  # --helpshort lists the job's flags, which the distill module defines.
+  for name in distill.FIELD_OF_FLAG:
+    flags.declare_key_flag(name)
   errors.run(main)

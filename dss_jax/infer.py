@@ -31,6 +31,7 @@ import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from absl import logging
 from etils import epath
 
@@ -147,11 +148,13 @@ def read_task_split(
   Returns:
     (rows, the seqio.Task).
   """
+  # Imported here: JAX, TensorFlow and SeqIO start after the host settings
+  # of `gin_flags.run` (see the top of this module).
+  import seqio
+
   from dss_jax import evaluation
 
   task = evaluation.get_task_or_mixture(mixture_or_task_name)
-  import seqio
-
   subtasks = seqio.get_subtasks(task)
   first = subtasks[0]
   ds = first.get_dataset(
@@ -181,8 +184,8 @@ def predict_texts(
   decode: DecodeConfig,
 ) -> list[str]:
   """Tokenizes (truncating to ``input_length`` with EOS), decodes, detokenizes."""
-  import numpy as np
-
+  # Imported here: JAX, TensorFlow and SeqIO start after the host settings
+  # of `gin_flags.run` (see the top of this module).
   from dss_jax import evaluation, preprocessors
 
   eos = vocabulary.eos_id
@@ -264,6 +267,8 @@ def infer(
     ValueError: neither or both of ``mixture_or_task_name`` and
       ``input_file``; a vocabulary larger than the model's embedding.
   """
+  # Imported here: JAX, TensorFlow and SeqIO start after the host settings
+  # of `gin_flags.run` (see the top of this module).
   import jax
 
   from dss_jax import checkpoints, evaluation, metrics
@@ -346,8 +351,9 @@ def _score(rows, metric_fns, postprocess) -> dict[str, float]:
 
 def cli(gin_files: Sequence[str], gin_bindings: Sequence[str]) -> int:
   """Runs the inference configured by gin; returns the exit status."""
-  # Under `python -m` this module is __main__; gin registered the function of
-  # the imported module dss_jax.infer (runs/infer.gin imports it).
+  # Imported here: under `python -m` this module is __main__; gin registered
+  # the function of the imported module dss_jax.infer (runs/infer.gin
+  # imports it).
   from dss_jax import infer as infer_lib
 
   result, status = gin_flags.run_from_gin(

@@ -23,6 +23,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import seqio
+
+from dss_jax import evaluation
+from dss_jax.models import t5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,9 +41,9 @@ class Example:
   student_label: str
 
 
-def _first_rows(task_name: str, lengths: dict[str, int], count: int):
-  import seqio
-
+def _first_rows(
+  task_name: str, lengths: dict[str, int], count: int
+) -> list[dict[str, Any]]:
   task = seqio.get_mixture_or_task(task_name)
   ds = task.get_dataset(lengths, split="test", shuffle=False, seed=0)
   return list(itertools.islice(ds.as_numpy_iterator(), count))
@@ -55,9 +59,13 @@ def _padded(rows: Sequence[dict[str, Any]], length: int) -> list[np.ndarray]:
   return out
 
 
-def _decode_text(vocabulary, model, params, inputs, length: int) -> list[str]:
-  from dss_jax import evaluation
-
+def _decode_text(
+  vocabulary: seqio.Vocabulary,
+  model: t5.Transformer,
+  params: t5.Params,
+  inputs: list[np.ndarray],
+  length: int,
+) -> list[str]:
   tokens = evaluation.predict_tokens(
     model,
     params,
@@ -77,9 +85,9 @@ def _decode_text(vocabulary, model, params, inputs, length: int) -> list[str]:
 
 def student_examples(
   *,
-  model: Any,
-  params: Any,
-  vocabulary: Any,
+  model: t5.Transformer,
+  params: t5.Params,
+  vocabulary: seqio.Vocabulary,
   label_task: str,
   rationale_task: str,
   teacher_rows: Mapping[str, Mapping[str, str]],

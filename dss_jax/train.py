@@ -34,7 +34,7 @@ from dss_jax import gin_flags
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  # Imported here so `--help` stays fast and JAX starts after flag parsing.
+  # Imported here: `--help` stays fast and JAX starts after flag parsing.
   from dss_jax import trainer
 
   gin_flags.parse_gin_flags(finalize=True)

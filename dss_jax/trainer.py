@@ -587,9 +587,9 @@ def train(
     input_pipeline.DataShardsError: DATA_SHARDS does not fit the processes
       or differs from the checkpoint's.
   """
-  # The input pipeline (TensorFlow, SeqIO) and CLU's writers load only when
-  # training from a mixture, so `Trainer` runs (benchmarks on accelerator
-  # machines) without TensorFlow.
+  # Imported here: the input pipeline (TensorFlow, SeqIO) and CLU's writers
+  # load only when training from a mixture, so `Trainer` runs (benchmarks on
+  # accelerator machines) without TensorFlow.
   from clu import metric_writers
 
   from dss_jax import input_pipeline, vocab
@@ -729,6 +729,7 @@ def dataset_config(
   Returns:
     An `input_pipeline.DatasetConfig`.
   """
+  # Imported here: TensorFlow loads only when training from a mixture.
   from dss_jax import input_pipeline
 
   if recipe not in RECIPES:
@@ -759,6 +760,7 @@ def _resumed_data_shards(
     input_pipeline.DataShardsError: the configured value differs from the
       checkpoint's.
   """
+  # Imported here: TensorFlow loads only when training from a mixture.
   from dss_jax import input_pipeline
 
   saved = checkpointer.saved_data_shards()

@@ -31,6 +31,9 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import tqdm
+from absl import logging
+
 from dss_jax import grid as grid_lib
 
 # One XLA:CPU thread: the pool, not XLA, spreads the work over the cores.
@@ -80,8 +83,6 @@ def _quiet_process(log_path: str) -> None:
   os.close(sink)
   sys.stdout = os.fdopen(1, "w", buffering=1)
   sys.stderr = os.fdopen(2, "w", buffering=1)
-  from absl import logging
-
   logging.use_absl_handler()
   logging.set_verbosity(logging.INFO)
   py_logging.captureWarnings(True)
@@ -219,8 +220,6 @@ def run_grid(
   Raises:
     StaleRunError: a run folder holds a run of another configuration.
   """
-  import tqdm
-
   root = pathlib.Path(root)
   if identity is not None:
     for spec in specs:

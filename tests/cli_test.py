@@ -25,7 +25,26 @@ def test_unknown_command_fails_with_usage(capsys):
 
 def test_every_entry_point_has_an_absl_main():
   for module, _ in cli.ENTRY_POINTS.values():
-    assert callable(importlib.import_module(module).main), module
+    entry = importlib.import_module(module)
+    if hasattr(entry, "__path__"):  # a package: its command line is __main__
+      entry = importlib.import_module(f"{module}.__main__")
+    assert callable(entry.main), module
+
+
+def test_a_command_shows_its_own_flags():
+  # `dss-jax COMMAND` runs the module as `python -m` does, so its help is
+  # the command's docstring and flags, not the dispatcher's.
+  for command, flag in (
+    ("distill", "--task_card"),
+    ("grid", "--task_card"),
+    ("report", "--results"),
+  ):
+    out = subprocess.run(
+      [sys.executable, "-m", "dss_jax", command, "--helpshort"],
+      capture_output=True,
+      text=True,
+    ).stdout
+    assert flag in out and "dispatches" not in out, (command, out[-2000:])
 
 
 def test_gin_entry_points_take_t5x_style_flags():

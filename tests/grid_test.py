@@ -7,9 +7,8 @@ import sys
 
 import pytest
 from absl import flags
-from absl.testing import flagsaver
 
-from dss_jax import distill, grid, report
+from dss_jax import distill, errors, grid, pipeline, report
 
 
 def test_expand_is_the_full_product_smallest_models_first():
@@ -54,7 +53,7 @@ def test_finished_runs_are_not_redone_and_a_crash_resumes(tmp_path):
 
 def test_a_run_folder_is_reused_only_by_the_same_configuration(tmp_path):
   spec = grid.RunSpec("dss_gold", "demo", 1.0, 0)
-  config = distill.DistillConfig(out_dir=str(tmp_path))
+  config = pipeline.DistillConfig(out_dir=str(tmp_path))
   calls = []
 
   def run_fn(spec, directory):
@@ -94,27 +93,40 @@ def test_a_torn_result_counts_as_unfinished(tmp_path):
 
 
 def test_flags_pick_demo_paper_and_grid_defaults():
-  with flagsaver.flagsaver():
-    # annotate defines a required --card at import; a test that imported it
-    # earlier in this process (cli_test) must not fail this parse.
-    other = ["--card=cqa"] if "card" in flags.FLAGS else []
-    flags.FLAGS(["distill", *other])
-    config = distill.config_from_flags()
-    assert config.card == "arith" and config.backend == "offline"
-    assert config.methods == ("finetune", "dss_gold")
-    assert len(config.seeds) >= 3
-    config = distill.config_from_flags(grid_defaults=True)
-    assert config.methods == grid.METHODS
-    assert config.fractions == grid.PAPER_FRACTIONS
-    flags.FLAGS(
-      ["distill", "--task_card=svamp", "--seeds=4", "--fractions=0.5", *other]
-    )
-    config = distill.config_from_flags()
-    assert config.backend == "replay" and config.source_name == "palm"
-    assert config.vocabulary == "t5" and config.train_steps == 10_000
-    assert config.seeds == (4,) and config.fractions == (0.5,)
+  flag_values = flags.FlagValues()
+  distill.define_flags(flag_values)
+  flag_values(["distill"])
+  config = distill.config_from_flags(flag_values)
+  assert config.card == "arith" and config.backend == "offline"
+  assert config.methods == ("finetune", "dss_gold")
+  assert len(config.seeds) >= 3
+  config = distill.config_from_flags(flag_values, grid_defaults=True)
+  assert config.methods == grid.METHODS
+  assert config.fractions == grid.PAPER_FRACTIONS
+  flag_values(["distill", "--task_card=svamp", "--seeds=4", "--fractions=0.5"])
+  config = distill.config_from_flags(flag_values)
+  assert config.backend == "replay" and config.source_name == "palm"
+  assert config.vocabulary == "t5" and config.train_steps == 10_000
+  assert config.seeds == (4,) and config.fractions == (0.5,)
   with pytest.raises(ValueError, match="model size"):
-    distill.DistillConfig(model_sizes=("huge",))
+    pipeline.DistillConfig(model_sizes=("huge",))
+
+
+def test_every_flag_sets_a_config_field():
+  flag_values = flags.FlagValues()
+  distill.define_flags(flag_values)
+  assert sorted(flag_values) == sorted(distill.FIELD_OF_FLAG)
+  fields = {f.name for f in dataclasses.fields(pipeline.DistillConfig)}
+  assert set(distill.FIELD_OF_FLAG.values()) <= fields
+  # A bad value is named by its flag, not by the library's field.
+  flag_values(
+    ["distill", "--teacher_samples=0", "--student_vocabulary=x.model"]
+  )
+  with pytest.raises(errors.UserError, match="^--teacher_samples must be >= 1"):
+    distill.config_from_flags(flag_values)
+  flag_values(["distill", "--teacher_samples=1"])
+  with pytest.raises(errors.UserError, match="^--student_vocabulary=x.model: "):
+    distill.config_from_flags(flag_values)
 
 
 @pytest.mark.parametrize(

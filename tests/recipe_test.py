@@ -19,11 +19,11 @@ import pytest
 import seqio
 
 from dss_jax import (
-  distill,
   gin_flags,
   grid,
   input_pipeline,
   partitioning,
+  pipeline,
   trainer,
 )
 from dss_jax.models import t5
@@ -157,7 +157,7 @@ def test_finetune_gin_steps_hold_64_examples(cqa_tasks):
 
 
 def _paper_pipeline(cqa_data_dir, paper_data_dir, tmp_path, **overrides):
-  values = dict(distill.PAPER_OVERRIDES)
+  values = dict(pipeline.PAPER_OVERRIDES)
   values.update(
     card="cqa",
     backend="replay",
@@ -167,7 +167,7 @@ def _paper_pipeline(cqa_data_dir, paper_data_dir, tmp_path, **overrides):
     out_dir=str(tmp_path),
   )
   values.update(overrides)
-  return distill.Pipeline(distill.DistillConfig(**values), log=lambda _: None)
+  return pipeline.Pipeline(pipeline.DistillConfig(**values), log=lambda _: None)
 
 
 @pytest.mark.parametrize("recipe", ["mixture", "official"])

@@ -22,6 +22,8 @@ import pathlib
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import tensorflow_datasets as tfds
+
 from dss_jax import answers, errors
 from dss_jax import cards as cards_lib
 
@@ -84,8 +86,6 @@ def default_root(download_dir: str | None = None) -> pathlib.Path:
   local = os.environ.get(PAPER_DATA_ENV)
   if local:
     return find_root(local)
-  import tensorflow_datasets as tfds
-
   manager = tfds.download.DownloadManager(
     download_dir=download_dir
     or os.path.join(os.path.expanduser("~"), "tensorflow_datasets", "downloads")

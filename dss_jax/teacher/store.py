@@ -11,15 +11,21 @@ complete line is kept, so no finished call is paid for twice.
       store.append(CompletionRecord(...))
 """
 
+from __future__ import annotations
+
 import dataclasses
 import json
 import os
 import pathlib
 import threading
 from collections.abc import Iterator
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from dss_jax import errors
+
+if TYPE_CHECKING:
+  from dss_jax.teacher import prompts
+  from dss_jax.teacher.backends import base
 
 
 class RecordKey(NamedTuple):
@@ -63,8 +69,11 @@ class CompletionRecord:
 
   @classmethod
   def of(
-    cls, request: Any, completion: Any, teacher: str
-  ) -> "CompletionRecord":
+    cls,
+    request: prompts.TeacherRequest,
+    completion: base.Completion,
+    teacher: str,
+  ) -> CompletionRecord:
     """The record of a `prompts.TeacherRequest` answered by a backend's
     `base.Completion` (text, finish reason, token counts)."""
     return cls(
@@ -80,7 +89,7 @@ class CompletionRecord:
     )
 
   @classmethod
-  def from_json(cls, data: dict[str, Any]) -> "CompletionRecord":
+  def from_json(cls, data: dict[str, Any]) -> CompletionRecord:
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in data.items() if k in names})
 
@@ -161,7 +170,7 @@ class AnnotationStore:
     """Closes the file."""
     self._file.close()
 
-  def __enter__(self) -> "AnnotationStore":
+  def __enter__(self) -> AnnotationStore:
     return self
 
   def __exit__(self, *exc: object) -> None:

@@ -27,13 +27,14 @@ import hashlib
 import http.server
 import json
 import re
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from absl import app, flags
+
+from dss_jax import errors
 
 _GEMINI_PATH = re.compile(r"^/v1beta/models/([^/:]+):generateContent$")
 _BATCH_CREATE = re.compile(r"^/v1beta/models/([^/:]+):batchGenerateContent$")
@@ -483,18 +484,33 @@ def _gemini_error(
   return {"error": error}
 
 
-def main(argv: list[str]) -> None:
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """Defines the command line of the standalone server."""
+  flags.DEFINE_integer(
+    "port", 8765, "Port on 127.0.0.1.", flag_values=flag_values
+  )
+  flags.DEFINE_float(
+    "latency_s",
+    0.0,
+    "Delay before every answer, in seconds.",
+    flag_values=flag_values,
+  )
+  flags.DEFINE_integer(
+    "requests_per_minute",
+    None,
+    "Answer 429 beyond this rate (no limit: unset).",
+    flag_values=flag_values,
+  )
+
+
+def main(argv: Sequence[str]) -> None:
   """Serves until interrupted."""
   if len(argv) > 1:
-    print(
-      f"error: unexpected arguments {argv[1:]}; give flags only",
-      file=sys.stderr,
-    )
-    sys.exit(2)
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   server = FakeTeacherServer(
-    port=_PORT.value,
-    latency_s=_LATENCY_S.value,
-    requests_per_minute=_REQUESTS_PER_MINUTE.value,
+    port=flags.FLAGS.port,
+    latency_s=flags.FLAGS.latency_s,
+    requests_per_minute=flags.FLAGS.requests_per_minute,
   )
   print(f"serving on {server.url}", flush=True)
   try:
@@ -504,13 +520,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  _PORT = flags.DEFINE_integer("port", 8765, "Port on 127.0.0.1.")
-  _LATENCY_S = flags.DEFINE_float(
-    "latency_s", 0.0, "Delay before every answer, in seconds."
-  )
-  _REQUESTS_PER_MINUTE = flags.DEFINE_integer(
-    "requests_per_minute",
-    None,
-    "Answer 429 beyond this rate (no limit: unset).",
-  )
-  app.run(main)
+  define_flags()
+  errors.run(main)

@@ -9,6 +9,7 @@ make_backend("offline")  # the demo's built-in teacher (backends/offline.py)
 
 from typing import Any
 
+from dss_jax.teacher.backends import gemini, offline, openai, replay
 from dss_jax.teacher.backends.base import (
   Completion,
   FatalError,
@@ -35,20 +36,12 @@ def make_backend(kind: str, **options: Any) -> TeacherBackend:
     ValueError: for an unknown kind.
   """
   if kind == "gemini":
-    from dss_jax.teacher.backends import gemini
-
     return gemini.GeminiBackend(**options)
   if kind == "openai":
-    from dss_jax.teacher.backends import openai
-
     return openai.OpenAIBackend(**options)
   if kind == "replay":
-    from dss_jax.teacher.backends import replay
-
     return replay.ReplayBackend(**options)
   if kind == "offline":
-    from dss_jax.teacher.backends import offline
-
     return offline.OfflineBackend(**options)
   raise ValueError(f"unknown backend {kind!r}; choose from {BACKENDS}")
 

@@ -12,6 +12,9 @@ import os
 import re
 from typing import Any
 
+from google import genai
+from google.genai import errors, types
+
 from dss_jax.teacher import prompts
 from dss_jax.teacher.backends import base
 
@@ -34,7 +37,7 @@ def make_client(
   project: str | None = None,
   location: str | None = None,
   timeout_s: float = 120.0,
-) -> Any:
+) -> genai.Client:
   """A google-genai client with SDK retries off.
 
   Args:
@@ -50,9 +53,6 @@ def make_client(
   Raises:
     FatalError: when no API key is set (Gemini API).
   """
-  from google import genai
-  from google.genai import types
-
   http_options = types.HttpOptions(
     base_url=base_url,
     # The Gemini API's v1beta surface carries every generation option used
@@ -88,7 +88,7 @@ def _error_details(error: Any) -> list[dict[str, Any]]:
   return [d for d in details if isinstance(d, dict)]
 
 
-def retry_delay_of(error: Any) -> float | None:
+def retry_delay_of(error: errors.APIError) -> float | None:
   """The server's retry hint: RetryInfo.retryDelay, else Retry-After."""
   for detail in _error_details(error):
     if detail.get("@type", "").endswith("google.rpc.RetryInfo"):
@@ -102,7 +102,7 @@ def retry_delay_of(error: Any) -> float | None:
     return None
 
 
-def classify_api_error(error: Any, model: str) -> base.TeacherError:
+def classify_api_error(error: errors.APIError, model: str) -> base.TeacherError:
   """Maps a google-genai APIError to the runner's error kinds.
 
   Args:
@@ -145,7 +145,9 @@ def is_transport_error(error: BaseException) -> bool:
   return module in ("httpx", "httpx2", "httpcore", "httpcore2", "aiohttp")
 
 
-def completion_from_response(response: Any) -> base.Completion:
+def completion_from_response(
+  response: types.GenerateContentResponse,
+) -> base.Completion:
   """Text, stop reason and token counts of a GenerateContentResponse.
 
   Raises:
@@ -194,7 +196,7 @@ class GeminiBackend(base.TeacherBackend):
     location: str | None = None,
     timeout_s: float = 120.0,
     thinking_budget: int | None = 0,
-    client: Any = None,
+    client: genai.Client | None = None,
   ):
     """Creates the backend.
 
@@ -223,10 +225,10 @@ class GeminiBackend(base.TeacherBackend):
       timeout_s=timeout_s,
     )
 
-  def generation_config(self, sampling: prompts.SamplingConfig) -> Any:
+  def generation_config(
+    self, sampling: prompts.SamplingConfig
+  ) -> types.GenerateContentConfig:
     """The GenerateContentConfig for a request's sampling settings."""
-    from google.genai import types
-
     thinking = None
     if self._thinking_budget is not None and _thinks(self._model):
       # Only Flash models accept a zero budget (Pro models always think).
@@ -241,8 +243,6 @@ class GeminiBackend(base.TeacherBackend):
     )
 
   async def generate(self, request: prompts.TeacherRequest) -> base.Completion:
-    from google.genai import errors
-
     try:
       response = await asyncio.wait_for(
         self._client.aio.models.generate_content(

@@ -17,6 +17,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from google.genai import errors, types
+
 from dss_jax.teacher import prompts, runner
 from dss_jax.teacher import store as store_lib
 from dss_jax.teacher.backends import base, gemini
@@ -60,8 +62,6 @@ def _remember_job(store_path: str, name: str, keys: Sequence[str]) -> None:
 async def _submit(
   backend: gemini.GeminiBackend, chunk: Sequence[prompts.TeacherRequest]
 ) -> str:
-  from google.genai import errors, types
-
   inlined = [
     types.InlinedRequest(
       contents=request.prompt,
@@ -81,9 +81,9 @@ async def _submit(
   return job.name
 
 
-async def _wait(backend: gemini.GeminiBackend, name: str, poll_s: float) -> Any:
-  from google.genai import errors
-
+async def _wait(
+  backend: gemini.GeminiBackend, name: str, poll_s: float
+) -> types.BatchJob:
   while True:
     try:
       job = await backend._client.aio.batches.get(name=name)
@@ -102,7 +102,7 @@ async def _wait(backend: gemini.GeminiBackend, name: str, poll_s: float) -> Any:
 
 
 def _store_answers(
-  job: Any,
+  job: types.BatchJob,
   by_key: dict[str, prompts.TeacherRequest],
   store: store_lib.AnnotationStore,
   teacher: str,

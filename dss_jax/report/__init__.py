@@ -18,7 +18,7 @@ per finished run) and produces:
 * `accuracy_vs_size.png`: accuracy against student size, with the teacher's
   few-shot accuracy as a horizontal line (the paper's Figures 6 and 7).
 
-Run on an existing results file:
+Run on an existing results file (the command line is `report/__main__.py`):
 
   python -m dss_jax.report --results=runs/grid/results.csv --out_dir=runs/grid
 """
@@ -269,11 +269,12 @@ def write_summary_csv(
 
 
 def _pyplot():
-  # A file backend: reports are written on servers without displays.
+  # Imported here: a file backend (reports are written on servers without
+  # displays) must be chosen before pyplot loads.
   import matplotlib
 
   matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  import matplotlib.pyplot as plt  # Imported here: after the backend.
 
   return plt
 
@@ -681,29 +682,3 @@ def write_report(
       title=title,
     )
   return paths
-
-
-def main(argv: Sequence[str]) -> None:
-  """Entry point: `python -m dss_jax.report --results=... --out_dir=...`."""
-  del argv
-  paths = write_report(
-    _RESULTS.value,
-    _OUT_DIR.value or pathlib.Path(_RESULTS.value).parent,
-    teacher_accuracy=_TEACHER_ACCURACY.value,
-    title=_TITLE.value,
-  )
-  print(paths["summary_md"].read_text())
-  for name, path in paths.items():
-    print(f"{name}: {path}")
-
-
-if __name__ == "__main__":
-  from absl import flags
-
-  _RESULTS = flags.DEFINE_string("results", None, "results CSV", required=True)
-  _OUT_DIR = flags.DEFINE_string("out_dir", None, "default: the CSV's folder")
-  _TEACHER_ACCURACY = flags.DEFINE_float(
-    "teacher_accuracy", None, "teacher's test accuracy in [0, 1]"
-  )
-  _TITLE = flags.DEFINE_string("title", "", "figure title (the dataset)")
-  errors.run(main)

@@ -8,7 +8,7 @@ One config per (task card, teacher source):
 * `<card>_<source>` for a store written by the annotation runner
   (`python -m dss_jax.annotate`), e.g. `cqa_gemini_2_5_flash`.
 
-Build from the command line, any source:
+Build from the command line (`datasets/__main__.py`), any source:
 
     DSS_PAPER_DATA_DIR=path/to/dss_paper python -m dss_jax.datasets \\
       --card=cqa --source=palm --data_dir=$TFDS_DATA_DIR
@@ -98,12 +98,7 @@ class DssAnnotatedConfig(tfds.core.BuilderConfig):
     self.keep = keep
 
 
-class DssAnnotated(
-  tfds.core.GeneratorBasedBuilder,
-  # Under `python -m dss_jax.datasets` this file also runs as __main__; only
-  # the copy imported as dss_jax.datasets registers the name.
-  skip_registration=__name__ == "__main__",
-):
+class DssAnnotated(tfds.core.GeneratorBasedBuilder):
   """Teacher-annotated examples for Distilling Step-by-Step."""
 
   VERSION = tfds.core.Version(VERSION)
@@ -357,47 +352,3 @@ _CITATION = """\
   year={2023}
 }
 """
-
-
-def main(argv: list[str] | None = None) -> None:
-  """Builds one config from the command line (see the module docstring)."""
-  import argparse
-
-  parser = argparse.ArgumentParser(description="Builds dss_annotated.")
-  parser.add_argument("--card", required=True)
-  parser.add_argument("--source", default=PALM_SOURCE)
-  parser.add_argument("--data_dir", default=None)
-  parser.add_argument("--store", default=None)
-  parser.add_argument("--teacher", default=None)
-  parser.add_argument(
-    "--keep", default="vote", choices=["vote", "vote_or_gold"]
-  )
-  # A bad flag or input ends in one line and exit status 2 (dss_jax.errors).
-  parser.error = lambda message: errors.exit_with_error(
-    f"{message} (--help lists the flags)"
-  )
-  args = parser.parse_args(argv)
-  try:
-    builder = build_annotated(
-      args.card,
-      args.source,
-      data_dir=args.data_dir,
-      store=args.store,
-      teacher=args.teacher,
-      keep=args.keep,
-    )
-  except errors.UserError as e:
-    errors.exit_with_error(errors.one_line(e))
-  for name, split in builder.info.splits.items():
-    print(
-      f"{tfds_name(builder.builder_config.card_name, args.source)} "
-      f"{name}: {split.num_examples} examples in {builder.data_dir}"
-    )
-
-
-if __name__ == "__main__":
-  # tfds locates a builder by its module's package, which `__main__` lacks;
-  # run the copy imported under its real name instead.
-  from dss_jax import datasets as _datasets
-
-  _datasets.main()

@@ -1,10 +1,10 @@
-"""Tests for dss_jax.export: the student as a Hugging Face transformers T5.
+"""Tests for dss_jax.hf_export: the student as a Hugging Face transformers T5.
 
 The logits test runs the exported PyTorch model and the Flax model on the same
 inputs and needs torch and transformers (the `export` extra); it skips with a
 reason without them.
 
-Run: .venv/bin/pytest tests/export_test.py -q
+Run: .venv/bin/pytest tests/hf_export_test.py -q
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from dss_jax import export, t5x_checkpoints
+from dss_jax import hf_export, t5x_checkpoints
 from dss_jax.models import t5
 
 
@@ -82,7 +82,7 @@ def _expected_names(config) -> set[str]:
 
 def test_weight_mapping_names_shapes_and_transposes():
   _, config, params = _model_and_params()
-  tensors = export.to_hf_state_dict(params, config)
+  tensors = hf_export.to_hf_state_dict(params, config)
   assert set(tensors) == _expected_names(config)
   query = np.asarray(
     params["encoder"]["layers_1"]["attention"]["query"]["kernel"]
@@ -103,7 +103,7 @@ def test_weight_mapping_names_shapes_and_transposes():
 
 def test_scanned_params_unstack_to_the_same_tensors():
   _, config, params = _model_and_params(scan_layers=True)
-  tensors = export.to_hf_state_dict(params, config)
+  tensors = hf_export.to_hf_state_dict(params, config)
   assert set(tensors) == _expected_names(config)
   stacked = np.asarray(params["encoder"]["encoder"]["mlp"]["wo"]["kernel"])
   np.testing.assert_array_equal(
@@ -115,7 +115,7 @@ def test_config_json_and_bfloat16_storage(tmp_path):
   from safetensors.numpy import load_file
 
   _, config, params = _model_and_params()
-  out = export.export_hf(params, config, tmp_path / "hf", dtype="bfloat16")
+  out = hf_export.export_hf(params, config, tmp_path / "hf", dtype="bfloat16")
   cfg = json.loads((out / "config.json").read_text())
   assert cfg["feed_forward_proj"] == "gated-gelu"
   assert (cfg["d_model"], cfg["d_kv"], cfg["num_heads"]) == (
@@ -130,10 +130,12 @@ def test_config_json_and_bfloat16_storage(tmp_path):
 
 
 def test_activations_without_hf_equivalent_fail():
-  assert export.feed_forward_proj(("relu",)) == "relu"
-  assert export.feed_forward_proj(("gelu",)) == "gelu_new"
-  with pytest.raises(export.ExportError, match="no Hugging Face T5 equivalent"):
-    export.feed_forward_proj(("linear", "gelu"))
+  assert hf_export.feed_forward_proj(("relu",)) == "relu"
+  assert hf_export.feed_forward_proj(("gelu",)) == "gelu_new"
+  with pytest.raises(
+    hf_export.ExportError, match="no Hugging Face T5 equivalent"
+  ):
+    hf_export.feed_forward_proj(("linear", "gelu"))
 
 
 @pytest.mark.parametrize(
@@ -153,7 +155,7 @@ def test_exported_pytorch_logits_match_flax(tmp_path, overrides):
   flax_logits = np.asarray(
     model.apply({"params": params}, enc, dec_in, targets, enable_dropout=False)
   )
-  out = export.export_hf(params, config, tmp_path / "hf")
+  out = hf_export.export_hf(params, config, tmp_path / "hf")
   hf = transformers.T5ForConditionalGeneration.from_pretrained(out).eval()
   with torch.no_grad():
     hf_logits = hf(
@@ -172,7 +174,7 @@ def test_export_checkpoint_from_t5x_layout(tmp_path):
 
   model, config, params = _model_and_params()
   t5x_checkpoints.save_t5x_checkpoint(params, tmp_path / "model", 10)
-  out = export.export_checkpoint(
+  out = hf_export.export_checkpoint(
     model, str(tmp_path / "model"), str(tmp_path / "hf")
   )
   tensors = load_file(str(out / "model.safetensors"))
@@ -201,7 +203,9 @@ def test_tokenizer_files_match_seqio_ids(tmp_path, kind):
     model_file = vocab_lib.train_sentencepiece(texts, tmp_path / "sp.model", 60)
     vocabulary = seqio.SentencePieceVocabulary(str(model_file), extra_ids=5)
   _, config, params = _model_and_params()
-  out = export.export_hf(params, config, tmp_path / "hf", vocabulary=vocabulary)
+  out = hf_export.export_hf(
+    params, config, tmp_path / "hf", vocabulary=vocabulary
+  )
   tokenizer = transformers.AutoTokenizer.from_pretrained(out)
   text = "the cat ate 5"
   ids = tokenizer(text).input_ids

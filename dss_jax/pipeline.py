@@ -1,0 +1,996 @@
+"""The main job as a library: card -> teacher -> TFDS -> SeqIO -> train -> eval.
+
+`DistillConfig` holds everything a job needs (its defaults are the offline
+demo); `Pipeline` runs its four stages, each skipping work already done:
+
+  1. `annotate`: the teacher writes rationales and labels into an
+     append-only store (`dss_jax.teacher`);
+  2. `build_dataset`: the annotated TFDS dataset (`dss_jax.datasets`);
+  3. `run`: one student per `grid.RunSpec`, trained and scored
+     (`dss_jax.trainer`, `dss_jax.evaluation`);
+  4. `write_report`: results CSV, tables and plots (`dss_jax.report`).
+
+`run(config)` runs them all, training runs side by side in worker processes
+(`dss_jax.workers`). The command lines are `dss_jax.distill` and
+`dss_jax.grid_job`; in Python:
+
+  from dss_jax import pipeline
+  pipeline.run(pipeline.make_config({"seeds": (0,), "train_steps": 200}))
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import io
+import json
+import os
+import pathlib
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import seqio
+import tensorflow_datasets as tfds
+from absl import logging
+
+from dss_jax import (
+  cards,
+  checkpoints,
+  datasets,
+  errors,
+  evaluation,
+  host,
+  optimizers,
+  report,
+  seqio_tasks,
+  showcase,
+  trainer,
+  vocab,
+)
+from dss_jax import grid as grid_lib
+from dss_jax import workers as workers_lib
+from dss_jax.models import t5
+from dss_jax.models.config import STUDENT_SIZES, T5_SIZES
+from dss_jax.teacher import jobs, runner
+
+# A run's test examples with the student's rationale (`show_examples`).
+EXAMPLES_FILE = "examples.txt"
+
+
+class AnnotationIncompleteError(RuntimeError):
+  """Some teacher calls failed; the job stops before building the dataset."""
+
+
+class ConfigError(errors.UserError):
+  """A `DistillConfig` value the job cannot run with.
+
+  The message starts with the field's name; a command line names its flag
+  instead, followed by `problem` (`dss_jax.distill`).
+
+  Attributes:
+    field: the `DistillConfig` field.
+    problem: what is wrong with it, as it follows the name.
+  """
+
+  def __init__(self, field: str, problem: str):
+    super().__init__(f"{field}{problem}")
+    self.field = field
+    self.problem = problem
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillConfig:
+  """Everything a distillation job needs; the defaults are the offline demo.
+
+  Attributes:
+    card: task card name or path.
+    backend: teacher backend, one of `jobs.BACKENDS`; "replay" reads the
+      paper's released PaLM outputs (cqa, svamp, anli1, esnli).
+    teacher_model: model name for "gemini" / "openai".
+    base_url: endpoint for "openai" (or a Gemini endpoint override).
+    source: the annotation's source name; by default "offline", "palm" or
+      derived from the teacher model.
+    annotate_splits: source splits the teacher annotates (train for
+      training, test for the teacher's own accuracy).
+    num_samples: teacher samples per example (self-consistency when > 1).
+    concurrency: teacher calls in flight.
+    requests_per_minute: client-side teacher rate limit.
+    paper_data_dir: the paper's data layout (replay; default
+      $DSS_PAPER_DATA_DIR or the downloaded zip).
+    methods: training methods (`grid.METHODS`).
+    model_sizes: student sizes (`STUDENT_SIZES` or T5 v1.1 sizes).
+    fractions: training-data fractions.
+    baseline_fractions: the fractions that methods without rationales
+      (finetune, distill) train on too, among `fractions`; None: all of
+      them. The demo's claim needs the baseline on all the data only, and
+      skipping the rest saves a sixth of its time.
+    seeds: seeds (initialization, data order, training subset).
+    vocabulary: "byte" (no files) or "t5" (SentencePiece, for pretrained T5).
+    initial_checkpoint: pretrained T5X checkpoint to start from; `{size}` in
+      it is replaced by the run's model size (one path for a grid of sizes).
+    train_steps: optimizer steps per run.
+    batch_size: training inputs per step, the paper's batch (64). Baselines
+      train `batch_size` examples a step; distilling step-by-step trains
+      2 x `batch_size` sequences a step, as the official step's `batch_size`
+      inputs each with its label and its rationale (see `recipe`).
+    recipe: what a distilling step-by-step step holds: "mixture" (default;
+      the SeqIO mixture sampled at rates 1 : lambda, so at lambda 1 a step
+      holds `batch_size` label and `batch_size` rationale examples in
+      expectation, per-sequence loss) or "official" (each input with its
+      label and its rationale in the same step, loss alpha * L_label +
+      (1 - alpha) * L_rationale, alpha = 1 / (1 + lambda), token means).
+    learning_rate: peak learning rate (linear decay to 0).
+    warmup_steps: linear warmup steps.
+    dropout_rate: student dropout.
+    inputs_length: input tokens (longer inputs are cut).
+    targets_length: target tokens of rationale runs.
+    label_length: target tokens of label-only runs and of decoding.
+    rationale_rate: lambda, the weight of the rationale loss.
+    eval_examples: test examples to score (None: all).
+    validation_period: score the validation split every this many steps
+      (and at the last step) and keep the best checkpoint; the test split is
+      then scored at the last step and at that checkpoint. 0: last step only.
+    validation_examples: validation examples to score (None: all).
+    eval_batch_size: decoding batch size.
+    out_dir: where everything goes.
+    tfds_data_dir: TFDS data dir (default: <out_dir>/tfds).
+    progress: progress bars.
+    compilation_cache: keep XLA's compiled programs in <out_dir>/xla_cache,
+      so runs after the first (and reruns) skip compilation.
+    workers: runs trained side by side, each in its own single-threaded
+      process (`dss_jax.workers`); None: one per core, at most 2; 1: all in
+      this process.
+    show_examples: test examples whose rationale and label a distilling
+      step-by-step student decodes at the end, beside the teacher's.
+  """
+
+  card: str = "arith"
+  backend: str = "offline"
+  teacher_model: str | None = None
+  base_url: str | None = None
+  source: str | None = None
+  annotate_splits: tuple[str, ...] = ("train", "test")
+  num_samples: int = 1
+  concurrency: int = 16
+  requests_per_minute: float | None = None
+  paper_data_dir: str | None = None
+  methods: tuple[str, ...] = ("finetune", "dss_gold")
+  model_sizes: tuple[str, ...] = ("demo",)
+  # Half the data beside all of it: the paper's data-efficiency claim
+  # (distilling step-by-step on 50% against finetuning on 100%).
+  fractions: tuple[float, ...] = (0.5, 1.0)
+  baseline_fractions: tuple[float, ...] | None = (1.0,)
+  seeds: tuple[int, ...] = (0, 1, 2)
+  vocabulary: str = "byte"
+  initial_checkpoint: str | None = None
+  train_steps: int = 800
+  batch_size: int = 32
+  recipe: str = "mixture"
+  learning_rate: float = 3e-3
+  warmup_steps: int = 50
+  dropout_rate: float = 0.0
+  inputs_length: int = 64
+  targets_length: int = 26
+  label_length: int = 4
+  rationale_rate: float = 1.0
+  eval_examples: int | None = None
+  validation_period: int = 400
+  validation_examples: int | None = 200
+  eval_batch_size: int = 100
+  out_dir: str = "demo_output"
+  tfds_data_dir: str | None = None
+  progress: bool = True
+  compilation_cache: bool = True
+  workers: int | None = None
+  show_examples: int = 3
+
+  def __post_init__(self):
+    if self.recipe not in trainer.RECIPES:
+      raise ConfigError(
+        "recipe",
+        f" must be one of {', '.join(trainer.RECIPES)}, got {self.recipe!r}",
+      )
+    if self.backend not in jobs.BACKENDS:
+      raise ConfigError(
+        "backend",
+        f" must be one of {', '.join(jobs.BACKENDS)}, got {self.backend!r}",
+      )
+    for method in self.methods:
+      if method not in grid_lib.METHODS:
+        raise ConfigError(
+          "methods",
+          f": unknown method {method!r}; choose from "
+          f"{','.join(grid_lib.METHODS)}",
+        )
+    for size in self.model_sizes:
+      if size not in STUDENT_SIZES and size not in T5_SIZES:
+        raise ConfigError(
+          "model_sizes",
+          f": unknown model size {size!r}; choose from "
+          f"{', '.join(sorted(STUDENT_SIZES) + list(T5_SIZES))}",
+        )
+    self._check_numbers()
+    self._check_paths()
+
+  def _check_paths(self) -> None:
+    """Local files the job will read exist (before any stage)."""
+    named = self.vocabulary in ("byte", "t5", "local")
+    if not named and "://" not in self.vocabulary:
+      if not pathlib.Path(self.vocabulary).is_file():
+        raise ConfigError(
+          "vocabulary",
+          f"={self.vocabulary}: neither byte, t5 nor an existing "
+          "SentencePiece model file",
+        )
+    if self.initial_checkpoint and "://" not in self.initial_checkpoint:
+      for size in self.model_sizes:
+        path = self.initial_checkpoint.replace("{size}", size)
+        if not pathlib.Path(path).exists():
+          raise ConfigError(
+            "initial_checkpoint",
+            f": {path} does not exist (for model size {size}; {{size}} in "
+            "it is replaced by each size)",
+          )
+    if self.paper_data_dir and not pathlib.Path(self.paper_data_dir).is_dir():
+      raise ConfigError(
+        "paper_data_dir",
+        f"={self.paper_data_dir}: no such folder; give the folder of the "
+        "paper's released data",
+      )
+
+  def _check_numbers(self) -> None:
+    """Numeric fields in range (before any stage)."""
+
+    def check(name, ok, want):
+      if not ok:
+        raise ConfigError(name, f" must be {want}, got {getattr(self, name)!r}")
+
+    for name in (
+      "train_steps",
+      "batch_size",
+      "inputs_length",
+      "targets_length",
+      "label_length",
+      "eval_batch_size",
+      "num_samples",
+      "concurrency",
+    ):
+      check(name, getattr(self, name) >= 1, ">= 1")
+    for name in ("eval_examples", "validation_examples"):
+      value = getattr(self, name)
+      check(name, value is None or value >= 1, ">= 1 (or unset: all)")
+    check("learning_rate", self.learning_rate > 0, "> 0")
+    check("warmup_steps", self.warmup_steps >= 0, ">= 0")
+    check("validation_period", self.validation_period >= 0, ">= 0")
+    check("rationale_rate", self.rationale_rate >= 0, ">= 0")
+    check("dropout_rate", 0 <= self.dropout_rate < 1, "in [0, 1)")
+    check("fractions", all(0 < f <= 1 for f in self.fractions), "in (0, 1]")
+    check(
+      "baseline_fractions",
+      all(0 < f <= 1 for f in self.baseline_fractions or ()),
+      "in (0, 1]",
+    )
+    check("workers", self.workers is None or self.workers >= 1, ">= 1")
+    check(
+      "requests_per_minute",
+      self.requests_per_minute is None or self.requests_per_minute > 0,
+      "> 0",
+    )
+    check("seeds", all(seed >= 0 for seed in self.seeds), ">= 0")
+    for name in ("methods", "model_sizes", "fractions", "seeds"):
+      check(name, len(getattr(self, name)) > 0, "a non-empty list")
+
+  def specs(self) -> list[grid_lib.RunSpec]:
+    """The job's runs (`grid_lib.expand`, less `baseline_fractions`)."""
+    specs = grid_lib.expand(
+      self.methods, self.model_sizes, self.fractions, self.seeds
+    )
+    if self.baseline_fractions is None:
+      return specs
+    return [
+      s
+      for s in specs
+      if s.uses_rationales or s.fraction in self.baseline_fractions
+    ]
+
+  @property
+  def teacher(self) -> jobs.TeacherConfig:
+    """The teacher of the annotation stage (as `dss-jax annotate` has it)."""
+    return jobs.TeacherConfig(
+      backend=self.backend,
+      model=self.teacher_model,
+      base_url=self.base_url,
+      source=self.source,
+    )
+
+  @property
+  def source_name(self) -> str:
+    """The annotation's name (`jobs.TeacherConfig.source_name`)."""
+    return self.teacher.source_name
+
+  @property
+  def data_dir(self) -> str:
+    return self.tfds_data_dir or str(pathlib.Path(self.out_dir) / "tfds")
+
+  def run_identity(self, spec: grid_lib.RunSpec) -> dict[str, Any]:
+    """Every value that decides the result of `spec`'s run (JSON-able).
+
+    Where outputs go, progress bars, caches and the teacher client's pace
+    are left out; a stored run is reused only under the same identity.
+    """
+    ignored = {
+      "out_dir",
+      "tfds_data_dir",
+      "progress",
+      "compilation_cache",
+      "concurrency",
+      "requests_per_minute",
+      "eval_batch_size",
+      "paper_data_dir",
+      "methods",
+      "model_sizes",
+      "fractions",
+      "seeds",
+      # Which runs a job has, how many train at once, what it shows after.
+      "baseline_fractions",
+      "workers",
+      "show_examples",
+    }
+    values = {
+      f.name: getattr(self, f.name)
+      for f in dataclasses.fields(self)
+      if f.name not in ignored
+    }
+    values["source"] = self.source_name
+    values.update(dataclasses.asdict(spec))
+    return json.loads(json.dumps(values))
+
+
+# Defaults of real runs (the paper's T5 recipe: AdamW 5e-5, batch 64, 10k
+# steps, inputs up to 1024 tokens), used for cards other than the demo's.
+PAPER_OVERRIDES: dict[str, Any] = dict(
+  vocabulary="t5",
+  model_sizes=("base",),
+  train_steps=10_000,
+  batch_size=64,
+  learning_rate=5e-5,
+  warmup_steps=0,
+  dropout_rate=0.1,
+  inputs_length=1024,
+  targets_length=256,
+  label_length=64,
+  eval_batch_size=64,
+  fractions=(1.0,),
+  baseline_fractions=None,
+  # One accelerator: runs one after another, each using all of it.
+  workers=1,
+  # The official code scores every 250 steps (its eval_steps).
+  validation_period=250,
+  validation_examples=None,
+)
+# `dss-jax grid` on the demo card: the paper's four methods and fractions,
+# three student sizes.
+GRID_OVERRIDES: dict[str, Any] = dict(
+  methods=grid_lib.METHODS,
+  fractions=grid_lib.PAPER_FRACTIONS,
+  baseline_fractions=None,
+  model_sizes=("demo-xs", "demo", "demo-l"),
+  out_dir="runs/grid",
+)
+
+
+def make_config(
+  overrides: Mapping[str, Any] | None = None, grid: bool = False
+) -> DistillConfig:
+  """The job for a card, with the defaults that suit it.
+
+  The demo card (arith) keeps `DistillConfig`'s CPU-sized defaults; other
+  cards start from the paper's recipe (`PAPER_OVERRIDES`, teacher "replay");
+  a grid adds the paper's axes (`GRID_OVERRIDES`); `overrides` win over all
+  of them.
+
+  Args:
+    overrides: `DistillConfig` fields set explicitly (a command line's).
+    grid: fill the axes the overrides leave unset with the paper's grid.
+
+  Returns:
+    The job.
+
+  Raises:
+    ConfigError: a value the job cannot run with.
+  """
+  overrides = dict(overrides or {})
+  card = overrides.get("card", DistillConfig.card)
+  stem = pathlib.Path(card).stem
+  values: dict[str, Any] = {"card": card}
+  is_demo = stem == DistillConfig.card
+  if not is_demo:
+    values.update(PAPER_OVERRIDES)
+    values["backend"] = "replay"
+    values["out_dir"] = f"runs/{stem}"
+  if grid:
+    values.update(GRID_OVERRIDES)
+    if not is_demo:
+      values["model_sizes"] = ("small", "base", "large")
+      values["out_dir"] = f"runs/{stem}_grid"
+  values.update(overrides)
+  return DistillConfig(**values)
+
+
+def student_config(
+  size: str, vocabulary_size: int, dropout_rate: float
+) -> t5.T5Config:
+  """The T5 configuration of a student size.
+
+  Args:
+    size: a `STUDENT_SIZES` name or a T5 v1.1 size.
+    vocabulary_size: ids the vocabulary uses; the embedding is padded to a
+      multiple of 128 (T5's 32,100 pieces -> 32,128), as T5X does for the
+      matmul units.
+    dropout_rate: dropout.
+
+  Returns:
+    The student's configuration.
+  """
+  vocab_size = -(-vocabulary_size // 128) * 128
+  if size in STUDENT_SIZES:
+    return t5.T5Config(
+      vocab_size=vocab_size, dropout_rate=dropout_rate, **STUDENT_SIZES[size]
+    )
+  return t5.t5_1_1_config(
+    size, vocab_size=vocab_size, dropout_rate=dropout_rate
+  )
+
+
+def _metric_value(metrics: Mapping[str, float], name: str) -> float:
+  """The named metric, else the task's first (a card's custom metric)."""
+  if name in metrics:
+    return metrics[name]
+  task = name.split("/")[0]
+  return next(v for k, v in metrics.items() if k.startswith(f"{task}/"))
+
+
+def _enable_compilation_cache(directory: pathlib.Path) -> None:
+  # Runs of one grid share shapes: a persistent XLA cache turns every
+  # compilation after the first into a disk read, also across restarts.
+  if jax.config.jax_compilation_cache_dir:
+    return  # the user's own cache wins
+  jax.config.update("jax_compilation_cache_dir", str(directory))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+class Pipeline:
+  """The stages of one job; each stage skips work that is already done."""
+
+  def __init__(self, config: DistillConfig, log: Callable[[str], None] = print):
+    """Prepares the output folder.
+
+    Args:
+      config: the job.
+      log: where progress lines go.
+    """
+    self.config = config
+    self.out_dir = pathlib.Path(config.out_dir)
+    self.out_dir.mkdir(parents=True, exist_ok=True)
+    self.log = log
+    self._card: cards.TaskCard | None = None
+
+  @property
+  def card(self) -> cards.TaskCard:
+    if self._card is None:
+      self._card = cards.load_card(self.config.card)
+    return self._card
+
+  @property
+  def store_path(self) -> pathlib.Path:
+    return (
+      self.out_dir
+      / "annotations"
+      / f"{self.card.name}_{self.config.source_name}.jsonl"
+    )
+
+  # ------------------------------------------------------------- annotation
+  def annotate(self) -> None:
+    """Stage 1: the teacher writes rationales and labels (skipped for replay)."""
+    config = self.config
+    marker = (
+      self.out_dir
+      / "annotations"
+      / f"{self.card.name}_{config.source_name}.done"
+    )
+    if config.backend == "replay":
+      self.log("annotate: replaying the paper's released teacher outputs")
+      return
+    if marker.exists():
+      self.log(f"annotate: done before ({marker})")
+      return
+    job = jobs.plan_job(
+      self.card,
+      config.annotate_splits,
+      num_samples=config.num_samples,
+      paper_data_dir=config.paper_data_dir,
+      skip_missing_splits=True,
+    )
+    examples, requests = job.examples, job.requests
+    backend = jobs.make_teacher(config.teacher, self.card, job.root)
+    self.log(f"annotate: {len(requests)} teacher calls to {backend.name}")
+    self.store_path.parent.mkdir(parents=True, exist_ok=True)
+    stats = runner.annotate(
+      backend,
+      requests,
+      str(self.store_path),
+      runner.RunnerConfig(
+        concurrency=config.concurrency,
+        requests_per_minute=config.requests_per_minute,
+        progress=config.progress,
+      ),
+    )
+    summary = runner.summarize(
+      self.card, examples, requests, str(self.store_path), backend.name
+    )
+    self.log(
+      f"annotate: {stats.completed} calls made, {stats.already_stored} stored "
+      f"before, {stats.failed} failed; {summary.unparsable} unparsable; "
+      f"teacher accuracy {summary.accuracy:.1f}% over {summary.annotated}"
+    )
+    if stats.failed:
+      raise AnnotationIncompleteError(
+        f"{stats.failed} of {len(requests)} teacher calls failed; rerun the "
+        "same command to retry them"
+      )
+    marker.write_text(json.dumps(dataclasses.asdict(stats), indent=2))
+
+  # -------------------------------------------------------------------- TFDS
+  def build_dataset(self) -> None:
+    """Stage 2: the annotated TFDS dataset (tfds skips a prepared one)."""
+    config = self.config
+    start = time.monotonic()
+    if config.backend == "replay" and config.paper_data_dir:
+      # The flag wins over the environment.
+      os.environ["DSS_PAPER_DATA_DIR"] = config.paper_data_dir
+    store = None if config.backend == "replay" else str(self.store_path)
+    # TFDS prints its own banners to stdout and draws nested bars for a
+    # build of seconds; the stage line below says what happened.
+    tfds.disable_progress_bar()
+    banners = io.StringIO()
+    with contextlib.redirect_stdout(banners):
+      builder = datasets.build_annotated(
+        config.card, config.source_name, data_dir=config.data_dir, store=store
+      )
+    if banners.getvalue().strip():
+      logging.info("tfds: %s", banners.getvalue().strip())
+    self.log(
+      f"tfds: {datasets.tfds_name(self.card.name, config.source_name)} in "
+      f"{builder.data_dir} ({time.monotonic() - start:.1f}s)"
+    )
+
+  def teacher_accuracy(self, split: str = "test") -> float | None:
+    """The teacher's accuracy against gold on a split (None if unannotated)."""
+    name = f"{self.card.name}_{self.config.source_name}_{split}"
+    cache = self.out_dir / f"teacher_accuracy_{name}.json"
+    if cache.exists():
+      return json.loads(cache.read_text())["accuracy"]
+    builder = datasets.build_annotated(
+      self.config.card,
+      self.config.source_name,
+      data_dir=self.config.data_dir,
+      store=None if self.config.backend == "replay" else str(self.store_path),
+    )
+    if split not in builder.info.splits:
+      return None
+    total = correct = 0
+    for row in builder.as_dataset(split=split).as_numpy_iterator():
+      teacher = row["teacher_label"].decode()
+      if not row["teacher"] or not row["gold_label"]:
+        # Not annotated on this split, or no gold label to score against;
+        # unparsable answers count as wrong.
+        continue
+      total += 1
+      correct += self.card.is_correct(
+        teacher or None, row["gold_label"].decode()
+      )
+    accuracy = correct / total if total else None
+    cache.write_text(json.dumps({"accuracy": accuracy, "examples": total}))
+    return accuracy
+
+  # ------------------------------------------------------- train and eval
+  def task_names(self, method: str) -> tuple[str, str]:
+    """(training task or mixture, evaluation task) of a method."""
+    card, source = self.card.name, self.config.source_name
+    if method == "finetune":
+      return f"dss_{card}_gold_finetune", f"dss_{card}_gold_finetune"
+    if method == "distill":
+      return f"dss_{card}_{source}_distill", f"dss_{card}_{source}_distill"
+    return f"dss_{card}_{source}", f"dss_{card}_{source}_label"
+
+  def register_tasks(self, spec: grid_lib.RunSpec) -> seqio.Vocabulary:
+    """Registers the SeqIO tasks of a run; returns its vocabulary."""
+    config = self.config
+    vocabulary = vocab.get_vocabulary(config.vocabulary)
+    seqio_tasks.register_card(
+      config.card,
+      config.source_name,
+      data_dir=config.data_dir,
+      vocabulary=vocabulary,
+      label_source="teacher" if spec.method == "dss_teacher" else "gold",
+      rationale_rate=config.rationale_rate,
+      train_fraction=spec.fraction,
+      fraction_seed=spec.seed,
+    )
+    return vocabulary
+
+  def train_kwargs(self, spec: grid_lib.RunSpec) -> dict[str, Any]:
+    """What a run trains on: `dss_jax.trainer.train`'s data arguments.
+
+    Baselines train `batch_size` examples a step. Distilling step-by-step
+    trains 2 x `batch_size` sequences a step: the official step's
+    `batch_size` inputs, each with its label and its rationale, exactly
+    ("official") or in expectation ("mixture").
+    """
+    config = self.config
+    train_name, _ = self.task_names(spec.method)
+    targets = (
+      config.targets_length if spec.uses_rationales else config.label_length
+    )
+    return dict(
+      mixture_or_task_name=train_name,
+      task_feature_lengths={"inputs": config.inputs_length, "targets": targets},
+      batch_size=config.batch_size * (2 if spec.uses_rationales else 1),
+      recipe=config.recipe if spec.uses_rationales else "mixture",
+      pack=False,
+      # The datasets of task cards fit in memory: preprocess each example
+      # once, not once an epoch (about a quarter of a demo step's CPU time).
+      cache_examples=True,
+      random_seed=spec.seed,
+    )
+
+  def _metric_name(self, eval_name: str) -> str:
+    metric = (
+      "equation_accuracy"
+      if self.card.metric == "equation_accuracy"
+      else "accuracy"
+    )
+    return f"{eval_name}/{metric}"
+
+  def _evaluator(
+    self,
+    eval_name: str,
+    model: t5.Transformer,
+    split: str,
+    num_examples: int | None,
+    output_dir: pathlib.Path,
+  ) -> evaluation.Evaluator:
+    config = self.config
+    return evaluation.Evaluator(
+      eval_name,
+      model,
+      feature_lengths={
+        "inputs": config.inputs_length,
+        "targets": config.label_length,
+      },
+      split=split,
+      num_examples=num_examples,
+      batch_size=config.eval_batch_size,
+      output_dir=str(output_dir),
+    )
+
+  def run(
+    self, spec: grid_lib.RunSpec, directory: pathlib.Path
+  ) -> dict[str, Any]:
+    """Stage 3: trains one student and scores it on the test split.
+
+    The test split is scored with the last step's parameters and, when
+    `validation_period` is set, with the checkpoint that scored best on the
+    validation split (the official code scores every 250 steps; the paper's
+    numbers are means over runs).
+
+    Args:
+      spec: the run.
+      directory: its folder (checkpoints; a rerun resumes from them).
+
+    Returns:
+      The run's result row (`report.RESULT_FIELDS`).
+    """
+    config = self.config
+    vocabulary = self.register_tasks(spec)
+    _, eval_name = self.task_names(spec.method)
+    metric = self._metric_name(eval_name)
+    model = t5.Transformer(
+      student_config(
+        spec.model_size, vocabulary.vocab_size, config.dropout_rate
+      )
+    )
+    validation = None
+    if config.validation_period:
+      validation = self._evaluator(
+        eval_name,
+        model,
+        "validation",
+        config.validation_examples,
+        directory / "validation_eval",
+      )
+    start = time.monotonic()
+    result = trainer.train(
+      model=model,
+      **self.train_kwargs(spec),
+      train_steps=config.train_steps,
+      model_dir=str(directory),
+      optimizer=optimizers.AdamW(
+        learning_rate=optimizers.LearningRateSchedule(
+          peak=config.learning_rate,
+          name="linear",
+          warmup_steps=config.warmup_steps,
+        )
+      ),
+      initial_checkpoint_path=(
+        config.initial_checkpoint.replace("{size}", spec.model_size)
+        if config.initial_checkpoint
+        else None
+      ),
+      # A killed run loses at most a quarter of its steps.
+      checkpoint_period=max(1, config.train_steps // 4),
+      keep_checkpoints=1,
+      log_period=max(1, config.train_steps // 10),
+      evaluator=validation,
+      eval_period=config.validation_period,
+      best_metric=metric if validation else None,
+      progress_bar=config.progress,
+    )
+    train_seconds = time.monotonic() - start
+    if result.preempted:
+      # The trainer saved a checkpoint on SIGTERM; no result is written, so
+      # rerunning the command resumes this run from that checkpoint.
+      raise SystemExit(
+        f"stopped at step {result.step} of {spec.name}; rerun to resume"
+      )
+    test = self._evaluator(
+      eval_name,
+      model,
+      "test",
+      config.eval_examples,
+      directory / evaluation.INFERENCE_EVAL_DIR,
+    )
+    value = _metric_value(
+      test.evaluate(result.state.params, result.step), metric
+    )
+    picked_value, picked_step = value, int(result.step)
+    best = checkpoints.BEST_CHECKPOINTS
+    best_steps = (
+      checkpoints.checkpoint_steps(directory, best) if validation else []
+    )
+    if best_steps and best_steps[-1] != result.step:
+      picked_step = best_steps[-1]
+      params = checkpoints.restore_params(directory / best / str(picked_step))
+      picked_value = _metric_value(test.evaluate(params, picked_step), metric)
+    num_params = sum(
+      x.size for x in jax.tree_util.tree_leaves(result.state.params)
+    )
+    return {
+      "card": self.card.name,
+      "source": config.source_name,
+      "method": spec.method,
+      "model_size": spec.model_size,
+      "num_params": int(num_params),
+      "fraction": spec.fraction,
+      "seed": spec.seed,
+      "metric": "accuracy",
+      "value": round(value / 100.0, 6),
+      "value_picked": round(picked_value / 100.0, 6),
+      "picked_step": picked_step,
+      "steps": int(result.step),
+      "train_seconds": round(train_seconds, 1),
+      "run_dir": str(directory),
+      "checkpoint": str(directory / "checkpoints"),
+    }
+
+  # ---------------------------------------------------------------- report
+  def write_report(
+    self, rows: Sequence[Mapping[str, Any]]
+  ) -> dict[str, pathlib.Path]:
+    """Stage 4: results.csv, summary tables and plots."""
+    results = grid_lib.write_results_csv(rows, self.out_dir / "results.csv")
+    paths = report.write_report(
+      results,
+      self.out_dir,
+      teacher_accuracy=self.teacher_accuracy("test"),
+      teacher_name=self._teacher_name(),
+      title=self.card.name,
+    )
+    return {"results_csv": results, **paths}
+
+  def showcase_spec(self) -> grid_lib.RunSpec | None:
+    """The run whose student shows test examples: with rationales, on the
+    most data, lowest seed; None when the job has no such run."""
+    specs = [s for s in self.config.specs() if s.uses_rationales]
+    if not specs or not self.config.show_examples:
+      return None
+    return min(specs, key=lambda s: (-s.fraction, s.model_size, s.seed))
+
+  def show_examples(self) -> str | None:
+    """Test examples decoded by the `showcase_spec` student, as text.
+
+    Each has the student's rationale (`explain: `) and label (`predict: `)
+    beside the teacher's. Written once to the run's `examples.txt` (a
+    worker does it right after training the run); None when the job has no
+    such run or it has not finished.
+    """
+    spec = self.showcase_spec()
+    if spec is None:
+      return None
+    directory = grid_lib.run_dir(self.out_dir, spec)
+    path = directory / EXAMPLES_FILE
+    if not path.exists():
+      if grid_lib.read_result(directory) is None:
+        return None
+      self.write_examples(spec, directory)
+    return path.read_text()
+
+  def write_examples(
+    self, spec: grid_lib.RunSpec, directory: pathlib.Path
+  ) -> pathlib.Path:
+    """Decodes the test examples with a trained run; writes EXAMPLES_FILE."""
+    path = directory / EXAMPLES_FILE
+    path.write_text(self._decode_examples(spec, directory))
+    return path
+
+  def _decode_examples(
+    self, spec: grid_lib.RunSpec, directory: pathlib.Path
+  ) -> str:
+    config = self.config
+    vocabulary = self.register_tasks(spec)
+    model = t5.Transformer(
+      student_config(
+        spec.model_size, vocabulary.vocab_size, config.dropout_rate
+      )
+    )
+    params = checkpoints.restore_params(directory / checkpoints.CHECKPOINTS)
+    builder = datasets.build_annotated(
+      config.card,
+      config.source_name,
+      data_dir=config.data_dir,
+      store=None if config.backend == "replay" else str(self.store_path),
+    )
+    teacher_rows = {
+      row["input"].decode(): {
+        k: v.decode() for k, v in row.items() if isinstance(v, bytes)
+      }
+      for row in builder.as_dataset(split="test").as_numpy_iterator()
+    }
+    card, source = self.card.name, config.source_name
+    examples = showcase.student_examples(
+      model=model,
+      params=params,
+      vocabulary=vocabulary,
+      label_task=f"dss_{card}_{source}_label",
+      rationale_task=f"dss_{card}_{source}_rationale",
+      teacher_rows=teacher_rows,
+      inputs_length=config.inputs_length,
+      targets_length=config.targets_length,
+      label_length=config.label_length,
+      count=config.show_examples,
+    )
+    return (
+      f"Test examples, {spec.name} (greedy; only the label is scored):\n"
+      + showcase.format_examples(examples)
+    )
+
+  def _teacher_name(self) -> str:
+    if self.config.backend == "replay":
+      return "PaLM 540B"
+    if self.config.backend == "offline":
+      return "offline teacher"
+    return self.config.teacher_model or self.config.backend
+
+
+def run(
+  config: DistillConfig, log: Callable[[str], None] = print
+) -> dict[str, pathlib.Path]:
+  """Runs every stage of a job, skipping finished work.
+
+  Args:
+    config: the job.
+    log: where progress lines go.
+
+  Returns:
+    Name -> written file (results CSV, summary tables, plots).
+  """
+  start = time.monotonic()
+  pipeline = Pipeline(config, log)
+  if config.compilation_cache:
+    _enable_compilation_cache(pipeline.out_dir / "xla_cache")
+  specs = config.specs()
+  # Before any expensive stage: a stale run folder stops the job now.
+  for spec in specs:
+    grid_lib.check_run_config(
+      grid_lib.run_dir(pipeline.out_dir, spec), config.run_identity(spec)
+    )
+  pipeline.annotate()
+  pipeline.build_dataset()
+  workers = config.workers or workers_lib.default_workers()
+  if workers > 1 and len(specs) > 1:
+    rows = workers_lib.run_grid(
+      specs,
+      functools.partial(_run_in_worker, config),
+      pipeline.out_dir,
+      workers=workers,
+      log_dir=pipeline.out_dir / "logs",
+      identity=config.run_identity,
+      setup=functools.partial(_setup_worker, config),
+      log=log,
+      progress=config.progress,
+    )
+  else:
+    rows = grid_lib.run_grid(
+      specs,
+      pipeline.run,
+      pipeline.out_dir,
+      identity=config.run_identity,
+      log=log,
+    )
+  paths = pipeline.write_report(rows)
+  examples = pipeline.show_examples()
+  log("")
+  log(paths["summary_md"].read_text())
+  pair = report.data_efficiency(
+    report.summarize(report.read_results(paths["results_csv"]))
+  )
+  if pair is not None:
+    log(report.data_efficiency_text(pair))
+  if examples:
+    log(examples)
+  log(f"{'results_csv:':<20}{paths['results_csv']}")
+  for name in (
+    "summary_md",
+    "summary_csv",
+    "accuracy_by_method",
+    "data_efficiency",
+    "accuracy_vs_data",
+    "accuracy_vs_size",
+  ):
+    if name in paths:
+      log(f"{name + ':':<20}{paths[name]}")
+  runs = pipeline.out_dir / "runs"
+  teacher = (
+    "the released PaLM outputs"
+    if config.backend == "replay"
+    else pipeline.store_path
+  )
+  log(f"{'checkpoints:':<20}{runs}/<method>/<size>/<frac>/<seed>/checkpoints")
+  log(
+    f"{'predictions:':<20}{runs}/<method>/<size>/<frac>/<seed>/inference_eval"
+  )
+  log(f"{'teacher answers:':<20}{teacher}")
+  log(f"{'tfds data:':<20}{config.data_dir}")
+  log(f"{'logs:':<20}{pipeline.out_dir / 'logs'}")
+  log(f"{'wall time:':<20}{time.monotonic() - start:.0f}s")
+  return paths
+
+
+# A worker process's pipeline (`dss_jax.workers`), built on its first run.
+_WORKER_PIPELINE: Pipeline | None = None
+
+
+def _setup_worker(config: DistillConfig) -> None:
+  host.keep_freed_memory()
+  if config.compilation_cache:
+    _enable_compilation_cache(pathlib.Path(config.out_dir) / "xla_cache")
+
+
+def _run_in_worker(
+  config: DistillConfig, spec: grid_lib.RunSpec, directory: pathlib.Path
+) -> dict[str, Any]:
+  global _WORKER_PIPELINE
+  if _WORKER_PIPELINE is None:
+    # The worker's output goes to its log file; bars there are noise.
+    quiet = dataclasses.replace(config, progress=False)
+    _WORKER_PIPELINE = Pipeline(quiet, log=logging.info)
+  result = _WORKER_PIPELINE.run(spec, directory)
+  if spec == _WORKER_PIPELINE.showcase_spec():
+    # Here, beside the other runs still training, rather than in the main
+    # process after the last one.
+    _WORKER_PIPELINE.write_examples(spec, directory)
+  return result
