@@ -322,7 +322,7 @@ DEMO_GENERATOR = {
   "max_operand": 9,
   "max_factor": 5,
 }
-DEMO_SIZES = {"train": 2000, "test": 300}
+DEMO_SIZES = {"train": 4000, "test": 300}
 DEMO_SEED = 0
 
 

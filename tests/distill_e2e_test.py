@@ -48,7 +48,7 @@ def test_every_stage_runs_and_a_rerun_redoes_nothing(tmp_path, monkeypatch):
 
   out = tmp_path / "out"
   store = out / "annotations" / "arith_offline.jsonl"
-  assert len(store.read_text().splitlines()) == 2300  # train + test
+  assert len(store.read_text().splitlines()) == 4300  # train + test
   assert (out / "tfds" / "dss_annotated" / "arith_offline" / "1.0.0").is_dir()
   for spec in grid.expand(config.methods, ["demo-xs"], [1.0], [0]):
     directory = grid.run_dir(out, spec)
