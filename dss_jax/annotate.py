@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 from absl import flags
 
-from dss_jax import cards, datasets, errors
+from dss_jax import cards, cli, datasets, errors
 from dss_jax.teacher import jobs, runner
 from dss_jax.teacher import store as store_lib
 from dss_jax.teacher.backends import gemini_batch
@@ -270,4 +270,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
   define_flags()
-  errors.run(main)
+  cli.run(main)

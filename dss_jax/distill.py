@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from absl import app, flags, logging
 
-from dss_jax import errors, grid, host, workers
+from dss_jax import cli, errors, grid, host, workers
 from dss_jax.teacher import jobs
 
 if TYPE_CHECKING:
@@ -291,4 +291,4 @@ def main(argv: Sequence[str], grid_defaults: bool = False) -> None:
 
 if __name__ == "__main__":
   define_flags()
-  errors.run(main)
+  cli.run(main)

@@ -4,7 +4,8 @@ Library code raises `UserError` (or a subclass: `cards.CardError`,
 `grid.StaleRunError`, `checkpoints.CorruptCheckpointError`, ...) where it
 finds input the user can fix: a missing file, an unknown task, a malformed
 card, a vocabulary that does not match the checkpoint. Each entry point runs
-its absl `main` through `run` (or wraps it with `reports_user_errors`), so
+its absl `main` through `dss_jax.cli.run` (which wraps it with
+`reports_user_errors`), so
 
     python -m dss_jax.eval --gin_file=no_such.gin
     error: --gin_file=no_such.gin: no such gin file here, ...   (status 2)
@@ -23,10 +24,10 @@ from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
-from absl import app, flags
+from absl import app
 
 # The exit status of a user error (argparse's and absl's usage convention).
 USER_ERROR_STATUS = 2
@@ -72,39 +73,3 @@ def reports_user_errors(main: Callable[..., Any]) -> Callable[..., Any]:
       exit_with_error(one_line(e))
 
   return wrapped
-
-
-def parse_flags(
-  argv: Sequence[str],
-  rewrite: Callable[[Sequence[str]], Sequence[str]] | None = None,
-) -> list[str]:
-  """absl's flag parsing, with a bad flag reported in one line (status 2).
-
-  Args:
-    argv: the command line.
-    rewrite: turns the command line into what absl parses (gin's shorthand).
-
-  Returns:
-    The arguments left after the flags.
-  """
-  try:
-    return flags.FLAGS(list(rewrite(argv) if rewrite else argv))
-  except flags.Error as e:
-    exit_with_error(f"{one_line(e)} (--helpshort lists the flags)")
-    raise  # unreachable: exit_with_error exits
-
-
-def run(
-  main: Callable[[Sequence[str]], None],
-  rewrite: Callable[[Sequence[str]], Sequence[str]] | None = None,
-) -> None:
-  """`app.run(main)` where user errors end in one line and exit status 2.
-
-  Args:
-    main: the entry point's absl `main`.
-    rewrite: turns the command line into what absl parses (gin's shorthand).
-  """
-  app.run(
-    reports_user_errors(main),
-    flags_parser=lambda argv: parse_flags(argv, rewrite),
-  )

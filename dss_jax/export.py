@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from absl import app, flags
 
-from dss_jax import errors, gin_flags
+from dss_jax import cli, gin_flags
 
 FLAGS = flags.FLAGS
 
@@ -87,4 +87,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
   define_flags()
-  errors.run(main)
+  cli.run(main)

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import gin
 from absl import app, flags, logging
 
-from dss_jax import errors, host, resources
+from dss_jax import cli, errors, host, resources
 
 if TYPE_CHECKING:
   from dss_jax.models import t5
@@ -284,7 +284,7 @@ def run(main: Callable[[Sequence[str]], None], what: str) -> None:
     initialize_distributed_from_flags()
     main(argv)
 
-  errors.run(main_on_all_processes, rewrite_gin_args)
+  cli.run(main_on_all_processes, rewrite_gin_args)
 
 
 def cli_main(

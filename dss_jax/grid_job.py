@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from absl import flags
 
-from dss_jax import distill, errors
+from dss_jax import cli, distill
 
 
 def main(argv: Sequence[str]) -> None:
@@ -24,4 +24,4 @@ if __name__ == "__main__":
   # --helpshort lists the job's flags, which the distill module defines.
   for name in distill.FIELD_OF_FLAG:
     flags.declare_key_flag(name)
-  errors.run(main)
+  cli.run(main)

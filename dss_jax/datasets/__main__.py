@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from absl import app, flags
 
-from dss_jax import datasets, errors
+from dss_jax import cli, datasets
 
 FLAGS = flags.FLAGS
 
@@ -77,4 +77,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
   define_flags()
-  errors.run(main)
+  cli.run(main)

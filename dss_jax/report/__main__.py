@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from absl import app, flags
 
-from dss_jax import errors, report
+from dss_jax import cli, report
 
 FLAGS = flags.FLAGS
 
@@ -49,4 +49,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
   define_flags()
-  errors.run(main)
+  cli.run(main)

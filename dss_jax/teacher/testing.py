@@ -34,7 +34,7 @@ from typing import Any
 
 from absl import app, flags
 
-from dss_jax import errors
+from dss_jax import cli
 
 _GEMINI_PATH = re.compile(r"^/v1beta/models/([^/:]+):generateContent$")
 _BATCH_CREATE = re.compile(r"^/v1beta/models/([^/:]+):batchGenerateContent$")
@@ -521,4 +521,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
   define_flags()
-  errors.run(main)
+  cli.run(main)
