@@ -31,8 +31,12 @@ import math
 import pathlib
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from dss_jax import errors
+
+if TYPE_CHECKING:
+  from matplotlib.axes import Axes
 
 # Columns of the results CSV, in order. `value` is the metric in [0, 1] at the
 # last step; `value_picked` the same metric at the checkpoint picked on the
@@ -268,6 +272,24 @@ def write_summary_csv(
       writer.writerow(row)
 
 
+def _plot_methods(ax: Axes, cells: Sequence[Summary]) -> None:
+  """One line per method: mean accuracy against % of data, s.e. as bars."""
+  for method in sorted({s.method for s in cells}, key=_method_order):
+    points = sorted(
+      (s for s in cells if s.method == method), key=lambda s: s.fraction
+    )
+    color, marker = _METHOD_STYLE.get(method, (None, "o"))
+    ax.errorbar(
+      [100 * s.fraction for s in points],
+      [100 * s.mean for s in points],
+      yerr=[100 * s.stderr for s in points],
+      label=METHOD_TITLES.get(method, method),
+      color=color,
+      marker=marker,
+      capsize=3,
+    )
+
+
 def _pyplot():
   # Imported here: a file backend (reports are written on servers without
   # displays) must be chosen before pyplot loads.
@@ -310,20 +332,7 @@ def plot_accuracy_vs_data(
     model_size = max(summaries, key=lambda s: s.num_params).model_size
   cells = [s for s in summaries if s.model_size == model_size]
   fig, ax = plt.subplots(figsize=(4.5, 3.5))
-  for method in sorted({s.method for s in cells}, key=_method_order):
-    points = sorted(
-      (s for s in cells if s.method == method), key=lambda s: s.fraction
-    )
-    color, marker = _METHOD_STYLE.get(method, (None, "o"))
-    ax.errorbar(
-      [100 * s.fraction for s in points],
-      [100 * s.mean for s in points],
-      yerr=[100 * s.stderr for s in points],
-      label=METHOD_TITLES.get(method, method),
-      color=color,
-      marker=marker,
-      capsize=3,
-    )
+  _plot_methods(ax, cells)
   fractions = sorted({100 * s.fraction for s in cells})
   if len(fractions) > 1 and min(fractions) > 0:
     # The paper's data axis doubles per tick (12.5, 25, 50, 100).
@@ -550,20 +559,7 @@ def plot_data_efficiency(
   plt = _pyplot()
   cells = [s for s in summaries if s.model_size == reference.model_size]
   fig, ax = plt.subplots(figsize=(4.5, 3.5))
-  for name in sorted({s.method for s in cells}, key=_method_order):
-    points = sorted(
-      (s for s in cells if s.method == name), key=lambda s: s.fraction
-    )
-    color, marker = _METHOD_STYLE.get(name, (None, "o"))
-    ax.errorbar(
-      [100 * s.fraction for s in points],
-      [100 * s.mean for s in points],
-      yerr=[100 * s.stderr for s in points],
-      label=METHOD_TITLES.get(name, name),
-      color=color,
-      marker=marker,
-      capsize=3,
-    )
+  _plot_methods(ax, cells)
   color, _ = _METHOD_STYLE.get(baseline, ("black", "o"))
   ax.axhline(
     100 * reference.mean,
