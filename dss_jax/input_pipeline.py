@@ -219,27 +219,22 @@ def _task_dataset(
   shard: seqio.ShardInfo,
 ) -> tf.data.Dataset:
   task = seqio.get_mixture_or_task(task_name)
-  if config.cache_examples:
-    ds = task.get_dataset(
-      sequence_length=dict(config.task_feature_lengths),
-      split=config.split,
-      use_cached=config.use_cached,
-      shuffle=False,
-      shard_info=shard,
-      num_epochs=1,
-    ).cache()
-    if shuffle:
-      ds = ds.shuffle(_SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
-    return ds
-  return task.get_dataset(
+  cache = config.cache_examples
+  ds = task.get_dataset(
     sequence_length=dict(config.task_feature_lengths),
     split=config.split,
     use_cached=config.use_cached,
-    shuffle=shuffle,
+    # A cached task is read once, in order, and shuffled from the cache.
+    shuffle=shuffle and not cache,
     seed=seed,
     shard_info=shard,
-    num_epochs=None if shuffle else 1,
+    num_epochs=None if shuffle and not cache else 1,
   )
+  if cache:
+    ds = ds.cache()
+    if shuffle:
+      ds = ds.shuffle(_SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
+  return ds
 
 
 def _sampled_examples(

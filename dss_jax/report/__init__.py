@@ -30,7 +30,7 @@ import dataclasses
 import math
 import pathlib
 import statistics
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from dss_jax import errors
@@ -272,15 +272,15 @@ def write_summary_csv(
       writer.writerow(row)
 
 
-def _plot_methods(ax: Axes, cells: Sequence[Summary]) -> None:
-  """One line per method: mean accuracy against % of data, s.e. as bars."""
+def _plot_methods(
+  ax: Axes, cells: Sequence[Summary], x: Callable[[Summary], float]
+) -> None:
+  """One line per method: mean accuracy against `x`, s.e. as bars."""
   for method in sorted({s.method for s in cells}, key=_method_order):
-    points = sorted(
-      (s for s in cells if s.method == method), key=lambda s: s.fraction
-    )
+    points = sorted((s for s in cells if s.method == method), key=x)
     color, marker = _METHOD_STYLE.get(method, (None, "o"))
     ax.errorbar(
-      [100 * s.fraction for s in points],
+      [x(s) for s in points],
       [100 * s.mean for s in points],
       yerr=[100 * s.stderr for s in points],
       label=METHOD_TITLES.get(method, method),
@@ -288,6 +288,10 @@ def _plot_methods(ax: Axes, cells: Sequence[Summary]) -> None:
       marker=marker,
       capsize=3,
     )
+
+
+def _percent_of_data(summary: Summary) -> float:
+  return 100 * summary.fraction
 
 
 def _pyplot():
@@ -332,7 +336,7 @@ def plot_accuracy_vs_data(
     model_size = max(summaries, key=lambda s: s.num_params).model_size
   cells = [s for s in summaries if s.model_size == model_size]
   fig, ax = plt.subplots(figsize=(4.5, 3.5))
-  _plot_methods(ax, cells)
+  _plot_methods(ax, cells, _percent_of_data)
   fractions = sorted({100 * s.fraction for s in cells})
   if len(fractions) > 1 and min(fractions) > 0:
     # The paper's data axis doubles per tick (12.5, 25, 50, 100).
@@ -375,21 +379,7 @@ def plot_accuracy_vs_size(
   sizes = sorted({(s.num_params, s.model_size) for s in cells})
   position = {size: i for i, (_, size) in enumerate(sizes)}
   fig, ax = plt.subplots(figsize=(4.5, 3.5))
-  for method in sorted({s.method for s in cells}, key=_method_order):
-    points = sorted(
-      (s for s in cells if s.method == method),
-      key=lambda s: position[s.model_size],
-    )
-    color, marker = _METHOD_STYLE.get(method, (None, "o"))
-    ax.errorbar(
-      [position[s.model_size] for s in points],
-      [100 * s.mean for s in points],
-      yerr=[100 * s.stderr for s in points],
-      label=METHOD_TITLES.get(method, method),
-      color=color,
-      marker=marker,
-      capsize=3,
-    )
+  _plot_methods(ax, cells, lambda s: position[s.model_size])
   if teacher_accuracy is not None:
     ax.axhline(
       100 * teacher_accuracy,
@@ -559,7 +549,7 @@ def plot_data_efficiency(
   plt = _pyplot()
   cells = [s for s in summaries if s.model_size == reference.model_size]
   fig, ax = plt.subplots(figsize=(4.5, 3.5))
-  _plot_methods(ax, cells)
+  _plot_methods(ax, cells, _percent_of_data)
   color, _ = _METHOD_STYLE.get(baseline, ("black", "o"))
   ax.axhline(
     100 * reference.mean,
