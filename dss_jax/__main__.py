@@ -30,6 +30,10 @@ ENTRY_POINTS: dict[str, tuple[str, str]] = {
     "dss_jax.datasets",
     "build the TFDS dataset of an annotation (dss_annotated/<card>_<source>)",
   ),
+  "tasks": (
+    "dss_jax.tasks",
+    "the registered SeqIO tasks and mixtures, their cards and built splits",
+  ),
   "train": ("dss_jax.train", "built-in trainer, T5X-style gin flags"),
   "eval": ("dss_jax.eval", "score one, the latest or every checkpoint"),
   "infer": ("dss_jax.infer", "predict labels and rationales"),

@@ -43,7 +43,20 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
       name, default, help_text, flag_values=flag_values, **kwargs
     )
 
-  define("string", "card", None, "Task card name or path.", required=True)
+  define(
+    "string",
+    "card",
+    None,
+    "Task card: a built-in name, a card in --task_cards, or a path.",
+    required=True,
+  )
+  define(
+    "multi_string",
+    "task_cards",
+    [],
+    "Cards of your own: card files or folders of *.yaml cards, "
+    "':'-separated or repeated; added to $DSS_TASK_CARDS.",
+  )
   define("list", "split", ["train"], "Source splits to annotate.")
   flags.DEFINE_enum(
     "backend",
@@ -195,6 +208,7 @@ def main(argv: Sequence[str]) -> None:
   # One INFO line per HTTP request would bury the progress bar.
   for name in ("httpx", "httpx2", "google_genai"):
     logging.getLogger(name).setLevel(logging.WARNING)
+  cards.add_task_cards(f.task_cards)
   teacher = teacher_from_flags()
   source = teacher.source_name
   try:

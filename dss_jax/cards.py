@@ -21,13 +21,21 @@ the EOS id, as the official code feeds NLI pairs to T5 (see
 
 Errors name the file and the field, e.g.
 `tasks/cqa.yaml: parser.answer_marker: Field required`.
+
+Cards of your own live anywhere: `DSS_TASK_CARDS` lists card files or folders
+of `*.yaml` cards, separated by ":" (`user_card_paths`). `load_card(name)`
+finds them by their `name:` as it finds the built-in ones. A card may not
+take the name of a built-in card or of another card in `DSS_TASK_CARDS`, and
+a key written twice in a card is an error: the one that would silently win
+is never chosen.
 """
 
 import json
+import os
 import pathlib
 import re
 import string
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import pydantic
@@ -48,6 +56,9 @@ RATIONALE_PREFIX = "explain: "
 
 # The built-in cards: `tasks/` of a checkout, or the copy a wheel ships.
 TASKS_DIR = resources.tasks_dir()
+# Card files or folders of cards of the user's own, ":"-separated.
+TASK_CARDS_ENV = "DSS_TASK_CARDS"
+CARD_SUFFIXES = (".yaml", ".yml")
 
 
 class CardError(errors.UserError):
@@ -419,7 +430,12 @@ def _describe(
   error: pydantic.ValidationError, origin: str, line_of: LineOf | None
 ) -> str:
   lines = []
-  for i, item in enumerate(error.errors()):
+  items = error.errors()
+  if line_of is not None:
+    # The first error is the one whose line is named: one the YAML says
+    # where (an unknown key), before one it cannot (a missing key).
+    items.sort(key=lambda item: line_of(tuple(item["loc"])) is None)
+  for i, item in enumerate(items):
     message = item["msg"].removeprefix("Value error, ")
     loc = tuple(item["loc"])
     if i == 0:
@@ -496,39 +512,221 @@ def _yaml_line_of(text: str) -> LineOf:
   return line_of
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+  """PyYAML's safe loader, except that a key given twice is an error.
+
+  PyYAML keeps the last of two equal keys without a word, so a card edited
+  by appending a field would silently drop the first one.
+  """
+
+  def construct_mapping(self, node, deep=False):
+    if isinstance(node, yaml.MappingNode):
+      seen: dict[Any, int] = {}
+      for key_node, _ in node.value:
+        key = self.construct_object(key_node, deep=True)
+        try:
+          first = seen.get(key)
+        except TypeError:  # an unhashable key; PyYAML reports it itself
+          continue
+        if first is not None:
+          raise yaml.constructor.ConstructorError(
+            None,
+            None,
+            f"duplicate key {key!r} (first at line {first}); keep one",
+            key_node.start_mark,
+          )
+        seen[key] = key_node.start_mark.line + 1
+    return super().construct_mapping(node, deep=deep)
+
+
+def _is_path(name_or_path: str) -> bool:
+  return (
+    name_or_path.endswith(CARD_SUFFIXES)
+    or os.sep in name_or_path
+    or pathlib.Path(name_or_path).exists()
+  )
+
+
 def _resolve(name_or_path: str) -> pathlib.Path:
-  path = pathlib.Path(name_or_path)
-  if path.suffix in (".yaml", ".yml") or path.exists():
-    return path
-  return TASKS_DIR / f"{name_or_path}.yaml"
+  if _is_path(name_or_path):
+    return pathlib.Path(name_or_path)
+  builtin = TASKS_DIR / f"{name_or_path}.yaml"
+  if builtin.is_file():
+    return builtin
+  for card in user_cards():
+    if card.name == name_or_path:
+      return pathlib.Path(card.path)
+  return builtin
+
+
+def _read_card(path: pathlib.Path) -> TaskCard:
+  """Loads and validates one card file (no check against other cards)."""
+  if not path.is_file():
+    known = ", ".join(list_cards()) or "none"
+    mine = ", ".join(c.name for c in user_cards()) or "none"
+    raise CardError(
+      f"{path}: no such task card (built-in cards: {known}; cards in "
+      f"{TASK_CARDS_ENV}: {mine})"
+    )
+  try:
+    text = path.read_text()
+  except (OSError, UnicodeDecodeError) as e:
+    raise CardError(f"{path}: cannot read the card: {e}") from None
+  try:
+    data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (safe)
+  except yaml.YAMLError as e:
+    mark = getattr(e, "problem_mark", None)
+    at = f"line {mark.line + 1}: " if mark else ""
+    problem = getattr(e, "problem", None) or errors.one_line(e)
+    raise CardError(f"{path}: {at}invalid YAML: {problem}") from None
+  line_of = _yaml_line_of(text)
+  card = card_from_dict(data, origin=str(path), line_of=line_of)
+  _refuse_builtin_name(card, path, line_of)
+  return card
+
+
+def _refuse_builtin_name(
+  card: TaskCard, path: pathlib.Path, line_of: LineOf
+) -> None:
+  """A card outside tasks/ may not take a built-in card's name.
+
+  Its tasks, TFDS configs and annotation stores would carry the same names as
+  the built-in card's, and whichever registered last would win. A byte-exact
+  copy of the built-in card is the same card, so it is accepted.
+  """
+  builtin = TASKS_DIR / f"{card.name}.yaml"
+  if not builtin.is_file() or path.resolve() == builtin.resolve():
+    return
+  if path.read_bytes() == builtin.read_bytes():
+    return
+  raise CardError(
+    f"{_where(str(path), ('name',), line_of)}: {card.name!r} is the name of "
+    f"the built-in card {builtin}; rename your card (e.g. name: "
+    f"my_{card.name}) so that neither replaces the other"
+  )
 
 
 def load_card(name_or_path: str) -> TaskCard:
   """Loads and validates a task card.
 
   Args:
-    name_or_path: a built-in card name ("cqa" -> tasks/cqa.yaml) or a path.
+    name_or_path: a built-in card name ("cqa" -> tasks/cqa.yaml), the name of
+      a card in `DSS_TASK_CARDS`, or a path.
 
   Returns:
     The card.
 
   Raises:
-    CardError: when the file is missing, is not YAML or fails validation;
-      the message names the file and the field.
+    CardError: when the file is missing, is not YAML (or repeats a key),
+      fails validation or takes a built-in card's name; the message names
+      the file and the field.
   """
-  path = _resolve(name_or_path)
-  if not path.is_file():
-    known = ", ".join(list_cards()) or "none"
-    raise CardError(f"{path}: no such task card (built-in cards: {known})")
-  text = path.read_text()
-  try:
-    data = yaml.safe_load(text)
-  except yaml.YAMLError as e:
-    mark = getattr(e, "problem_mark", None)
-    at = f"line {mark.line + 1}: " if mark else ""
-    problem = getattr(e, "problem", None) or errors.one_line(e)
-    raise CardError(f"{path}: {at}invalid YAML: {problem}") from None
-  return card_from_dict(data, origin=str(path), line_of=_yaml_line_of(text))
+  return _read_card(_resolve(os.fspath(name_or_path)))
+
+
+def user_card_paths(
+  spec: str | None = None, origin: str = TASK_CARDS_ENV
+) -> list[pathlib.Path]:
+  """The card files a `DSS_TASK_CARDS` value names.
+
+  Args:
+    spec: card files or folders (each folder's `*.yaml` and `*.yml` cards),
+      separated by ":"; None reads `$DSS_TASK_CARDS`.
+    origin: where `spec` came from, for error messages (the variable or the
+      flag).
+
+  Returns:
+    The files, in the order given, each once.
+
+  Raises:
+    CardError: an entry that does not exist, naming `origin` and the entry.
+  """
+  if spec is None:
+    spec = os.environ.get(TASK_CARDS_ENV, "")
+  paths, seen = [], set()
+  for entry in spec.split(os.pathsep):
+    if not entry.strip():
+      continue
+    path = pathlib.Path(entry).expanduser()
+    if path.is_dir():
+      found = sorted(p for p in path.iterdir() if p.suffix in CARD_SUFFIXES)
+    elif path.is_file():
+      found = [path]
+    else:
+      raise CardError(
+        f"{origin}: {entry}: no such card file or folder; fix the path or "
+        f"remove it from {origin}"
+      )
+    for file in found:
+      if file.resolve() not in seen:
+        seen.add(file.resolve())
+        paths.append(file)
+  return paths
+
+
+def user_cards(
+  spec: str | None = None, origin: str = TASK_CARDS_ENV
+) -> list[TaskCard]:
+  """Loads the cards `DSS_TASK_CARDS` names (see `user_card_paths`).
+
+  Args:
+    spec: the ":"-separated files and folders; None reads the variable.
+    origin: where `spec` came from, for error messages.
+
+  Returns:
+    The cards, each with its `path`. Byte-exact copies of built-in cards are
+    left out (they are the built-in cards).
+
+  Raises:
+    CardError: a card that fails to load (file and line), or two cards with
+      one name (both files named).
+  """
+  by_name: dict[str, TaskCard] = {}
+  for path in user_card_paths(spec, origin):
+    card = _read_card(path)
+    if card.name in list_cards():
+      continue  # a copy of the built-in card (_read_card refuses others)
+    first = by_name.setdefault(card.name, card)
+    if first is not card:
+      line_of = _yaml_line_of(path.read_text())
+      raise CardError(
+        f"{_where(str(path), ('name',), line_of)}: {card.name!r} is also the "
+        f"name of {first.path} (both in {origin}); rename one of them"
+      )
+  return list(by_name.values())
+
+
+def add_task_cards(
+  values: Sequence[str], origin: str = "--task_cards"
+) -> list[TaskCard]:
+  """Adds card files or folders to `$DSS_TASK_CARDS` (the `--task_cards` flag).
+
+  The entry points call this before `dss_jax.seqio_tasks` is imported, so
+  the import (and every process started from this one) registers the cards.
+  Paths are made absolute, for processes that start in another folder.
+
+  Args:
+    values: card files or folders, each possibly ":"-separated.
+    origin: the flag they came from, for error messages.
+
+  Returns:
+    Every card `$DSS_TASK_CARDS` now names.
+
+  Raises:
+    CardError: a path that does not exist (naming `origin`), a card that
+      fails to load, or two cards with one name.
+  """
+  entries = [
+    e for value in values for e in value.split(os.pathsep) if e.strip()
+  ]
+  if entries:
+    user_card_paths(os.pathsep.join(entries), origin)
+    added = [str(pathlib.Path(e).expanduser().resolve()) for e in entries]
+    current = os.environ.get(TASK_CARDS_ENV, "")
+    os.environ[TASK_CARDS_ENV] = os.pathsep.join(
+      e for e in [current, *added] if e
+    )
+  return user_cards()
 
 
 def list_cards() -> list[str]:
@@ -555,15 +753,19 @@ def input_fields(card: TaskCard, row: Mapping[str, Any]) -> dict[str, Any]:
 
 __all__ = (
   "EOS_SEPARATOR",
+  "TASK_CARDS_ENV",
   "LABEL_PREFIX",
   "RATIONALE_PREFIX",
   "CardError",
   "ParsedAnswer",
   "StudentInputSpec",
   "TaskCard",
+  "add_task_cards",
   "card_from_dict",
   "fields_json",
   "input_fields",
   "list_cards",
   "load_card",
+  "user_card_paths",
+  "user_cards",
 )

@@ -22,6 +22,8 @@ Other cards and teachers (see docs/distill.md for the full commands):
   # a new dataset annotated by Gemini
   GEMINI_API_KEY=... dss-jax distill --task_card=path/to/card.yaml \
     --teacher=gemini --teacher_model=gemini-2.5-flash --out_dir=runs/mine
+  # or by name, with the card's folder given once (as $DSS_TASK_CARDS does)
+  dss-jax distill --task_cards=path/to/cards --task_card=mine ...
 
 This module is the command line only; the job is `dss_jax.pipeline`.
 """
@@ -39,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from absl import app, flags, logging
 
-from dss_jax import cli, errors, grid, host, workers
+from dss_jax import cards, cli, errors, grid, host, workers
 from dss_jax.teacher import jobs
 
 if TYPE_CHECKING:
@@ -95,7 +97,18 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     flag_values: where to define them.
   """
   define = functools.partial(_define, flag_values)
-  define("string", "task_card", "Card name or path (default: arith, the demo).")
+  define(
+    "string",
+    "task_card",
+    "Card name (built-in or in --task_cards) or path (default: arith).",
+  )
+  flags.DEFINE_multi_string(
+    "task_cards",
+    [],
+    "Cards of your own: card files or folders of *.yaml cards, "
+    "':'-separated or repeated; added to $DSS_TASK_CARDS.",
+    flag_values=flag_values,
+  )
   flags.DEFINE_enum(
     "teacher",
     None,
@@ -266,6 +279,8 @@ def main(argv: Sequence[str], grid_defaults: bool = False) -> None:
   os.close(fd)
   workers.redirect_native_stderr(early)
   try:
+    # Before the job imports dss_jax.seqio_tasks, which registers them.
+    cards.add_task_cards(FLAGS.task_cards)
     config = config_from_flags(grid_defaults=grid_defaults)
   except errors.UserError:
     os.unlink(early)

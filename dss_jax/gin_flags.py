@@ -15,6 +15,10 @@ none of these) join one JAX job with T5X's flags:
 
 `--heartbeat_timeout_seconds` bounds how long the others wait when one
 process dies (they then exit non-zero).
+
+`--task_cards=PATH[:PATH...]` (repeatable) registers cards of your own, as
+`DSS_TASK_CARDS` does: it is added to that variable before the gin files
+(whose `import dss_jax.seqio_tasks` registers the tasks) are parsed.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import gin
 from absl import app, flags, logging
 
-from dss_jax import cli, errors, host, resources
+from dss_jax import cards, cli, errors, host, resources
 
 if TYPE_CHECKING:
   from dss_jax.models import t5
@@ -58,6 +62,34 @@ def define_gin_flags(what: str = "gin files to parse, in order") -> None:
     flags.DEFINE_list(
       "gin_search_paths", [], "Folders to look for gin files and includes."
     )
+
+
+def define_task_cards_flag() -> None:
+  """Defines `--task_cards` unless it exists."""
+  if "task_cards" not in flags.FLAGS:
+    flags.DEFINE_multi_string(
+      "task_cards",
+      [],
+      "Cards of your own: card files or folders of *.yaml cards, "
+      "':'-separated or repeated; added to $DSS_TASK_CARDS.",
+    )
+
+
+def apply_task_cards() -> None:
+  """Adds `--task_cards` to `$DSS_TASK_CARDS`; registers them if late.
+
+  Raises:
+    errors.UserError: a path that does not exist or a card that fails to
+      load (file and line).
+  """
+  values = flags.FLAGS.task_cards
+  if not values:
+    return
+  cards.add_task_cards(values, "--task_cards")
+  if "dss_jax.seqio_tasks" in sys.modules:
+    # Imported before the flag was read (a caller's own import): register
+    # now what the import would have.
+    sys.modules["dss_jax.seqio_tasks"].register_user_cards()
 
 
 def define_distributed_flags() -> None:
@@ -158,6 +190,10 @@ def parse_gin(
     gin.parse_config_files_and_bindings(
       list(files), list(bindings), finalize_config=False
     )
+  except errors.UserError as e:
+    # Raised by a module a gin file imports (a card of DSS_TASK_CARDS that
+    # does not load): its own message says what to fix.
+    raise errors.UserError(errors.one_line(e)) from e
   except (OSError, SyntaxError, ValueError, tokenize.TokenError) as e:
     where = ""
     if isinstance(e, SyntaxError) and e.filename:
@@ -278,10 +314,12 @@ def run(main: Callable[[Sequence[str]], None], what: str) -> None:
   host.keep_freed_memory()
   host.add_xla_flag_defaults()
   define_gin_flags(what)
+  define_task_cards_flag()
   define_distributed_flags()
 
   def main_on_all_processes(argv: Sequence[str]) -> None:
     initialize_distributed_from_flags()
+    apply_task_cards()
     main(argv)
 
   cli.run(main_on_all_processes, rewrite_gin_args)

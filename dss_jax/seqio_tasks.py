@@ -11,8 +11,13 @@ found in the TFDS data dir (`<data_dir>/dss_annotated/<card>_<source>/`):
     dss_<card>_gold_finetune        "<input>" -> gold label (finetuning)
     dss_<card>_<source>_distill     "<input>" -> teacher label (distillation)
 
-`register_card(card, source, ...)` registers one more pair (how users add
-theirs). Registering the same names again replaces them, so it is harmless.
+Cards of your own are registered the same way (the `palm` source where the
+card names a paper folder, and every source built for it) when
+`DSS_TASK_CARDS` names them: card files or folders of cards, ":"-separated,
+read at import, so T5X's `MIXTURE_OR_TASK_MODULE` import registers them too.
+A card there that fails to load stops the import with its file and line.
+`register_card(card, source, ...)` registers one more pair from Python.
+Registering the same names again replaces them, so it is harmless.
 
 Run options are read when a dataset is built, not when the module is
 imported, so gin bindings parsed after `import dss_jax.seqio_tasks` (in the
@@ -130,6 +135,37 @@ class _Overrides:
         for f in dataclasses.fields(DataOptions)
       )
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class Registration:
+  """What `register_card` registered for one (card, source).
+
+  Attributes:
+    card: the card's name.
+    card_path: the card file it was loaded from.
+    source: the annotation source.
+    data_dir: the TFDS data dir given at registration (None: resolved when
+      data is read, see `resolve_data_dir`).
+    tasks: the registered task names.
+    mixture: the mixture's name.
+  """
+
+  card: str
+  card_path: str
+  source: str
+  data_dir: str | None
+  tasks: tuple[str, ...]
+  mixture: str
+
+
+# Mixture name -> its registration, in registration order.
+_REGISTERED: dict[str, Registration] = {}
+
+
+def registrations() -> list[Registration]:
+  """Every (card, source) registered in this process, oldest first."""
+  return list(_REGISTERED.values())
 
 
 class DatasetNotFoundError(errors.MissingFileError):
@@ -499,6 +535,21 @@ def register_card(
     base,
     [(names["label"], 1.0), (names["rationale"], _RationaleRate(overrides))],
   )
+  _REGISTERED.pop(base, None)
+  _REGISTERED[base] = Registration(
+    card=card,
+    card_path=str(task_card.path),
+    source=source,
+    data_dir=data_dir,
+    tasks=(
+      names["label"],
+      names["rationale"],
+      f"{base}_paired",
+      names["gold"],
+      names["teacher"],
+    ),
+    mixture=base,
+  )
   return [
     names[k] for k in ("label", "rationale", "mixture", "gold", "teacher")
   ]
@@ -531,6 +582,56 @@ def built_sources(
   return sorted(pairs)
 
 
+def _register_sources(
+  card_files: Sequence[str],
+  card_names: Sequence[str],
+  data_dir: str | None,
+  scan: bool = True,
+) -> list[str]:
+  """Registers each card's built sources, then `palm` for paper cards.
+
+  Args:
+    card_files: the cards (names or paths), parallel to `card_names`.
+    card_names: their names, as the TFDS configs carry them.
+    data_dir: TFDS data dir to scan (see `resolve_data_dir`).
+    scan: look for built sources in the data dir (False: `palm` only).
+
+  Returns:
+    All registered names.
+  """
+  file_of = dict(zip(card_names, card_files, strict=True))
+  pairs = []
+  if scan:
+    # Every known name takes part in the match, so that a user's card
+    # "cqa_v2" is not read as card "cqa" with source "v2_...".
+    known = {*card_names, *cards.list_cards(), *_user_card_names()}
+    pairs = [
+      p
+      for p in built_sources(sorted(known), data_dir)
+      if p[0] in file_of and p[1] != PALM_SOURCE
+    ]
+  # palm last: `dss_<card>_gold_finetune` follows the latest registration and
+  # should read the paper's complete datasets where they exist. Only cards
+  # whose data the paper released have a palm source.
+  pairs += [
+    (name, PALM_SOURCE)
+    for name in card_names
+    if cards.load_card(file_of[name]).source.paper_folder
+  ]
+  names = []
+  for name, source in pairs:
+    names += register_card(file_of[name], source, data_dir=data_dir)
+  return names
+
+
+def _user_card_names() -> list[str]:
+  """Names of the cards in `DSS_TASK_CARDS`; none if they fail to load."""
+  try:
+    return [c.name for c in cards.user_cards()]
+  except cards.CardError:
+    return []  # reported by `register_user_cards`
+
+
 def register_builtin(data_dir: str | None = None) -> list[str]:
   """Registers the built-in cards: `palm` (paper cards) and built sources.
 
@@ -541,21 +642,47 @@ def register_builtin(data_dir: str | None = None) -> list[str]:
     All registered names.
   """
   card_names = cards.list_cards()
-  pairs = [
-    p for p in built_sources(card_names, data_dir) if p[1] != PALM_SOURCE
-  ]
-  # palm last: `dss_<card>_gold_finetune` follows the latest registration and
-  # should read the paper's complete datasets where they exist. Only cards
-  # whose data the paper released have a palm source.
-  pairs += [
-    (card, PALM_SOURCE)
-    for card in card_names
-    if cards.load_card(card).source.paper_folder
-  ]
-  names = []
-  for card, source in pairs:
-    names += register_card(card, source, data_dir=data_dir)
-  return names
+  return _register_sources(card_names, card_names, data_dir)
+
+
+def register_user_cards(
+  spec: str | None = None,
+  data_dir: str | None = None,
+  origin: str = cards.TASK_CARDS_ENV,
+) -> list[str]:
+  """Registers the cards of `DSS_TASK_CARDS`, as the built-in ones are.
+
+  Args:
+    spec: card files or folders, ":"-separated; None reads `$DSS_TASK_CARDS`.
+    data_dir: TFDS data dir to scan for built sources.
+    origin: where `spec` came from (a variable or a flag), for errors.
+
+  Returns:
+    All registered names.
+
+  Raises:
+    cards.CardError: a path that does not exist (naming `origin`), a card
+      that fails to load (its file and line), or a card whose name is a
+      built-in card's or another card's (both files named).
+  """
+  user_cards = cards.user_cards(spec, origin)
+  if not user_cards:
+    return []
+  card_files = [str(c.path) for c in user_cards]
+  card_names = [c.name for c in user_cards]
+  try:
+    return _register_sources(card_files, card_names, data_dir)
+  except cards.CardError:
+    raise
+  except Exception as e:  # noqa: BLE001 (a broken data dir: see below)
+    # As for the built-in cards, an unreadable data dir must not stop the
+    # import: the palm source (if any) is registered without scanning it.
+    logging.warning(
+      "dss_jax.seqio_tasks: no sources of %s from the TFDS data dir: %s",
+      ", ".join(card_names),
+      e,
+    )
+    return _register_sources(card_files, card_names, data_dir, scan=False)
 
 
 try:
@@ -564,3 +691,6 @@ except Exception as e:
   # Importing must not fail on a broken data dir or card; users still get
   # `register_card` and a clear error when they ask for a missing task.
   logging.warning("dss_jax.seqio_tasks: built-in registration failed: %s", e)
+# Not guarded: a card of the user's that does not load is an error now, with
+# its file and line, rather than an unknown task later.
+register_user_cards()

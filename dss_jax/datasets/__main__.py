@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from absl import app, flags
 
-from dss_jax import cli, datasets
+from dss_jax import cards, cli, datasets
 
 FLAGS = flags.FLAGS
 
@@ -20,8 +20,15 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
   flags.DEFINE_string(
     "card",
     None,
-    "Task card name or path.",
+    "Task card: a built-in name, a card in --task_cards, or a path.",
     required=True,
+    flag_values=flag_values,
+  )
+  flags.DEFINE_multi_string(
+    "task_cards",
+    [],
+    "Cards of your own: card files or folders of *.yaml cards, "
+    "':'-separated or repeated; added to $DSS_TASK_CARDS.",
     flag_values=flag_values,
   )
   flags.DEFINE_string(
@@ -59,6 +66,7 @@ def main(argv: Sequence[str]) -> None:
   """Builds the config the flags name and prints its splits."""
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  cards.add_task_cards(FLAGS.task_cards)
   builder = datasets.build_annotated(
     FLAGS.card,
     FLAGS.source,
