@@ -570,3 +570,163 @@ def test_shellcheck_clean():
     check=False,
   )
   assert proc.returncode == 0, proc.stdout
+
+
+# ---------------------------------------------------------------------------
+# launch with a card of the user's own
+
+
+def _user_card(tmp_path: pathlib.Path, name: str = "parity") -> pathlib.Path:
+  card = tmp_path / "cards" / "mine.yaml"
+  card.parent.mkdir(exist_ok=True)
+  # launch.sh reads only the name; the workers' dss_jax validates the rest.
+  card.write_text(f'# my task\nname: "{name}"\ndescription: yes/no\n')
+  return card
+
+
+def test_launch_t5x_with_a_card_file(env, tmp_path):
+  card = _user_card(tmp_path)
+  lines = _dry_run(
+    "launch",
+    "--name=dss",
+    "--zone=z",
+    f"--dataset={card}",
+    "--source=test_model",
+    "--model-dir=gs://b/run",
+    "--tfds-data-dir=gs://b/tfds",
+    env=env,
+  )
+  assert len(lines) == 3
+  assert (
+    lines[0]
+    == f"{SSH} dss --zone=z --worker=all '--command=mkdir -p ~/dss-tasks'"
+  )
+  # The card (under its name) and the dataset gin written for it go to
+  # every worker, before the job starts.
+  copy = shlex.split(lines[1])
+  assert copy[:4] == ["gcloud", "compute", "tpus", "tpu-vm"]
+  assert copy[4] == "scp"
+  gin_file, card_copy = (pathlib.Path(p) for p in copy[5:7])
+  assert copy[7:] == ["dss:dss-tasks/", "--zone=z", "--worker=all"]
+  assert card_copy.name == "parity.yaml"
+  assert card_copy.read_text() == card.read_text()
+  assert gin_file.name == "parity.gin"
+  gin_text = gin_file.read_text()
+  for line in [
+    "MIXTURE_OR_TASK_MODULE = 'dss_jax.seqio_tasks'",
+    "DSS_MIXTURE = 'dss_parity_test_model'",
+    "DSS_LABEL_TASK = 'dss_parity_test_model_label'",
+    "DSS_RATIONALE_TASK = 'dss_parity_test_model_rationale'",
+    "DSS_PAIRED_TASK = 'dss_parity_test_model_paired'",
+    "DISTILL_TASK = 'dss_parity_test_model_distill'",
+    "GOLD_FINETUNE_TASK = 'dss_parity_gold_finetune'",
+  ]:
+    assert line in gin_text.splitlines(), gin_text
+
+  # The same macros as the shipped dataset files, no more, no fewer.
+  def macros(text):
+    return {
+      ln.split(" = ")[0]
+      for ln in text.splitlines()
+      if " = " in ln and not ln.startswith("#")
+    }
+
+  shipped = (REPO / "gin_configs/t5x/datasets/cqa.gin").read_text()
+  assert macros(gin_text) == macros(shipped) | {"MIXTURE_OR_TASK_MODULE"}
+  remote = _remote(lines[2])
+  assert remote.startswith(
+    "cd ~/dss-jax && mkdir -p ~/dss-logs && "
+    "export DSS_TASK_CARDS=$HOME/dss-tasks/parity.yaml && "
+  )
+  args = shlex.split(remote)
+  assert "--gin_file=../dss-tasks/parity.gin" in args
+  # The generated file names the source; no name overrides are needed.
+  assert not [a for a in args if a.startswith("--gin.DSS_MIXTURE")]
+  assert "> ~/dss-logs/parity_t5_1_1_base_dss_gold_train.log" in remote
+  _bash_syntax_ok(remote)
+
+
+def test_launch_builtin_trainer_with_a_card_file(env, tmp_path):
+  card = _user_card(tmp_path)
+  lines = _dry_run(
+    "launch",
+    "--name=dss",
+    "--zone=z",
+    "--trainer=builtin",
+    f"--dataset={card}",
+    "--source=test_model",
+    "--model-dir=gs://b/run",
+    env=env,
+  )
+  assert len(lines) == 3
+  copied = [pathlib.Path(p).name for p in shlex.split(lines[1])[5:-3]]
+  assert copied == ["parity.yaml"]  # no gin: the built-in trainer has none
+  remote = _remote(lines[2])
+  assert "export DSS_TASK_CARDS=$HOME/dss-tasks/parity.yaml && " in remote
+  assert "--gin.MIXTURE_OR_TASK_NAME='dss_parity_test_model'" in shlex.split(
+    remote
+  )
+
+
+def test_launch_t5x_writes_the_gin_of_a_builtin_card_without_one(env):
+  lines = _dry_run(
+    "launch",
+    "--name=dss",
+    "--zone=z",
+    "--dataset=arith",
+    "--source=offline",
+    "--model-dir=gs://b/run",
+    env=env,
+  )
+  copied = [pathlib.Path(p) for p in shlex.split(lines[1])[5:-3]]
+  assert [p.name for p in copied] == ["arith.gin"]
+  assert "DSS_MIXTURE = 'dss_arith_offline'" in copied[0].read_text()
+  remote = _remote(lines[2])
+  assert "DSS_TASK_CARDS" not in remote  # a built-in card: already there
+  assert "--gin_file=../dss-tasks/arith.gin" in shlex.split(remote)
+
+
+@pytest.mark.parametrize(
+  ("dataset", "error"),
+  [
+    (
+      "mycard",
+      "launch.sh: --dataset=mycard: no built-in card tasks/mycard.yaml; pass "
+      "your card's file (--dataset=path/to/mycard.yaml)",
+    ),
+    (
+      "{tmp}/no_such.yaml",
+      "launch.sh: --dataset={tmp}/no_such.yaml: no such card file",
+    ),
+    (
+      "{card:svamp}",
+      "launch.sh: --dataset={card}: name: svamp is the built-in card "
+      "tasks/svamp.yaml; rename your card",
+    ),
+    (
+      "{card:}",
+      "launch.sh: --dataset={card}: no 'name:' line (e.g. name: my_task)",
+    ),
+  ],
+)
+def test_launch_stops_before_the_workers_when_the_card_is_missing(
+  env, tmp_path, dataset, error
+):
+  if dataset.startswith("{card:"):
+    name = dataset[len("{card:") : -1]
+    card = _user_card(tmp_path, name)
+    if not name:
+      card.write_text("description: no name\n")
+    dataset, error = str(card), error.replace("{card}", str(card))
+  dataset = dataset.replace("{tmp}", str(tmp_path))
+  error = error.replace("{tmp}", str(tmp_path))
+  lines = _dry_run(
+    "launch",
+    "--name=dss",
+    "--zone=z",
+    f"--dataset={dataset}",
+    "--model-dir=gs://b/run",
+    env=env,
+    ok=False,
+  )
+  assert lines == [error]

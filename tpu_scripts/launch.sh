@@ -15,8 +15,13 @@
 # gin_configs/t5x/) or builtin (python -m dss_jax.train with gin_configs/runs/).
 # --model: a file name of gin_configs/t5x/models/ (t5_1_1_base, flan_t5_xl,
 # ...). --method: standard_finetune, standard_distill, dss_gold, dss_teacher.
-# --dataset: cqa, svamp, anli1, esnli (or any registered card). --source: the
-# annotation source (default palm, the paper's released PaLM outputs).
+# --dataset: a built-in card (cqa, svamp, anli1, esnli, arith) or the file of
+# a card of your own (--dataset=path/to/mycard.yaml). A card file is copied
+# to ~/dss-tasks/ on every worker and named there in DSS_TASK_CARDS, so the
+# workers' `import dss_jax.seqio_tasks` registers it; for --trainer=t5x the
+# script writes its dataset gin (as gin_configs/t5x/datasets/cqa.gin) beside
+# it. --source: the annotation source (default palm, the paper's released
+# PaLM outputs); its TFDS dataset must be in --tfds-data-dir.
 # --recipe (DSS methods, --job=train): mixture (default; the sampled SeqIO
 # mixture, label rate 1 and rationale rate lambda, at twice the baselines'
 # batch: 128 sequences a step, XXL 64) or official (the paper's code exactly:
@@ -113,6 +118,33 @@ else
   [[ -n "$CHECKPOINT" ]] || tpu::die "--checkpoint is required for --job=$JOB"
   [[ -n "$OUTPUT_DIR" ]] || tpu::die "--output-dir is required for --job=$JOB"
 fi
+# The card: a built-in one, or a file of the user's, named by its `name:`.
+TASKS_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/../tasks" && pwd)"
+CARD_FILE=""
+if [[ "$DATASET" == *.yaml || "$DATASET" == *.yml || "$DATASET" == */* ]]; then
+  [[ -f "$DATASET" ]] || tpu::die "--dataset=$DATASET: no such card file"
+  CARD_FILE=$DATASET
+  DATASET=$(sed -n \
+    "s/^name:[[:space:]]*[\"']\{0,1\}\([a-z][a-z0-9_]*\)[\"']\{0,1\}[[:space:]]*$/\1/p" \
+    "$CARD_FILE" | head -n 1)
+  [[ -n "$DATASET" ]] ||
+    tpu::die "--dataset=$CARD_FILE: no 'name:' line (e.g. name: my_task)"
+  if [[ -f "${TASKS_DIR}/${DATASET}.yaml" ]]; then
+    # The same rule as dss_jax.cards: only a byte-exact copy may share a
+    # built-in card's name.
+    cmp -s "$CARD_FILE" "${TASKS_DIR}/${DATASET}.yaml" ||
+      tpu::die "--dataset=$CARD_FILE: name: ${DATASET} is the built-in" \
+        "card tasks/${DATASET}.yaml; rename your card"
+    CARD_FILE=""
+  fi
+elif [[ ! -f "${TASKS_DIR}/${DATASET}.yaml" ]]; then
+  tpu::die "--dataset=$DATASET: no built-in card tasks/${DATASET}.yaml;" \
+    "pass your card's file (--dataset=path/to/${DATASET}.yaml)"
+fi
+DATASET_GIN="${GIN_DIR}/t5x/datasets/${DATASET}.gin"
+if [[ -n "$CARD_FILE" || ! -f "$DATASET_GIN" ]]; then
+  DATASET_GIN=""
+fi
 if [[ "$RECIPE" == official ]]; then recipe_tag=_official; else recipe_tag=""; fi
 RUN_NAME=${RUN_NAME:-${DATASET}_${MODEL}_${METHOD}${recipe_tag}_${JOB}}
 
@@ -137,11 +169,43 @@ if [[ "$METHOD" == dss_* ]]; then kind=dss; else kind=standard; fi
 
 gin_str() { printf "%s='%s'" "$1" "$2"; }
 
+# What goes to ~/dss-tasks/ on the workers: the user's card, and for T5X a
+# dataset gin where none ships (written here, as the shipped ones are).
+STAGE=""
+if [[ -n "$CARD_FILE" || ("$TRAINER" == t5x && -z "$DATASET_GIN") ]]; then
+  STAGE=$(mktemp -d "${TMPDIR:-/tmp}/dss-tasks.XXXXXX")
+  if [[ -n "$CARD_FILE" ]]; then
+    cp "$CARD_FILE" "${STAGE}/${DATASET}.yaml"
+  fi
+  if [[ "$TRAINER" == t5x ]]; then
+    base="dss_${DATASET}_${SOURCE}"
+    cat >"${STAGE}/${DATASET}.gin" <<EOF
+# ${DATASET}: the SeqIO task names for the T5X run, eval and infer files
+# (source ${SOURCE}), written by tpu_scripts/launch.sh. The card is
+# registered by \`import dss_jax.seqio_tasks\`, which reads DSS_TASK_CARDS.
+# No REQUIRED macros.
+
+MIXTURE_OR_TASK_MODULE = 'dss_jax.seqio_tasks'
+DSS_MIXTURE = '${base}'
+DSS_LABEL_TASK = '${base}_label'
+DSS_RATIONALE_TASK = '${base}_rationale'
+DSS_PAIRED_TASK = '${base}_paired'
+DISTILL_TASK = '${base}_distill'
+GOLD_FINETUNE_TASK = 'dss_${DATASET}_gold_finetune'
+EOF
+  fi
+fi
+
 command=()
 if [[ "$TRAINER" == t5x ]]; then
   models=(--gin_file="gin_configs/t5x/models/${MODEL}.gin")
-  names=(--gin_file="gin_configs/t5x/datasets/${DATASET}.gin")
-  if [[ "$SOURCE" != palm ]]; then
+  if [[ -n "$DATASET_GIN" ]]; then
+    names=(--gin_file="gin_configs/t5x/datasets/${DATASET}.gin")
+  else
+    # Relative to ~/dss-jax, where the job starts.
+    names=(--gin_file="../dss-tasks/${DATASET}.gin")
+  fi
+  if [[ "$SOURCE" != palm && -n "$DATASET_GIN" ]]; then
     base="dss_${DATASET}_${SOURCE}"
     names+=("$(gin_str --gin.DSS_MIXTURE "$base")"
       "$(gin_str --gin.DSS_LABEL_TASK "${base}_label")"
@@ -223,7 +287,15 @@ command+=("${EXTRA[@]}")
 # shellcheck disable=SC2088
 command[0]="~/dss-venv/bin/python"
 
+if [[ -n "$STAGE" ]]; then
+  tpu::ssh all "mkdir -p ~/dss-tasks"
+  tpu::run gcloud compute tpus tpu-vm scp "${STAGE}"/* "${NAME}:dss-tasks/" \
+    "${SCOPE_FLAGS[@]}" --worker=all
+fi
 remote="cd ~/dss-jax && mkdir -p ~/dss-logs && "
+if [[ -n "$CARD_FILE" ]]; then
+  remote+="export DSS_TASK_CARDS=\$HOME/dss-tasks/${DATASET}.yaml && "
+fi
 if [[ -n "$TFDS_DATA_DIR" ]]; then
   remote+="export TFDS_DATA_DIR=$(tpu::quote "$TFDS_DATA_DIR") && "
 fi
