@@ -216,7 +216,7 @@ def test_own_card_end_to_end(tmp_path):
   ]
   assert [x["step"] for x in scored] == [2, 4], evaluate.stdout
   for result in scored:
-    assert 0.0 <= result["accuracy"] <= 100.0, result
+    assert 0.0 <= result[f"dss_parity_{SOURCE}_label/accuracy"] <= 100.0
   # T5X's layout: one metrics line per scored checkpoint.
   metrics = model_dir / "inference_eval"
   lines = (metrics / f"dss_parity_{SOURCE}_label-metrics.jsonl").read_text()
