@@ -1,5 +1,7 @@
 """Tests for task cards: schema validation, input formats, prompts."""
 
+import os
+
 import pytest
 import yaml
 
@@ -266,3 +268,51 @@ def test_yaml_errors_and_schema_errors_name_the_line(tmp_path):
   with pytest.raises(cards.CardError) as e:
     cards.load_card(str(path))
   assert "answer_typ: Extra inputs are not permitted" in str(e.value)
+
+
+def test_duplicate_keys_are_errors_with_their_line(tmp_path):
+  path, lines = _edited_card(
+    tmp_path, "cqa", "metric: accuracy", "metric: accuracy\nmetric: accuracy"
+  )
+  with pytest.raises(cards.CardError) as e:
+    cards.load_card(str(path))
+  first = lines.index("metric: accuracy") + 1
+  second = [i for i, ln in enumerate(lines, 1) if ln == "metric: accuracy"][1]
+  assert str(e.value) == (
+    f"{path}: line {second}: invalid YAML: duplicate key 'metric' (first at "
+    f"line {first}); keep one"
+  )
+  # Also inside a flow mapping on one line.
+  path, _ = _edited_card(
+    tmp_path, "cqa", "metric: accuracy", "metric: {a: 1, a: 2}", name="flow"
+  )
+  with pytest.raises(cards.CardError, match="duplicate key 'a'"):
+    cards.load_card(str(path))
+
+
+def test_cards_of_dss_task_cards_load_by_name(tmp_path, monkeypatch):
+  path, _ = _edited_card(tmp_path, "svamp", "name: svamp", "name: my_svamp")
+  other = tmp_path / "other"
+  other.mkdir()
+  monkeypatch.setenv(cards.TASK_CARDS_ENV, f"{other}:{tmp_path}")
+  card = cards.load_card("my_svamp")
+  assert (card.name, card.path) == ("my_svamp", str(path))
+  with pytest.raises(cards.CardError) as e:
+    cards.load_card("no_such_card")
+  assert "cards in DSS_TASK_CARDS: my_svamp" in str(e.value)
+
+
+def test_add_task_cards_extends_the_variable_with_absolute_paths(
+  tmp_path, monkeypatch
+):
+  path, _ = _edited_card(tmp_path, "svamp", "name: svamp", "name: my_svamp")
+  monkeypatch.setenv(cards.TASK_CARDS_ENV, "")
+  monkeypatch.chdir(tmp_path)
+  added = cards.add_task_cards([path.name])
+  assert [c.name for c in added] == ["my_svamp"]
+  assert os.environ[cards.TASK_CARDS_ENV] == str(path)
+  with pytest.raises(cards.CardError) as e:
+    cards.add_task_cards(["nowhere/"], "--task_cards")
+  assert str(e.value).startswith(
+    "--task_cards: nowhere/: no such card file or folder"
+  )
