@@ -281,6 +281,10 @@ def main(argv: Sequence[str], grid_defaults: bool = False) -> None:
   try:
     # Before the job imports dss_jax.seqio_tasks, which registers them.
     cards.add_task_cards(FLAGS.task_cards)
+    if FLAGS.task_card:
+      # A card that does not load (or takes a built-in card's name) stops
+      # the job here, before anything is imported, written or paid for.
+      cards.load_card(FLAGS.task_card)
     config = config_from_flags(grid_defaults=grid_defaults)
   except errors.UserError:
     os.unlink(early)

@@ -322,6 +322,18 @@ def test_entry_points_report_card_errors_in_one_line(tmp_path):
       {},
       f"{card}: line 2",
     ),
+    # The main job's own route, a card by path: refused before it starts.
+    (
+      [
+        "dss_jax",
+        "distill",
+        f"--task_card={card}",
+        "--teacher=offline",
+        f"--out_dir={tmp_path / 'out'}",
+      ],
+      {},
+      f"{card}: line 2",
+    ),
     # Read by the gin file's `import dss_jax.seqio_tasks`, as T5X reads it.
     (
       ["dss_jax.train", "--gin_file=tiny.gin"],
@@ -335,3 +347,4 @@ def test_entry_points_report_card_errors_in_one_line(tmp_path):
     assert "Traceback" not in run.stderr, run.stderr[-2000:]
     (line,) = _error_lines(run.stderr)
     assert line.startswith(f"error: {start}"), line
+  assert not (tmp_path / "out").exists()
