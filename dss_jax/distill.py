@@ -102,13 +102,6 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     "task_card",
     "Card name (built-in or in --task_cards) or path (default: arith).",
   )
-  flags.DEFINE_multi_string(
-    "task_cards",
-    [],
-    "Cards of your own: card files or folders of *.yaml cards, "
-    "':'-separated or repeated; added to $DSS_TASK_CARDS.",
-    flag_values=flag_values,
-  )
   flags.DEFINE_enum(
     "teacher",
     None,
@@ -164,6 +157,22 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
   )
   define(
     "integer", "workers", "Runs side by side (default: 1 per core, max 2)."
+  )
+
+
+def define_task_cards_flag(flag_values: flags.FlagValues = FLAGS) -> None:
+  """Defines `--task_cards`, which sets the environment, not the job.
+
+  Args:
+    flag_values: where to define it.
+  """
+  flags.DEFINE_multi_string(
+    "task_cards",
+    [],
+    "Cards of your own: card files or folders of *.yaml cards, "
+    "':'-separated or repeated; added to $DSS_TASK_CARDS, so that "
+    "--task_card can name them.",
+    flag_values=flag_values,
   )
 
 
@@ -310,4 +319,5 @@ def main(argv: Sequence[str], grid_defaults: bool = False) -> None:
 
 if __name__ == "__main__":
   define_flags()
+  define_task_cards_flag()
   cli.run(main)

@@ -21,6 +21,7 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
   distill.define_flags()
+  distill.define_task_cards_flag()
   # --helpshort lists the job's flags, which the distill module defines.
   for name in (*distill.FIELD_OF_FLAG, "task_cards"):
     flags.declare_key_flag(name)
