@@ -316,6 +316,7 @@ def test_entry_points_report_card_errors_in_one_line(tmp_path):
     # (command, environment, the start of the one error line)
     (["dss_jax", "tasks", f"--task_cards={missing}"], {}, "--task_cards: "),
     (["dss_jax", "tasks"], {"DSS_TASK_CARDS": str(missing)}, "DSS_TASK_CARDS"),
+    (["dss_jax.infer", f"--task_cards={missing}"], {}, "--task_cards: "),
     (["dss_jax", "tasks"], {"DSS_TASK_CARDS": str(card)}, f"{card}: line 2"),
     (
       ["dss_jax.train", f"--task_cards={card}", "--gin_file=tiny.gin"],

@@ -124,9 +124,10 @@ CARD_FILE=""
 if [[ "$DATASET" == *.yaml || "$DATASET" == *.yml || "$DATASET" == */* ]]; then
   [[ -f "$DATASET" ]] || tpu::die "--dataset=$DATASET: no such card file"
   CARD_FILE=$DATASET
-  DATASET=$(sed -n \
-    "s/^name:[[:space:]]*[\"']\{0,1\}\([a-z][a-z0-9_]*\)[\"']\{0,1\}[[:space:]]*$/\1/p" \
-    "$CARD_FILE" | head -n 1)
+  # `name: my_task`, quoted or not (the card schema's name pattern).
+  quote="[\"']\{0,1\}"
+  name_line="^name:[[:space:]]*${quote}\([a-z][a-z0-9_]*\)${quote}[[:space:]]*$"
+  DATASET=$(sed -n "s/${name_line}/\1/p" "$CARD_FILE" | head -n 1)
   [[ -n "$DATASET" ]] ||
     tpu::die "--dataset=$CARD_FILE: no 'name:' line (e.g. name: my_task)"
   if [[ -f "${TASKS_DIR}/${DATASET}.yaml" ]]; then
