@@ -563,7 +563,10 @@ def _read_card(path: pathlib.Path) -> TaskCard:
   """Loads and validates one card file (no check against other cards)."""
   if not path.is_file():
     known = ", ".join(list_cards()) or "none"
-    mine = ", ".join(c.name for c in user_cards()) or "none"
+    try:
+      mine = ", ".join(c.name for c in user_cards()) or "none"
+    except CardError:
+      mine = "they do not load"  # that error comes where they are used
     raise CardError(
       f"{path}: no such task card (built-in cards: {known}; cards in "
       f"{TASK_CARDS_ENV}: {mine})"
