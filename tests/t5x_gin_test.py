@@ -424,13 +424,18 @@ def test_t5x_parses_every_composition(clean_gin):
     with _main_module(script):
       _t5x_parse(files)
     # T5X's own eval.gin / infer.gin bind the split too; ours must win.
-    assert gin.query_parameter("utils.DatasetConfig.split") == "test"
+    split = gin.query_parameter("utils.DatasetConfig.split")
+    assert str(split) == f"%{split_macro}"
+    assert gin.query_parameter(f"%{split_macro}") == "test"
     with _main_module(script):
       _t5x_parse(files, (f"{split_macro} = 'validation'",))
-    assert gin.query_parameter("utils.DatasetConfig.split") == "validation"
+    assert gin.query_parameter(f"%{split_macro}") == "validation"
     with _main_module(script):
       _t5x_parse(files, ("VOCABULARY_PATH = 'byte'",))
-    assert gin.query_parameter("dss_jax.vocab.get_vocabulary.name") == "byte"
+    name = gin.query_parameter("dss_jax.vocab.get_vocabulary.name")
+    assert str(name) == "%VOCABULARY_PATH"
+    # The model's and the tasks' vocabulary, as T5X builds it.
+    assert vocab.get_vocabulary() == vocab.get_vocabulary("byte")
 
 
 def _t5x_env(tfds_dir: pathlib.Path) -> dict[str, str]:
