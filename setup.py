@@ -73,10 +73,14 @@ _EXTRAS_REQUIRE = {
 
 # The task cards and gin files stay at the top of the repository (the layout
 # users know) and ship inside the package, so that an installed dss-jax finds
-# them outside a checkout (dss_jax.resources looks in both places).
+# them outside a checkout (dss_jax.resources looks in both places). The gin
+# folder keeps its name, `dss_jax/gin_configs/`: the T5X gin files include
+# each other as 'gin_configs/t5x/...', which then resolves from one
+# --gin_search_paths folder, the checkout's root or the installed `dss_jax/`
+# (`python -m dss_jax.resources` prints it).
 _SHIPPED_FOLDERS = {
   "dss_jax._tasks": "tasks",
-  "dss_jax._gin_configs": "gin_configs",
+  "dss_jax.gin_configs": "gin_configs",
 }
 
 setuptools.setup(
@@ -97,7 +101,7 @@ setuptools.setup(
   package_dir=_SHIPPED_FOLDERS,
   package_data={
     "dss_jax._tasks": ["*.yaml"],
-    "dss_jax._gin_configs": ["**/*.gin"],
+    "dss_jax.gin_configs": ["**/*.gin"],
   },
   install_requires=_INSTALL_REQUIRES,
   extras_require=_EXTRAS_REQUIRE,

@@ -5,7 +5,9 @@
 `--gin_file` (repeatable), `--gin_bindings` (repeatable), `--gin_search_paths`
 and T5X's shorthand `--gin.NAME=value` for `--gin_bindings=NAME=value`. Gin
 files are looked up in the current folder, `gin_configs/` (the checkout's, or
-the copy an installed wheel ships) and every `--gin_search_paths` folder.
+the copy an installed wheel ships), the folder that holds it (so
+`gin_configs/tiny.gin` works installed too) and every `--gin_search_paths`
+folder. `--tfds_data_dir` (T5X's flag) is the TFDS data dir the tasks read.
 
 Several processes (hosts without a cluster manager; Cloud TPU VMs need
 none of these) join one JAX job with T5X's flags:
@@ -141,6 +143,35 @@ def initialize_distributed_from_flags() -> bool:
   )
 
 
+def define_tfds_flag() -> None:
+  """Defines T5X's `--tfds_data_dir` unless it exists."""
+  if "tfds_data_dir" not in flags.FLAGS:
+    flags.DEFINE_string(
+      "tfds_data_dir",
+      None,
+      "TFDS data dir the tasks read (dss_annotated/<card>_<source>), local "
+      "or gs://; as T5X's flag. Default: $TFDS_DATA_DIR, else "
+      "~/tensorflow_datasets.",
+    )
+
+
+def apply_tfds_data_dir() -> None:
+  """Points the SeqIO tasks at `--tfds_data_dir`, as T5X's train.py does.
+
+  Runs before the gin files import `dss_jax.seqio_tasks`, whose registration
+  scans that folder for built annotations.
+  """
+  data_dir = flags.FLAGS.tfds_data_dir
+  if not data_dir:
+    return
+  # Imported here: seqio brings TensorFlow, which `--help` does not need.
+  import seqio
+
+  seqio.set_tfds_data_dir_override(data_dir)
+  # Anything that reads TFDS's own default (a TFDS build, a subprocess).
+  os.environ["TFDS_DATA_DIR"] = data_dir
+
+
 def rewrite_gin_args(argv: Sequence[str]) -> list[str]:
   """Turns T5X's `--gin.NAME=value` into `--gin_bindings=NAME = value`."""
   out = []
@@ -173,7 +204,14 @@ def parse_gin(
     errors.UserError: a gin file is missing or does not parse, or a binding
       names an unknown configurable or parameter.
   """
-  folders = [os.getcwd(), str(GIN_CONFIGS_DIR), *search_paths]
+  # The search path T5X is given too, so `gin_configs/...` names (as the
+  # docs write them) resolve from an installed package as from a checkout.
+  folders = [
+    os.getcwd(),
+    str(GIN_CONFIGS_DIR),
+    str(resources.gin_search_path()),
+    *search_paths,
+  ]
   for path in folders:
     gin.add_config_file_search_path(path)
   for file in files:
@@ -315,9 +353,11 @@ def run(main: Callable[[Sequence[str]], None], what: str) -> None:
   host.add_xla_flag_defaults()
   define_gin_flags(what)
   define_task_cards_flag()
+  define_tfds_flag()
   define_distributed_flags()
 
   def main_on_all_processes(argv: Sequence[str]) -> None:
+    apply_tfds_data_dir()
     initialize_distributed_from_flags()
     apply_task_cards()
     main(argv)

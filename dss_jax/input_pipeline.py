@@ -475,8 +475,9 @@ def pack_examples(batch: Mapping[str, np.ndarray], rows: int) -> Batch:
   if len(fill_enc) > rows:
     raise errors.UserError(
       f"the {len(enc)} examples of a step need {len(fill_enc)} packed rows "
-      f"of {enc_len}/{dec_len} tokens, but only {rows} are set: raise "
-      "PACKED_ROWS (DatasetConfig.packed_rows)"
+      f"of {enc_len}/{dec_len} tokens, but only {rows} are set: raise the "
+      f"gin macro PACKED_ROWS (--gin.PACKED_ROWS={len(fill_enc)} or more, "
+      "with runs/train.gin or gin_configs/t5x/packing.gin)"
     )
   out = {
     "encoder_input_tokens": np.zeros((rows, enc_len), enc.dtype),
@@ -514,8 +515,9 @@ def _packed(
   """Packs each shard's slice of a step into its share of the packed rows."""
   if not config.packed_rows:
     raise errors.UserError(
-      "packing needs PACKED_ROWS (DatasetConfig.packed_rows): the rows a "
-      f"step's {config.batch_size} examples are packed into"
+      "packing needs the gin macro PACKED_ROWS (--gin.PACKED_ROWS=N; in "
+      "Python DatasetConfig.packed_rows): the rows a step's "
+      f"{config.batch_size} examples are packed into"
     )
   if config.packed_rows % shards:
     raise errors.UserError(

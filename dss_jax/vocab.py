@@ -7,14 +7,24 @@ vocabulary of both the SeqIO tasks and the model:
 
 Names:
 
-* `"t5"` (default): the T5 / T5 v1.1 SentencePiece model on GCS, whose
-  32,100 pieces already hold the 100 sentinels (so no extra ids are added, as
-  in T5X's gin files); the T5X checkpoints' embedding tables pad it to 32,128
-  rows. Needs access to `gs://t5-data`.
+* `"t5"` (default): the T5 / T5 v1.1 SentencePiece model on GCS
+  (`T5_SPM_PATH`), whose 32,100 pieces already hold the 100 sentinels (so no
+  extra ids are added, as in T5X's gin files); the T5X checkpoints' embedding
+  tables pad it to 32,128 rows. Needs access to `gs://t5-data`.
 * `"byte"`: `seqio.ByteVocabulary()`, no files at all (tests, the demo).
 * `"local"`: a SentencePiece model trained here on the text of the released
   paper data (`$DSS_PAPER_DATA_DIR`), cached; for machines without GCS.
-* any other string: a path to a SentencePiece `.model` file.
+* any other string: a path to a SentencePiece `.model` file, local or
+  `gs://`. A model that holds T5's sentinels (`<extra_id_0>` ..., as
+  `T5_SPM_PATH` and a local copy of it do) gets no extra ids; any other gets
+  T5's 100 appended.
+
+The model gin files (`gin_configs/models/t5_1_1_*.gin`, `flan_t5_*.gin` and
+`gin_configs/t5x/models/student.gin`) bind the name to one macro,
+`VOCABULARY_PATH`, whose default is `T5_SPM_PATH`; offline, copy the file and
+pass `--gin.VOCABULARY_PATH="/path/to/sentencepiece.model"`. A SentencePiece
+model that cannot be read stops with one `errors.UserError` naming that macro,
+when it is first used (SeqIO reads the file lazily), not at construction.
 
 `train_sentencepiece(texts, model_path)` trains such a model on any text.
 """
@@ -73,20 +83,69 @@ def get_vocabulary(name: str = "t5") -> seqio.Vocabulary:
 
 @functools.cache
 def _vocabulary(name: str) -> seqio.Vocabulary:
-  if name == "t5":
+  if name in ("t5", T5_SPM_PATH):
     # SentencePieceVocabulary reads the model lazily, on first use, so naming
     # the GCS default costs nothing where it is never used.
-    return seqio.SentencePieceVocabulary(T5_SPM_PATH, extra_ids=0)
+    return SentencePieceVocabulary(T5_SPM_PATH, extra_ids=0)
   if name == "byte":
     return seqio.ByteVocabulary()
   if name == "local":
     return local_vocabulary()
-  if not name.startswith("gs://") and not os.path.exists(name):
+  if "://" not in name and not os.path.exists(name):
     raise errors.MissingFileError(
-      f"vocabulary {name!r} is neither 't5', 'byte', 'local' nor an existing "
-      "SentencePiece model file"
+      f"vocabulary {name!r} (VOCABULARY_PATH) is neither 't5', 'byte', "
+      "'local' nor an existing SentencePiece model file"
     )
-  return seqio.SentencePieceVocabulary(name, extra_ids=T5_EXTRA_IDS)
+  extra_ids = 0 if _has_sentinels(_read_model(name)) else T5_EXTRA_IDS
+  return SentencePieceVocabulary(name, extra_ids=extra_ids)
+
+
+def _unreadable(path: str, reason: object) -> errors.UserError:
+  """The one line for a SentencePiece model that cannot be read."""
+  copy = ""
+  if path.startswith("gs://"):
+    copy = f"copy it to this machine (gcloud storage cp {path} .) and "
+  return errors.UserError(
+    f"cannot read the vocabulary {path} ({str(reason).splitlines()[0]}); "
+    f"{copy}point the gin macro VOCABULARY_PATH at a readable SentencePiece "
+    'model: --gin.VOCABULARY_PATH="/path/to/sentencepiece.model" (T5X: '
+    "--gin.VOCABULARY_PATH=\"'/path/to/sentencepiece.model'\"), or at "
+    '"byte" for a model trained with the byte vocabulary'
+  )
+
+
+def _read_model(path: str) -> bytes:
+  """The bytes of a SentencePiece model file, local or on GCS.
+
+  Raises:
+    errors.UserError: the file cannot be read (no network, no access).
+  """
+  try:
+    with tf.io.gfile.GFile(path, "rb") as f:
+      return f.read()
+  except (tf.errors.OpError, OSError) as e:
+    raise _unreadable(path, e) from e
+
+
+def _has_sentinels(model: bytes) -> bool:
+  """Whether a SentencePiece model already holds T5's `<extra_id_0>`."""
+  processor = spm.SentencePieceProcessor(model_proto=model)
+  return processor.piece_to_id("<extra_id_0>") != processor.unk_id()
+
+
+class SentencePieceVocabulary(seqio.SentencePieceVocabulary):
+  """SeqIO's SentencePiece vocabulary, with one line for an unreadable file.
+
+  SeqIO reads the model on first use, deep inside a data pipeline or a
+  model's construction; offline, a `gs://` model then fails with a network
+  traceback. This names the file and the macro that points elsewhere.
+  """
+
+  def _model_context(self):
+    try:
+      return super()._model_context()
+    except (tf.errors.OpError, OSError) as e:
+      raise _unreadable(self.sentencepiece_model_file, e) from e
 
 
 def train_sentencepiece(
@@ -154,7 +213,7 @@ def _paper_texts(data_dir: pathlib.Path) -> Iterator[str]:
 def local_vocabulary(
   data_dir: str | os.PathLike[str] | None = None,
   vocab_size: int = LOCAL_VOCAB_SIZE,
-) -> seqio.SentencePieceVocabulary:
+) -> SentencePieceVocabulary:
   """A SentencePiece vocabulary trained on the released paper data, cached.
 
   The model is trained once per (data, size) and kept under
@@ -189,7 +248,7 @@ def local_vocabulary(
   model_path = _cache_dir() / f"local_{vocab_size}_{key.hexdigest()[:12]}.model"
   if not model_path.exists():
     train_sentencepiece(_paper_texts(data_dir), model_path, vocab_size)
-  return seqio.SentencePieceVocabulary(str(model_path), extra_ids=T5_EXTRA_IDS)
+  return SentencePieceVocabulary(str(model_path), extra_ids=T5_EXTRA_IDS)
 
 
 class ConfiguredVocabulary(seqio.Vocabulary):
@@ -334,7 +393,8 @@ def check_same(
     raise errors.UserError(
       f"{what} uses a {describe(ident)}, but the checkpoint was trained "
       f"with a {describe(trained)}; score it with its training vocabulary "
-      "(dss_jax.vocab.get_vocabulary.name)"
+      '(the gin macro VOCABULARY_PATH of the model files: "byte", or the '
+      "SentencePiece model file; or dss_jax.vocab.get_vocabulary.name)"
     )
 
 

@@ -260,3 +260,59 @@ def test_a_vocabulary_other_than_the_training_one_is_refused(
     (tmp_path / "fresh" / vocab.VOCABULARY_FILE).read_text()
   )
   assert evaluation.evaluate_checkpoints(model, str(path), _TASK, **kwargs)
+
+
+def test_entry_point_reads_the_data_of_tfds_data_dir(
+  model_dir, tmp_path, repo_dir, paper_data_dir
+):
+  """`--tfds_data_dir` (T5X's flag) is where the tasks read, over the env."""
+  from dss_jax import datasets
+
+  _, path, _ = model_dir
+  built = tmp_path / "tfds"
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setenv("DSS_PAPER_DATA_DIR", str(paper_data_dir))
+    datasets.build_annotated("svamp", "palm", data_dir=str(built))
+  (tmp_path / "tiny_model.gin").write_text(
+    textwrap.dedent(
+      """
+      from __gin__ import dynamic_registration
+      from dss_jax.models import t5
+      MODEL = @t5.Transformer()
+      t5.Transformer.config = @t5.t5_1_1_config()
+      t5.t5_1_1_config.size = "tiny"
+      """
+    )
+  )
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  env = dict(os.environ, PYTHONPATH=str(repo_dir), TFDS_DATA_DIR=str(empty))
+  out = tmp_path / "scores"
+  cmd = [
+    *(sys.executable, "-m", "dss_jax.eval"),
+    f"--gin_file={tmp_path / 'tiny_model.gin'}",
+    "--gin_file=runs/eval.gin",
+    f'--gin.CHECKPOINT_PATH="{path}"',
+    '--gin.MIXTURE_OR_TASK_NAME="dss_svamp_palm_label"',
+    '--gin.dss_jax.vocab.get_vocabulary.name="byte"',
+    '--gin.TASK_FEATURE_LENGTHS={"inputs": 64, "targets": 8}',
+    f'--gin.EVAL_OUTPUT_DIR="{out}"',
+    "--gin.BATCH_SIZE=4",
+    "--gin.NUM_EXAMPLES=4",
+  ]
+  run = subprocess.run(
+    [*cmd, f"--tfds_data_dir={built}"],
+    capture_output=True,
+    text=True,
+    cwd=tmp_path,
+    env=env,
+    timeout=300,
+  )
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert list(out.glob("dss_svamp_palm_label*metrics.jsonl"))
+  # Without the flag the same command reads TFDS_DATA_DIR, where nothing is.
+  run = subprocess.run(
+    cmd, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300
+  )
+  assert run.returncode == 2, run.stderr[-3000:]
+  assert str(empty) in run.stderr.strip().splitlines()[-1]

@@ -27,6 +27,8 @@ import gin
 import pytest
 from gin import config_parser
 
+from dss_jax import resources, vocab
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 GIN_DIR = REPO / "gin_configs" / "t5x"
 CARDS = ("cqa", "svamp", "anli1", "esnli")
@@ -295,6 +297,11 @@ def test_method_and_dataset_compose(card, method):
     ("state.*", None),
   )
   assert comp.macro("VOCABULARY") == Ref("dss_jax.vocab.get_vocabulary", True)
+  # One macro names the vocabulary file; offline, a local copy goes there.
+  assert comp.bindings[("", "dss_jax.vocab.get_vocabulary", "name")] == Macro(
+    "VOCABULARY_PATH"
+  )
+  assert comp.macro("VOCABULARY_PATH") == vocab.T5_SPM_PATH
   assert comp.t5x_includes == [
     "t5x/examples/t5/t5_1_1/base.gin",
     "t5x/configs/runs/finetune.gin",
@@ -317,6 +324,12 @@ def test_eval_and_infer_compose(card, name):
   }[EVAL_FILES[name]]
   assert comp.macro("MIXTURE_OR_TASK_NAME") == expected
   assert comp.macro("DROPOUT_RATE") == 0.0
+  # The split is a macro with the default named in the shared file, so
+  # --gin.EVAL_SPLIT (eval) or --gin.SPLIT (infer) is never ignored.
+  split_macro = "EVAL_SPLIT" if name.startswith("eval") else "SPLIT"
+  assert comp.bindings[("", "utils.DatasetConfig", "split")] == Macro(
+    split_macro
+  )
   assert comp.binding("utils.DatasetConfig", "split") == "test"
   script = "eval" if name.startswith("eval") else "infer"
   assert comp.t5x_includes[-1] == f"t5x/configs/runs/{script}.gin"
@@ -406,8 +419,23 @@ def test_t5x_parses_every_composition(clean_gin):
       assert gin.query_parameter(f"{scope}/utils.DatasetConfig.pack") is False
   for name in EVAL_FILES:
     script = "t5x.eval" if name.startswith("eval") else "t5x.infer"
+    split_macro = "EVAL_SPLIT" if name.startswith("eval") else "SPLIT"
+    files = ["models/t5_1_1_base", name, "datasets/svamp"]
     with _main_module(script):
-      _t5x_parse(["models/t5_1_1_base", name, "datasets/svamp"])
+      _t5x_parse(files)
+    # T5X's own eval.gin / infer.gin bind the split too; ours must win.
+    split = gin.query_parameter("utils.DatasetConfig.split")
+    assert str(split) == f"%{split_macro}"
+    assert gin.query_parameter(f"%{split_macro}") == "test"
+    with _main_module(script):
+      _t5x_parse(files, (f"{split_macro} = 'validation'",))
+    assert gin.query_parameter(f"%{split_macro}") == "validation"
+    with _main_module(script):
+      _t5x_parse(files, ("VOCABULARY_PATH = 'byte'",))
+    name = gin.query_parameter("dss_jax.vocab.get_vocabulary.name")
+    assert str(name) == "%VOCABULARY_PATH"
+    # The model's and the tasks' vocabulary, as T5X builds it.
+    assert vocab.get_vocabulary() == vocab.get_vocabulary("byte")
 
 
 def _t5x_env(tfds_dir: pathlib.Path) -> dict[str, str]:
@@ -421,11 +449,16 @@ def _t5x_env(tfds_dir: pathlib.Path) -> dict[str, str]:
   return env
 
 
-def _run(args: list[str], env: dict[str, str], log: pathlib.Path) -> None:
+def _run(
+  args: list[str],
+  env: dict[str, str],
+  log: pathlib.Path,
+  cwd: pathlib.Path = REPO,
+) -> None:
   with log.open("w") as f:
     proc = subprocess.run(
       [sys.executable, "-m", *args],
-      cwd=REPO,
+      cwd=cwd,
       env=env,
       stdout=f,
       stderr=subprocess.STDOUT,
@@ -496,9 +529,14 @@ def test_t5x_trains_evals_and_restores_into_our_model(
     np.testing.assert_allclose(at_start[name], value, rtol=1e-6, err_msg=name)
 
   eval_dir = tmp_path / "eval"
+  # From another folder, as from an installed package: the files and their
+  # includes resolve from the one search path dss_jax.resources prints.
+  elsewhere = tmp_path / "elsewhere"
+  elsewhere.mkdir()
   _run(
     [
       "t5x.eval",
+      f"--gin_search_paths={resources.gin_search_path()}",
       "--gin_file=gin_configs/t5x/models/tiny.gin",
       "--gin_file=gin_configs/t5x/eval_dss.gin",
       "--gin_file=gin_configs/t5x/datasets/svamp.gin",
@@ -509,6 +547,7 @@ def test_t5x_trains_evals_and_restores_into_our_model(
     ],
     env,
     tmp_path / "eval.log",
+    cwd=elsewhere,
   )
   metrics_file = (
     eval_dir / "inference_eval" / "dss_svamp_palm_label-metrics.jsonl"

@@ -3,8 +3,12 @@
 The wheel is built from a copy of the sources, installed (not editable) into a
 fresh virtual environment that sees this environment's dependencies but not
 the checkout, and run from a folder outside it: every shipped task card loads,
-every gin file is there, and `python -m dss_jax.train --gin_file=tiny.gin`
-trains a step with the shipped gin file and a `--gin_search_paths` folder.
+every gin file is there, `python -m dss_jax.train --gin_file=tiny.gin`
+trains a step with the shipped gin file, a `--gin_search_paths` folder and
+the data found through `--tfds_data_dir`,
+and every include of the T5X gin files resolves from the one folder that
+`python -m dss_jax.resources` prints (T5X's `--gin_search_paths`; T5X itself
+is not installed there, so its own `t5x/...` files are only named).
 """
 
 import json
@@ -133,11 +137,15 @@ def test_installed_wheel_trains_with_a_shipped_gin_file(
   venv_python, paper_data_dir, tmp_path
 ):
   data_dir = tmp_path / "tfds"
-  env = _env(
-    TFDS_DATA_DIR=str(data_dir), DSS_PAPER_DATA_DIR=str(paper_data_dir)
-  )
+  # No TFDS_DATA_DIR: the trainer finds the data through --tfds_data_dir.
+  env = {
+    k: v
+    for k, v in _env(DSS_PAPER_DATA_DIR=str(paper_data_dir)).items()
+    if k != "TFDS_DATA_DIR"
+  }
   build = (
-    "from dss_jax import datasets; datasets.build_annotated('svamp', 'palm')"
+    "from dss_jax import datasets; "
+    f"datasets.build_annotated('svamp', 'palm', data_dir={str(data_dir)!r})"
   )
   _run([venv_python, "-c", build], cwd=tmp_path, env=env)
   # A user's own gin folder, found through --gin_search_paths.
@@ -152,6 +160,8 @@ def test_installed_wheel_trains_with_a_shipped_gin_file(
     [
       *(venv_python, "-m", "dss_jax.train", "--gin_file=tiny.gin"),
       *("--gin_file=short.gin", f"--gin_search_paths={mine}"),
+      # T5X's flag for the TFDS data dir.
+      f"--tfds_data_dir={data_dir}",
       f'--gin.MODEL_DIR="{model_dir}"',
       '--gin.MIXTURE_OR_TASK_NAME="dss_svamp_palm"',
       # A fixed peak skips the CPU matmul measurement (faster start).
@@ -163,3 +173,58 @@ def test_installed_wheel_trains_with_a_shipped_gin_file(
   )
   assert "finished at step 1" in result.stderr
   assert (model_dir / "checkpoints" / "1").is_dir()
+
+
+# Run inside the installed venv: follows every include of the shipped T5X gin
+# files with gin's own parser, from the folder given as argv[1].
+_RESOLVE_INCLUDES = textwrap.dedent("""
+  import json, pathlib, sys
+  from gin import config_parser
+
+  class Delegate(config_parser.ParserDelegate):
+    def configurable_reference(self, name, evaluate):
+      return name
+    def macro(self, name):
+      return name
+
+  search = pathlib.Path(sys.argv[1])
+  found = {"ours": [], "t5x": [], "missing": []}
+  for path in sorted((search / "gin_configs" / "t5x").rglob("*.gin")):
+    with path.open() as f:
+      for s in config_parser.ConfigParser(f, Delegate()):
+        if not isinstance(s, config_parser.IncludeStatement):
+          continue
+        if s.filename.startswith("t5x/"):
+          found["t5x"].append(s.filename)
+        elif (search / s.filename).is_file():
+          found["ours"].append(s.filename)
+        else:
+          found["missing"].append(f"{path.name}: {s.filename}")
+  print(json.dumps(found))
+""")
+
+
+def test_installed_t5x_gin_includes_resolve_from_the_printed_search_path(
+  venv_python, repo_dir, tmp_path
+):
+  printed = _run(
+    [venv_python, "-m", "dss_jax.resources"], cwd=tmp_path, env=_env()
+  ).stdout.strip()
+  search = pathlib.Path(printed)
+  # The installed package's folder, never the checkout.
+  assert search.is_relative_to(venv_python.parents[1]), printed
+  assert (search / "__init__.py").is_file(), printed
+  out = _run(
+    [venv_python, "-c", _RESOLVE_INCLUDES, printed], cwd=tmp_path, env=_env()
+  ).stdout
+  found = json.loads(out.strip().splitlines()[-1])
+  assert found["missing"] == []
+  # Every run file includes a shared part of ours, every model file
+  # student.gin: the check saw them all.
+  assert "gin_configs/t5x/train.gin" in found["ours"]
+  assert "gin_configs/t5x/eval_common.gin" in found["ours"]
+  assert "gin_configs/t5x/models/student.gin" in found["ours"]
+  assert "t5x/configs/runs/finetune.gin" in found["t5x"]
+  # The same include strings resolve from the checkout's root.
+  for name in found["ours"]:
+    assert (repo_dir / name).is_file(), name
