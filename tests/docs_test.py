@@ -219,15 +219,15 @@ def test_parse_doc_finds_marks_and_problems(tmp_path, monkeypatch):
     (10, "skip", "cloud"),
     (13, "", ""),
     (17, "", ""),
-    (22, "", ""),
+    (23, "", ""),
   ]
   assert blocks[0].text == "echo one"
   assert blocks[4].text == "```"  # a longer fence holds a shorter one
   assert [p.split(": ")[0] for p in problems] == [
     "doc.md:13",
     "doc.md:16",
-    "doc.md:19",
-    "doc.md:22",
+    "doc.md:20",
+    "doc.md:23",
   ]
   assert "unknown mark 'skip wifi'" in problems[1]
   assert "mark with no shell block" in problems[2]
