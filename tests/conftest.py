@@ -119,9 +119,9 @@ def full_paper_data_dir() -> pathlib.Path:
   path = _paper_data()
   if not _is_full_release(path):
     pytest.skip(
-      "needs the paper's full released data: set DSS_PAPER_DATA_DIR to the "
-      "folder that holds cqa/, svamp/, anli1_sample/, esnli_sample/ "
-      "(the official datasets.zip, see tests/testdata/dss_paper/README.md)"
+      "needs the paper's full released data: set DSS_PAPER_DATA_DIR to a "
+      "copy with cqa/ and svamp/ whole (from the official datasets.zip; "
+      "layout in tests/testdata/dss_paper/README.md)"
     )
   return path
 
