@@ -45,6 +45,8 @@ _REPO = pathlib.Path(__file__).resolve().parents[1]
 # The paper's released data (see tests/testdata/dss_paper/README.md): a folder
 # named by $DSS_PAPER_DATA_DIR, else a shared copy beside the checkout, else
 # the slices that ship with the tests (a few hundred rows per dataset).
+# DSS_PAPER_DATA_DIR=tests/testdata/dss_paper runs the suite as a fresh clone
+# without the shared copy does.
 PAPER_DATA_ENV = "DSS_PAPER_DATA_DIR"
 _SHARED_PAPER_DATA = _REPO.parent / "shared" / "data" / "dss_paper"
 PAPER_DATA_SLICES = _REPO / "tests" / "testdata" / "dss_paper"
