@@ -42,7 +42,40 @@ host.keep_freed_memory()
 import pytest  # noqa: E402
 
 _REPO = pathlib.Path(__file__).resolve().parents[1]
-_PAPER_DATA = _REPO.parent / "shared" / "data" / "dss_paper"
+# The paper's released data (see tests/testdata/dss_paper/README.md): a folder
+# named by $DSS_PAPER_DATA_DIR, else a shared copy beside the checkout, else
+# the slices that ship with the tests (a few hundred rows per dataset).
+# DSS_PAPER_DATA_DIR=tests/testdata/dss_paper runs the suite as a fresh clone
+# without the shared copy does.
+PAPER_DATA_ENV = "DSS_PAPER_DATA_DIR"
+_SHARED_PAPER_DATA = _REPO.parent / "shared" / "data" / "dss_paper"
+PAPER_DATA_SLICES = _REPO / "tests" / "testdata" / "dss_paper"
+# Rows of the full release's CQA train split; fewer means a slice.
+_FULL_CQA_TRAIN_ROWS = 9741
+
+
+def _paper_data() -> pathlib.Path:
+  """The paper data folder the tests use (see `paper_data_dir`)."""
+  local = os.environ.get(PAPER_DATA_ENV)
+  if local:
+    path = pathlib.Path(local).resolve()
+    if not path.is_dir():
+      raise pytest.UsageError(
+        f"error: {PAPER_DATA_ENV}={local}: no such folder; unset it to test "
+        f"on the slices in {PAPER_DATA_SLICES.relative_to(_REPO)}"
+      )
+    return path
+  if (_SHARED_PAPER_DATA / "cqa" / "cqa_train.json").is_file():
+    return _SHARED_PAPER_DATA
+  return PAPER_DATA_SLICES
+
+
+def _is_full_release(path: pathlib.Path) -> bool:
+  train = path / "cqa" / "cqa_train.json"
+  if not train.is_file():
+    return False
+  with train.open() as f:
+    return sum(1 for line in f if line.strip()) >= _FULL_CQA_TRAIN_ROWS
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -50,6 +83,13 @@ def pytest_configure(config: pytest.Config) -> None:
   import tensorflow as tf
 
   tf.config.set_visible_devices([], "GPU")
+
+
+def pytest_report_header() -> str:
+  """Names the paper data the run uses, so a skip or a count is explained."""
+  path = _paper_data()
+  kind = "full release" if _is_full_release(path) else "slices"
+  return f"paper data: {path} ({kind})"
 
 
 @pytest.fixture(scope="session")
@@ -60,10 +100,32 @@ def repo_dir() -> pathlib.Path:
 
 @pytest.fixture(scope="session")
 def paper_data_dir() -> pathlib.Path:
-  """The paper's released teacher outputs (shared/data/dss_paper)."""
-  if not (_PAPER_DATA / "cqa" / "cqa_train.json").exists():
-    pytest.skip(f"released paper data not found at {_PAPER_DATA}")
-  return _PAPER_DATA
+  """The paper's released teacher outputs, in the release's layout.
+
+  $DSS_PAPER_DATA_DIR, else ../shared/data/dss_paper beside the checkout,
+  else the slices in tests/testdata/dss_paper (never a skip). Tests written
+  against it hold on the slices and on the full release alike.
+  """
+  return _paper_data()
+
+
+@pytest.fixture(scope="session")
+def paper_data_slices() -> pathlib.Path:
+  """The slices of the paper data in tests/testdata (pinned numbers)."""
+  return PAPER_DATA_SLICES
+
+
+@pytest.fixture(scope="session")
+def full_paper_data_dir() -> pathlib.Path:
+  """The full release (all 9,741 CQA train rows), for tests that need it."""
+  path = _paper_data()
+  if not _is_full_release(path):
+    pytest.skip(
+      "needs the paper's full released data: set DSS_PAPER_DATA_DIR to a "
+      "copy with cqa/ and svamp/ whole (from the official datasets.zip; "
+      "layout in tests/testdata/dss_paper/README.md)"
+    )
+  return path
 
 
 @pytest.fixture(autouse=True)

@@ -1,5 +1,6 @@
 """Tests for dss_jax.seqio_tasks on real TFDS builds of the paper's data."""
 
+import math
 import os
 
 import gin
@@ -29,6 +30,23 @@ FAYE = {  # train-000001, held out for validation; the teacher got it wrong
   "gold": "( 7.0 * 30.0 )",
   "teacher": "(7 * 36)",
 }
+
+
+def _rows(paper_data_dir, card, split):
+  """Rows of a split in the paper data (the full release or the test slices)."""
+  path = paper_data_dir / card / f"{card}_{split}.json"
+  return sum(1 for line in path.read_text().splitlines() if line.strip())
+
+
+def _held_out(rows):
+  """Validation examples held out of `rows` train rows: ceil(10%)."""
+  return math.ceil(rows / 10)
+
+
+# SVAMP train rows whose released teacher answer does not parse, among those
+# kept for training, by train rows: 11 of the release's 720; 3 of the slice's
+# 270 (tests/testdata has the first 300 rows).
+_SVAMP_UNPARSED_KEPT = {800: 11, 300: 3}
 
 
 @pytest.fixture(scope="session")
@@ -141,7 +159,7 @@ def test_golden_examples_per_task(tfds_dir):
 
 
 def test_import_time_tasks_follow_later_gin_bindings(
-  tfds_dir, tmp_path, monkeypatch
+  tfds_dir, paper_data_dir, tmp_path, monkeypatch
 ):
   # The tasks registered when the module was imported (no data dir, no
   # vocabulary given): everything is resolved when the data is read.
@@ -169,7 +187,9 @@ def test_import_time_tasks_follow_later_gin_bindings(
   )
   # Unparsable teacher answers (13 of 800, 11 of the 720 kept for training)
   # are not trained on.
-  assert len(_ids("dss_svamp_palm_label")) == 720 - 11
+  rows = _rows(paper_data_dir, "svamp", "train")
+  kept = rows - _held_out(rows)
+  assert len(_ids("dss_svamp_palm_label")) == kept - _SVAMP_UNPARSED_KEPT[rows]
 
 
 @pytest.mark.parametrize("rate", [0.5, 1.0, 2.0])
@@ -203,16 +223,15 @@ def test_explicit_rate_wins_over_gin(tfds_dir):
   assert mixture.get_rate(rationale) == 3.0
 
 
-def test_fractions_nested_and_identical_across_methods(tfds_dir):
+def test_fractions_nested_and_identical_across_methods(
+  tfds_dir, paper_data_dir
+):
   seqio_tasks.register_card("svamp", "palm", data_dir=tfds_dir, vocabulary=BYTE)
+  rows = _rows(paper_data_dir, "svamp", "train")
+  kept = rows - _held_out(rows)  # 720 of the release's 800
   previous = set()
-  for fraction, count in [
-    (0.125, 90),
-    (0.25, 180),
-    (0.5, 360),
-    (0.75, 540),
-    (1.0, 720),
-  ]:
+  for fraction in (0.125, 0.25, 0.5, 0.75, 1.0):
+    count = math.ceil(fraction * kept)  # 90, 180, 360, 540, 720 of 720
     gin.clear_config()
     gin.parse_config(f"dss_jax.seqio_tasks.options.train_fraction = {fraction}")
     gold = _ids("dss_svamp_gold_finetune")
@@ -227,11 +246,12 @@ def test_fractions_nested_and_identical_across_methods(tfds_dir):
       assert rationale <= gold and len(gold) - len(rationale) <= 13
   validation = _ids("dss_svamp_gold_finetune", "validation")
   test = _ids("dss_svamp_gold_finetune", "test")
-  assert len(validation) == 80 and not validation & previous
-  assert len(test) == 200 and not test & (validation | previous)
+  assert len(validation) == _held_out(rows) and not validation & previous
+  assert len(test) == _rows(paper_data_dir, "svamp", "test")
+  assert not test & (validation | previous)
 
 
-def test_fraction_seed_changes_subset(tfds_dir):
+def test_fraction_seed_changes_subset(tfds_dir, paper_data_dir):
   seqio_tasks.register_card(
     "svamp", "palm", data_dir=tfds_dir, vocabulary=BYTE, train_fraction=0.25
   )
@@ -245,10 +265,12 @@ def test_fraction_seed_changes_subset(tfds_dir):
     fraction_seed=1,
   )
   second = _ids("dss_svamp_gold_finetune")
-  assert len(first) == len(second) == 180 and first != second
+  rows = _rows(paper_data_dir, "svamp", "train")
+  count = math.ceil(0.25 * (rows - _held_out(rows)))  # 180 of the release's 720
+  assert len(first) == len(second) == count and first != second
 
 
-def test_cqa_replay_has_9741_train_examples(tfds_dir):
+def test_cqa_replay_keeps_every_train_example(tfds_dir, paper_data_dir):
   names = seqio_tasks.register_card(
     "cqa", "palm", data_dir=tfds_dir, vocabulary=BYTE
   )
@@ -262,9 +284,11 @@ def test_cqa_replay_has_9741_train_examples(tfds_dir):
   train = _ids("dss_cqa_gold_finetune", "train")
   validation = _ids("dss_cqa_gold_finetune", "validation")
   # 9,741 released train examples; 10% (975) held out as in the official code.
-  assert len(train | validation) == 9741
-  assert len(validation) == 975
-  assert len(_ids("dss_cqa_gold_finetune", "test")) == 1221
+  rows = _rows(paper_data_dir, "cqa", "train")
+  assert len(train | validation) == rows
+  assert len(validation) == _held_out(rows)
+  test_rows = _rows(paper_data_dir, "cqa", "test")
+  assert len(_ids("dss_cqa_gold_finetune", "test")) == test_rows  # 1,221
   task = seqio.get_mixture_or_task("dss_cqa_palm_label")
   assert task.metric_fns[0].__name__ == "label_accuracy"
   svamp = seqio_tasks.register_card("svamp", "palm", data_dir=tfds_dir)
@@ -278,7 +302,7 @@ def test_cqa_replay_has_9741_train_examples(tfds_dir):
   )
 
 
-def test_register_twice_is_harmless(tfds_dir):
+def test_register_twice_is_harmless(tfds_dir, paper_data_dir):
   first = seqio_tasks.register_card(
     "svamp", "palm", data_dir=tfds_dir, vocabulary=BYTE
   )
@@ -286,7 +310,9 @@ def test_register_twice_is_harmless(tfds_dir):
     "svamp", "palm", data_dir=tfds_dir, vocabulary=BYTE
   )
   assert first == second
-  assert len(_ids("dss_svamp_palm_label", "test")) == 200
+  assert len(_ids("dss_svamp_palm_label", "test")) == _rows(
+    paper_data_dir, "svamp", "test"
+  )
 
 
 def test_missing_dataset_names_the_command(tmp_path):
