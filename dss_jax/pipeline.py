@@ -282,6 +282,8 @@ class DistillConfig:
     check("seeds", all(seed >= 0 for seed in self.seeds), ">= 0")
     for name in ("methods", "model_sizes", "fractions", "seeds"):
       check(name, len(getattr(self, name)) > 0, "a non-empty list")
+      # Two runs in one folder fail in orbax and hang the job.
+      check(name, not grid_lib.repeated(name, getattr(self, name)), "distinct")
 
   def specs(self) -> list[grid_lib.RunSpec]:
     """The job's runs (`grid_lib.expand`, less `baseline_fractions`)."""
