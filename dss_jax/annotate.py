@@ -52,7 +52,13 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     "Teacher backend.",
     flag_values=flag_values,
   )
-  define("string", "model", "gemini-2.5-flash", "Teacher model name.")
+  define(
+    "string",
+    "model",
+    None,
+    "Teacher model name (gemini: default gemini-2.5-flash; openai: the "
+    "name the server serves, required).",
+  )
   define(
     "string",
     "base_url",
@@ -113,6 +119,14 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
   define("float", "tpm", None, "Client-side tokens-per-minute limit.")
   define("integer", "max_retries", 8, "Retries per call.", lower_bound=0)
   define("float", "timeout_s", 120.0, "Per-attempt timeout.")
+  define(
+    "float",
+    "max_retry_wait",
+    300.0,
+    "Longest server retry hint (Retry-After, retryDelay) to wait for, in "
+    "seconds; a longer one stops the run (rerun later to go on).",
+    lower_bound=0,
+  )
   define(
     "integer",
     "thinking_budget",
@@ -216,6 +230,7 @@ def main(argv: Sequence[str]) -> None:
       requests_per_minute=f.rpm,
       tokens_per_minute=f.tpm,
       max_retries=f.max_retries,
+      max_retry_wait_s=f.max_retry_wait,
       timeout_s=f.timeout_s + 5.0,
       price_per_million=price,
       progress=f.progress,
