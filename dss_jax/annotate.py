@@ -15,9 +15,17 @@ a crash or a kill continues where it stopped. `--build_tfds` then builds
 `dss_annotated/<card>_<source>` from the store. A bad key, an unknown model or
 an exhausted quota ends the run with one line on stderr.
 
-Exit status: 0 when every call is stored; 1 when calls are left failed (one
-`error:` line with their share; rerunning retries them); 2 for a user error
-(a bad flag, card, data folder, key or model name; one `error:` line).
+A server that asks to wait longer than `--max_retry_wait` (default 300 s;
+a `Retry-After` or Gemini `retryDelay`) or answers in a shape that is not
+its API's stops the run with one line naming it; shorter waits of 10 s or
+more are logged with their reason. Messages that quote a server never show
+an API key (masked).
+
+Exit status: 0 when every call is stored; 1 when calls are left failed or a
+server fault stopped the run (one `error:` line; rerunning retries them); 2
+for a user error (a bad flag, card, data folder, key or model name, an
+openai teacher without `--model`, Vertex AI without credentials; one
+`error:` line).
 """
 
 import logging
