@@ -504,9 +504,10 @@ class JobFate:
     """
     with self._lock:
       peer = self.failure()
-      if peer is not None and status != errors.USER_ERROR_STATUS:
+      if peer is not None and line and status != errors.USER_ERROR_STATUS:
         # A collective that broke because another process left: its error
-        # is the one to read.
+        # is the one to read. (A line already printed, or a user error of
+        # this process's own, stands as it is.)
         self._leave_after(peer)
       text = line or f"error: exited with status {status}"
       self._set(_FAILED_KEY, text)
