@@ -511,6 +511,7 @@ class JobFate:
         self._leave_after(peer)
       text = line or f"error: exited with status {status}"
       self._set(_FAILED_KEY, text)
+      logging.disable(logging.CRITICAL)
       if line:
         print(line, file=sys.stderr)
       self._exit(status)
@@ -534,6 +535,9 @@ class JobFate:
           self._leave_after(peer)
 
   def _leave_after(self, peer: tuple[int, str]) -> None:
+    # The main thread may go on logging until the process leaves; the error
+    # line is to be the last one.
+    logging.disable(logging.CRITICAL)
     index, line = peer
     reason = line.removeprefix("error: ")
     print(
