@@ -153,6 +153,25 @@ def repeated(axis: str, values: Sequence[Any]) -> list[Any]:
   return out
 
 
+def check_distinct_folders(
+  root: str | pathlib.Path, specs: Sequence[RunSpec]
+) -> None:
+  """Refuses specs that would train two runs in one folder.
+
+  Raises:
+    errors.UserError: naming the folder two specs share.
+  """
+  seen: dict[pathlib.Path, RunSpec] = {}
+  for spec in specs:
+    folder = run_dir(root, spec)
+    if folder in seen:
+      raise errors.UserError(
+        f"two runs of one grid would share {folder} ({seen[folder]} and "
+        f"{spec}); make each seed and fraction distinct"
+      )
+    seen[folder] = spec
+
+
 def run_dir(root: str | pathlib.Path, spec: RunSpec) -> pathlib.Path:
   """The folder of one run: `<root>/runs/<method>/<size>/frac<f>/seed<s>`."""
   return pathlib.Path(root) / "runs" / spec.name
@@ -312,6 +331,7 @@ def run_grid(
     StaleRunError: a run folder holds a run of another configuration.
   """
   root = pathlib.Path(root)
+  check_distinct_folders(root, specs)
   if identity is not None:
     for spec in specs:
       check_run_config(run_dir(root, spec), identity(spec))
