@@ -289,13 +289,13 @@ class _Run:
   async def record(
     self, request: prompts.TeacherRequest, completion: base.Completion
   ) -> None:
-    # The fsync runs in a thread so that other calls proceed meanwhile; the
-    # call counts as done only once its line is durable.
     # A teacher that echoes the API key in its answer does not get it
     # into the store.
     text = base.mask_configured_keys(completion.text)
     if text != completion.text:
       completion = dataclasses.replace(completion, text=text)
+    # The fsync runs in a thread so that other calls proceed meanwhile; the
+    # call counts as done only once its line is durable.
     await asyncio.to_thread(
       self.store.append,
       store_lib.CompletionRecord.of(request, completion, self.backend.name),
