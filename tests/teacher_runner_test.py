@@ -383,3 +383,20 @@ def test_cli_openai_without_a_model_is_a_flag_error(
   assert "Traceback" not in result.stderr
   (line,) = _error_lines(result.stderr)
   assert "--model is required with --backend=openai" in line
+
+
+def test_an_answer_that_echoes_the_key_is_stored_without_it(
+  svamp_job, tmp_path, monkeypatch
+):
+  key = "configured-secret-0123456789"
+  monkeypatch.setenv("OPENAI_API_KEY", key)
+  _, _, requests = svamp_job
+  store = tmp_path / "s.jsonl"
+  with FakeTeacherServer(
+    responder=lambda prompt: f"My key is {key}. The answer is (1 + 1)."
+  ) as server:
+    stats = runner.annotate(_openai_at(server), requests[:2], str(store), _FAST)
+  assert stats.completed == 2
+  assert key not in store.read_text()
+  (record, _) = store_lib.read_records(store)
+  assert record.completion == "My key is [REDACTED]. The answer is (1 + 1)."
