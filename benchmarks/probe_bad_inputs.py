@@ -3,6 +3,7 @@ r"""Runs bad inputs and faults through every entry point; counts the verdicts.
     python benchmarks/probe_bad_inputs.py --paper_data_dir=path/to/dss_paper
     python benchmarks/probe_bad_inputs.py --faults   # + corrupt checkpoints,
                                                      #   signals (trains twice)
+    python benchmarks/probe_bad_inputs.py --fast     # the smoke subset (CI)
 
 Each probe is one real subprocess (`python -m dss_jax.<entry point> ...`)
 with a per-probe timeout. Its verdict comes from what was observed, never
@@ -20,22 +21,34 @@ from what was meant:
 
 Prints a table of every probe and the counts by verdict; the exit status is
 1 when any probe is a traceback, silent, unclear or hang.
+
+A case is one `Probe(...)` entry in one of the `*_probes` lists. A probe
+that needs a teacher server names the fake server's settings
+(`server={...}`, `dss_jax.teacher.testing.FakeTeacherServer`): one is
+started for it and `{server}` in its argv and env becomes its URL. A probe
+with `processes=2` runs as one multi-process JAX job (T5X's flags added,
+`{index}` in env the process index) and its check sees every process.
+`fast=True` puts a probe in the smoke subset that `--fast` runs
+(tests/probe_smoke_test.py runs it in the test suite, in about a minute).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
 import pathlib
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
+from typing import Any
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 VERDICTS = ("handled", "one_line", "traceback", "silent", "unclear", "hang")
@@ -53,19 +66,36 @@ class Probe:
       handled the fault correctly.
     env: extra environment variables.
     setup: runs before the command (writes the bad file, corrupts a step).
+    server: settings of a fake teacher server to run during the probe.
+    processes: > 1 runs the command as a multi-process JAX job; `check`
+      then gets the list of every process's result.
+    fast: part of the smoke subset (`--fast`).
   """
 
   name: str
   argv: list[str]
-  check: Callable[[subprocess.CompletedProcess], bool] | None = None
+  check: Callable[[Any], bool] | None = None
   env: dict[str, str] = dataclasses.field(default_factory=dict)
   setup: Callable[[], None] | None = None
+  server: dict[str, Any] | None = None
+  processes: int = 1
+  fast: bool = False
 
 
-def verdict(probe: Probe, proc: subprocess.CompletedProcess | None) -> str:
-  """Classifies one finished probe from its exit status and stderr."""
+def verdict(probe: Probe, proc: Any) -> str:
+  """Classifies one finished probe from its exit status and stderr.
+
+  `proc` is a `CompletedProcess`, a list of them (`processes` > 1) or None
+  (the timeout passed).
+  """
   if proc is None:
     return "hang"
+  if isinstance(proc, list):
+    if any("Traceback (most recent" in p.stderr for p in proc):
+      return "traceback"
+    if probe.check(proc):
+      return "handled"
+    return "silent" if all(p.returncode == 0 for p in proc) else "unclear"
   if "Traceback (most recent call last)" in proc.stderr:
     return "traceback"
   lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
@@ -100,29 +130,110 @@ def run_probe(
   if probe.setup:
     probe.setup()
   start = time.monotonic()
-  try:
-    proc = subprocess.run(
-      [sys.executable, "-m", *probe.argv],
-      cwd=cwd,
-      env={**base_env, **probe.env},
-      capture_output=True,
-      text=True,
-      timeout=timeout,
-    )
-  except subprocess.TimeoutExpired:
-    proc = None
+  with _teacher_server(probe.server) as url:
+    fill = lambda text: text.replace("{server}", url)  # noqa: E731
+    argv = [fill(a) for a in probe.argv]
+    env = {**base_env, **{k: fill(v) for k, v in probe.env.items()}}
+    if probe.processes > 1:
+      proc = _run_job(argv, env, probe.processes, cwd, timeout)
+    else:
+      try:
+        proc = subprocess.run(
+          [sys.executable, "-m", *argv],
+          cwd=cwd,
+          env=env,
+          capture_output=True,
+          text=True,
+          timeout=timeout,
+        )
+      except subprocess.TimeoutExpired:
+        proc = None
   seconds = time.monotonic() - start
   result = verdict(probe, proc)
+  procs = proc if isinstance(proc, list) else [proc]
   if log_dir and proc is not None and result not in ("handled", "one_line"):
     log_dir.mkdir(parents=True, exist_ok=True)
     name = "".join(c if c.isalnum() else "_" for c in probe.name)
-    (log_dir / f"{name}.stderr").write_text(proc.stderr)
+    (log_dir / f"{name}.stderr").write_text(
+      "\n".join(f"--- process {i}\n{p.stderr}" for i, p in enumerate(procs))
+    )
   if proc is None:
     shown = f"no exit within {timeout:.0f}s"
   else:
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    shown = f"[{proc.returncode}] " + (lines[-1] if lines else "(no stderr)")
+    shown = "; ".join(_last_line(p) for p in procs)
   return result, shown, seconds
+
+
+def _last_line(proc: subprocess.CompletedProcess) -> str:
+  lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+  return f"[{proc.returncode}] " + (lines[-1] if lines else "(no stderr)")
+
+
+@contextlib.contextmanager
+def _teacher_server(settings: dict[str, Any] | None):
+  """A fake teacher server with `settings` for one probe (URL), or ""."""
+  if settings is None:
+    yield ""
+    return
+  sys.path.insert(0, str(REPO))
+  from dss_jax.teacher import testing
+
+  with testing.FakeTeacherServer(**settings) as server:
+    yield server.url
+
+
+def _run_job(
+  argv: list[str],
+  env: dict[str, str],
+  processes: int,
+  cwd: pathlib.Path,
+  timeout: float,
+) -> list[subprocess.CompletedProcess] | None:
+  """`argv` as one JAX job of `processes` processes; None if one hangs."""
+  with socket.socket() as sock:
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+  procs, logs = [], []
+  for i in range(processes):
+    flags = [
+      f"--coordinator_address=127.0.0.1:{port}",
+      f"--process_count={processes}",
+      f"--process_index={i}",
+      "--heartbeat_timeout_seconds=15",
+    ]
+    # Files, not pipes: a process blocked on a full pipe would hang the job.
+    logs.append((tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")))
+    procs.append(
+      subprocess.Popen(
+        [sys.executable, "-m", *argv, *flags],
+        cwd=cwd,
+        env={k: v.replace("{index}", str(i)) for k, v in env.items()},
+        stdout=logs[-1][0],
+        stderr=logs[-1][1],
+        text=True,
+        start_new_session=True,
+      )
+    )
+  deadline = time.monotonic() + timeout
+  try:
+    for p in procs:
+      p.wait(timeout=max(1.0, deadline - time.monotonic()))
+  except subprocess.TimeoutExpired:
+    for p in procs:
+      if p.poll() is None:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+    return None
+  done = []
+  for p, (out, err) in zip(procs, logs, strict=True):
+    out.seek(0)
+    err.seek(0)
+    done.append(
+      subprocess.CompletedProcess(p.args, p.returncode, out.read(), err.read())
+    )
+    out.close()
+    err.close()
+  return done
 
 
 # ---------------------------------------------------------------------------
@@ -359,6 +470,7 @@ def annotate_probes(s: Scratch, paper: str | None) -> list[Probe]:
         "--card=svamp",
         "--backend=openai",
         "--base_url=http://127.0.0.1:9/v1",
+        "--model=m",
         "--limit=1",
         "--max_retries=0",
         f"--store={store}",
@@ -374,6 +486,222 @@ def annotate_probes(s: Scratch, paper: str | None) -> list[Probe]:
       Probe("garbled store line", [*replay, f"--store={garbled}"]),
     ]
   return probes
+
+
+# A key shaped like a real one, planted where a careless server echoes it.
+_PLANTED_KEY = "sk-probe-PLANTED0123456789abcdefXYZ"
+
+
+def _one_fault_line(code: int, words: str) -> Callable:
+  """Exit `code`, exactly one `error:` line, the last, holding `words`."""
+
+  def check(proc: subprocess.CompletedProcess) -> bool:
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    return (
+      proc.returncode == code
+      and len(errors) == 1
+      and lines[-1] == errors[0]
+      and words in errors[0]
+    )
+
+  return check
+
+
+def _key_nowhere(folder: str) -> Callable:
+  """A one-line user error, and the planted key in no output or file."""
+  one_line = _one_fault_line(2, "API key")
+
+  def check(proc: subprocess.CompletedProcess) -> bool:
+    files = [
+      p.read_text(errors="replace")
+      for p in pathlib.Path(folder).rglob("*")
+      if p.is_file()
+    ]
+    return one_line(proc) and not any(
+      "PLANTED" in text for text in [proc.stdout, proc.stderr, *files]
+    )
+
+  return check
+
+
+def teacher_server_probes(s: Scratch) -> list[Probe]:
+  """Slow, odd or careless teacher servers; teachers without a model."""
+  n = iter(range(1000))
+
+  def annotate(*flags: str) -> list[str]:
+    # The arith card ships its rows: no paper data needed.
+    store = s.path(f"server_stores/{next(n)}/s.jsonl")
+    return [
+      "dss_jax.annotate",
+      "--noprogress",
+      "--card=arith",
+      "--limit=3",
+      "--concurrency=1",
+      f"--store={store}",
+      *flags,
+    ]
+
+  openai = ["--backend=openai", "--model=test-model", "--base_url={server}/v1"]
+  gemini = ["--backend=gemini", "--base_url={server}"]
+  keys = {"OPENAI_API_KEY": "k", "GEMINI_API_KEY": "k"}
+  probes = [
+    Probe(
+      "openai 429 with Retry-After of an hour",
+      annotate(*openai),
+      _one_fault_line(1, "asks to wait 3600 s"),
+      env=keys,
+      server={"script": ["ok", "429"], "retry_delay_s": 3600},
+      fast=True,
+    ),
+    Probe(
+      "gemini 429 with a retryDelay of two hours",
+      annotate(*gemini),
+      _one_fault_line(1, "asks to wait 7200 s"),
+      env=keys,
+      server={"script": ["429"], "retry_delay_s": 7200},
+    ),
+    Probe(
+      "openai 401 body echoes the key",
+      annotate(*openai),
+      _key_nowhere(s.path("server_stores")),
+      env={"OPENAI_API_KEY": _PLANTED_KEY},
+      server={"api_key": "the-right-one", "echo_key": True},
+      fast=True,
+    ),
+    Probe(
+      "gemini 400 body echoes the key",
+      annotate(*gemini),
+      _key_nowhere(s.path("server_stores")),
+      env={"GEMINI_API_KEY": "AIzaPLANTED0123456789abcdefghijk"},
+      server={"api_key": "the-right-one", "echo_key": True},
+    ),
+    Probe(
+      "openai choices as a dict",
+      annotate(*openai),
+      _one_fault_line(1, "'choices' is a dict"),
+      env=keys,
+      server={"script": ["choices_dict"]},
+      fast=True,
+    ),
+    Probe(
+      "openai choices as strings",
+      annotate(*openai),
+      _one_fault_line(1, "'choices[0]' is a str"),
+      env=keys,
+      server={"script": ["ok", "choices_strings"]},
+    ),
+    Probe(
+      "openai usage not a number",
+      annotate(*openai),
+      _one_fault_line(1, "'usage.prompt_tokens' is 'many'"),
+      env=keys,
+      server={"script": ["usage_text"]},
+    ),
+    Probe(
+      "openai answer without choices",
+      annotate(*openai),
+      _one_fault_line(1, "no 'choices' field"),
+      env=keys,
+      server={"script": ["no_choices"]},
+    ),
+    Probe(
+      "gemini candidates as strings",
+      annotate(*gemini),
+      _one_fault_line(1, "'candidates' hold no content"),
+      env=keys,
+      server={"script": ["choices_strings"]},
+    ),
+    Probe(
+      "annotate openai without --model",
+      annotate("--backend=openai", "--base_url=http://127.0.0.1:9/v1"),
+      fast=True,
+    ),
+    Probe("annotate --model empty", annotate("--model=")),
+    Probe(
+      "gemini on Vertex AI without credentials",
+      annotate("--vertexai", "--location=us-central1"),
+      _one_fault_line(2, "GOOGLE_APPLICATION_CREDENTIALS"),
+      env={
+        "HOME": s.path("no_home"),
+        "CLOUDSDK_CONFIG": s.path("no_gcloud"),
+        "GOOGLE_APPLICATION_CREDENTIALS": "",
+        "GOOGLE_CLOUD_PROJECT": "",
+        "GCE_METADATA_HOST": "127.0.0.1:9",
+        "GCE_METADATA_IP": "127.0.0.1:9",
+      },
+      fast=True,
+    ),
+  ]
+  out = iter(range(1000))
+
+  def distill(*flags: str) -> list[str]:
+    return ["dss_jax.distill", f"--out_dir={s.path('seed_out')}{next(out)}"] + [
+      *flags
+    ]
+
+  probes += [
+    Probe(
+      "distill two workers on one seed",
+      distill("--seeds=4,4", "--workers=2"),
+      fast=True,
+    ),
+    Probe(
+      "grid repeats a seed",
+      ["dss_jax.grid_job", f"--out_dir={s.path('grid_seed')}", "--seeds=1,2,1"],
+    ),
+    Probe(
+      "distill fractions that share a folder",
+      distill("--fractions=0.33333331,0.33333332"),
+    ),
+    Probe(
+      "distill openai teacher without a model", distill("--teacher=openai")
+    ),
+  ]
+  return probes
+
+
+def multihost_probes(s: Scratch) -> list[Probe]:
+  """2-process training jobs on the default path (needs the SVAMP build)."""
+  tfds = s.path("tfds")
+  hosts = s.path("hosts")
+
+  def one_host_without_data() -> None:
+    os.makedirs(f"{hosts}/1", exist_ok=True)
+    if not os.path.exists(f"{hosts}/0"):
+      os.symlink(tfds, f"{hosts}/0")
+
+  def both_end_in_one_line(procs: list) -> bool:
+    first, second = procs
+    return (
+      _one_fault_line(2, "is not built in")(second)
+      and _one_fault_line(1, "process 1 of 2 stopped")(first)
+      and not any("Check failure" in p.stderr for p in procs)
+    )
+
+  def both_finish(procs: list) -> bool:
+    return all(
+      p.returncode == 0 and "finished at step 2" in p.stderr for p in procs
+    )
+
+  argv = _train_argv(s.path("mh_run"), 2)[:-1]  # the default peak FLOP/s
+  return [
+    Probe(
+      "train on 2 hosts, default path",
+      [*argv, '--gin.MODEL_DIR="' + s.path("mh_ok") + '"'],
+      both_finish,
+      processes=2,
+      env={"XLA_FLAGS": "--xla_force_host_platform_device_count=1"},
+    ),
+    Probe(
+      "train on 2 hosts, host 1 without its data",
+      argv,
+      both_end_in_one_line,
+      env={"TFDS_DATA_DIR": f"{hosts}/{{index}}"},
+      setup=one_host_without_data,
+      processes=2,
+    ),
+  ]
 
 
 def gin_probes(s: Scratch) -> list[Probe]:
@@ -786,6 +1114,9 @@ def main() -> int:
     "--paper_data_dir", default=os.environ.get("DSS_PAPER_DATA_DIR")
   )
   parser.add_argument("--faults", action="store_true")
+  parser.add_argument(
+    "--fast", action="store_true", help="only the smoke subset (fast=True)"
+  )
   parser.add_argument("--timeout_s", type=float, default=180.0)
   parser.add_argument("--only", default="", help="run probes naming this")
   parser.add_argument(
@@ -811,8 +1142,13 @@ def main() -> int:
     + annotate_probes(scratch, args.paper_data_dir)
     + gin_probes(scratch)
     + data_probes(scratch)
+    + teacher_server_probes(scratch)
   )
-  if args.paper_data_dir:
+  if args.paper_data_dir and not args.fast:
+    probes += multihost_probes(scratch)
+  if args.fast:
+    probes = [p for p in probes if p.fast]
+  if args.paper_data_dir and not args.fast:
     # The gin probes then reach the trainer's own checks (and --faults
     # trains on it).
     sys.path.insert(0, str(REPO))
@@ -833,7 +1169,7 @@ def main() -> int:
     results.append((probe.name, *result))
     print(f"{result[0]:<10} {result[2]:6.1f}s  {probe.name}: {result[1][:150]}")
     sys.stdout.flush()
-  if args.faults:
+  if args.faults and not args.fast:
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGKILL):
       name = f"train: {signal.Signals(signum).name} after a checkpoint, resume"
       if args.only and args.only not in name:

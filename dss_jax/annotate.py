@@ -15,9 +15,17 @@ a crash or a kill continues where it stopped. `--build_tfds` then builds
 `dss_annotated/<card>_<source>` from the store. A bad key, an unknown model or
 an exhausted quota ends the run with one line on stderr.
 
-Exit status: 0 when every call is stored; 1 when calls are left failed (one
-`error:` line with their share; rerunning retries them); 2 for a user error
-(a bad flag, card, data folder, key or model name; one `error:` line).
+A server that asks to wait longer than `--max_retry_wait` (default 300 s;
+a `Retry-After` or Gemini `retryDelay`) or answers in a shape that is not
+its API's stops the run with one line naming it; shorter waits of 10 s or
+more are logged with their reason. Messages that quote a server never show
+an API key (masked).
+
+Exit status: 0 when every call is stored; 1 when calls are left failed or a
+server fault stopped the run (one `error:` line; rerunning retries them); 2
+for a user error (a bad flag, card, data folder, key or model name, an
+openai teacher without `--model`, Vertex AI without credentials; one
+`error:` line).
 """
 
 import logging
@@ -65,7 +73,13 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     "Teacher backend.",
     flag_values=flag_values,
   )
-  define("string", "model", "gemini-2.5-flash", "Teacher model name.")
+  define(
+    "string",
+    "model",
+    None,
+    "Teacher model name (gemini: default gemini-2.5-flash; openai: the "
+    "name the server serves, required).",
+  )
   define(
     "string",
     "base_url",
@@ -126,6 +140,14 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
   define("float", "tpm", None, "Client-side tokens-per-minute limit.")
   define("integer", "max_retries", 8, "Retries per call.", lower_bound=0)
   define("float", "timeout_s", 120.0, "Per-attempt timeout.")
+  define(
+    "float",
+    "max_retry_wait",
+    300.0,
+    "Longest server retry hint (Retry-After, retryDelay) to wait for, in "
+    "seconds; a longer one stops the run (rerun later to go on).",
+    lower_bound=0,
+  )
   define(
     "integer",
     "thinking_budget",
@@ -230,6 +252,7 @@ def main(argv: Sequence[str]) -> None:
       requests_per_minute=f.rpm,
       tokens_per_minute=f.tpm,
       max_retries=f.max_retries,
+      max_retry_wait_s=f.max_retry_wait,
       timeout_s=f.timeout_s + 5.0,
       price_per_million=price,
       progress=f.progress,

@@ -61,6 +61,7 @@ FIELD_OF_FLAG = {
   "teacher_samples": "num_samples",
   "teacher_concurrency": "concurrency",
   "teacher_rpm": "requests_per_minute",
+  "max_retry_wait": "max_retry_wait_s",
   "paper_data": "paper_data_dir",
   "methods": "methods",
   "model_sizes": "model_sizes",
@@ -121,6 +122,12 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
   define("integer", "teacher_samples", "Samples per example (vote when > 1).")
   define("integer", "teacher_concurrency", "Teacher calls in flight.")
   define("float", "teacher_rpm", "Client-side teacher requests per minute.")
+  define(
+    "float",
+    "max_retry_wait",
+    "Longest teacher retry hint to wait for, in seconds (default 300); a "
+    "longer one stops the job (rerun later to go on).",
+  )
   define(
     "string", "paper_data", "Released paper data (else $DSS_PAPER_DATA_DIR)."
   )

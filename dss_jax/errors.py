@@ -16,7 +16,9 @@ prints one line and exits with status 2, as do absl flag errors and
 Exit statuses of every command:
   0  done (`train` also after SIGTERM or Ctrl-C saved a checkpoint)
   1  the run stopped on something to look at: a NaN/Inf loss, teacher calls
-     left failed (`annotate`, `distill`)
+     left failed (`annotate`, `distill`), a fault of the machine or a server
+     (`FaultError`: a teacher answering in the wrong shape, a rate-limit
+     wait longer than allowed), reported in one line `error: ...`
   2  a user error, reported in one line `error: ...`
 """
 
@@ -37,6 +39,15 @@ class UserError(ValueError):
   """Input the user can fix: the message says what is wrong and what to do."""
 
 
+class FaultError(Exception):
+  """A fault of the machine or a server, not the user's input: the message
+  says what happened and what to do; one line and exit status 1."""
+
+
+# The exit status of a fault of the machine or a server.
+FAULT_STATUS = 1
+
+
 class MissingFileError(UserError, FileNotFoundError):
   """A file or folder the user named (or must provide) does not exist."""
 
@@ -45,6 +56,20 @@ def one_line(error: BaseException) -> str:
   """The first line of an error's message (gin and TFDS append context)."""
   text = str(error).strip() or type(error).__name__
   return text.splitlines()[0]
+
+
+def reported(error: BaseException) -> tuple[str, int] | None:
+  """(`error: <first line>`, exit status) of a user error or a fault.
+
+  Returns:
+    Status 2 for `UserError` and `app.UsageError`, 1 for `FaultError`; None
+    for anything else (a bug, which keeps its traceback).
+  """
+  if isinstance(error, (UserError, app.UsageError)):
+    return f"error: {one_line(error)}", USER_ERROR_STATUS
+  if isinstance(error, FaultError):
+    return f"error: {one_line(error)}", FAULT_STATUS
+  return None
 
 
 def exit_with_error(message: str) -> None:
@@ -62,7 +87,8 @@ def reports_user_errors(main: Callable[..., Any]) -> Callable[..., Any]:
 
   Returns:
     `main`, with `UserError` and `app.UsageError` reported as
-    `error: <first line>` on stderr and exit status 2.
+    `error: <first line>` on stderr and exit status 2, and `FaultError` the
+    same with exit status 1.
   """
 
   @functools.wraps(main)
@@ -71,5 +97,9 @@ def reports_user_errors(main: Callable[..., Any]) -> Callable[..., Any]:
       return main(*args, **kwargs)
     except (UserError, app.UsageError) as e:
       exit_with_error(one_line(e))
+    except FaultError as e:
+      sys.stdout.flush()
+      print(f"error: {one_line(e)}", file=sys.stderr)
+      sys.exit(FAULT_STATUS)
 
   return wrapped

@@ -75,7 +75,10 @@ def train_flops_per_step(
 
 
 def measure_matmul_flops(size: int = 2048, seconds: float = 2.0) -> float:
-  """Measured float32 matmul FLOP/s of the first device (the CPU's peak).
+  """Measured float32 matmul FLOP/s of this process's first device.
+
+  The device is a local one: on several hosts `jax.devices()[0]` belongs to
+  process 0, and another process may not place data on it.
 
   Args:
     size: side of the square matrices.
@@ -86,7 +89,7 @@ def measure_matmul_flops(size: int = 2048, seconds: float = 2.0) -> float:
   """
   x = jax.device_put(
     jax.random.normal(jax.random.PRNGKey(0), (size, size), jnp.float32),
-    jax.devices()[0],
+    jax.local_devices()[0],
   )
 
   @jax.jit
@@ -118,18 +121,22 @@ def peak_flops_per_second(peak_flops: float | None = None) -> float:
   Args:
     peak_flops: per-device peak to use as is; None looks the device kind up,
       and on CPU measures a float32 matmul, once per process (all fake CPU
-      devices share the same cores, so the CPU peak is not multiplied by the
-      device count).
+      devices of a process share its cores, so the CPU peak counts once per
+      process, not once per device).
 
   Returns:
-    FLOP/s of the whole job.
+    FLOP/s of the whole job. Every process answers from its own (local)
+    devices, so no process waits for another here; on CPU hosts each
+    process measures its own cores.
   """
-  device = jax.devices()[0]
+  device = jax.local_devices()[0]
   count = jax.device_count()
   if peak_flops is not None:
-    return peak_flops * (1 if device.platform == "cpu" else count)
+    return peak_flops * (
+      jax.process_count() if device.platform == "cpu" else count
+    )
   if device.platform == "cpu":
-    return _measured_cpu_peak()
+    return _measured_cpu_peak() * jax.process_count()
   for kind, flops in PEAK_FLOPS_BY_DEVICE_KIND.items():
     if device.device_kind.startswith(kind):
       return flops * count

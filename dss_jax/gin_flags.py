@@ -15,8 +15,12 @@ none of these) join one JAX job with T5X's flags:
     python -m dss_jax.train --coordinator_address=10.0.0.2:1234 \
       --process_count=2 --process_index=0 ...
 
-`--heartbeat_timeout_seconds` bounds how long the others wait when one
-process dies (they then exit non-zero).
+A process that stops on an error tells the others through the job's
+coordination service: it prints its `error:` line, and every other process
+prints one line naming it and exits with status 1 within about a second
+(`partitioning.JobFate`). `--heartbeat_timeout_seconds` (JAX's default 100)
+bounds how long the others wait for a process that dies without a word
+(kill -9, a lost machine); they then exit non-zero.
 
 `--task_cards=PATH[:PATH...]` (repeatable) registers cards of your own, as
 `DSS_TASK_CARDS` does: it is added to that variable before the gin files
@@ -358,9 +362,19 @@ def run(main: Callable[[Sequence[str]], None], what: str) -> None:
 
   def main_on_all_processes(argv: Sequence[str]) -> None:
     apply_tfds_data_dir()
-    initialize_distributed_from_flags()
-    apply_task_cards()
-    main(argv)
+
+    def job() -> None:
+      apply_task_cards()
+      main(argv)
+
+    if not initialize_distributed_from_flags():
+      job()
+      return
+    # Imported here: JAX starts after the host settings above.
+    from dss_jax import partitioning
+
+    # One failing process ends every process of the job (see JobFate).
+    partitioning.run_as_one_job(job, flags.FLAGS.heartbeat_timeout_seconds)
 
   cli.run(main_on_all_processes, rewrite_gin_args)
 

@@ -107,13 +107,69 @@ def expand(
 
   Returns:
     The run specs.
+
+  Raises:
+    errors.UserError: an axis repeats a value (`repeated`).
   """
+  axes = zip(
+    ("methods", "model_sizes", "fractions", "seeds"),
+    (methods, model_sizes, fractions, seeds),
+    strict=True,
+  )
+  for axis, values in axes:
+    if twice := repeated(axis, values):
+      raise errors.UserError(
+        f"{axis} {twice[0]!r} appears twice; each value is one run folder"
+      )
   return [
     RunSpec(method, size, float(fraction), int(seed))
     for size, fraction, seed, method in itertools.product(
       model_sizes, sorted(fractions), seeds, methods
     )
   ]
+
+
+def repeated(axis: str, values: Sequence[Any]) -> list[Any]:
+  """Values of a grid axis that would share a run folder with another.
+
+  Two runs of one grid must never train into one folder (two trainers on
+  one checkpoint folder fail in orbax and hang the job), so an axis holds
+  each value once, as its folder names it: seeds 0 and 0, or fractions
+  0.1234561 and 0.1234562 (both `frac12.3456`).
+
+  Args:
+    axis: "methods", "model_sizes", "fractions" or "seeds".
+    values: the axis's values.
+
+  Returns:
+    The values whose folder name an earlier value already has.
+  """
+  seen, out = set(), []
+  for value in values:
+    key = f"{100 * float(value):g}" if axis == "fractions" else str(value)
+    if key in seen:
+      out.append(value)
+    seen.add(key)
+  return out
+
+
+def check_distinct_folders(
+  root: str | pathlib.Path, specs: Sequence[RunSpec]
+) -> None:
+  """Refuses specs that would train two runs in one folder.
+
+  Raises:
+    errors.UserError: naming the folder two specs share.
+  """
+  seen: dict[pathlib.Path, RunSpec] = {}
+  for spec in specs:
+    folder = run_dir(root, spec)
+    if folder in seen:
+      raise errors.UserError(
+        f"two runs of one grid would share {folder} ({seen[folder]} and "
+        f"{spec}); make each seed and fraction distinct"
+      )
+    seen[folder] = spec
 
 
 def run_dir(root: str | pathlib.Path, spec: RunSpec) -> pathlib.Path:
@@ -275,6 +331,7 @@ def run_grid(
     StaleRunError: a run folder holds a run of another configuration.
   """
   root = pathlib.Path(root)
+  check_distinct_folders(root, specs)
   if identity is not None:
     for spec in specs:
       check_run_config(run_dir(root, spec), identity(spec))

@@ -28,6 +28,10 @@ import contextlib
 import dataclasses
 import logging
 import os
+import sys
+import threading
+import time
+import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -37,6 +41,7 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from dss_jax import errors
 from dss_jax.models.t5 import leaf_logical_axes
 
 LogicalAxisRules = Sequence[tuple[str, str | tuple[str, ...] | None]]
@@ -413,3 +418,205 @@ def initialize_distributed(
     jax.device_count(),
   )
   return True
+
+
+# Keys in the job's key-value store (jax.distributed's coordination service)
+# through which processes tell each other how they ended.
+_FAILED_KEY = "dss_jax/failed/"
+_ENDED_KEY = "dss_jax/ended/"
+# How often a process looks for another's failure: well under a second, so a
+# failing host ends the job at once rather than after a heartbeat timeout.
+_POLL_SECONDS = 0.5
+
+
+class JobFate:
+  """Makes every process of a multi-process job end when one fails.
+
+  JAX's own answer to a process that stops is its heartbeat: after
+  `heartbeat_timeout_seconds` of silence the coordination service declares
+  it dead, and every other process aborts with a C++ check failure and a
+  stack dump. A process that raised is not silent, though: JAX's exit hook
+  waits in the shutdown barrier (`shutdown_timeout_seconds`, 300 s by
+  default) while the others wait in a collective, so nothing ends for
+  minutes. Here a failing process instead
+
+    1. writes its error line under `dss_jax/failed/<index>` in the job's
+       key-value store and prints it,
+    2. leaves with `os._exit` (no shutdown barrier to wait in);
+
+  and every other process watches that folder from a thread (every 0.5 s),
+  prints one line naming the failed process and its error, and leaves with
+  status 1, whatever its main thread is waiting in. Process 0 hosts the
+  coordination service, so it leaves last: after every other process has
+  said it is leaving (or after the heartbeat timeout).
+
+  Bounds: a process that raises ends the job within about a second. A
+  process that dies without a word (kill -9, a lost machine) is caught by
+  JAX's heartbeat: the others stop after `--heartbeat_timeout_seconds`
+  (JAX's default 100 s), through JAX's own abort.
+
+  A process that finishes waits (watching) until every process has finished,
+  so one that fails late still stops the others before JAX's shutdown
+  barrier.
+  """
+
+  def __init__(self, heartbeat_timeout_seconds: float | None = None):
+    # Imported here: a private module of JAX, the only handle on the client
+    # of the job's coordination service.
+    from jax._src import distributed
+
+    self._client = distributed.global_state.client
+    self._index = jax.process_index()
+    self._count = jax.process_count()
+    self._timeout = heartbeat_timeout_seconds or 100
+    self._lock = threading.Lock()
+    self._stop = threading.Event()
+    self._thread = threading.Thread(
+      target=self._watch, name="dss_jax-job-fate", daemon=True
+    )
+
+  def __enter__(self) -> JobFate:
+    self._thread.start()
+    return self
+
+  def __exit__(self, *exc_info: Any) -> None:
+    self._stop.set()
+    self._thread.join()
+
+  def failure(self) -> tuple[int, str] | None:
+    """(index, error line) of a process that failed, if any did."""
+    try:
+      entries = self._client.key_value_dir_get(_FAILED_KEY)
+    except Exception:  # noqa: BLE001 - no entry yet, or the service left
+      return None
+    for key, line in sorted(entries):
+      index = int(key.rsplit("/", 1)[-1])
+      if index != self._index:
+        return index, line
+    return None
+
+  def fail(self, line: str | None, status: int) -> None:
+    """Tells the job this process failed, prints `line`, and leaves.
+
+    Args:
+      line: the `error: ...` line (None: already printed).
+      status: the exit status.
+    """
+    with self._lock:
+      peer = self.failure()
+      if peer is not None and line and status != errors.USER_ERROR_STATUS:
+        # A collective that broke because another process left: its error
+        # is the one to read. (A line already printed, or a user error of
+        # this process's own, stands as it is.)
+        self._leave_after(peer)
+      text = line or f"error: exited with status {status}"
+      self._set(_FAILED_KEY, text)
+      logging.disable(logging.CRITICAL)
+      if line:
+        print(line, file=sys.stderr)
+      self._exit(status)
+
+  def finish(self) -> None:
+    """Waits until every process has finished, or leaves on a failure."""
+    self._set(_ENDED_KEY, "ok")
+    while len(self._entries(_ENDED_KEY)) < self._count:
+      time.sleep(_POLL_SECONDS)
+    peer = self.failure()
+    if peer is not None:
+      with self._lock:
+        self._leave_after(peer)
+    # Everyone finished: JAX's shutdown barrier will pass at once.
+
+  def _watch(self) -> None:
+    while not self._stop.wait(_POLL_SECONDS):
+      peer = self.failure()
+      if peer is not None:
+        with self._lock:
+          self._leave_after(peer)
+
+  def _leave_after(self, peer: tuple[int, str]) -> None:
+    # The main thread may go on logging until the process leaves; the error
+    # line is to be the last one.
+    logging.disable(logging.CRITICAL)
+    index, line = peer
+    reason = line.removeprefix("error: ")
+    print(
+      f"error: process {index} of {self._count} stopped ({reason}); this "
+      f"process {self._index} stops too",
+      file=sys.stderr,
+    )
+    self._set(_ENDED_KEY, "stopped")
+    self._exit(1)
+
+  def _exit(self, status: int) -> None:
+    self._set(_ENDED_KEY, "stopped")
+    if self._index == 0:
+      # The others need the coordination service until they have left.
+      deadline = time.monotonic() + self._timeout
+      while (
+        len(self._entries(_ENDED_KEY)) < self._count
+        and time.monotonic() < deadline
+      ):
+        time.sleep(0.1)
+      time.sleep(_POLL_SECONDS)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+  def _set(self, folder: str, value: str) -> None:
+    try:
+      self._client.key_value_set(
+        f"{folder}{self._index}", value, allow_overwrite=True
+      )
+    except Exception:  # noqa: BLE001 - the service left: nobody to tell
+      pass
+
+  def _entries(self, folder: str) -> list[tuple[str, str]]:
+    try:
+      return self._client.key_value_dir_get(folder)
+    except Exception:  # noqa: BLE001 - no entry yet
+      return []
+
+
+def run_as_one_job(
+  main: Callable[[], Any], heartbeat_timeout_seconds: float | None = None
+) -> Any:
+  """Runs this process's `main` so that one failing process ends the job.
+
+  See `JobFate`. A user error (`errors.UserError`) ends in its one
+  `error: ...` line and status 2, as on one host, a fault
+  (`errors.FaultError`) the same with status 1; any other exception in
+  its traceback and one line, status 1; an exception that is only the echo
+  of another process's failure (a collective whose peer left) in one line
+  naming that process. Every other process then prints one line and exits
+  with status 1.
+
+  Args:
+    main: what this process runs.
+    heartbeat_timeout_seconds: the job's heartbeat timeout, the bound on how
+      long process 0 waits for the others to leave.
+
+  Returns:
+    What `main` returned, once every process has finished.
+  """
+  with JobFate(heartbeat_timeout_seconds) as fate:
+    try:
+      result = main()
+    except SystemExit as e:
+      status = e.code if isinstance(e.code, int) else int(e.code is not None)
+      if status:
+        fate.fail(None, status)  # its line is printed already
+      fate.finish()
+      raise
+    except KeyboardInterrupt:
+      fate.fail("error: interrupted (Ctrl-C)", 130)
+    except BaseException as e:  # noqa: BLE001 - every failure ends the job
+      known = errors.reported(e)
+      if known is not None:
+        fate.fail(*known)
+      if fate.failure() is None:
+        traceback.print_exc()  # a bug: keep what shows where
+      fate.fail(f"error: {type(e).__name__}: {errors.one_line(e)}", 1)
+    fate.finish()
+    return result

@@ -98,6 +98,8 @@ class DistillConfig:
     num_samples: teacher samples per example (self-consistency when > 1).
     concurrency: teacher calls in flight.
     requests_per_minute: client-side teacher rate limit.
+    max_retry_wait_s: the longest teacher retry hint to wait for; a longer
+      one stops the job.
     paper_data_dir: the paper's data layout (replay; default
       $DSS_PAPER_DATA_DIR or the downloaded zip).
     methods: training methods (`grid.METHODS`).
@@ -156,6 +158,7 @@ class DistillConfig:
   num_samples: int = 1
   concurrency: int = 16
   requests_per_minute: float | None = None
+  max_retry_wait_s: float = 300.0
   paper_data_dir: str | None = None
   methods: tuple[str, ...] = ("finetune", "dss_gold")
   model_sizes: tuple[str, ...] = ("demo",)
@@ -280,8 +283,19 @@ class DistillConfig:
       "> 0",
     )
     check("seeds", all(seed >= 0 for seed in self.seeds), ">= 0")
+    check("max_retry_wait_s", self.max_retry_wait_s >= 0, ">= 0")
+    if self.teacher_model is not None and not self.teacher_model.strip():
+      raise ConfigError("teacher_model", " is empty: name the model")
+    if self.backend == "openai" and not self.teacher_model:
+      raise ConfigError(
+        "teacher_model",
+        " is required with the openai teacher: the model name the server "
+        "serves, e.g. Qwen/Qwen2.5-7B-Instruct",
+      )
     for name in ("methods", "model_sizes", "fractions", "seeds"):
       check(name, len(getattr(self, name)) > 0, "a non-empty list")
+      # Two runs in one folder fail in orbax and hang the job.
+      check(name, not grid_lib.repeated(name, getattr(self, name)), "distinct")
 
   def specs(self) -> list[grid_lib.RunSpec]:
     """The job's runs (`grid_lib.expand`, less `baseline_fractions`)."""
@@ -328,6 +342,7 @@ class DistillConfig:
       "compilation_cache",
       "concurrency",
       "requests_per_minute",
+      "max_retry_wait_s",
       "eval_batch_size",
       "paper_data_dir",
       "methods",
@@ -527,6 +542,7 @@ class Pipeline:
         concurrency=config.concurrency,
         requests_per_minute=config.requests_per_minute,
         progress=config.progress,
+        max_retry_wait_s=config.max_retry_wait_s,
       ),
     )
     summary = runner.summarize(

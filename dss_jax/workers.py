@@ -219,8 +219,11 @@ def run_grid(
 
   Raises:
     StaleRunError: a run folder holds a run of another configuration.
+    errors.UserError: two specs share a run folder.
   """
   root = pathlib.Path(root)
+  # Two workers training one folder fail in orbax and hang the pool.
+  grid_lib.check_distinct_folders(root, specs)
   if identity is not None:
     for spec in specs:
       grid_lib.check_run_config(grid_lib.run_dir(root, spec), identity(spec))

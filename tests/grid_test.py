@@ -24,6 +24,13 @@ def test_expand_is_the_full_product_smallest_models_first():
     grid.RunSpec("prompting", "demo", 1.0, 0)
   with pytest.raises(ValueError, match="fraction"):
     grid.RunSpec("finetune", "demo", 0.0, 0)
+  # Two runs of one grid never share a folder.
+  with pytest.raises(errors.UserError, match="seeds 0 appears twice"):
+    grid.expand(["finetune"], ["demo"], [1.0], [0, 0])
+  with pytest.raises(errors.UserError, match="fractions 0.5 appears twice"):
+    grid.expand(["finetune"], ["demo"], [0.5, 1.0, 0.5], [0])
+  assert grid.repeated("fractions", [0.1234561, 0.1234562]) == [0.1234562]
+  assert grid.repeated("methods", ["finetune", "dss_gold"]) == []
 
 
 def test_finished_runs_are_not_redone_and_a_crash_resumes(tmp_path):
@@ -137,12 +144,22 @@ def test_every_flag_sets_a_config_field():
     ("--fractions=half", "--fractions must be comma-separated numbers"),
     ("--recipe=paired", "--recipe must be one of mixture, official"),
     ("--methods=prompting", "--methods: unknown method 'prompting'"),
+    # Two workers on one run folder would fail in orbax and hang.
+    ("--seeds=0,0", "--seeds must be distinct, got (0, 0)"),
+    ("--workers=2 --seeds=3,1,3", "--seeds must be distinct"),
+    ("--fractions=0.1234561,0.1234562", "--fractions must be distinct"),
   ],
 )
 def test_bad_flags_stop_before_any_stage_in_one_line(tmp_path, flag, words):
   out = tmp_path / "out"
   proc = subprocess.run(
-    [sys.executable, "-m", "dss_jax.distill", flag, f"--out_dir={out}"],
+    [
+      sys.executable,
+      "-m",
+      "dss_jax.distill",
+      *flag.split(),
+      f"--out_dir={out}",
+    ],
     capture_output=True,
     text=True,
     timeout=120,

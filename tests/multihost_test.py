@@ -1,15 +1,22 @@
 """Multi-host correctness, on one machine: 2 JAX processes x 2 CPU devices.
 
+Every training run takes the default path (no peak FLOP/s given, so each
+process measures its own CPU, on its own device).
+
 Each test starts real processes through `tests/multihost.py` (jax.distributed
 on 127.0.0.1, gloo collectives) and checks them against one process with 4
 devices:
   * the harness: one 4-device mesh, a global sum over both processes' data,
     and a killed process makes the other exit non-zero in bounded time;
+  * one fate: an exception on one process (a user error or a bug) is one
+    `error:` line there and one line naming it on the other, both exit
+    non-zero at once, and no C++ abort dump; the same through
+    `python -m dss_jax.train` for a host whose data is not built;
   * input sharding: each host reads only its own input shards, every global
     step holds each example once, and the global batches equal those of one
     process reading all shards;
   * training through `python -m dss_jax.train`: 2 x 2 devices end within
-    1e-6 of 1 x 4 on the same global batches;
+    1e-6 of 1 x 4 on the same global batches, 2 x 1 bitwise equal to 1 x 2;
   * preemption and checkpoints: SIGTERM to one process stops both at one
     step with status 0; the checkpoint resumes on 1 process and back on 2
     bit-identically to an uninterrupted run.
@@ -101,6 +108,65 @@ def test_kill_9_of_one_process_stops_the_other_in_bounded_time(
   assert took < 3 * multihost.HEARTBEAT_TIMEOUT_S + 30
 
 
+def fail_on_one_process(victim: int, user_error: bool) -> None:
+  """Process `victim` raises; the others sit in collectives meanwhile."""
+  import jax
+  from jax.experimental import multihost_utils
+
+  from dss_jax import errors, partitioning
+
+  def main():
+    multihost_utils.process_allgather(np.array(jax.process_index()))
+    if jax.process_index() == victim:
+      time.sleep(1)
+      if user_error:
+        raise errors.UserError("no data here; build it first")
+      raise RuntimeError("a bug")
+    while True:
+      multihost_utils.process_allgather(np.array(jax.process_index()))
+      time.sleep(0.05)
+
+  partitioning.run_as_one_job(main, multihost.HEARTBEAT_TIMEOUT_S)
+
+
+# No C++ abort (JAX's fatal log and its stack dump) on an ordinary error.
+_ABORT_MARKS = ("Check failure", "*** ", "Terminating process", "F1", "F2")
+
+
+def _error_lines(log: str) -> list[str]:
+  return [line for line in log.splitlines() if line.startswith("error:")]
+
+
+@pytest.mark.parametrize(
+  "victim,user_error", [(1, True), (0, True), (1, False)]
+)
+def test_an_exception_on_one_process_ends_every_process_in_one_line(
+  tmp_path, victim, user_error
+):
+  job = multihost.start_function(
+    fail_on_one_process, {"victim": victim, "user_error": user_error}, tmp_path
+  )
+  # Well inside the heartbeat timeout: the failure is announced, not
+  # discovered by a missing heartbeat (the startup takes the rest).
+  results = job.wait(timeout=120, expect=None)
+  survivor = 1 - victim
+  want = 2 if user_error else 1
+  assert results[victim].returncode == want, results[victim].log[-3000:]
+  assert results[survivor].returncode == 1, results[survivor].log[-3000:]
+  mine = _error_lines(results[victim].log)
+  theirs = _error_lines(results[survivor].log)
+  text = "no data here" if user_error else "RuntimeError: a bug"
+  assert len(mine) == 1 and text in mine[0], results[victim].log[-3000:]
+  assert len(theirs) == 1, results[survivor].log[-3000:]
+  assert f"process {victim} of 2 stopped" in theirs[0] and text in theirs[0]
+  for r in results:
+    assert not any(m in r.log for m in _ABORT_MARKS), r.log[-3000:]
+  # A bug keeps its traceback; a user error and the echo on the other
+  # process do not.
+  assert ("Traceback" in results[victim].log) == (not user_error)
+  assert "Traceback" not in results[survivor].log
+
+
 # ----------------------------------------------------------------------------
 # Training through `python -m dss_jax.train`: 2 x 2 devices against 1 x 4.
 # ----------------------------------------------------------------------------
@@ -138,8 +204,8 @@ def _train_args(model_dir, train_steps=TRAIN_STEPS, *extra):
     f"--gin.BATCH_SIZE={BATCH_SIZE}",
     f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}",
     "--gin.trainer.train.keep_checkpoints=10",
-    "--gin.trainer.train.peak_flops=1e12",
-    "--gin.trainer.train.progress_bar=False",
+    # No peak_flops or progress_bar override: every process takes the
+    # default path (each measures its own CPU's peak for MFU).
     *extra,
   ]
 
@@ -223,6 +289,59 @@ def test_two_processes_train_as_one(two_process_run, one_process_run):
     # mismatch (a wrong shard, a lost or repeated step) moves parameters by
     # about the learning rate, 1e-3 a step with Adam, 100 times the limit.
     assert diff <= 1e-5
+
+
+SHORT_STEPS = CHECKPOINT_PERIOD
+
+
+def test_two_processes_of_one_device_train_as_one(
+  tmp_path, tfds_dir, xla_cache
+):
+  # 2 x 1 against 1 x 2 reading the same 2 shards: a sum of two partial sums
+  # is the same in either order, so the parameters are bitwise equal.
+  two, one = tmp_path / "two" / "run", tmp_path / "one" / "run"
+  _train(tfds_dir, xla_cache, two, 2, 1, steps=SHORT_STEPS).wait(timeout=600)
+  _train(
+    tfds_dir, xla_cache, one, 1, 2, "--gin.DATA_SHARDS=2", steps=SHORT_STEPS
+  ).wait(timeout=600)
+  assert _bitwise_equal(_params(two, SHORT_STEPS), _params(one, SHORT_STEPS))
+
+
+def test_a_host_without_its_data_ends_the_job_in_one_line(
+  tmp_path, tfds_dir, xla_cache
+):
+  # Process 1's TFDS_DATA_DIR lacks the dataset; process 0's has it.
+  data = tmp_path / "data"
+  data.mkdir()
+  (data / "0").symlink_to(tfds_dir)
+  (data / "1").mkdir()
+  job = multihost.start_module(
+    "dss_jax.train",
+    _train_args(tmp_path / "run", SHORT_STEPS),
+    tmp_path / "logs",
+    processes=2,
+    devices=1,
+    env={"TFDS_DATA_DIR": str(data / "{index}")},
+  )
+  ended = {}
+  deadline = time.monotonic() + 600
+  while len(ended) < 2 and time.monotonic() < deadline:
+    for i, p in enumerate(job.procs):
+      if i not in ended and p.poll() is not None:
+        ended[i] = time.monotonic()
+    time.sleep(0.1)
+  results = job.wait(timeout=1, expect={0: 1, 1: 2})
+  # Process 0 stops as soon as process 1 says why, not after a heartbeat
+  # timeout (nor JAX's 300 s shutdown barrier).
+  assert ended[0] - ended[1] < multihost.HEARTBEAT_TIMEOUT_S
+  mine, theirs = (_error_lines(r.log) for r in (results[1], results[0]))
+  assert len(mine) == 1 and "is not built in" in mine[0], results[1].log[-3000:]
+  assert len(theirs) == 1, results[0].log[-3000:]
+  assert "process 1 of 2 stopped" in theirs[0]
+  assert "is not built in" in theirs[0]
+  for r in results:
+    assert not any(m in r.log for m in _ABORT_MARKS), r.log[-3000:]
+    assert "Traceback" not in r.log
 
 
 def read_global_batches(

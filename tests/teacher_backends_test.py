@@ -150,3 +150,103 @@ def test_gemini_batch_mode_resumes_submitted_jobs(tmp_path):
   records = store_lib.read_records(store)
   assert sorted(r.id for r in records) == [f"ex{i}" for i in range(5)]
   assert all(r.completion.startswith("The question needs") for r in records)
+
+
+# A key shaped like a real one, which a careless server echoes back.
+_PLANTED_KEY = "sk-proj-PLANTEDsecret0123456789abcdef"
+
+
+@pytest.mark.parametrize(
+  "make_backend", [_gemini, _openai], ids=["gemini", "openai"]
+)
+def test_a_key_the_server_echoes_is_masked(make_backend, monkeypatch):
+  monkeypatch.setenv("GEMINI_API_KEY", _PLANTED_KEY)
+  monkeypatch.setenv("OPENAI_API_KEY", _PLANTED_KEY)
+  with FakeTeacherServer(api_key="right-key", echo_key=True) as server:
+    (bad_key,) = _outcomes(make_backend, server, 1)
+  assert isinstance(bad_key, base.FatalError)
+  assert "API key" in str(bad_key) and base.MASK in str(bad_key)
+  assert "PLANTED" not in str(bad_key)
+
+
+def test_mask_secrets_hides_keys_and_their_shapes(monkeypatch):
+  monkeypatch.setenv("OPENAI_API_KEY", "configured-key-1234")
+  text = (
+    "Incorrect API key provided: Bearer sk-abc123456789; "
+    "url ?key=AIzaSyA0123456789abcdefgh&alt=json; "
+    '{"api_key": "zz-top-secret"}; the configured-key-1234 again; '
+    "a bare AIzaSyB0123456789abcdefgh"
+  )
+  masked = base.mask_secrets(text)
+  for secret in (
+    "sk-abc123456789",
+    "AIzaSyA0123456789abcdefgh",
+    "zz-top-secret",
+    "configured-key-1234",
+    "AIzaSyB0123456789abcdefgh",
+  ):
+    assert secret not in masked
+  assert masked.startswith("Incorrect API key provided: Bearer [REDACTED]")
+  # Data keeps ordinary words; only the configured key goes.
+  assert base.mask_configured_keys("key=3 and configured-key-1234") == (
+    "key=3 and [REDACTED]"
+  )
+
+
+@pytest.mark.parametrize(
+  "action,words",
+  [
+    ("choices_dict", "'choices' is a dict, not a list"),
+    ("choices_strings", "'choices[0]' is a str, not an object"),
+    ("usage_text", "'usage.prompt_tokens' is 'many', not a number"),
+    ("no_choices", "no 'choices' field"),
+  ],
+)
+def test_an_odd_openai_server_is_a_bad_answer_naming_the_field(action, words):
+  with FakeTeacherServer(script=[action]) as server:
+    (odd,) = _outcomes(_openai, server, 1)
+    url = server.url
+  assert isinstance(odd, base.BadAnswerError), odd
+  assert words in str(odd) and f"{url}/v1" in str(odd)
+
+
+@pytest.mark.parametrize(
+  "action,words",
+  [
+    ("choices_dict", "'candidates' hold no content"),
+    ("choices_strings", "'candidates' hold no content"),
+    ("usage_text", "usage_metadata.promptTokenCount: Input should be"),
+  ],
+)
+def test_an_odd_gemini_server_is_a_bad_answer(action, words):
+  with FakeTeacherServer(script=[action]) as server:
+    (odd,) = _outcomes(_gemini, server, 1)
+    url = server.url
+  assert isinstance(odd, base.BadAnswerError), odd
+  assert words in str(odd) and url in str(odd)
+
+
+def test_openai_without_a_model_is_a_fatal_error_not_an_attribute_error():
+  for model in (None, "", "  "):
+    with pytest.raises(base.FatalError, match="needs the model name"):
+      openai.OpenAIBackend(model, base_url="http://127.0.0.1:1/v1")
+
+
+def test_vertex_without_credentials_says_what_to_set(monkeypatch, tmp_path):
+  # No ADC file, no gcloud config, no metadata server to ask.
+  for name in (
+    "GOOGLE_APPLICATION_CREDENTIALS",
+    "GOOGLE_CLOUD_PROJECT",
+    "CLOUDSDK_CONFIG",
+  ):
+    monkeypatch.delenv(name, raising=False)
+  monkeypatch.setenv("HOME", str(tmp_path))
+  monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))
+  monkeypatch.setenv("GCE_METADATA_HOST", "127.0.0.1:1")
+  monkeypatch.setenv("NO_GCE_CHECK", "True")
+  with pytest.raises(base.FatalError) as raised:
+    gemini.GeminiBackend(vertexai=True, location="us-central1")
+  message = str(raised.value)
+  assert message.startswith("Vertex AI: ")
+  assert "GOOGLE_APPLICATION_CREDENTIALS" in message
+  assert "gcloud auth application-default login" in message

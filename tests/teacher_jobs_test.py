@@ -64,3 +64,11 @@ def test_make_teacher_builds_the_named_backend():
   assert openai.name == "m"
   assert str(openai._client.base_url) == jobs.DEFAULT_OPENAI_URL + "/"
   assert openai._client.timeout.read == 7.0
+
+
+def test_openai_needs_a_model_and_no_model_is_empty():
+  with pytest.raises(errors.UserError, match="--model is required"):
+    jobs.TeacherConfig(backend="openai")
+  for backend in ("openai", "gemini"):
+    with pytest.raises(errors.UserError, match="--model is empty"):
+      jobs.TeacherConfig(backend=backend, model=" ")

@@ -231,3 +231,172 @@ def test_rows_without_a_gold_label_are_not_teacher_errors(svamp_job, tmp_path):
   assert partial.annotated == full.annotated == 12
   assert partial.scored == 11
   assert partial.accuracy == pytest.approx(100.0 * partial.correct / 11)
+
+
+# ----------------------------------------------------------------------------
+# Bounded, visible waits; odd servers; secrets.
+# ----------------------------------------------------------------------------
+
+
+def _openai_at(server):
+  return openai.OpenAIBackend("test-model", base_url=server.url + "/v1")
+
+
+@pytest.mark.parametrize(
+  "script,delay,words",
+  [
+    # A Retry-After of an hour fails the run at once instead of sleeping.
+    (["ok", "ok", "429"], 3600, "asks to wait 3600 s before the next call"),
+    # An answer in the wrong shape is the server's fault.
+    (["ok", "ok", "choices_dict"], 1, "'choices' is a dict, not a list"),
+  ],
+)
+def test_a_server_fault_stops_the_run_keeps_the_store_and_a_rerun_goes_on(
+  svamp_job, tmp_path, script, delay, words
+):
+  _, _, requests = svamp_job
+  store = str(tmp_path / "s.jsonl")
+  config = dataclasses.replace(_FAST, concurrency=1)
+  with FakeTeacherServer(script=script, retry_delay_s=delay) as server:
+    start = time.monotonic()
+    with pytest.raises(base.TeacherStoppedError) as raised:
+      runner.annotate(_openai_at(server), requests, store, config)
+    took = time.monotonic() - start
+    url = server.url
+  message = str(raised.value)
+  assert words in message and f"{url}/v1" in message, message
+  assert "2 calls stored and 10 left" in message
+  assert took < 30
+  assert len(store_lib.read_records(store)) == 2  # nothing stored is lost
+  with FakeTeacherServer() as server:
+    stats = runner.annotate(_openai_at(server), requests, store, config)
+  assert (stats.already_stored, stats.completed) == (2, 10)
+
+
+def test_a_long_wait_under_the_cap_is_said(
+  svamp_job, tmp_path, monkeypatch, caplog
+):
+  _, _, requests = svamp_job
+  monkeypatch.setattr(runner, "_VISIBLE_WAIT_S", 0.5)
+  config = dataclasses.replace(_FAST, concurrency=1)
+  with FakeTeacherServer(script=["429"], retry_delay_s=1) as server:
+    with caplog.at_level("INFO"):
+      stats = runner.annotate(
+        _openai_at(server), requests[:1], str(tmp_path / "s.jsonl"), config
+      )
+  assert stats.completed == 1
+  (line,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+  assert line.startswith("waiting 1 s before retrying") and "429" in line
+
+
+def _annotate_cli(args, env, tmp_path, paper_data_dir, repo_dir):
+  return subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "dss_jax.annotate",
+      "--card=svamp",
+      "--split=test",
+      "--limit=4",
+      f"--store={tmp_path / 'store' / 's.jsonl'}",
+      "--progress=false",
+      *args,
+    ],
+    env={
+      **os.environ,
+      "PYTHONPATH": str(repo_dir),
+      "DSS_PAPER_DATA_DIR": str(paper_data_dir),
+      **env,
+    },
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+
+
+def _error_lines(text):
+  return [ln for ln in text.splitlines() if ln.startswith("error:")]
+
+
+def test_cli_a_key_the_server_echoes_is_nowhere(
+  repo_dir, paper_data_dir, tmp_path
+):
+  key = "sk-proj-PLANTEDsecret0123456789abcdef"
+  with FakeTeacherServer(api_key="right-key", echo_key=True) as server:
+    result = _annotate_cli(
+      ["--backend=openai", "--model=test-model", f"--base_url={server.url}/v1"],
+      {"OPENAI_API_KEY": key},
+      tmp_path,
+      paper_data_dir,
+      repo_dir,
+    )
+    assert server.counts["bad_key"] >= 1  # the server did echo it
+  assert result.returncode == 2, result.stderr[-2000:]
+  (line,) = _error_lines(result.stderr)
+  assert "rejected the API key (401)" in line and "[REDACTED]" in line
+  written = [p.read_text() for p in tmp_path.rglob("*") if p.is_file()]
+  for text in [result.stdout, result.stderr, *written]:
+    assert "PLANTED" not in text
+
+
+@pytest.mark.parametrize(
+  "script,delay,words",
+  [
+    (["ok", "429"], 3600, "asks to wait 3600 s"),
+    (["ok", "usage_text"], 1, "'usage.prompt_tokens' is 'many'"),
+  ],
+)
+def test_cli_a_server_fault_is_one_line_and_status_1(
+  repo_dir, paper_data_dir, tmp_path, script, delay, words
+):
+  with FakeTeacherServer(script=script, retry_delay_s=delay) as server:
+    result = _annotate_cli(
+      [
+        "--backend=openai",
+        "--model=test-model",
+        f"--base_url={server.url}/v1",
+        "--concurrency=1",
+      ],
+      {"OPENAI_API_KEY": "k"},
+      tmp_path,
+      paper_data_dir,
+      repo_dir,
+    )
+  assert result.returncode == 1, result.stderr[-2000:]
+  assert "Traceback" not in result.stderr
+  (line,) = _error_lines(result.stderr)
+  assert words in line and "1 calls stored and 3 left" in line, line
+  assert len(store_lib.read_records(tmp_path / "store" / "s.jsonl")) == 1
+
+
+def test_cli_openai_without_a_model_is_a_flag_error(
+  repo_dir, paper_data_dir, tmp_path
+):
+  result = _annotate_cli(
+    ["--backend=openai", "--base_url=http://127.0.0.1:1/v1"],
+    {},
+    tmp_path,
+    paper_data_dir,
+    repo_dir,
+  )
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert "Traceback" not in result.stderr
+  (line,) = _error_lines(result.stderr)
+  assert "--model is required with --backend=openai" in line
+
+
+def test_an_answer_that_echoes_the_key_is_stored_without_it(
+  svamp_job, tmp_path, monkeypatch
+):
+  key = "configured-secret-0123456789"
+  monkeypatch.setenv("OPENAI_API_KEY", key)
+  _, _, requests = svamp_job
+  store = tmp_path / "s.jsonl"
+  with FakeTeacherServer(
+    responder=lambda prompt: f"My key is {key}. The answer is (1 + 1)."
+  ) as server:
+    stats = runner.annotate(_openai_at(server), requests[:2], str(store), _FAST)
+  assert stats.completed == 2
+  assert key not in store.read_text()
+  (record, _) = store_lib.read_records(store)
+  assert record.completion == "My key is [REDACTED]. The answer is (1 + 1)."

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from dss_jax import grid, workers
+from dss_jax import errors, grid, workers
 
 
 @pytest.mark.parametrize(
@@ -62,3 +62,24 @@ def test_each_worker_runs_on_its_own_cores(tmp_path, monkeypatch):
   assert len(cores) == 2 and all(cores)
   assert not cores[0] & cores[1], cores
   assert cores[0] | cores[1] <= os.sched_getaffinity(0)
+
+
+def test_two_runs_in_one_folder_are_refused_before_any_worker_starts(
+  tmp_path,
+):
+  # Specs made by hand (not through grid.expand): seed 0 twice.
+  spec = grid.RunSpec("finetune", "demo-xs", 1.0, 0)
+  with pytest.raises(errors.UserError, match="would share .*seed0"):
+    workers.run_grid(
+      [spec, spec],
+      _never_called,
+      tmp_path,
+      workers=2,
+      log_dir=tmp_path / "logs",
+    )
+  assert not (tmp_path / "logs").exists()
+  assert not (tmp_path / "runs").exists()
+
+
+def _never_called(spec, folder):
+  raise AssertionError("no run may start")

@@ -75,6 +75,16 @@ class TeacherConfig:
       raise errors.UserError(
         f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}"
       )
+    if self.model is not None and not self.model.strip():
+      raise errors.UserError(
+        "--model is empty: name the teacher model, or leave the flag out "
+        f"for the default ({gemini.DEFAULT_MODEL} on gemini)"
+      )
+    if self.backend == "openai" and self.model is None:
+      raise errors.UserError(
+        "--model is required with --backend=openai: the model name the "
+        "server serves, e.g. --model=Qwen/Qwen2.5-7B-Instruct"
+      )
 
   @property
   def source_name(self) -> str:

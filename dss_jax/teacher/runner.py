@@ -9,6 +9,13 @@
 * retries with exponential backoff and jitter on 429/5xx/timeouts, never
   sooner than the server's retry hint; a 429 also pauses all workers for the
   hinted time, since every other in-flight call would hit the same limit;
+* bounded, visible waits: a wait of 10 s or more is logged (how long, why)
+  and shown on the progress bar; a server hint longer than `max_retry_wait_s`
+  (a `Retry-After: 3600`, a Gemini `retryDelay` of hours) stops the run
+  instead of sleeping through it, as does an answer in the wrong shape
+  (`base.BadAnswerError`): one line naming the server and what happened
+  (`base.TeacherStoppedError`, exit status 1); the calls stored are kept
+  and a rerun retries the rest;
 * an append-only fsynced store (store.py): calls already stored are skipped,
   so a run killed at any moment repeats at most the calls in flight, i.e. at
   most `concurrency` calls;
@@ -45,6 +52,9 @@ PRICES_PER_MILLION = {
 _CHARS_PER_TOKEN = 4
 # Non-retryable failures of this many consecutive requests stop the run.
 _MAX_REQUEST_ERRORS_IN_A_ROW = 20
+# Waits at least this long are said (log and progress bar), not slept
+# through silently.
+_VISIBLE_WAIT_S = 10.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +74,8 @@ class RunnerConfig:
     price_per_million: (input, output) US$ per million tokens for the cost
       estimate; None looks the teacher up in PRICES_PER_MILLION.
     progress: show a progress bar.
+    max_retry_wait_s: the longest server retry hint the run waits for; a
+      longer one stops the run (rerun later to retry the calls left).
   """
 
   concurrency: int = 16
@@ -75,6 +87,7 @@ class RunnerConfig:
   timeout_s: float = 120.0
   price_per_million: tuple[float, float] | None = None
   progress: bool = True
+  max_retry_wait_s: float = 300.0
 
 
 @dataclasses.dataclass
@@ -186,6 +199,8 @@ class _Run:
       self.queue.put_nowait(request)
     self.price = price_of(backend.name, config)
     self.request_errors_in_a_row = 0
+    # Why the run stopped early (a server fault), if it did.
+    self.stopped: str | None = None
     self.bar = tqdm.tqdm(
       total=len(pending),
       unit="call",
@@ -211,6 +226,10 @@ class _Run:
         error = base.RetryableError(f"no answer in {self.config.timeout_s}s")
       except base.RetryableError as e:
         error = e
+      except base.BadAnswerError as e:
+        self.stats.count_error(e)
+        self.stop(str(e))
+        return None
       except base.RequestError as e:
         logging.warning("request %s failed: %s", request.example_id, e)
         self.stats.count_error(e)
@@ -223,20 +242,24 @@ class _Run:
           ) from None
         return None
       self.stats.count_error(error)
-      if attempt == self.config.max_retries:
+      if attempt == self.config.max_retries or self.stopped:
         break
-      delay = backoff_delay(attempt, self.config, error.retry_after)
-      if error.retry_after is not None:
-        self.limiter.pause_until(time.monotonic() + error.retry_after)
-      logging.info(
-        "retry %d of %s in %.1fs: %s",
-        attempt + 1,
-        request.example_id,
-        delay,
-        error,
-      )
+      hint = error.retry_after
+      if hint is not None and hint > self.config.max_retry_wait_s:
+        self.stop(
+          f"{self.backend.server} asks to wait {hint:.0f} s before the next "
+          f"call ({error}), longer than --max_retry_wait="
+          f"{self.config.max_retry_wait_s:g} s"
+        )
+        return None
+      delay = backoff_delay(attempt, self.config, hint)
+      if hint is not None:
+        self.limiter.pause_until(time.monotonic() + hint)
+      self.say_wait(delay, request, error)
       self.stats.retries += 1
       await asyncio.sleep(delay)
+    if self.stopped:
+      return None  # another call stopped the run; a rerun retries this one
     if error.retry_after is not None or str(error).startswith("429"):
       raise base.FatalError(
         f"still rate limited after {self.config.max_retries} retries "
@@ -245,9 +268,32 @@ class _Run:
     logging.warning("giving up on %s: %s", request.example_id, error)
     return None
 
+  def stop(self, reason: str) -> None:
+    """Stops the run: no new calls; the calls in flight finish."""
+    if self.stopped is None:
+      self.stopped = reason
+      logging.warning("stopping the teacher calls: %s", reason)
+
+  def say_wait(
+    self, delay: float, request: prompts.TeacherRequest, error: Exception
+  ) -> None:
+    """Logs a retry; a long wait at WARNING and on the progress bar."""
+    if delay < _VISIBLE_WAIT_S:
+      logging.info("retry of %s in %.1fs: %s", request.example_id, delay, error)
+      return
+    logging.warning(
+      "waiting %.0f s before retrying %s: %s", delay, request.example_id, error
+    )
+    self.bar.set_postfix_str(f"waiting {delay:.0f}s: {str(error)[:40]}")
+
   async def record(
     self, request: prompts.TeacherRequest, completion: base.Completion
   ) -> None:
+    # A teacher that echoes the API key in its answer does not get it
+    # into the store.
+    text = base.mask_configured_keys(completion.text)
+    if text != completion.text:
+      completion = dataclasses.replace(completion, text=text)
     # The fsync runs in a thread so that other calls proceed meanwhile; the
     # call counts as done only once its line is durable.
     await asyncio.to_thread(
@@ -273,7 +319,7 @@ class _Run:
     self.bar.update(1)
 
   async def worker(self) -> None:
-    while True:
+    while not self.stopped:
       try:
         request = self.queue.get_nowait()
       except asyncio.QueueEmpty:
@@ -306,6 +352,9 @@ async def run_requests(
   Raises:
     FatalError: on a bad key, an unknown model or an exhausted quota; calls
       finished before it are kept in the store.
+    TeacherStoppedError: the server answered in the wrong shape, or asked
+      for a wait longer than `config.max_retry_wait_s`; calls finished before
+      it are kept in the store.
   """
   start = time.monotonic()
   stats = RunStats(requested=len(requests))
@@ -331,6 +380,14 @@ async def run_requests(
     await asyncio.gather(*workers, return_exceptions=True)
     run.bar.close()
     stats.elapsed_s = time.monotonic() - start
+  if run.stopped:
+    left = len(pending) - stats.completed
+    stats.failed = left
+    raise base.TeacherStoppedError(
+      f"teacher {backend.name}: {run.stopped}; stopped with "
+      f"{stats.completed + stats.already_stored} calls stored and {left} "
+      "left: rerun the same command later to make them"
+    )
   return stats
 
 

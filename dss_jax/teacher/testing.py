@@ -9,7 +9,11 @@ and no API key. It is not a teacher; nothing in the library uses it.
 
 Behaviour is scripted: a queue of actions ("ok", "429", "500", "garbage",
 "empty", "badjson", "hang") is consumed one per request, then every request answers
-"ok". On top of that: a fixed latency, a server-side rate limit (requests per
+"ok". Odd servers (200s that are not the API's shape) have actions of their
+own, "choices_dict", "choices_strings", "usage_text" and "no_choices"
+(`ODD_ACTIONS`; on the Gemini path the same names answer with
+`candidates` in that shape). `echo_key=True` makes a rejected key come back
+in the error body, as OpenAI's 401 does ("Incorrect API key provided: ..."). On top of that: a fixed latency, a server-side rate limit (requests per
 rolling minute, answered with 429 and a retry hint), an API key check and a
 list of known models. Answers come from a `responder(prompt) -> text` so
 they are deterministic. The server counts every request it receives.
@@ -40,6 +44,9 @@ _GEMINI_PATH = re.compile(r"^/v1beta/models/([^/:]+):generateContent$")
 _BATCH_CREATE = re.compile(r"^/v1beta/models/([^/:]+):batchGenerateContent$")
 _BATCH_GET = re.compile(r"^/v1beta/(batches/[^/:?]+)$")
 
+# 200 answers whose body is not the API's shape, by action name.
+ODD_ACTIONS = ("choices_dict", "choices_strings", "usage_text", "no_choices")
+
 
 def default_responder(prompt: str) -> str:
   """A deterministic made-up completion in the CQA answer format."""
@@ -66,6 +73,7 @@ class FakeTeacherServer:
     models: Iterable[str] = ("gemini-2.5-flash", "test-model"),
     hang_s: float = 30.0,
     port: int = 0,
+    echo_key: bool = False,
   ):
     """Creates (not starts) the server.
 
@@ -78,6 +86,7 @@ class FakeTeacherServer:
       retry_delay_s: the retry hint sent with 429s.
       api_key: when set, requests with another key get 400/401.
       models: known model names; others get 404.
+      echo_key: a rejected request's key comes back in the error message.
       hang_s: how long a "hang" action stalls (until stop() at the latest).
       port: the port (0 = any free port).
     """
@@ -89,6 +98,7 @@ class FakeTeacherServer:
     self.api_key = api_key
     self.models = set(models)
     self.hang_s = hang_s
+    self.echo_key = echo_key
     self.lock = threading.Lock()
     self.stop_event = threading.Event()
     self.counts: collections.Counter[str] = collections.Counter()
@@ -221,7 +231,8 @@ class FakeTeacherServer:
         400,
         _gemini_error(
           400,
-          "API key not valid. Please pass a valid API key.",
+          "API key not valid. Please pass a valid API key."
+          + (f" Key given: {key}" if self.echo_key else ""),
           "INVALID_ARGUMENT",
           [
             {
@@ -287,6 +298,8 @@ class FakeTeacherServer:
         500, _gemini_error(500, "An internal error has occurred.", "INTERNAL")
       )
     usage = {"promptTokenCount": len(prompt) // 4}
+    if action in ODD_ACTIONS:
+      return handler._send(200, _odd_gemini(action, prompt))
     if action == "badjson":
       return handler._send(200, b'{"candidates": [{"content": ')
     if action == "empty":
@@ -402,7 +415,8 @@ class FakeTeacherServer:
         401,
         {
           "error": {
-            "message": "Incorrect API key provided.",
+            "message": "Incorrect API key provided"
+            + (f": {auth}" if self.echo_key else "."),
             "type": "invalid_request_error",
             "code": "invalid_api_key",
           }
@@ -440,6 +454,8 @@ class FakeTeacherServer:
       )
     if action == "500":
       return handler._send(500, {"error": {"message": "internal error"}})
+    if action in ODD_ACTIONS:
+      return handler._send(200, _odd_openai(action))
     if action == "badjson":
       return handler._send(200, b'{"choices": [{"message": ')
     if action == "empty":
@@ -473,6 +489,48 @@ class FakeTeacherServer:
         },
       },
     )
+
+
+def _odd_openai(action: str) -> dict[str, Any]:
+  """A chat-completions 200 with one field in the wrong shape."""
+  message = {"role": "assistant", "content": "So the answer is (a)."}
+  choice = {"index": 0, "message": message, "finish_reason": "stop"}
+  body: dict[str, Any] = {
+    "id": "x",
+    "object": "chat.completion",
+    "choices": [choice],
+    "usage": {"prompt_tokens": 5, "completion_tokens": 5},
+  }
+  if action == "choices_dict":
+    body["choices"] = {"0": choice}
+  elif action == "choices_strings":
+    body["choices"] = ["So the answer is (a)."]
+  elif action == "usage_text":
+    body["usage"] = {"prompt_tokens": "many", "completion_tokens": 5}
+  else:
+    del body["choices"]
+  return body
+
+
+def _odd_gemini(action: str, prompt: str) -> dict[str, Any]:
+  """A generateContent 200 with one field in the wrong shape."""
+  candidate = {
+    "content": {"parts": [{"text": "So the answer is (a)."}], "role": "model"},
+    "finishReason": "STOP",
+  }
+  body: dict[str, Any] = {
+    "candidates": [candidate],
+    "usageMetadata": {"promptTokenCount": len(prompt) // 4},
+  }
+  if action == "choices_dict":
+    body["candidates"] = {"0": candidate}
+  elif action == "choices_strings":
+    body["candidates"] = ["So the answer is (a)."]
+  elif action == "usage_text":
+    body["usageMetadata"] = {"promptTokenCount": "many"}
+  else:
+    body = {"answer": "So the answer is (a)."}
+  return body
 
 
 def _gemini_error(

@@ -12,9 +12,12 @@ import os
 import re
 from typing import Any
 
+import pydantic
 from google import genai
+from google.auth import exceptions as auth_exceptions
 from google.genai import errors, types
 
+from dss_jax import errors as errors_lib
 from dss_jax.teacher import prompts
 from dss_jax.teacher.backends import base
 
@@ -62,12 +65,17 @@ def make_client(
     retry_options=types.HttpRetryOptions(attempts=1),
   )
   if vertexai:
-    return genai.Client(
-      vertexai=True,
-      project=project,
-      location=location,
-      http_options=http_options,
-    )
+    try:
+      return genai.Client(
+        vertexai=True,
+        project=project,
+        location=location,
+        http_options=http_options,
+      )
+    except (auth_exceptions.GoogleAuthError, ValueError) as e:
+      raise base.FatalError(
+        f"Vertex AI: {errors_lib.one_line(e)}; {VERTEX_SETUP}"
+      ) from None
   key = api_key_from_env()
   if not key:
     raise base.FatalError(
@@ -75,6 +83,15 @@ def make_client(
       "or use --vertexai"
     )
   return genai.Client(api_key=key, http_options=http_options)
+
+
+# What Vertex AI needs, said when it is missing.
+VERTEX_SETUP = (
+  "Vertex AI needs Google Cloud credentials (run `gcloud auth "
+  "application-default login`, or set GOOGLE_APPLICATION_CREDENTIALS to a "
+  "service-account key file) and a project (--project or "
+  "GOOGLE_CLOUD_PROJECT); without --vertexai, set GEMINI_API_KEY instead"
+)
 
 
 def _duration_s(text: Any) -> float | None:
@@ -137,6 +154,16 @@ def classify_api_error(error: errors.APIError, model: str) -> base.TeacherError:
   return base.RequestError(f"{code} {message}")
 
 
+def _first_problem(error: Any) -> str:
+  """The first field pydantic found wrong, e.g. "candidates: list expected"."""
+  try:
+    first = error.errors()[0]
+    where = ".".join(str(p) for p in first.get("loc", ()))
+    return f"{where}: {first.get('msg', '')}"
+  except (AttributeError, IndexError, TypeError):
+    return errors_lib.one_line(error)
+
+
 def is_transport_error(error: BaseException) -> bool:
   """Timeouts and dropped connections from any HTTP stack the SDK uses."""
   if isinstance(error, (asyncio.TimeoutError, TimeoutError, ConnectionError)):
@@ -154,6 +181,7 @@ def completion_from_response(
     RequestError: the answer holds no usable text (no candidates, a blocked
       prompt, an empty or missing text): the call counts as failed, is not
       stored, and is retried on the next run.
+    BadAnswerError: the answer is not in the API's shape.
   """
   usage = response.usage_metadata
   input_tokens = (usage.prompt_token_count or 0) if usage else 0
@@ -168,6 +196,13 @@ def completion_from_response(
     reason = getattr(reason, "value", reason) or "NO_CANDIDATES"
     raise base.RequestError(f"no candidates in the answer (BLOCKED:{reason})")
   candidate = response.candidates[0]
+  if candidate.content is None and candidate.finish_reason is None:
+    # The SDK reads `candidates` of any shape (a dict, a list of strings)
+    # as empty candidates; a real one always says why it finished.
+    raise base.BadAnswerError(
+      "the server's 'candidates' hold no content and no finishReason: not "
+      "Gemini's GenerateContentResponse"
+    )
   parts = candidate.content.parts if candidate.content else None
   # Thought parts are the model's hidden reasoning, not the rationale asked for.
   text = "".join(p.text for p in parts or [] if p.text and not p.thought)
@@ -215,6 +250,7 @@ class GeminiBackend(base.TeacherBackend):
     """
     self.name = model
     self._model = model
+    self.server = base_url or ("Vertex AI" if vertexai else "the Gemini API")
     self._timeout_s = timeout_s
     self._thinking_budget = thinking_budget
     self._client = client or make_client(
@@ -256,16 +292,31 @@ class GeminiBackend(base.TeacherBackend):
       )
     except errors.APIError as e:
       raise classify_api_error(e, self._model) from None
+    except auth_exceptions.GoogleAuthError as e:
+      raise base.FatalError(
+        f"{self.server}: {errors_lib.one_line(e)}; {VERTEX_SETUP}"
+      ) from None
     except Exception as e:
       if is_transport_error(e):
         raise base.RetryableError(f"{type(e).__name__}: {e}") from None
+      if isinstance(e, pydantic.ValidationError):
+        # A 200 in JSON, but not a GenerateContentResponse: the server's
+        # fault (`choices`-style lists where objects belong, counts that are
+        # not numbers).
+        raise base.BadAnswerError(
+          f"{self.server} answered in a shape that is not Gemini's "
+          f"GenerateContentResponse: {_first_problem(e)}"
+        ) from None
       if isinstance(e, ValueError):
         # A 200 whose body is not JSON, or not a response's shape.
         raise base.RetryableError(
           f"unreadable answer ({type(e).__name__}: {str(e)[:100]})"
         ) from None
       raise
-    return completion_from_response(response)
+    try:
+      return completion_from_response(response)
+    except base.BadAnswerError as e:
+      raise base.BadAnswerError(f"{self.server}: {e}") from None
 
   async def aclose(self) -> None:
     close = getattr(self._client.aio, "aclose", None)

@@ -57,9 +57,17 @@ class OpenAIBackend(base.TeacherBackend):
       timeout_s: per-request timeout; a hung call becomes a retryable error.
       api_key: overrides $OPENAI_API_KEY.
     """
+    if not model or not str(model).strip():
+      raise base.FatalError(
+        "the openai teacher needs the model name the server serves: pass "
+        "--model (annotate) or --teacher_model (distill), e.g. "
+        "Qwen/Qwen2.5-7B-Instruct"
+      )
     self.name = model
     self._model = model
+    self.server = base_url
     key = api_key or os.environ.get(KEY_ENV)
+    self._secrets = (key,)
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     self._client = httpx.AsyncClient(
       base_url=base_url.rstrip("/") + "/",
@@ -94,40 +102,71 @@ class OpenAIBackend(base.TeacherBackend):
     except TimeoutError as e:
       raise base.RetryableError("timeout") from e
     code = response.status_code
+    # The server's words may echo the key (OpenAI's 401 does).
+    said = base.mask_secrets(_message(response), self._secrets)
     if code in (401, 403):
       raise base.FatalError(
-        f"the server rejected the API key ({code}): {_message(response)}"
+        f"{self.server} rejected the API key ({code}): {said}; check ${KEY_ENV}"
       )
     if code == 404:
       raise base.FatalError(
-        f"unknown model {self._model!r} or wrong base URL ({code}): "
-        f"{_message(response)}"
+        f"unknown model {self._model!r} or wrong base URL {self.server} "
+        f"({code}): {said}"
       )
     if code in (408, 429) or code >= 500:
-      raise base.RetryableError(
-        f"{code} {_message(response)}", _retry_after(response)
-      )
+      raise base.RetryableError(f"{code} {said}", _retry_after(response))
     if code >= 400:
-      raise base.RequestError(f"{code} {_message(response)}")
+      raise base.RequestError(f"{code} {said}")
     try:
       data = response.json()
-      choices = data.get("choices") or []
-      usage = data.get("usage") or {}
-    except (ValueError, AttributeError):
+    except ValueError:
       raise base.RetryableError("response is not JSON") from None
+    return self._completion(data)
+
+  def _completion(self, data: Any) -> base.Completion:
+    """The Completion of a chat-completions body; its shape is checked."""
+
+    def bad(what: str) -> base.BadAnswerError:
+      return base.BadAnswerError(
+        f"{self.server} answered in a shape that is not OpenAI's "
+        f"chat-completions: {what}"
+      )
+
+    if not isinstance(data, dict):
+      raise bad(f"the body is a JSON {type(data).__name__}, not an object")
+    if "choices" not in data:
+      raise bad("no 'choices' field")
+    choices = data["choices"]
+    if not isinstance(choices, list):
+      raise bad(f"'choices' is a {type(choices).__name__}, not a list")
     if not choices:
       raise base.RequestError("no choices in the answer")
     choice = choices[0]
-    text = (choice.get("message") or {}).get("content") or ""
-    if not isinstance(text, str) or not text.strip():
+    if not isinstance(choice, dict):
+      raise bad(f"'choices[0]' is a {type(choice).__name__}, not an object")
+    message = choice.get("message")
+    if not isinstance(message, dict):
+      raise bad("'choices[0].message' is missing or not an object")
+    text = message.get("content")
+    if text is not None and not isinstance(text, str):
+      raise bad(f"'message.content' is a {type(text).__name__}, not text")
+    if not text or not text.strip():
       raise base.RequestError(
         f"empty text in the answer (finish {choice.get('finish_reason')})"
       )
+    usage = data.get("usage") or {}
+    if not isinstance(usage, dict):
+      raise bad(f"'usage' is a {type(usage).__name__}, not an object")
+    tokens = []
+    for name in ("prompt_tokens", "completion_tokens"):
+      value = usage.get(name) or 0
+      if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise bad(f"'usage.{name}' is {value!r}, not a number")
+      tokens.append(int(value))
     return base.Completion(
-      text,
+      base.mask_configured_keys(text),
       str(choice.get("finish_reason") or ""),
-      int(usage.get("prompt_tokens") or 0),
-      int(usage.get("completion_tokens") or 0),
+      *tokens,
     )
 
   async def aclose(self) -> None:
