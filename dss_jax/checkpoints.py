@@ -34,6 +34,7 @@ import logging
 import os
 import pathlib
 import re
+import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -556,6 +557,7 @@ def read_ref(ref: CheckpointRef) -> dict[str, np.ndarray]:
     CorruptCheckpointError: the checkpoint cannot be read, or its arrays
       differ from the ones saved.
   """
+  _quiet_abandoned_reads()
   try:
     flat = _read_ref_unchecked(ref)
   except errors.UserError:
@@ -573,6 +575,31 @@ def read_ref(ref: CheckpointRef) -> dict[str, np.ndarray]:
     ) from None
   verify_params(ref, flat)
   return flat
+
+
+def _quiet_abandoned_reads() -> None:
+  """Silences orbax's loose ends after a failed read (set before reading).
+
+  When one array of a checkpoint fails to read, orbax's event loop closes
+  while the reads of the other arrays are still under way; when those end,
+  tensorstore reports "Event loop is closed" through `sys.excepthook`, and
+  asyncio logs the abandoned tasks at exit. Both would print tracebacks
+  after the one-line error about the damaged checkpoint.
+  """
+  hook = sys.excepthook
+  if getattr(hook, "_dss_quiet", False):
+    return
+
+  def quiet(kind, value, tb):
+    if isinstance(value, RuntimeError) and "Event loop is closed" in str(value):
+      return
+    hook(kind, value, tb)
+
+  quiet._dss_quiet = True  # type: ignore[attr-defined]
+  sys.excepthook = quiet
+  logging.getLogger("asyncio").addFilter(
+    lambda record: "exception was never retrieved" not in record.getMessage()
+  )
 
 
 def _read_ref_unchecked(ref: CheckpointRef) -> dict[str, np.ndarray]:
