@@ -31,6 +31,8 @@ def cli(gin_files: Sequence[str], gin_bindings: Sequence[str]) -> int:
   )
   if status:
     return status
+  for line in results.truncation:
+    print(line)
   if results.reused:
     steps = ", ".join(str(s) for s in sorted(results.reused))
     print(

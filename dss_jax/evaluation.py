@@ -49,7 +49,14 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
-from dss_jax import checkpoints, decoding, errors, t5x_checkpoints, vocab
+from dss_jax import (
+  checkpoints,
+  decoding,
+  errors,
+  input_pipeline,
+  t5x_checkpoints,
+  vocab,
+)
 
 if TYPE_CHECKING:
   from dss_jax.models import t5
@@ -468,6 +475,33 @@ class Evaluator:
         f"{mixture_or_task_name!r} has no task with metric functions and a "
         f"{split!r} split"
       )
+    # SeqIO cuts long inputs without a word: count them once, per task.
+    self.truncation = [
+      count
+      for count in input_pipeline.count_truncated(
+        mixture_or_task_name,
+        split,
+        {**feature_lengths, "targets": self.max_decode_length},
+        num_examples=num_examples,
+        use_cached=use_cached,
+      )
+      if count.task in self.task_names
+    ]
+    for count in self.truncation:
+      if count.inputs_cut or count.targets_cut:
+        logging.warning("eval %s", self.truncation_message(count))
+
+  @staticmethod
+  def truncation_message(count: input_pipeline.Truncation) -> str:
+    """What a count means for scoring: inputs cut, targets out of reach."""
+    text = dataclasses.replace(count, targets_cut=0).message()
+    if count.targets_cut:
+      text += (
+        f"; {count.targets_cut} of {count.examples} targets are longer than "
+        f"the {count.targets_length} tokens decoded (MAX_DECODE_LENGTH), so "
+        "no prediction can match them"
+      )
+    return text
 
   @property
   def task_names(self) -> list[str]:
@@ -584,6 +618,9 @@ class EvalResults(dict):
       same identity (task, split, examples, checkpoint, decoding,
       vocabulary, feature lengths).
     record: the record file, for the messages.
+    truncation: per task, the examples longer than the feature lengths
+      (lines such as "test: 3 of 200 inputs longer than 512 tokens were
+      cut"), when any.
   """
 
   def __init__(self, task: str, split: str, record: str):
@@ -592,6 +629,7 @@ class EvalResults(dict):
     self.split = split
     self.reused: list[int] = []
     self.record = record
+    self.truncation: list[str] = []
 
 
 def checkpoint_checksum(ref: checkpoints.CheckpointRef) -> str:
@@ -808,6 +846,11 @@ def evaluate_checkpoints(
   results = EvalResults(
     mixture_or_task_name, split, os.path.join(output_dir, EVAL_RECORD)
   )
+  results.truncation = [
+    evaluator.truncation_message(c)
+    for c in evaluator.truncation
+    if c.inputs_cut or c.targets_cut
+  ]
   done: set[int] = set()
   while True:
     recorded = read_eval_record(output_dir)

@@ -400,3 +400,22 @@ def test_values_that_would_break_later_are_refused_up_front(
   kwargs[setting] = value
   with pytest.raises(ValueError, match=message):
     evaluation.evaluate_checkpoints(model, str(path), _TASK, **kwargs)
+
+
+def test_long_inputs_and_unreachable_targets_are_counted(model_dir, tmp_path):
+  model, path, _ = model_dir
+  _register_task(tmp_path)
+  results = evaluation.evaluate_checkpoints(
+    model,
+    str(path),
+    _TASK,
+    feature_lengths={"inputs": 8, "targets": 3},
+    batch_size=4,
+    output_dir=str(tmp_path / "out"),
+  )
+  # "predict: a" + EOS is 11 bytes; "yes" + EOS 4 (two of the three).
+  assert results.truncation == [
+    "validation: 3 of 3 inputs longer than 8 tokens were cut "
+    f"({_TASK}); 2 of 3 targets are longer than the 3 tokens decoded "
+    "(MAX_DECODE_LENGTH), so no prediction can match them"
+  ]
