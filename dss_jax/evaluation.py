@@ -704,11 +704,18 @@ def read_eval_record(output_dir: str) -> dict[int, dict[str, Any]]:
 def _append_eval_record(
   output_dir: str, step: int, identity: Mapping[str, Any]
 ) -> None:
-  path = epath.Path(output_dir) / EVAL_RECORD
-  path.parent.mkdir(parents=True, exist_ok=True)
+  path = os.path.join(output_dir, EVAL_RECORD)
+  tf.io.gfile.makedirs(output_dir)
   line = json.dumps({"step": step, "identity": identity}, sort_keys=True)
-  with open(os.fspath(path), "a", encoding="utf-8") as f:
-    f.write(line + "\n")
+  # Rewritten whole and renamed, as SeqIO's JSON logger appends (gs:// has
+  # no append).
+  text = ""
+  if tf.io.gfile.exists(path):
+    with tf.io.gfile.GFile(path) as f:
+      text = f.read()
+  with tf.io.gfile.GFile(path + ".tmp", "w") as f:
+    f.write(text + line + "\n")
+  tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
 
 
 def identity_changes(

@@ -6,6 +6,9 @@ Run: .venv/bin/pytest tests/infer_test.py -q
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -246,3 +249,74 @@ def test_long_inputs_counted_and_the_run_vocabulary_checked(
       infer.infer(
         model, path, str(tmp_path / "o.jsonl"), **(kwargs | {setting: 0})
       )
+
+
+def _infer_command(tmp_path, *bindings):
+  (tmp_path / "tiny_model.gin").write_text(
+    "from __gin__ import dynamic_registration\n"
+    "from dss_jax.models import t5\n"
+    "MODEL = @t5.Transformer()\n"
+    "t5.Transformer.config = @t5.t5_1_1_config()\n"
+    't5.t5_1_1_config.size = "tiny"\n'
+  )
+  return [
+    sys.executable,
+    "-m",
+    "dss_jax.infer",
+    f"--gin_file={tmp_path / 'tiny_model.gin'}",
+    "--gin_file=runs/infer.gin",
+    *[f"--gin.{b}" for b in bindings],
+  ]
+
+
+def test_entry_point_reads_a_jsonl_file_and_counts_cut_inputs(
+  tmp_path, checkpoint, repo_dir
+):
+  _, _, path = checkpoint
+  inputs = tmp_path / "questions.JSONL"
+  inputs.write_text(
+    json.dumps({"input": "2 + 3", "answer": 5})
+    + "\n"
+    + json.dumps({"input": "long " * 30, "answer": 1})
+    + "\n"
+  )
+  out = tmp_path / "answers.jsonl"
+  common = [
+    f'CHECKPOINT_PATH="{path}"',
+    f'OUTPUT_FILE="{out}"',
+    f'INPUT_FILE="{inputs}"',
+    'VOCABULARY="byte"',
+    f"INPUT_LENGTH={_INPUT_LENGTH}",
+    f"MAX_DECODE_LENGTH={_DECODE_LENGTH}",
+  ]
+  env = dict(os.environ, PYTHONPATH=str(repo_dir))
+  run = subprocess.run(
+    _infer_command(tmp_path, *common, "BATCH_SIZE=4"),
+    capture_output=True,
+    text=True,
+    cwd=repo_dir,
+    env=env,
+    timeout=300,
+  )
+  assert run.returncode == 0, run.stderr[-2000:]
+  lines = run.stdout.strip().splitlines()
+  assert lines[-2] == (
+    f"1 of 2 inputs longer than {_INPUT_LENGTH} tokens were cut (INPUT_LENGTH)"
+  )
+  summary = json.loads(lines[-1])
+  assert summary["examples"] == 2 and summary["inputs_cut"] == 1
+  rows = [json.loads(x) for x in out.read_text().splitlines()]
+  assert [r["target"] for r in rows] == ["5", "1"]
+  # A batch size of 0 is one line before anything is read.
+  run = subprocess.run(
+    _infer_command(tmp_path, *common, "BATCH_SIZE=0"),
+    capture_output=True,
+    text=True,
+    cwd=repo_dir,
+    env=env,
+    timeout=300,
+  )
+  assert run.returncode == 2
+  assert run.stderr.strip().splitlines()[-1] == (
+    "error: BATCH_SIZE must be a whole number >= 1, got 0"
+  )
