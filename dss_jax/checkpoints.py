@@ -582,21 +582,31 @@ def _quiet_abandoned_reads() -> None:
 
   When one array of a checkpoint fails to read, orbax's event loop closes
   while the reads of the other arrays are still under way; when those end,
-  tensorstore reports "Event loop is closed" through `sys.excepthook`, and
-  asyncio logs the abandoned tasks at exit. Both would print tracebacks
-  after the one-line error about the damaged checkpoint.
+  tensorstore reports "Event loop is closed" (through `sys.excepthook` or
+  `sys.unraisablehook`), and asyncio logs the abandoned tasks at exit. Both
+  would print tracebacks after the one-line error about the damaged
+  checkpoint.
   """
-  hook = sys.excepthook
+  hook, unraisable = sys.excepthook, sys.unraisablehook
   if getattr(hook, "_dss_quiet", False):
     return
 
+  def closed_loop(value: BaseException | None) -> bool:
+    return isinstance(value, RuntimeError) and "Event loop is closed" in str(
+      value
+    )
+
   def quiet(kind, value, tb):
-    if isinstance(value, RuntimeError) and "Event loop is closed" in str(value):
-      return
-    hook(kind, value, tb)
+    if not closed_loop(value):
+      hook(kind, value, tb)
+
+  def quiet_unraisable(report):
+    if not closed_loop(report.exc_value):
+      unraisable(report)
 
   quiet._dss_quiet = True  # type: ignore[attr-defined]
   sys.excepthook = quiet
+  sys.unraisablehook = quiet_unraisable
   logging.getLogger("asyncio").addFilter(
     lambda record: "exception was never retrieved" not in record.getMessage()
   )
