@@ -29,10 +29,12 @@ T5X's (`dss_jax.t5x_checkpoints` reads those), found by `resolve_checkpoint`.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import pathlib
 import re
+import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+from flax import traverse_util
 
 from dss_jax import errors, t5x_checkpoints
 from dss_jax.t5x_checkpoints import CheckpointRef
@@ -470,8 +473,78 @@ def resolve_checkpoint(
   return t5x_checkpoints.resolve_checkpoint(path, step)
 
 
+def recorded_checksums(ref: CheckpointRef) -> list[int] | None:
+  """The parameter checksums saved beside one of this project's steps.
+
+  Args:
+    ref: a checkpoint; only this project's ``<step>/state`` items have a
+      ``<step>/data`` record beside them.
+
+  Returns:
+    The per-array checksums (`params_checksum`'s order), or None where the
+    checkpoint records none (T5X's layouts, older steps).
+
+  Raises:
+    CorruptCheckpointError: the record exists but cannot be read.
+  """
+  if ref.format != ORBAX:
+    return None
+  state = absolute_path(ref.path)
+  record = state.parent / DATA / "metadata"
+  if state.name != STATE or not record.exists():
+    return None
+  try:
+    want = json.loads(record.read_text()).get("params_checksum")
+  except (ValueError, AttributeError, UnicodeDecodeError) as e:
+    raise CorruptCheckpointError(
+      f"checkpoint {ref.path}: its record {record} is unreadable "
+      f"({errors.one_line(e)}); restore the step or score another one"
+    ) from None
+  return None if want is None else [int(x) for x in want]
+
+
+def verify_params(ref: CheckpointRef, flat: Mapping[str, np.ndarray]) -> None:
+  """Checks parameters read from ``ref`` against their saved checksums.
+
+  Args:
+    ref: where ``flat`` was read from.
+    flat: ``{"a/b/c": array}`` as `read_ref` returns them.
+
+  Raises:
+    CorruptCheckpointError: an array whose bits differ from the ones saved
+      (one line naming the checkpoint, the parameter and the record).
+  """
+  want = recorded_checksums(ref)
+  if want is None:
+    return
+  names = sorted(flat, key=lambda name: tuple(name.split("/")))
+  tree = traverse_util.unflatten_dict(
+    {tuple(k.split("/")): v for k, v in flat.items()}
+  )
+  # jax.tree.leaves orders a dict's keys sorted, level by level: the order
+  # of the tuples of path parts, which `names` follows.
+  got = params_checksum(tree)
+  record = absolute_path(ref.path).parent / DATA / "metadata"
+  if len(got) != len(want):
+    raise CorruptCheckpointError(
+      f"checkpoint {ref.path}: {len(got)} parameter arrays, but {record} "
+      f"records {len(want)}; the step is damaged, score another one"
+    )
+  for name, g, w in zip(names, got, want, strict=True):
+    if g != w:
+      raise CorruptCheckpointError(
+        f"checkpoint {ref.path}: parameter {name} does not match its "
+        f"checksum in {record} (the file is damaged); restore the step or "
+        "use another one"
+      )
+
+
 def read_ref(ref: CheckpointRef) -> dict[str, np.ndarray]:
   """Reads one checkpoint's parameters, flat, as host numpy arrays.
+
+  This project's steps are checked against the checksums saved with them
+  (`verify_params`), and a file that cannot be read (truncated, missing) is
+  one line, so eval, inference and export never use damaged parameters.
 
   Args:
     ref: this project's orbax item (its tree keeps the parameters under
@@ -479,7 +552,67 @@ def read_ref(ref: CheckpointRef) -> dict[str, np.ndarray]:
 
   Returns:
     ``{"encoder/layers_0/attention/query/kernel": array, ...}``.
+
+  Raises:
+    CorruptCheckpointError: the checkpoint cannot be read, or its arrays
+      differ from the ones saved.
   """
+  _quiet_abandoned_reads()
+  try:
+    flat = _read_ref_unchecked(ref)
+  except errors.UserError:
+    raise
+  except Exception as e:  # noqa: BLE001  (orbax, tensorstore, msgpack faults)
+    files = re.findall(r'local file "([^"]+)"', str(e))
+    what = (
+      f"file {files[-1]}"
+      if files
+      else f"{type(e).__name__}: {errors.one_line(e)[:200]}"
+    )
+    raise CorruptCheckpointError(
+      f"checkpoint {ref.path} cannot be read ({what}); it is damaged or "
+      "incomplete: restore it or use another step"
+    ) from None
+  verify_params(ref, flat)
+  return flat
+
+
+def _quiet_abandoned_reads() -> None:
+  """Silences orbax's loose ends after a failed read (set before reading).
+
+  When one array of a checkpoint fails to read, orbax's event loop closes
+  while the reads of the other arrays are still under way; when those end,
+  tensorstore reports "Event loop is closed" (through `sys.excepthook` or
+  `sys.unraisablehook`), and asyncio logs the abandoned tasks at exit. Both
+  would print tracebacks after the one-line error about the damaged
+  checkpoint.
+  """
+  hook, unraisable = sys.excepthook, sys.unraisablehook
+  if getattr(hook, "_dss_quiet", False):
+    return
+
+  def closed_loop(value: BaseException | None) -> bool:
+    return isinstance(value, RuntimeError) and "Event loop is closed" in str(
+      value
+    )
+
+  def quiet(kind, value, tb):
+    if not closed_loop(value):
+      hook(kind, value, tb)
+
+  def quiet_unraisable(report):
+    if not closed_loop(report.exc_value):
+      unraisable(report)
+
+  quiet._dss_quiet = True  # type: ignore[attr-defined]
+  sys.excepthook = quiet
+  sys.unraisablehook = quiet_unraisable
+  logging.getLogger("asyncio").addFilter(
+    lambda record: "exception was never retrieved" not in record.getMessage()
+  )
+
+
+def _read_ref_unchecked(ref: CheckpointRef) -> dict[str, np.ndarray]:
   if ref.format == ORBAX:
     item_dir = absolute_path(ref.path)
     if "params" in t5x_checkpoints.orbax_tree(item_dir):

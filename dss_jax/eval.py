@@ -31,10 +31,18 @@ def cli(gin_files: Sequence[str], gin_bindings: Sequence[str]) -> int:
   )
   if status:
     return status
-  if not results:
-    print("nothing to score: every checkpoint has metrics already")
+  for line in results.truncation:
+    print(line)
+  if results.reused:
+    steps = ", ".join(str(s) for s in sorted(results.reused))
+    print(
+      f"reused step(s) {steps}: already scored on split {results.split!r} "
+      "with the same task, examples, checkpoint, decoding and vocabulary "
+      f"(recorded in {results.record}; delete it to score again)"
+    )
   for step, metrics in sorted(results.items()):
-    print(json.dumps({"step": step, **metrics}, sort_keys=True))
+    line = {"step": step, "split": results.split, "task": results.task}
+    print(json.dumps(line | metrics, sort_keys=True))
   return 0
 
 

@@ -5,7 +5,8 @@ with `dss_jax.decoding`, postprocesses the predictions, computes the task's
 metric functions and logs them in the layout T5X's eval uses (it drives
 `seqio.Evaluator`, as T5X does):
 
-    <output_dir>/<task>-metrics.jsonl        {"step": 1000, "accuracy": 61.2}
+    <output_dir>/<task>-metrics.jsonl        {"step": 1000, "split": "test",
+                                              "accuracy": 61.2}
     <output_dir>/<task>-<step:06>.jsonl      input, target and prediction
     <output_dir>/<task>/events.out.tfevents  TensorBoard scalars
 
@@ -18,7 +19,10 @@ alone computes the metrics and writes the files: the same predictions and
 scores as one process, in 1 / hosts of the time (tests/multihost_test.py).
 The trainer calls ``evaluator.evaluate(params, step)`` every EVAL_PERIOD steps;
 ``evaluate_checkpoints`` scores saved checkpoints (``python -m dss_jax.eval``),
-skipping steps already in the metrics files so it can follow a running job.
+skipping steps already scored with the same settings (``eval_record.jsonl``
+keys each score by task, split, example count, feature lengths, decoding,
+vocabulary and the checkpoint's checksum), so it can follow a running job;
+a change to any of them scores the step again. Metrics lines name the split.
 """
 
 from __future__ import annotations
@@ -27,7 +31,9 @@ import contextlib
 import dataclasses
 import difflib
 import functools
+import hashlib
 import json
+import math
 import os
 import re
 import time
@@ -43,7 +49,14 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
-from dss_jax import checkpoints, decoding, errors, t5x_checkpoints, vocab
+from dss_jax import (
+  checkpoints,
+  decoding,
+  errors,
+  input_pipeline,
+  t5x_checkpoints,
+  vocab,
+)
 
 if TYPE_CHECKING:
   from dss_jax.models import t5
@@ -75,6 +88,78 @@ class DecodeConfig:
   max_decode_length: int | None = None
   alpha: float = 0.6
   seed: int = 0
+
+  def __post_init__(self):
+    if self.method not in ("greedy", "beam", "sample"):
+      raise errors.UserError(
+        f"decode method {self.method!r} is not 'greedy', 'beam' or 'sample' "
+        "(DECODE_METHOD)"
+      )
+    if not _is_positive_int(self.num_beams):
+      raise errors.UserError(
+        f"NUM_BEAMS (num_beams) must be a whole number >= 1, got "
+        f"{self.num_beams!r}"
+      )
+    if self.max_decode_length is not None and not _is_positive_int(
+      self.max_decode_length
+    ):
+      raise errors.UserError(
+        f"MAX_DECODE_LENGTH must be None or a whole number >= 1, got "
+        f"{self.max_decode_length!r}"
+      )
+    if not (math.isfinite(self.temperature) and self.temperature > 0):
+      raise errors.UserError(
+        f"decode temperature must be a finite number > 0, got "
+        f"{self.temperature!r}"
+      )
+    if not math.isfinite(self.alpha):
+      raise errors.UserError(f"beam alpha must be finite, got {self.alpha!r}")
+
+
+def _is_positive_int(value: Any) -> bool:
+  return (
+    isinstance(value, (int, np.integer))
+    and not isinstance(value, bool)
+    and value >= 1
+  )
+
+
+def check_feature_lengths(
+  feature_lengths: Mapping[str, int], setting: str = "TASK_FEATURE_LENGTHS"
+) -> dict[str, int]:
+  """Refuses feature lengths without "inputs" and "targets" >= 1.
+
+  Args:
+    feature_lengths: {"inputs": n, "targets": m}.
+    setting: the name the user set them by, for the message.
+
+  Returns:
+    The lengths as a plain dict.
+
+  Raises:
+    errors.UserError: a missing or non-positive length.
+  """
+  lengths = dict(feature_lengths or {})
+  for key in ("inputs", "targets"):
+    if key not in lengths:
+      raise errors.UserError(
+        f"{setting} has no {key!r} length ({lengths}); give both, e.g. "
+        '{"inputs": 1024, "targets": 256}'
+      )
+    if not _is_positive_int(lengths[key]):
+      raise errors.UserError(
+        f"{setting}[{key!r}] must be a whole number >= 1, got {lengths[key]!r}"
+      )
+  return lengths
+
+
+def check_batch_size(batch_size: Any, setting: str = "BATCH_SIZE") -> int:
+  """Refuses a decode batch size that is not a whole number >= 1."""
+  if not _is_positive_int(batch_size):
+    raise errors.UserError(
+      f"{setting} must be a whole number >= 1, got {batch_size!r}"
+    )
+  return int(batch_size)
 
 
 def inference_eval_dir(model_dir: str) -> str:
@@ -263,6 +348,24 @@ def _sequence_log_likelihood(model, params, enc, dec_in, targets):
 # The evaluator.
 
 
+class SplitJSONLogger(seqio.JSONLogger):
+  """SeqIO's JSON logger, whose metrics lines also name the split scored.
+
+  ``<task>-metrics.jsonl`` lines read ``{"step": 10, "split": "test",
+  "accuracy": 61.2}``: a file holding several splits' scores says which is
+  which (T5X's reader takes the numeric fields and ignores the rest).
+  """
+
+  def __init__(self, output_dir: str, *, split: str, **kwargs: Any):
+    super().__init__(output_dir, **kwargs)
+    self._split = split
+
+  def __call__(self, task_name, step, metrics, dataset, inferences, targets):
+    if metrics:
+      metrics = {"split": seqio.metrics.Text(self._split), **metrics}
+    super().__call__(task_name, step, metrics, dataset, inferences, targets)
+
+
 class Evaluator:
   """Scores parameters on a task's or mixture's eval split.
 
@@ -313,8 +416,15 @@ class Evaluator:
         with metrics and this split.
     """
     root = get_task_or_mixture(mixture_or_task_name)
+    feature_lengths = check_feature_lengths(feature_lengths)
+    if num_examples is not None and not _is_positive_int(num_examples):
+      raise errors.UserError(
+        f"NUM_EXAMPLES must be None (all) or a whole number >= 1, got "
+        f"{num_examples!r}"
+      )
     self.model = model
-    self.batch_size = int(batch_size)
+    self.split = split
+    self.batch_size = check_batch_size(batch_size)
     self.decode = decode
     self.max_decode_length = int(
       decode.max_decode_length or feature_lengths["targets"]
@@ -340,7 +450,9 @@ class Evaluator:
       loggers = [
         seqio.TensorBoardLogger,
         functools.partial(
-          seqio.JSONLogger, write_n_results=None if write_predictions else 0
+          SplitJSONLogger,
+          split=split,
+          write_n_results=None if write_predictions else 0,
         ),
       ]
     self._seqio = seqio.Evaluator(
@@ -363,6 +475,33 @@ class Evaluator:
         f"{mixture_or_task_name!r} has no task with metric functions and a "
         f"{split!r} split"
       )
+    # SeqIO cuts long inputs without a word: count them once, per task.
+    self.truncation = [
+      count
+      for count in input_pipeline.count_truncated(
+        mixture_or_task_name,
+        split,
+        {**feature_lengths, "targets": self.max_decode_length},
+        num_examples=num_examples,
+        use_cached=use_cached,
+      )
+      if count.task in self.task_names
+    ]
+    for count in self.truncation:
+      if count.inputs_cut or count.targets_cut:
+        logging.warning("eval %s", self.truncation_message(count))
+
+  @staticmethod
+  def truncation_message(count: input_pipeline.Truncation) -> str:
+    """What a count means for scoring: inputs cut, targets out of reach."""
+    text = dataclasses.replace(count, targets_cut=0).message()
+    if count.targets_cut:
+      text += (
+        f"; {count.targets_cut} of {count.examples} targets are longer than "
+        f"the {count.targets_length} tokens decoded (MAX_DECODE_LENGTH), so "
+        "no prediction can match them"
+      )
+    return text
 
   @property
   def task_names(self) -> list[str]:
@@ -438,7 +577,11 @@ class Evaluator:
         except (TypeError, ValueError):
           continue  # text or image metrics have no scalar form
     logging.info(
-      "eval at step %d in %.1fs: %s", step, time.time() - start, flat
+      "eval of split %s at step %d in %.1fs: %s",
+      self.split,
+      step,
+      time.time() - start,
+      flat,
     )
     return flat
 
@@ -461,7 +604,132 @@ def scored_steps(output_dir: str, task_names: Sequence[str]) -> set[int]:
   return set.intersection(*per_task) if per_task else set()
 
 
-def _model_dir_of(checkpoint_path: str) -> str:
+# Beside the metrics files: what each eval-only score was computed from.
+EVAL_RECORD = "eval_record.jsonl"
+
+
+class EvalResults(dict):
+  """{step: {"<task>/<metric>": value}} scored now, and what was reused.
+
+  Attributes:
+    split: the split scored.
+    task: the task or mixture scored.
+    reused: steps not scored again: the record shows them scored with the
+      same identity (task, split, examples, checkpoint, decoding,
+      vocabulary, feature lengths).
+    record: the record file, for the messages.
+    truncation: per task, the examples longer than the feature lengths
+      (lines such as "test: 3 of 200 inputs longer than 512 tokens were
+      cut"), when any.
+  """
+
+  def __init__(self, task: str, split: str, record: str):
+    super().__init__()
+    self.task = task
+    self.split = split
+    self.reused: list[int] = []
+    self.record = record
+    self.truncation: list[str] = []
+
+
+def checkpoint_checksum(ref: checkpoints.CheckpointRef) -> str:
+  """A short digest of a checkpoint's content, without reading its arrays.
+
+  This project's steps have their parameters' checksums recorded; other
+  layouts are identified by their files' names, sizes and modification
+  times.
+  """
+  digest = hashlib.sha256()
+  recorded = checkpoints.recorded_checksums(ref)
+  if recorded is not None:
+    digest.update(json.dumps(recorded).encode())
+    return digest.hexdigest()[:16]
+  root = os.fspath(ref.path)
+  files = [root]
+  if tf.io.gfile.isdir(root):
+    files = sorted(
+      os.path.join(folder, name)
+      for folder, _, names in tf.io.gfile.walk(root)
+      for name in names
+    )
+  for path in files:
+    stat = tf.io.gfile.stat(path)
+    name = os.path.relpath(path, root)
+    digest.update(f"{name}:{stat.length}:{stat.mtime_nsec};".encode())
+  return digest.hexdigest()[:16]
+
+
+def eval_identity(
+  mixture_or_task_name: str,
+  task_names: Sequence[str],
+  *,
+  split: str,
+  num_examples: int | None,
+  feature_lengths: Mapping[str, int],
+  decode: DecodeConfig,
+  max_decode_length: int,
+  vocabulary: Mapping[str, Any],
+  use_cached: bool,
+) -> dict[str, Any]:
+  """Everything besides the checkpoint that changes an eval's result."""
+  return {
+    "task": mixture_or_task_name,
+    "tasks": list(task_names),
+    "split": split,
+    "num_examples": num_examples,
+    "feature_lengths": dict(sorted(feature_lengths.items())),
+    "decode": dataclasses.asdict(decode)
+    | {"max_decode_length": max_decode_length},
+    "vocabulary": dict(vocabulary),
+    "use_cached": bool(use_cached),
+  }
+
+
+def read_eval_record(output_dir: str) -> dict[int, dict[str, Any]]:
+  """{step: identity} of the newest record of each step (malformed lines
+  are ignored: they only cause a rescore)."""
+  path = epath.Path(output_dir) / EVAL_RECORD
+  out: dict[int, dict[str, Any]] = {}
+  if not path.exists():
+    return out
+  for line in path.read_text().splitlines():
+    try:
+      entry = json.loads(line)
+      out[int(entry["step"])] = dict(entry["identity"])
+    except (ValueError, KeyError, TypeError):
+      continue
+  return out
+
+
+def _append_eval_record(
+  output_dir: str, step: int, identity: Mapping[str, Any]
+) -> None:
+  path = os.path.join(output_dir, EVAL_RECORD)
+  tf.io.gfile.makedirs(output_dir)
+  line = json.dumps({"step": step, "identity": identity}, sort_keys=True)
+  # Rewritten whole and renamed, as SeqIO's JSON logger appends (gs:// has
+  # no append).
+  text = ""
+  if tf.io.gfile.exists(path):
+    with tf.io.gfile.GFile(path) as f:
+      text = f.read()
+  with tf.io.gfile.GFile(path + ".tmp", "w") as f:
+    f.write(text + line + "\n")
+  tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
+
+
+def identity_changes(
+  old: Mapping[str, Any], new: Mapping[str, Any]
+) -> list[str]:
+  """What differs between two eval identities, as "key old -> new"."""
+  changes = []
+  for key in sorted(set(old) | set(new)):
+    if old.get(key) != new.get(key):
+      changes.append(f"{key} {old.get(key)!r} -> {new.get(key)!r}")
+  return changes
+
+
+def model_dir_of(checkpoint_path: str) -> str:
   """The run directory above a step dir, msgpack file or orbax item dir."""
   path = os.fspath(checkpoint_path).rstrip("/")
   step_parts = re.compile(
@@ -522,8 +790,14 @@ def evaluate_checkpoints(
     poll_seconds: how often to look for new checkpoints when following.
     use_cached: read SeqIO's offline cache.
 
+  A step is scored again, in "all" mode too, when anything that changes its
+  result differs from the record of its last score (``eval_record.jsonl``
+  beside the metrics: task, split, example count, feature lengths, decoding,
+  vocabulary, the checkpoint's checksum); the log names what changed.
+
   Returns:
-    {step: {"<task>/<metric>": value}} for the checkpoints scored now.
+    An `EvalResults`: {step: {"<task>/<metric>": value}} for the
+    checkpoints scored now, and the steps reused.
 
   Raises:
     ValueError: unknown mode; see also `Evaluator` and
@@ -533,12 +807,14 @@ def evaluate_checkpoints(
     raise errors.UserError(
       f"mode must be 'specific', 'latest' or 'all', got {mode!r}"
     )
+  feature_lengths = check_feature_lengths(feature_lengths)
+  check_batch_size(batch_size)
   if output_dir is None:
-    output_dir = inference_eval_dir(_model_dir_of(checkpoint_path))
+    output_dir = inference_eval_dir(model_dir_of(checkpoint_path))
   partitioner = checkpoints.decode_partitioner(partitioner)
   # Fails fast (one line) on a missing or empty path, before reading data.
   _checkpoints_to_score(checkpoint_path, mode, step)
-  trained = vocab.read_identity(_model_dir_of(checkpoint_path))
+  trained = vocab.read_identity(model_dir_of(checkpoint_path))
   if trained is not None:
     for task in seqio.get_subtasks(get_task_or_mixture(mixture_or_task_name)):
       vocab.check_same(
@@ -559,23 +835,68 @@ def evaluate_checkpoints(
     use_cached=use_cached,
   )
   reference = checkpoints.abstract_params(model)
-  results: dict[int, dict[str, float]] = {}
+  base_identity = eval_identity(
+    mixture_or_task_name,
+    evaluator.task_names,
+    split=split,
+    num_examples=num_examples,
+    feature_lengths=feature_lengths,
+    decode=decode,
+    max_decode_length=evaluator.max_decode_length,
+    vocabulary=vocab.identity(
+      seqio.get_mixture_or_task(evaluator.task_names[0])
+      .output_features["targets"]
+      .vocabulary
+    ),
+    use_cached=use_cached,
+  )
+  results = EvalResults(
+    mixture_or_task_name, split, os.path.join(output_dir, EVAL_RECORD)
+  )
+  results.truncation = [
+    evaluator.truncation_message(c)
+    for c in evaluator.truncation
+    if c.inputs_cut or c.targets_cut
+  ]
+  done: set[int] = set()
   while True:
-    done = scored_steps(output_dir, evaluator.task_names)
+    recorded = read_eval_record(output_dir)
     for ref in _checkpoints_to_score(checkpoint_path, mode, step):
-      if mode != "specific" and ref.step in done:
-        logging.info("step %s already scored; skipping", ref.step)
+      step_num = ref.step if ref.step is not None else 0
+      if step_num in done:
         continue
+      identity = base_identity | {
+        "step": step_num,
+        "checkpoint": checkpoint_checksum(ref),
+      }
+      if recorded.get(step_num) == identity:
+        logging.info(
+          "step %s reused: scored before on split %s with the same "
+          "settings and checkpoint (%s)",
+          step_num,
+          split,
+          results.record,
+        )
+        results.reused.append(step_num)
+        done.add(step_num)
+        continue
+      if step_num in recorded:
+        logging.info(
+          "step %s scored again: %s",
+          step_num,
+          "; ".join(identity_changes(recorded[step_num], identity)),
+        )
       params, _ = t5x_checkpoints.match_params(
         checkpoints.read_ref(ref), reference, source=f"checkpoint {ref.path}"
       )
-      step_num = ref.step if ref.step is not None else 0
       context = (
         partitioner.context() if partitioner else contextlib.nullcontext()
       )
       with context:
         params = checkpoints.place_params(params, partitioner)
         results[step_num] = evaluator.evaluate(params, step_num)
+      if jax.process_index() == 0:
+        _append_eval_record(output_dir, step_num, identity)
       done.add(step_num)
     if mode != "all" or follow_until_step is None:
       return results

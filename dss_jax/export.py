@@ -48,6 +48,13 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     "Storage.",
     flag_values=flag_values,
   )
+  flags.DEFINE_bool(
+    "overwrite",
+    False,
+    "Replace an earlier export in --output_dir (its files are removed "
+    "first); without it a non-empty folder is refused.",
+    flag_values=flag_values,
+  )
   flags.DEFINE_string(
     "vocabulary",
     None,
@@ -75,6 +82,7 @@ def main(argv: Sequence[str]) -> None:
       step=f.step,
       dtype=f.dtype,
       vocabulary=f.vocabulary,
+      overwrite=f.overwrite,
     )
 
   out, status = gin_flags.run_from_gin(

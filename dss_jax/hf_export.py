@@ -237,8 +237,14 @@ def export_hf(
   *,
   dtype: str = "float32",
   vocabulary: seqio.Vocabulary | None = None,
+  overwrite: bool = False,
 ) -> pathlib.Path:
   """Writes ``config.json`` and ``model.safetensors`` (and the tokenizer).
+
+  The folder is written fresh: a folder that is not empty is refused unless
+  ``overwrite``, which first removes the files an export writes (so a
+  ``spiece.model`` of an earlier export never stays beside another model);
+  any other file in it is refused either way.
 
   Args:
     params: the student's parameters.
@@ -248,14 +254,19 @@ def export_hf(
     vocabulary: optional ``seqio.SentencePieceVocabulary``; its model is
       copied as ``spiece.model`` with a ``tokenizer_config.json`` so
       ``AutoTokenizer`` loads it.
+    overwrite: replace an earlier export in ``output_dir``.
 
   Returns:
     The output directory.
+
+  Raises:
+    errors.UserError: ``output_dir`` is a file, or a folder that is not
+      empty (without ``overwrite``) or holds files an export does not write.
   """
   np_dtype = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}[dtype]
   tensors = to_hf_state_dict(params, config, np_dtype)
   out = pathlib.Path(output_dir)
-  out.mkdir(parents=True, exist_ok=True)
+  _fresh_output_dir(out, overwrite)
   cfg = hf_config(config) | {"torch_dtype": dtype}
   (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
   save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
@@ -263,6 +274,38 @@ def export_hf(
     _write_tokenizer(vocabulary, out)
   logging.info("Exported %d tensors to %s", len(tensors), out)
   return out
+
+
+# Every file an export may write (and an overwrite removes).
+EXPORT_FILES = (
+  "config.json",
+  "model.safetensors",
+  "spiece.model",
+  "tokenizer_config.json",
+)
+
+
+def _fresh_output_dir(out: pathlib.Path, overwrite: bool) -> None:
+  """Makes ``out`` an empty folder, or refuses (see `export_hf`)."""
+  if out.exists() and not out.is_dir():
+    raise errors.UserError(
+      f"--output_dir {out} is a file; name a folder for the export"
+    )
+  present = sorted(p.name for p in out.iterdir()) if out.exists() else []
+  if present and not overwrite:
+    raise errors.UserError(
+      f"--output_dir {out} is not empty ({', '.join(present[:5])}); export "
+      "into a new folder, or pass --overwrite to replace an earlier export"
+    )
+  foreign = [name for name in present if name not in EXPORT_FILES]
+  if foreign:
+    raise errors.UserError(
+      f"--output_dir {out} holds files an export does not write "
+      f"({', '.join(foreign[:5])}); export into a new folder"
+    )
+  for name in present:
+    (out / name).unlink()
+  out.mkdir(parents=True, exist_ok=True)
 
 
 def _write_tokenizer(vocabulary: seqio.Vocabulary, out: pathlib.Path) -> None:
@@ -300,8 +343,13 @@ def export_checkpoint(
   step: int | None = None,
   dtype: str = "float32",
   vocabulary: str | None = None,
+  overwrite: bool = False,
 ) -> pathlib.Path:
   """Restores a checkpoint for ``model`` and exports it.
+
+  The checkpoint's saved checksums are checked (`checkpoints.read_ref`), and
+  a tokenizer vocabulary other than the one the run recorded in
+  ``vocabulary.json`` is refused, before anything is written.
 
   Args:
     model: the ``dss_jax.models.t5.Transformer`` (gin's MODEL).
@@ -310,14 +358,34 @@ def export_checkpoint(
     step: the step to export (default: latest).
     dtype: "float32" or "bfloat16".
     vocabulary: vocabulary name or path for the tokenizer files.
+    overwrite: replace an earlier export in ``output_dir``.
 
   Returns:
     The output directory.
   """
-  params = checkpoints.restore_model_params(model, checkpoint, step=step)
+  ref = checkpoints.resolve_checkpoint(checkpoint, step)
   vocab = None
   if vocabulary:
     vocab = vocab_lib.get_vocabulary(vocabulary)
+    trained = vocab_lib.read_identity(_model_dir_of(ref.path))
+    if trained is not None:
+      vocab_lib.check_same(trained, vocab, f"--vocabulary={vocabulary}")
+  params = checkpoints.restore_model_params(model, checkpoint, step=step)
   return export_hf(
-    params, model.config, output_dir, dtype=dtype, vocabulary=vocab
+    params,
+    model.config,
+    output_dir,
+    dtype=dtype,
+    vocabulary=vocab,
+    overwrite=overwrite,
   )
+
+
+def _model_dir_of(checkpoint_path: str) -> str:
+  """The run folder above a step folder or T5X checkpoint (where a run's
+  ``vocabulary.json`` is)."""
+  path = pathlib.Path(os.fspath(checkpoint_path))
+  for folder in (path, *path.parents):
+    if (folder / vocab_lib.VOCABULARY_FILE).exists():
+      return os.fspath(folder)
+  return os.fspath(path)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -55,42 +56,124 @@ def _strip_prefix(text: str) -> str:
   return text
 
 
+_JSONL_SUFFIXES = (".jsonl", ".ndjson")
+_TARGET_KEYS = ("label", "gold_label", "answer", "target")
+
+
+def _input_records(path: str, text: str) -> list[tuple[str, Any]] | None:
+  """(where, record) of a JSON or JSONL file; None for plain text.
+
+  The format is told by the suffix (``.json``: one JSON list of objects or
+  one object; ``.jsonl``/``.ndjson``: one object per line; any case) and,
+  for other names, by the content: a file whose every non-blank line is a
+  JSON object is JSONL, anything else is text.
+  """
+  suffix = os.path.splitext(path)[1].lower()
+  numbered = [(n, x) for n, x in enumerate(text.splitlines(), 1) if x.strip()]
+  if suffix == ".json":
+    try:
+      document = json.loads(text)
+    except ValueError as e:
+      if not all(_is_object_line(x) for _, x in numbered):
+        raise errors.UserError(
+          f"{path}:{getattr(e, 'lineno', 1)}: not JSON "
+          f"({errors.one_line(e)}); a .json input is one JSON list of "
+          "objects (or one object), a .jsonl input one object per line"
+        ) from None
+      document = None  # JSON Lines under a .json name
+    if document is not None:
+      items = document if isinstance(document, list) else [document]
+      return [(f"{path}: item {i}", item) for i, item in enumerate(items)]
+  elif suffix not in _JSONL_SUFFIXES:
+    if not numbered or not all(_is_object_line(x) for _, x in numbered):
+      return None
+  out = []
+  for number, line in numbered:
+    where = f"{path}:{number}"
+    try:
+      out.append((where, json.loads(line)))
+    except ValueError as e:
+      raise errors.UserError(
+        f"{where}: not JSON ({errors.one_line(e)}); write one JSON object "
+        "per line"
+      ) from None
+  return out
+
+
+def _is_object_line(line: str) -> bool:
+  try:
+    return isinstance(json.loads(line), dict)
+  except ValueError:
+    return False
+
+
+def _target(
+  record: dict[str, Any], task_card: cards.TaskCard | None, where: str
+) -> str | None:
+  """The gold label of a record as text: strings, or integer labels (named
+  by the card's ``label_names`` where it has them)."""
+  for key in _TARGET_KEYS:
+    value = record.get(key)
+    if value is None or isinstance(value, bool):
+      continue
+    if isinstance(value, str):
+      return value
+    if isinstance(value, int) and task_card is not None:
+      names = task_card.source.label_names
+      if names is not None:
+        if not 0 <= value < len(names):
+          raise errors.UserError(
+            f"{where}: {key} {value} is not an index of card "
+            f"{task_card.name}'s label_names ({len(names)} names)"
+          )
+        return names[value]
+    if isinstance(value, (int, float)):
+      return str(value)
+    raise errors.UserError(
+      f"{where}: {key} must be a string or a number, got {type(value).__name__}"
+    )
+  return None
+
+
 def read_input_file(path: str, card: str | None = None) -> list[dict[str, Any]]:
-  """Reads raw inputs: JSONL (fields or ``input``) or plain text lines.
+  """Reads raw inputs: JSON, JSONL (fields or ``input``) or plain text lines.
 
   Args:
-    path: a ``.jsonl`` file (one JSON object per line) or any text file (one
+    path: a ``.json`` file (a list of JSON objects, or one object), a
+      ``.jsonl`` file (one JSON object per line; suffixes in any case, and
+      other names whose every line is a JSON object), or any text file (one
       formatted input per line; blank lines skipped).
-    card: task card formatting JSONL fields (`dss_jax.cards.load_card`);
-      required for JSONL lines without an ``input`` key.
+    card: task card formatting JSON fields (`dss_jax.cards.load_card`);
+      required for records without an ``input`` key.
 
   Returns:
-    [{"id": ..., "input": formatted text, "target": optional gold}].
+    [{"id": ..., "input": formatted text, "target": optional gold}]; a gold
+    ``label``/``gold_label``/``answer``/``target`` may be a string or a
+    number (an integer label is named by the card's ``label_names``).
 
   Raises:
-    errors.UserError: the file is missing, or a JSONL line is not a JSON
-      object that is formatted or formattable (the message names the line).
+    errors.UserError: the file is missing, not UTF-8, or a record is not a
+      JSON object that is formatted or formattable (the message names the
+      file and line, or item).
   """
   if not epath.Path(path).exists():
     raise errors.MissingFileError(f"INPUT_FILE {path}: no such file")
-  text = epath.Path(path).read_text()
-  if not path.endswith(".jsonl"):
+  try:
+    text = epath.Path(path).read_bytes().decode("utf-8")
+  except UnicodeDecodeError as e:
+    line = epath.Path(path).read_bytes()[: e.start].count(b"\n") + 1
+    raise errors.UserError(
+      f"{path}:{line}: not UTF-8 text ({e.reason}); save the file as UTF-8"
+    ) from None
+  records = _input_records(path, text)
+  if records is None:
     lines = [x for x in text.splitlines() if x.strip()]
     return [{"id": i, "input": line} for i, line in enumerate(lines)]
   task_card = None
   if card:
     task_card = cards.load_card(card)
   rows = []
-  numbered = [(n, x) for n, x in enumerate(text.splitlines(), 1) if x.strip()]
-  for i, (number, line) in enumerate(numbered):
-    where = f"{path}:{number}"
-    try:
-      record = json.loads(line)
-    except ValueError as e:
-      raise errors.UserError(
-        f"{where}: not JSON ({errors.one_line(e)}); write one JSON object "
-        "per line"
-      ) from None
+  for i, (where, record) in enumerate(records):
     if not isinstance(record, dict):
       raise errors.UserError(
         f"{where}: a JSON {type(record).__name__}, not an object"
@@ -116,10 +199,9 @@ def read_input_file(path: str, card: str | None = None) -> list[dict[str, Any]]:
     if not isinstance(formatted, str):
       raise errors.UserError(f"{where}: 'input' must be a string")
     row = {"id": record.get("id", i), "input": _strip_prefix(formatted)}
-    for key in ("label", "gold_label", "answer", "target"):
-      if key in record and isinstance(record[key], str):
-        row["target"] = record[key]
-        break
+    target = _target(record, task_card, where)
+    if target is not None:
+      row["target"] = target
     rows.append(row)
   return rows
 
@@ -132,10 +214,16 @@ class InferResult:
     rows: the output rows (also written as JSONL).
     metrics: {metric: value} over rows with a target (the task's metric
       functions, or the card's for an input file); empty without targets.
+    inputs_cut: inputs longer than ``input_length`` tokens (cut to it).
+    input_length: the input length they were cut to.
+    split: the task split read (None for an input file).
   """
 
   rows: list[dict[str, Any]]
   metrics: dict[str, float]
+  inputs_cut: int = 0
+  input_length: int = 0
+  split: str | None = None
 
 
 def read_task_split(
@@ -182,17 +270,24 @@ def predict_texts(
   max_decode_length: int,
   batch_size: int,
   decode: DecodeConfig,
+  cut: list[int] | None = None,
 ) -> list[str]:
-  """Tokenizes (truncating to ``input_length`` with EOS), decodes, detokenizes."""
+  """Tokenizes (truncating to ``input_length`` with EOS), decodes, detokenizes.
+
+  ``cut``, when given, gets the indices of the texts that were longer than
+  ``input_length`` tokens (EOS included) appended.
+  """
   # Imported here: JAX, TensorFlow and SeqIO start after the host settings
   # of `gin_flags.run` (see the top of this module).
   from dss_jax import evaluation, preprocessors
 
   eos = vocabulary.eos_id
   rows = []
-  for text in texts:
+  for index, text in enumerate(texts):
     # As the SeqIO tasks tokenize: "</s>" (NLI cards) is the EOS id.
     ids = preprocessors.encode_at_eos(vocabulary, text)
+    if len(ids) + 1 > input_length and cut is not None:
+      cut.append(index)
     ids = ids[: input_length - 1] + [eos]
     row = np.zeros(input_length, np.int32)
     row[: len(ids)] = ids
@@ -278,6 +373,16 @@ def infer(
     raise errors.UserError(
       "give exactly one of MIXTURE_OR_TASK_NAME and INPUT_FILE"
     )
+  evaluation.check_batch_size(batch_size)
+  for setting, value in (
+    ("INPUT_LENGTH", input_length),
+    ("MAX_DECODE_LENGTH", max_decode_length),
+  ):
+    evaluation.check_batch_size(value, setting)
+  if num_examples is not None:
+    evaluation.check_batch_size(num_examples, "NUM_EXAMPLES")
+  # Fails fast (one line) on a missing or empty path, before reading data.
+  checkpoints.resolve_checkpoint(checkpoint_path, step)
   decode = decode or evaluation.DecodeConfig()
   postprocess = metrics.postprocess_text
   if input_file is not None:
@@ -292,6 +397,7 @@ def infer(
     metric_fns = list(task.predict_metric_fns)
     postprocess = task.postprocess_fn or (lambda x, **_: x)
   evaluation.check_vocabulary(vocab, model.config.vocab_size, "the inputs")
+  check_trained_vocabulary(checkpoint_path, vocab, "inference")
   params = checkpoints.restore_model_params(model, checkpoint_path, step=step)
   partitioner = checkpoints.decode_partitioner(partitioner)
   kwargs = dict(
@@ -301,32 +407,75 @@ def infer(
     decode=decode,
   )
   context = partitioner.context() if partitioner else contextlib.nullcontext()
+  read_split = None if input_file is not None else split
+  cut: list[int] = []
   with context:
     params = checkpoints.place_params(params, partitioner)
-    _predict_rows(model, params, vocab, rows, rationales, kwargs)
+    _predict_rows(model, params, vocab, rows, rationales, kwargs, cut)
+  long_inputs = len(set(cut))
+  if long_inputs:
+    logging.warning(
+      "infer: %d of %d inputs longer than %d tokens were cut (raise "
+      "INPUT_LENGTH to keep them whole)",
+      long_inputs,
+      len(rows),
+      input_length,
+    )
   if jax.process_index() > 0:
     # Every host has all predictions; process 0 writes and scores them.
-    return InferResult(rows, {})
+    return InferResult(rows, {}, long_inputs, input_length, read_split)
   out = epath.Path(output_file)
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(
     "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
   )
   logging.info("wrote %d predictions to %s", len(rows), out)
-  return InferResult(rows, _score(rows, metric_fns, postprocess))
+  return InferResult(
+    rows,
+    _score(rows, metric_fns, postprocess),
+    long_inputs,
+    input_length,
+    read_split,
+  )
 
 
-def _predict_rows(model, params, vocab, rows, rationales, kwargs) -> None:
-  """Adds "prediction" (and "rationale") to each row, in place."""
+def check_trained_vocabulary(
+  checkpoint_path: str, vocabulary: seqio.Vocabulary, what: str
+) -> None:
+  """Refuses a vocabulary other than the one the checkpoint's run recorded.
+
+  The same check eval makes (`dss_jax.vocab.check_same` on the model dir's
+  ``vocabulary.json``); checkpoints without a record (T5X's) pass.
+  """
+  # Imported here: JAX, TensorFlow and SeqIO start after the host settings
+  # of `gin_flags.run` (see the top of this module).
+  from dss_jax import evaluation
+  from dss_jax import vocab as vocab_lib
+
+  trained = vocab_lib.read_identity(
+    evaluation.model_dir_of(os.fspath(checkpoint_path))
+  )
+  if trained is not None:
+    vocab_lib.check_same(trained, vocabulary, what)
+
+
+def _predict_rows(model, params, vocab, rows, rationales, kwargs, cut) -> None:
+  """Adds "prediction" (and "rationale") to each row, in place; appends the
+  indices of inputs longer than the input length to ``cut``."""
   texts = [r["input"] for r in rows]
   labels = predict_texts(
-    model, params, vocab, [LABEL_PREFIX + t for t in texts], **kwargs
+    model, params, vocab, [LABEL_PREFIX + t for t in texts], cut=cut, **kwargs
   )
   for row, label in zip(rows, labels, strict=True):
     row["prediction"] = label
   if rationales:
     explained = predict_texts(
-      model, params, vocab, [RATIONALE_PREFIX + t for t in texts], **kwargs
+      model,
+      params,
+      vocab,
+      [RATIONALE_PREFIX + t for t in texts],
+      cut=cut,
+      **kwargs,
     )
     for row, rationale in zip(rows, explained, strict=True):
       row["rationale"] = rationale
@@ -361,7 +510,16 @@ def cli(gin_files: Sequence[str], gin_bindings: Sequence[str]) -> int:
   )
   if status:
     return status
-  print(json.dumps({"examples": len(result.rows), **result.metrics}))
+  summary = {"examples": len(result.rows), **result.metrics}
+  if result.split is not None:
+    summary = {"split": result.split, **summary}
+  if result.inputs_cut:
+    summary["inputs_cut"] = result.inputs_cut
+    print(
+      f"{result.inputs_cut} of {len(result.rows)} inputs longer than "
+      f"{result.input_length} tokens were cut (INPUT_LENGTH)"
+    )
+  print(json.dumps(summary))
   return 0
 
 

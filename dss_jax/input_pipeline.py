@@ -53,6 +53,7 @@ import jax
 import numpy as np
 import seqio
 import tensorflow as tf
+from absl import logging
 
 from dss_jax import errors
 
@@ -140,6 +141,22 @@ class DatasetConfig:
   cache_examples: bool = False
   paired: bool = False
   data_shards: int | None = None
+  count_truncated: bool = True
+
+  def __post_init__(self):
+    lengths = dict(self.task_feature_lengths or {})
+    for key in ("inputs", "targets"):
+      value = lengths.get(key)
+      if value is None:
+        raise errors.UserError(
+          f"TASK_FEATURE_LENGTHS has no {key!r} length ({lengths}); give "
+          'both, e.g. {"inputs": 1024, "targets": 256}'
+        )
+      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise errors.UserError(
+          f"TASK_FEATURE_LENGTHS[{key!r}] must be a whole number >= 1, got "
+          f"{value!r}"
+        )
 
 
 def task_rates(name: str) -> dict[str, float]:
@@ -344,6 +361,149 @@ def _paired_examples(
   return ds.flat_map(flatten)
 
 
+# Targets of these tasks are labels: cutting one trains a wrong answer
+# (a label "17" cut to 2 tokens trains as "1"). Rationales may be cut.
+_LABEL_TASK_SUFFIXES = ("_label", "_finetune", "_distill")
+
+
+@dataclasses.dataclass(frozen=True)
+class Truncation:
+  """How many examples of one task's split are longer than the lengths.
+
+  Lengths count tokens with the EOS the task appends.
+
+  Attributes:
+    task: the SeqIO task.
+    split: the split read.
+    examples: examples read.
+    inputs_cut: examples whose inputs are longer than `inputs_length`.
+    targets_cut: examples whose targets are longer than `targets_length`.
+    inputs_length: the inputs feature length.
+    targets_length: the targets feature length.
+  """
+
+  task: str
+  split: str
+  examples: int
+  inputs_cut: int
+  targets_cut: int
+  inputs_length: int
+  targets_length: int
+
+  @property
+  def labels(self) -> bool:
+    """Whether the task's targets are labels (never to be cut)."""
+    return self.task.endswith(_LABEL_TASK_SUFFIXES)
+
+  def message(self) -> str:
+    """E.g. "train: 12 of 400 inputs longer than 512 tokens were cut"."""
+    parts = []
+    if self.inputs_cut:
+      parts.append(
+        f"{self.inputs_cut} of {self.examples} inputs longer than "
+        f"{self.inputs_length} tokens were cut"
+      )
+    if self.targets_cut:
+      what = "labels" if self.labels else "targets"
+      parts.append(
+        f"{self.targets_cut} of {self.examples} {what} longer than "
+        f"{self.targets_length} tokens were cut"
+      )
+    if not parts:
+      return f"{self.split}: no example of {self.examples} was cut"
+    return f"{self.split}: {'; '.join(parts)} ({self.task})"
+
+
+def count_truncated(
+  mixture_or_task_name: str,
+  split: str,
+  feature_lengths: Mapping[str, int],
+  *,
+  num_examples: int | None = None,
+  use_cached: bool = False,
+) -> list[Truncation]:
+  """Counts, per task, the examples longer than the feature lengths.
+
+  Reads each task's split once, tokenized but not trimmed (SeqIO trims to
+  the feature lengths without a word; this says how often it does).
+
+  Args:
+    mixture_or_task_name: a registered task or mixture.
+    split: the split to read.
+    feature_lengths: {"inputs": n, "targets": m}.
+    num_examples: only the first this many examples of each task.
+    use_cached: read SeqIO's offline cache.
+
+  Returns:
+    One `Truncation` per task that has the split.
+  """
+  out = []
+  root = seqio.get_mixture_or_task(mixture_or_task_name)
+  for task in seqio.get_subtasks(root):
+    if split not in task.splits:
+      continue
+    ds = task.get_dataset(
+      sequence_length=None,
+      split=split,
+      use_cached=use_cached,
+      shuffle=False,
+      num_epochs=1,
+    )
+    if num_examples is not None:
+      ds = ds.take(num_examples)
+    sizes = ds.map(
+      lambda ex: (tf.size(ex["inputs"]), tf.size(ex["targets"])),
+      num_parallel_calls=tf.data.AUTOTUNE,
+    ).batch(4096)
+    examples = inputs_cut = targets_cut = 0
+    for inputs, targets in sizes.as_numpy_iterator():
+      examples += len(inputs)
+      inputs_cut += int(np.sum(inputs > feature_lengths["inputs"]))
+      targets_cut += int(np.sum(targets > feature_lengths["targets"]))
+    out.append(
+      Truncation(
+        task=task.name,
+        split=split,
+        examples=examples,
+        inputs_cut=inputs_cut,
+        targets_cut=targets_cut,
+        inputs_length=int(feature_lengths["inputs"]),
+        targets_length=int(feature_lengths["targets"]),
+      )
+    )
+  return out
+
+
+def report_truncation(
+  counts: Sequence[Truncation],
+  length_setting: str = (
+    "TASK_FEATURE_LENGTHS['targets'] (dss-jax distill: --label_length)"
+  ),
+) -> None:
+  """Logs each count, and refuses labels that would be cut.
+
+  Args:
+    counts: `count_truncated`'s result.
+    length_setting: the setting that raises the targets length on the
+      user's path, for the message.
+
+  Raises:
+    errors.UserError: a label task has targets longer than its length.
+  """
+  for count in counts:
+    if count.labels and count.targets_cut:
+      raise errors.UserError(
+        f"{count.split}: {count.targets_cut} of {count.examples} labels of "
+        f"{count.task} are longer than {count.targets_length} tokens and "
+        f"would be cut (a label '17' cut to 1 token trains as '1'); raise "
+        f"{length_setting}"
+      )
+    if count.inputs_cut or count.targets_cut:
+      logging.warning("%s", count.message())
+    else:
+      logging.info("%s", count.message())
+
+
 def make_dataset(config: DatasetConfig) -> tf.data.Dataset:
   """Returns this host's infinite stream of model-feature batches.
 
@@ -379,6 +539,16 @@ def make_dataset(config: DatasetConfig) -> tf.data.Dataset:
         f"the {len(names)} tasks times the {shards} input shards so each "
         "pair stays in one batch"
       )
+  if config.count_truncated:
+    # Every host counts the whole split, so a refused label stops them all.
+    report_truncation(
+      count_truncated(
+        config.mixture_or_task_name,
+        config.split,
+        config.task_feature_lengths,
+        use_cached=config.use_cached,
+      )
+    )
   per_shard = [_shard_batches(config, s) for s in host_shards(config)]
   if len(per_shard) == 1:
     ds = per_shard[0]

@@ -14,6 +14,7 @@ optimizer sees exactly one update per logged step.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Literal
 
 import optax
@@ -21,6 +22,37 @@ import optax
 from dss_jax import errors
 
 ScheduleName = Literal["linear", "constant", "rsqrt", "cosine"]
+
+
+def check_learning_rate(value: float, setting: str = "LEARNING_RATE") -> float:
+  """Refuses a learning rate that is not a finite number > 0.
+
+  Args:
+    value: the peak learning rate.
+    setting: the flag or macro it came from, for the message.
+
+  Returns:
+    The value as a float.
+
+  Raises:
+    errors.UserError: nan, inf, zero, negative or not a number.
+  """
+  try:
+    rate = float(value)
+  except (TypeError, ValueError):
+    rate = math.nan
+  if not (math.isfinite(rate) and rate > 0):
+    raise errors.UserError(
+      f"{setting} must be a finite number > 0 (the paper's is 5e-5), got "
+      f"{value!r}"
+    )
+  return rate
+
+
+def _check_finite(owner: str, **values: float | None) -> None:
+  for name, value in values.items():
+    if value is not None and not math.isfinite(float(value)):
+      raise errors.UserError(f"{owner}.{name} must be finite, got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,10 +75,10 @@ class LearningRateSchedule:
   end_fraction: float = 0.0
 
   def __post_init__(self):
-    # A negative rate would train uphill and still "finish" (gin sets these
-    # from LEARNING_RATE and friends).
-    if not self.peak > 0:
-      raise errors.UserError(f"LEARNING_RATE must be > 0, got {self.peak}")
+    # A negative rate would train uphill and still "finish", an infinite one
+    # turns every parameter into NaN at the first step (gin sets these from
+    # LEARNING_RATE and friends).
+    check_learning_rate(self.peak)
     if self.warmup_steps < 0:
       raise errors.UserError(
         f"warmup_steps must be >= 0, got {self.warmup_steps}"
@@ -119,6 +151,20 @@ class AdamW:
   weight_decay: float = 0.0
   clip_norm: float | None = 1.0
 
+  def __post_init__(self):
+    _check_finite(
+      "AdamW",
+      b1=self.b1,
+      b2=self.b2,
+      eps=self.eps,
+      weight_decay=self.weight_decay,
+      clip_norm=self.clip_norm,
+    )
+    if self.clip_norm is not None and not self.clip_norm > 0:
+      raise errors.UserError(
+        f"AdamW.clip_norm must be > 0 or None, got {self.clip_norm!r}"
+      )
+
   def build(self, total_steps: int) -> optax.GradientTransformation:
     """Returns the optax transformation for a run of `total_steps`."""
     adamw = optax.adamw(
@@ -156,6 +202,15 @@ class Adafactor:
   momentum: float | None = None
   multiply_by_parameter_scale: bool = True
   clip_norm: float | None = None
+
+  def __post_init__(self):
+    _check_finite(
+      "Adafactor",
+      decay_rate=self.decay_rate,
+      clipping_threshold=self.clipping_threshold,
+      momentum=self.momentum,
+      clip_norm=self.clip_norm,
+    )
 
   def build(self, total_steps: int) -> optax.GradientTransformation:
     """Returns the optax transformation for a run of `total_steps`."""

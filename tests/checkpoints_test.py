@@ -1,6 +1,8 @@
 """This project's checkpoints: round trip with shardings, keep-N, keep-best,
 parameters, and finding checkpoints of every layout."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -166,3 +168,56 @@ def test_reads_own_orbax_layout_and_lists_steps(tmp_path):
   assert sorted(flat) == ["decoder/scale", "encoder/kernel"]
   with pytest.raises(checkpoints.CheckpointError, match="no checkpoint for"):
     checkpoints.resolve_checkpoint(tmp_path, step=3)
+
+
+def _saved_step(tmp_path, mesh):
+  ckpt = checkpoints.Checkpointer(tmp_path, async_save=False)
+  ckpt.save(1, _state(mesh, seed=1), batches=1)
+  ckpt.close()
+  return tmp_path / "checkpoints" / "1"
+
+
+def _data_files(step_dir):
+  return [
+    p
+    for p in (step_dir / "state").rglob("*")
+    if p.is_file() and p.parent.name == "d"
+  ]
+
+
+def test_eval_reads_check_the_saved_checksums(tmp_path, mesh):
+  step_dir = _saved_step(tmp_path, mesh)
+  flat = checkpoints.read_params(tmp_path)
+  np.testing.assert_array_equal(
+    flat["encoder/kernel"], _state(mesh, 1)["params"]["encoder"]["kernel"]
+  )
+  # The arrays read fine but differ from the saved ones.
+  record = step_dir / "data" / "metadata"
+  values = json.loads(record.read_text())
+  values["params_checksum"][0] += 1
+  record.write_text(json.dumps(values))
+  with pytest.raises(checkpoints.CorruptCheckpointError) as e:
+    checkpoints.read_params(tmp_path)
+  message = str(e.value)
+  assert "\n" not in message
+  assert "encoder/kernel does not match its checksum" in message
+  assert str(step_dir / "state") in message and str(record) in message
+
+
+def test_flipped_or_truncated_files_are_refused_in_one_line(tmp_path, mesh):
+  step_dir = _saved_step(tmp_path, mesh)
+  files = _data_files(step_dir)
+  saved = {p: p.read_bytes() for p in files}
+  for path in files:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+  with pytest.raises(checkpoints.CorruptCheckpointError) as e:
+    checkpoints.read_params(tmp_path)
+  assert "\n" not in str(e.value) and str(step_dir) in str(e.value)
+  for path, data in saved.items():
+    path.write_bytes(data[: len(data) // 3])
+  with pytest.raises(checkpoints.CorruptCheckpointError) as e:
+    checkpoints.load_params(tmp_path, _state(mesh, 1)["params"])
+  assert "\n" not in str(e.value) and str(step_dir) in str(e.value)
+  assert "cannot be read (file " in str(e.value)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -44,7 +45,9 @@ _TASK_MODULE = textwrap.dedent(
   if "{_TASK}" not in seqio.TaskRegistry.names():
     seqio.TaskRegistry.add(
       "{_TASK}",
-      source=seqio.FunctionDataSource(_dataset_fn, splits=["validation"]),
+      source=seqio.FunctionDataSource(
+        _dataset_fn, splits=["validation", "test"]
+      ),
       preprocessors=[
         seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim
       ],
@@ -182,6 +185,7 @@ def test_entry_point(model_dir, tmp_path, repo_dir):
     '--gin.CHECKPOINT_MODE="all"',
     '--gin.TASK_FEATURE_LENGTHS={"inputs": 16, "targets": 4}',
     "--gin.BATCH_SIZE=4",
+    '--gin.EVAL_SPLIT="test"',
   ]
   run = subprocess.run(
     cmd, capture_output=True, text=True, cwd=repo_dir, env=env, timeout=300
@@ -191,6 +195,10 @@ def test_entry_point(model_dir, tmp_path, repo_dir):
     json.loads(x) for x in run.stdout.splitlines() if x.startswith("{")
   ]
   assert [x["step"] for x in printed] == [5, 10]
+  # Every summary line and metrics line names the split and the task.
+  assert {(x["split"], x["task"]) for x in printed} == {("test", _TASK)}
+  metrics = (path / "inference_eval" / f"{_TASK}-metrics.jsonl").read_text()
+  assert [json.loads(x)["split"] for x in metrics.splitlines()] == ["test"] * 2
   assert (path / "inference_eval" / f"{_TASK}-000010.jsonl").exists()
 
 
@@ -316,3 +324,154 @@ def test_entry_point_reads_the_data_of_tfds_data_dir(
   )
   assert run.returncode == 2, run.stderr[-3000:]
   assert str(empty) in run.stderr.strip().splitlines()[-1]
+
+
+def test_a_changed_split_count_or_checkpoint_is_scored_again(
+  model_dir, tmp_path, caplog
+):
+  model, path, init = model_dir
+  _register_task(tmp_path)
+  kwargs = dict(feature_lengths=_LENGTHS, mode="all", batch_size=4)
+
+  def score(**more):
+    return evaluation.evaluate_checkpoints(
+      model, str(path), _TASK, **kwargs, **more
+    )
+
+  assert sorted(score()) == [5, 10]
+  again = score()
+  assert again == {} and again.reused == [5, 10]
+  with caplog.at_level("INFO"):
+    test = score(split="test")
+  assert sorted(test) == [5, 10] and test.split == "test"
+  assert any(
+    "split 'validation' -> 'test'" in r.message for r in caplog.records
+  )
+  assert sorted(score(split="test", num_examples=2)) == [5, 10]
+  beam = evaluation.DecodeConfig(method="beam", num_beams=2)
+  assert sorted(score(split="test", num_examples=2, decode=beam)) == [5, 10]
+  # Another checkpoint under the same step.
+  shutil.rmtree(path / "checkpoint_5")
+  t5x_checkpoints.save_t5x_checkpoint(init(3), path, 5)
+  changed = score(split="test", num_examples=2, decode=beam)
+  assert sorted(changed) == [5] and changed.reused == [10]
+  lines = (path / "inference_eval" / f"{_TASK}-metrics.jsonl").read_text()
+  splits = [json.loads(x)["split"] for x in lines.splitlines()]
+  assert splits == ["validation"] * 2 + ["test"] * 7
+
+
+def _checkpointed_run(path, init):
+  """A run written by the trainer's checkpointer (checksums recorded)."""
+  from dss_jax import checkpoints
+
+  saver = checkpoints.Checkpointer(path, async_save=False)
+  saver.save(7, {"params": init(1), "step": np.int32(7)}, batches=7)
+  saver.close()
+  return path / "checkpoints" / "7" / "state"
+
+
+def _flip_bits(state_dir):
+  for p in state_dir.rglob("*"):
+    if p.is_file() and p.parent.name == "d":
+      data = bytearray(p.read_bytes())
+      data[len(data) // 2] ^= 0x10
+      p.write_bytes(bytes(data))
+
+
+def test_a_damaged_checkpoint_is_refused_by_the_entry_point(
+  model_dir, tmp_path, repo_dir
+):
+  model, _, init = model_dir
+  run_dir = tmp_path / "trained"
+  state = _checkpointed_run(run_dir, init)
+  _register_task(tmp_path)
+  kwargs = dict(feature_lengths=_LENGTHS, batch_size=4)
+  assert evaluation.evaluate_checkpoints(model, str(run_dir), _TASK, **kwargs)
+  _flip_bits(state)
+  (tmp_path / "eval_cli_tasks.py").write_text(_TASK_MODULE)
+  (tmp_path / "tiny_model.gin").write_text(
+    "from __gin__ import dynamic_registration\n"
+    "import eval_cli_tasks\n"
+    "from dss_jax.models import t5\n"
+    "MODEL = @t5.Transformer()\n"
+    "t5.Transformer.config = @t5.t5_1_1_config()\n"
+    't5.t5_1_1_config.size = "tiny"\n'
+  )
+  env = dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{repo_dir}")
+  run = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "dss_jax.eval",
+      f"--gin_file={tmp_path / 'tiny_model.gin'}",
+      "--gin_file=runs/eval.gin",
+      f'--gin.CHECKPOINT_PATH="{run_dir}"',
+      f'--gin.MIXTURE_OR_TASK_NAME="{_TASK}"',
+      '--gin.TASK_FEATURE_LENGTHS={"inputs": 16, "targets": 4}',
+      "--gin.BATCH_SIZE=4",
+      '--gin.EVAL_SPLIT="test"',
+    ],
+    capture_output=True,
+    text=True,
+    cwd=repo_dir,
+    env=env,
+    timeout=300,
+  )
+  assert run.returncode == 2, run.stderr[-3000:]
+  assert "Traceback" not in run.stderr
+  last = run.stderr.strip().splitlines()[-1]
+  assert last.startswith(f"error: checkpoint {state}"), last
+  assert "checksum" in last or "cannot be read" in last
+  assert not run.stdout.strip()
+  # A truncated file: one line too.
+  for p in state.rglob("*"):
+    if p.is_file() and p.parent.name == "d":
+      p.write_bytes(p.read_bytes()[:10])
+  from dss_jax import checkpoints
+
+  with pytest.raises(checkpoints.CorruptCheckpointError, match="cannot be"):
+    evaluation.evaluate_checkpoints(
+      model, str(run_dir), _TASK, split="test", **kwargs
+    )
+
+
+@pytest.mark.parametrize(
+  "setting, value, message",
+  [
+    ("batch_size", 0, "BATCH_SIZE must be a whole number >= 1, got 0"),
+    ("feature_lengths", {"inputs": 16}, "has no 'targets' length"),
+    ("decode", None, "NUM_BEAMS"),
+  ],
+)
+def test_values_that_would_break_later_are_refused_up_front(
+  model_dir, tmp_path, setting, value, message
+):
+  model, path, _ = model_dir
+  _register_task(tmp_path)
+  kwargs = dict(feature_lengths=_LENGTHS, batch_size=4)
+  if setting == "decode":
+    with pytest.raises(ValueError, match=message):
+      evaluation.DecodeConfig(method="beam", num_beams=0)
+    return
+  kwargs[setting] = value
+  with pytest.raises(ValueError, match=message):
+    evaluation.evaluate_checkpoints(model, str(path), _TASK, **kwargs)
+
+
+def test_long_inputs_and_unreachable_targets_are_counted(model_dir, tmp_path):
+  model, path, _ = model_dir
+  _register_task(tmp_path)
+  results = evaluation.evaluate_checkpoints(
+    model,
+    str(path),
+    _TASK,
+    feature_lengths={"inputs": 8, "targets": 3},
+    batch_size=4,
+    output_dir=str(tmp_path / "out"),
+  )
+  # "predict: a" + EOS is 11 bytes; "yes" + EOS 4 (two of the three).
+  assert results.truncation == [
+    "validation: 3 of 3 inputs longer than 8 tokens were cut "
+    f"({_TASK}); 2 of 3 targets are longer than the 3 tokens decoded "
+    "(MAX_DECODE_LENGTH), so no prediction can match them"
+  ]

@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
+import seqio
 
 from dss_jax import hf_export, t5x_checkpoints
 from dss_jax.models import t5
@@ -212,3 +216,108 @@ def test_tokenizer_files_match_seqio_ids(tmp_path, kind):
   assert ids[-1] == 1  # EOS appended, as SeqIO's add_eos
   assert ids[:-1] == list(vocabulary.encode(text))
   assert tokenizer.decode(ids, skip_special_tokens=True) == text
+
+
+def test_an_export_folder_is_written_fresh(tmp_path):
+  from dss_jax import vocab as vocab_lib
+
+  _, config, params = _model_and_params()
+  texts = ["the cat sat on the mat", "a dog ate my homework"] * 20
+  model_file = vocab_lib.train_sentencepiece(texts, tmp_path / "sp.model", 40)
+  spm_vocab = seqio.SentencePieceVocabulary(str(model_file), extra_ids=5)
+  out = tmp_path / "hf"
+  hf_export.export_hf(params, config, out, vocabulary=spm_vocab)
+  assert (out / "spiece.model").exists()
+  with pytest.raises(ValueError, match="is not empty .* pass --overwrite"):
+    hf_export.export_hf(params, config, out, vocabulary=seqio.ByteVocabulary())
+  hf_export.export_hf(
+    params, config, out, vocabulary=seqio.ByteVocabulary(), overwrite=True
+  )
+  # The earlier export's SentencePiece model does not stay beside ByT5's.
+  assert sorted(p.name for p in out.iterdir()) == [
+    "config.json",
+    "model.safetensors",
+    "tokenizer_config.json",
+  ]
+  (out / "notes.txt").write_text("mine")
+  with pytest.raises(ValueError, match=r"files an export does not write"):
+    hf_export.export_hf(params, config, out, overwrite=True)
+  assert (out / "notes.txt").read_text() == "mine"
+  with pytest.raises(ValueError, match="is a file"):
+    hf_export.export_hf(params, config, out / "notes.txt")
+
+
+def _export(repo_dir, tmp_path, *args):
+  (tmp_path / "tiny_model.gin").write_text(
+    "from __gin__ import dynamic_registration\n"
+    "from dss_jax.models import t5\n"
+    "MODEL = @t5.Transformer()\n"
+    "t5.Transformer.config = @t5.t5_1_1_config()\n"
+    't5.t5_1_1_config.size = "tiny"\n'
+  )
+  return subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "dss_jax.export",
+      f"--gin_file={tmp_path / 'tiny_model.gin'}",
+      *args,
+    ],
+    capture_output=True,
+    text=True,
+    cwd=repo_dir,
+    env=dict(os.environ, PYTHONPATH=str(repo_dir)),
+    timeout=300,
+  )
+
+
+def test_export_refuses_damaged_checkpoints_and_other_vocabularies(
+  tmp_path, repo_dir
+):
+  from dss_jax import checkpoints
+  from dss_jax import vocab as vocab_lib
+
+  model, _ = t5.make_test_model()
+  tokens = np.ones((1, 4), np.int32)
+  params = model.init(
+    jax.random.PRNGKey(0), tokens, tokens, tokens, enable_dropout=False
+  )["params"]
+  run_dir = tmp_path / "run"
+  saver = checkpoints.Checkpointer(run_dir, async_save=False)
+  saver.save(4, {"params": params, "step": np.int32(4)}, batches=4)
+  saver.close()
+  vocab_lib.write_identity(str(run_dir), seqio.ByteVocabulary())
+  # Another vocabulary than the run's: refused before anything is written.
+  other = vocab_lib.train_sentencepiece(
+    ["the cat sat on the mat"] * 40, tmp_path / "sp.model", 40
+  )
+  run = _export(
+    repo_dir,
+    tmp_path,
+    f"--checkpoint={run_dir}",
+    f"--output_dir={tmp_path / 'hf'}",
+    f"--vocabulary={other}",
+  )
+  assert run.returncode == 2, run.stderr[-2000:]
+  last = run.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: --vocabulary=") and "trained" in last, last
+  assert not (tmp_path / "hf").exists()
+  # A flipped bit in the parameters: refused, naming the checkpoint.
+  meta = run_dir / "checkpoints" / "4" / "data" / "metadata"
+  values = json.loads(meta.read_text())
+  values["params_checksum"][3] ^= 1
+  meta.write_text(json.dumps(values))
+  run = _export(
+    repo_dir,
+    tmp_path,
+    f"--checkpoint={run_dir}",
+    f"--output_dir={tmp_path / 'hf'}",
+    "--vocabulary=byte",
+  )
+  assert run.returncode == 2, run.stderr[-2000:]
+  assert "Traceback" not in run.stderr
+  last = run.stderr.strip().splitlines()[-1]
+  state = run_dir / "checkpoints" / "4" / "state"
+  assert last.startswith(f"error: checkpoint {state}: parameter "), last
+  assert "does not match its checksum" in last
+  assert not (tmp_path / "hf").exists()

@@ -6,6 +6,9 @@ Run: .venv/bin/pytest tests/infer_test.py -q
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -163,3 +166,157 @@ def test_vocabulary_larger_than_model_fails(tmp_path, checkpoint):
       input_file=str(text),
       vocabulary="byte",
     )
+
+
+def test_input_formats_are_read_by_content(tmp_path):
+  nli = {"premise": "A man sleeps.", "hypothesis": "A man is awake."}
+  records = [{"id": "a", **nli, "label": 2}, {"id": "b", **nli, "label": 0}]
+  want = ["contradiction", "entailment"]
+  as_list = tmp_path / "in.json"
+  as_list.write_text(json.dumps(records, indent=2))
+  as_object = tmp_path / "one.json"
+  as_object.write_text(json.dumps(records[0]))
+  upper = tmp_path / "in.JSONL"
+  upper.write_text("".join(json.dumps(r) + "\n" for r in records))
+  unnamed = tmp_path / "in.data"
+  unnamed.write_text(upper.read_text())
+  for path, targets in (
+    (as_list, want),
+    (as_object, want[:1]),
+    (upper, want),
+    (unnamed, want),
+  ):
+    rows = infer.read_input_file(str(path), card="anli1")
+    assert [r["target"] for r in rows] == targets, path
+    assert rows[0]["id"] == "a" and "A man sleeps." in rows[0]["input"]
+  # Numbers are labels too (SVAMP's answers), without a card's names.
+  numbers = tmp_path / "svamp.jsonl"
+  numbers.write_text(json.dumps({"input": "2 + 3", "answer": 5}) + "\n")
+  assert infer.read_input_file(str(numbers))[0]["target"] == "5"
+  # Garbled input: one line naming the file and line.
+  bad = tmp_path / "bad.jsonl"
+  bad.write_text(json.dumps(records[0]) + "\n{not json\n")
+  with pytest.raises(ValueError, match=r"bad.jsonl:2: not JSON"):
+    infer.read_input_file(str(bad), card="anli1")
+  broken = tmp_path / "broken.json"
+  broken.write_text('[{"input": "a"},\n {"input": }]')
+  with pytest.raises(ValueError, match=r"broken.json:2: not JSON"):
+    infer.read_input_file(str(broken))
+  out_of_range = tmp_path / "range.jsonl"
+  out_of_range.write_text(json.dumps({**nli, "label": 7}) + "\n")
+  with pytest.raises(ValueError, match=r"range.jsonl:1: label 7 is not an"):
+    infer.read_input_file(str(out_of_range), card="anli1")
+  latin = tmp_path / "latin.txt"
+  latin.write_bytes(b"fine\ncaf\xe9\n")
+  with pytest.raises(ValueError, match=r"latin.txt:2: not UTF-8"):
+    infer.read_input_file(str(latin))
+  # Text whose lines are not all JSON objects stays text.
+  text = tmp_path / "in.txt"
+  text.write_text('{"input": "x"}\nplain words\n')
+  assert [r["input"] for r in infer.read_input_file(str(text))] == [
+    '{"input": "x"}',
+    "plain words",
+  ]
+
+
+def test_long_inputs_counted_and_the_run_vocabulary_checked(
+  tmp_path, checkpoint
+):
+  import shutil
+
+  from dss_jax import vocab
+
+  model, _, path = checkpoint
+  run = tmp_path / "run"
+  shutil.copytree(path, run)
+  inputs = tmp_path / "in.txt"
+  inputs.write_text("short\n" + "long " * 40 + "\n")
+  kwargs = dict(
+    input_file=str(inputs),
+    vocabulary="byte",
+    input_length=_INPUT_LENGTH,
+    max_decode_length=_DECODE_LENGTH,
+    batch_size=4,
+  )
+  result = infer.infer(model, str(run), str(tmp_path / "o.jsonl"), **kwargs)
+  assert (result.inputs_cut, result.input_length) == (1, _INPUT_LENGTH)
+  smaller = {**vocab.identity(seqio.ByteVocabulary()), "vocab_size": 131}
+  (run / vocab.VOCABULARY_FILE).write_text(json.dumps(smaller))
+  with pytest.raises(ValueError, match="trained with a ByteVocabulary of 131"):
+    infer.infer(model, str(run), str(tmp_path / "o.jsonl"), **kwargs)
+  for setting in ("batch_size", "input_length", "max_decode_length"):
+    with pytest.raises(ValueError, match="must be a whole number >= 1"):
+      infer.infer(
+        model, path, str(tmp_path / "o.jsonl"), **(kwargs | {setting: 0})
+      )
+
+
+def _infer_command(tmp_path, *bindings):
+  (tmp_path / "tiny_model.gin").write_text(
+    "from __gin__ import dynamic_registration\n"
+    "from dss_jax.models import t5\n"
+    "MODEL = @t5.Transformer()\n"
+    "t5.Transformer.config = @t5.t5_1_1_config()\n"
+    't5.t5_1_1_config.size = "tiny"\n'
+  )
+  return [
+    sys.executable,
+    "-m",
+    "dss_jax.infer",
+    f"--gin_file={tmp_path / 'tiny_model.gin'}",
+    "--gin_file=runs/infer.gin",
+    *[f"--gin.{b}" for b in bindings],
+  ]
+
+
+def test_entry_point_reads_a_jsonl_file_and_counts_cut_inputs(
+  tmp_path, checkpoint, repo_dir
+):
+  _, _, path = checkpoint
+  inputs = tmp_path / "questions.JSONL"
+  inputs.write_text(
+    json.dumps({"input": "2 + 3", "answer": 5})
+    + "\n"
+    + json.dumps({"input": "long " * 30, "answer": 1})
+    + "\n"
+  )
+  out = tmp_path / "answers.jsonl"
+  common = [
+    f'CHECKPOINT_PATH="{path}"',
+    f'OUTPUT_FILE="{out}"',
+    f'INPUT_FILE="{inputs}"',
+    'VOCABULARY="byte"',
+    f"INPUT_LENGTH={_INPUT_LENGTH}",
+    f"MAX_DECODE_LENGTH={_DECODE_LENGTH}",
+  ]
+  env = dict(os.environ, PYTHONPATH=str(repo_dir))
+  run = subprocess.run(
+    _infer_command(tmp_path, *common, "BATCH_SIZE=4"),
+    capture_output=True,
+    text=True,
+    cwd=repo_dir,
+    env=env,
+    timeout=300,
+  )
+  assert run.returncode == 0, run.stderr[-2000:]
+  lines = run.stdout.strip().splitlines()
+  assert lines[-2] == (
+    f"1 of 2 inputs longer than {_INPUT_LENGTH} tokens were cut (INPUT_LENGTH)"
+  )
+  summary = json.loads(lines[-1])
+  assert summary["examples"] == 2 and summary["inputs_cut"] == 1
+  rows = [json.loads(x) for x in out.read_text().splitlines()]
+  assert [r["target"] for r in rows] == ["5", "1"]
+  # A batch size of 0 is one line before anything is read.
+  run = subprocess.run(
+    _infer_command(tmp_path, *common, "BATCH_SIZE=0"),
+    capture_output=True,
+    text=True,
+    cwd=repo_dir,
+    env=env,
+    timeout=300,
+  )
+  assert run.returncode == 2
+  assert run.stderr.strip().splitlines()[-1] == (
+    "error: BATCH_SIZE must be a whole number >= 1, got 0"
+  )

@@ -66,6 +66,9 @@ def _config(task_name, **overrides):
     batch_size=_BATCH,
     seed=3,
     cache_examples=True,
+    # The preprocessor counts its calls; the truncation count's own pass
+    # over the split is tested below.
+    count_truncated=False,
   )
   values.update(overrides)
   return input_pipeline.DatasetConfig(**values)
@@ -135,3 +138,81 @@ def test_cached_stream_has_no_autotuning_thread(task_name):
     _config(task_name, cache_examples=False)
   )
   assert uncached.options().autotune.enabled is not False
+
+
+def _register_long(name: str, inputs: list[str], targets: list[str]) -> str:
+  if name not in seqio.TaskRegistry.names():
+
+    def dataset_fn(split, shuffle_files, seed=None):
+      del split, shuffle_files, seed
+      return tf.data.Dataset.from_tensor_slices(
+        {"inputs": inputs, "targets": targets}
+      )
+
+    seqio.TaskRegistry.add(
+      name,
+      source=seqio.FunctionDataSource(dataset_fn, splits=["train"]),
+      preprocessors=[
+        seqio.preprocessors.tokenize,
+        seqio.preprocessors.append_eos_after_trim,
+      ],
+      output_features={
+        k: seqio.Feature(_VOCAB, add_eos=True) for k in ("inputs", "targets")
+      },
+    )
+  return name
+
+
+def test_examples_longer_than_the_lengths_are_counted(caplog):
+  # Byte vocabulary + EOS: "abcdefg" is 8 tokens, "abc" 4.
+  name = _register_long(
+    "input_pipeline_test_rationale",
+    ["abcdefg", "abc", "abcdefghijk", "ab"],
+    ["a long rationale", "ok", "ok", "ok"],
+  )
+  lengths = {"inputs": 6, "targets": 4}
+  (count,) = input_pipeline.count_truncated(name, "train", lengths)
+  assert (count.examples, count.inputs_cut, count.targets_cut) == (4, 2, 1)
+  assert count.message() == (
+    "train: 2 of 4 inputs longer than 6 tokens were cut; 1 of 4 targets "
+    "longer than 4 tokens were cut (input_pipeline_test_rationale)"
+  )
+  config = _config(name, task_feature_lengths=lengths, count_truncated=True)
+  with caplog.at_level("INFO"):
+    input_pipeline.make_dataset(config)
+  assert count.message() in caplog.text
+
+
+def test_a_label_that_would_be_cut_is_an_error():
+  name = _register_long(
+    "input_pipeline_test_label", ["q1", "q2", "q3"], ["17", "5", "123"]
+  )
+  config = _config(
+    name,
+    task_feature_lengths={"inputs": 8, "targets": 2},
+    count_truncated=True,
+  )
+  with pytest.raises(ValueError) as e:
+    input_pipeline.make_dataset(config)
+  message = str(e.value)
+  assert message.startswith(
+    "train: 2 of 3 labels of input_pipeline_test_label are longer than 2 "
+    "tokens and would be cut"
+  )
+  assert "raise TASK_FEATURE_LENGTHS['targets']" in message
+  assert "--label_length" in message
+  # Long enough: no error.
+  input_pipeline.make_dataset(
+    _config(
+      name,
+      task_feature_lengths={"inputs": 8, "targets": 4},
+      count_truncated=True,
+    )
+  )
+
+
+def test_feature_lengths_need_inputs_and_targets(task_name):
+  with pytest.raises(ValueError, match="has no 'targets' length"):
+    _config(task_name, task_feature_lengths={"inputs": 8})
+  with pytest.raises(ValueError, match=r"\['inputs'\] must be a whole"):
+    _config(task_name, task_feature_lengths={"inputs": 0, "targets": 8})

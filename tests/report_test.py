@@ -152,3 +152,57 @@ def test_the_command_line_reports_an_existing_csv(tmp_path):
   assert "| Distilling step-by-step | s | 100 | 75.00 |" in proc.stdout
   assert (tmp_path / "summary.md").exists()
   assert f"summary_md: {tmp_path / 'summary.md'}" in proc.stdout
+
+
+def test_percentages_cards_and_fractions_are_read_as_meant(tmp_path):
+  path = tmp_path / "results.csv"
+  svamp = dict(card="svamp", metric="equation_accuracy")
+  _write(
+    path,
+    [
+      # Percentages (59 means 59%), detected from the data.
+      _row("finetune", "s", 1.0, 0, 59.0),
+      _row("finetune", "s", 1.0, 1, 61.0),
+      # Another card, in fractions: never averaged with arith.
+      _row("finetune", "s", 1.0, 0, 0.2) | svamp,
+      _row("finetune", "s", 1.0, 1, 0.4) | svamp,
+    ],
+  )
+  paths = report.write_report(path, tmp_path / "out")
+  summaries = {
+    (s.card, s.metric): s
+    for s in report.summarize(
+      report.to_fractions(report.read_results(path), path)
+    )
+  }
+  assert summaries["arith", "accuracy"].mean == pytest.approx(0.60)
+  assert summaries["svamp", "equation_accuracy"].mean == pytest.approx(0.30)
+  text = paths["summary_md"].read_text()
+  assert "## arith: accuracy" in text
+  assert "## svamp: equation_accuracy" in text
+  assert "| Standard finetuning | s | 100 | 60.00 |" in text
+  assert "| Standard finetuning | s | 100 | 30.00 |" in text
+  assert "6000" not in text
+  assert paths["accuracy_by_method_svamp_equation_accuracy"].exists()
+
+
+@pytest.mark.parametrize(
+  "change, message",
+  [
+    ({"fraction": 0}, r"results.csv:3: fraction 0 is not in \(0, 1\]"),
+    ({"fraction": 1.5}, r"results.csv:3: fraction 1.5 is not in"),
+    ({"value": 590}, r"results.csv:3: value 590 is neither a fraction"),
+    ({"value": -0.1}, r"results.csv:3: value -0.1 is neither"),
+  ],
+)
+def test_impossible_values_name_their_line(tmp_path, change, message):
+  path = tmp_path / "results.csv"
+  _write(
+    path,
+    [
+      _row("finetune", "s", 1.0, 0, 0.5),
+      _row("dss_gold", "s", 1.0, 0, 0.6) | change,
+    ],
+  )
+  with pytest.raises(ValueError, match=message):
+    report.write_report(path, tmp_path / "out")

@@ -89,6 +89,7 @@ class Summary:
   stderr: float
   count: int
   values: tuple[float, ...]
+  card: str = ""
 
 
 def read_results(path: str | pathlib.Path) -> list[dict[str, str]]:
@@ -131,11 +132,72 @@ def check_results(
           raise errors.UserError(f"{path}:{line}: {column} is empty")
         continue
       try:
-        float(text)
+        number = float(text)
       except ValueError:
         raise errors.UserError(
           f"{path}:{line}: {column} {text!r} is not a number"
         ) from None
+      if not math.isfinite(number):
+        raise errors.UserError(f"{path}:{line}: {column} is {text}")
+    fraction = float(row["fraction"])
+    if not 0 < fraction <= 1:
+      raise errors.UserError(
+        f"{path}:{line}: fraction {row['fraction']} is not in (0, 1]; it is "
+        "the share of the training data a run used (1 = all)"
+      )
+
+
+# Spellings of a per-row `unit` column that mean "values are percentages".
+_PERCENT_UNITS = ("%", "percent", "pct")
+
+
+def to_fractions(
+  rows: Sequence[Mapping[str, str]], path: str | pathlib.Path
+) -> list[dict[str, str]]:
+  """The rows with metric values as fractions in [0, 1].
+
+  Values may be given as fractions (0.59) or percentages (59): a row whose
+  optional ``unit`` column says ``%``/``percent`` is a percentage, and so is
+  every row of a (card, metric) whose values go above 1 (a metric in [0, 1]
+  never does). Check the rows with `check_results` first.
+
+  Args:
+    rows: rows of a results CSV.
+    path: the CSV, for messages.
+
+  Returns:
+    New rows, ``value`` and ``value_picked`` in [0, 1].
+
+  Raises:
+    errors.UserError: a negative value, or one above 100 (file:line).
+  """
+  in_percent: set[tuple[str, str]] = set()
+  for line, row in enumerate(rows, start=2):
+    for column in ("value", "value_picked"):
+      text = row.get(column)
+      if text in ("", None):
+        continue
+      value = float(text)
+      if not 0 <= value <= 100:
+        raise errors.UserError(
+          f"{path}:{line}: {column} {text} is neither a fraction in [0, 1] "
+          "nor a percentage in [0, 100]"
+        )
+      if value > 1:
+        in_percent.add((row.get("card", ""), row["metric"]))
+  out = []
+  for row in rows:
+    unit = str(row.get("unit") or "").strip().lower()
+    percent = unit in _PERCENT_UNITS or (
+      (row.get("card", ""), row["metric"]) in in_percent
+    )
+    row = dict(row)
+    if percent:
+      for column in ("value", "value_picked"):
+        if row.get(column) not in ("", None):
+          row[column] = repr(float(row[column]) / 100)
+    out.append(row)
+  return out
 
 
 def append_result(path: str | pathlib.Path, row: Mapping[str, object]) -> None:
@@ -171,34 +233,40 @@ def summarize(
   metric: str | None = None,
   value_field: str = "value",
 ) -> list[Summary]:
-  """Groups runs by (method, model size, fraction) and aggregates over seeds.
+  """Groups runs by (card, metric, method, model size, fraction) and
+  aggregates over seeds.
 
-  A run that appears twice (same cell and seed) counts once, with its last
-  value, so re-running a finished run never doubles its weight.
+  Runs of different cards (or metrics) are never averaged together. A run
+  that appears twice (same cell and seed) counts once, with its last value,
+  so re-running a finished run never doubles its weight.
 
   Args:
     rows: rows of a results CSV.
-    metric: the metric to keep; by default the first one seen.
+    metric: the metric to keep; by default every card's own.
     value_field: "value" (last step) or "value_picked" (the checkpoint
       picked on validation).
 
   Returns:
-    One `Summary` per cell, sorted by model size, method and fraction.
+    One `Summary` per cell, sorted by card, model size, method and fraction.
   """
-  cells: dict[tuple[str, str, float], dict[str, float]] = {}
+  cells: dict[tuple[str, str, str, str, float], dict[str, float]] = {}
   params: dict[str, int] = {}
   for row in rows:
-    if metric is None:
-      metric = row["metric"]
     value = row.get(value_field)
-    if row["metric"] != metric or value in ("", None):
+    if (metric is not None and row["metric"] != metric) or value in ("", None):
       continue
-    key = (row["method"], row["model_size"], float(row["fraction"]))
+    key = (
+      row.get("card") or "",
+      row["metric"],
+      row["method"],
+      row["model_size"],
+      float(row["fraction"]),
+    )
     cells.setdefault(key, {})[row["seed"]] = float(value)
     if row.get("num_params"):
       params[row["model_size"]] = int(float(row["num_params"]))
   summaries = []
-  for (method, size, fraction), by_seed in cells.items():
+  for (card, cell_metric, method, size, fraction), by_seed in cells.items():
     values = tuple(by_seed.values())
     std = statistics.stdev(values) if len(values) > 1 else 0.0
     summaries.append(
@@ -207,16 +275,19 @@ def summarize(
         model_size=size,
         num_params=params.get(size, 0),
         fraction=fraction,
-        metric=metric or "",
+        metric=cell_metric,
         mean=statistics.fmean(values),
         std=std,
         stderr=std / math.sqrt(len(values)),
         count=len(values),
         values=values,
+        card=card,
       )
     )
   summaries.sort(
     key=lambda s: (
+      s.card,
+      s.metric,
       s.num_params,
       s.model_size,
       _method_order(s.method),
@@ -617,6 +688,7 @@ def write_report(
   if not rows:
     raise errors.UserError(f"no results in {results_csv}")
   check_results(rows, results_csv)
+  rows = to_fractions(rows, results_csv)
   if teacher_accuracy is not None and not 0 <= teacher_accuracy <= 1:
     raise errors.UserError(
       f"--teacher_accuracy must be in [0, 1], got {teacher_accuracy}"
@@ -629,40 +701,68 @@ def write_report(
     "summary_md": out_dir / "summary.md",
   }
   write_summary_csv(summaries, paths["summary_csv"])
-  text = markdown_table(summaries, teacher_accuracy)
   picked = summarize(rows, value_field="value_picked")
+  groups = sorted({(s.card, s.metric) for s in summaries})
+  sections = []
+  for card, metric in groups:
+    last = [s for s in summaries if (s.card, s.metric) == (card, metric)]
+    chosen = [s for s in picked if (s.card, s.metric) == (card, metric)]
+    text = markdown_table(last, teacher_accuracy)
+    if chosen:
+      # Both protocols, named: the paper's numbers are means over runs, and
+      # the official code scores the test split during training.
+      text = (
+        "Test accuracy at the last step:\n\n"
+        + text
+        + "\nTest accuracy at the checkpoint picked on validation:\n\n"
+        + markdown_table(chosen, teacher_accuracy)
+      )
+    heading = f"{card or 'results'}: {metric}"
+    sections.append(f"## {heading}\n\n{text}")
   if picked:
-    # Both protocols, named: the paper's numbers are means over runs, and the
-    # official code scores the test split during training.
-    text = (
-      "Test accuracy at the last step:\n\n"
-      + text
-      + "\nTest accuracy at the checkpoint picked on validation:\n\n"
-      + markdown_table(picked, teacher_accuracy)
-    )
     paths["summary_picked_csv"] = out_dir / "summary_picked.csv"
     write_summary_csv(picked, paths["summary_picked_csv"])
-  paths["summary_md"].write_text(text)
+  paths["summary_md"].write_text("\n".join(sections))
+  for card, metric in groups:
+    cells = [s for s in summaries if (s.card, s.metric) == (card, metric)]
+    suffix = f"_{card}_{metric}" if len(groups) > 1 else ""
+    name = f"{title} {card}".strip() if len(groups) > 1 else title
+    paths.update(
+      _write_plots(cells, out_dir, suffix, teacher_accuracy, teacher_name, name)
+    )
+  return paths
+
+
+def _write_plots(
+  summaries: Sequence[Summary],
+  out_dir: pathlib.Path,
+  suffix: str,
+  teacher_accuracy: float | None,
+  teacher_name: str,
+  title: str,
+) -> dict[str, pathlib.Path]:
+  """The plots of one card's cells (`write_report`)."""
+  paths = {}
   pair = data_efficiency(summaries)
-  paths["accuracy_by_method"] = plot_accuracy_by_method(
+  paths[f"accuracy_by_method{suffix}"] = plot_accuracy_by_method(
     summaries,
-    out_dir / "accuracy_by_method.png",
+    out_dir / f"accuracy_by_method{suffix}.png",
     teacher_accuracy=teacher_accuracy,
     teacher_name=teacher_name,
     title=title,
   )
   if pair is not None:
-    paths["data_efficiency"] = plot_data_efficiency(
-      summaries, out_dir / "data_efficiency.png", title=title
+    paths[f"data_efficiency{suffix}"] = plot_data_efficiency(
+      summaries, out_dir / f"data_efficiency{suffix}.png", title=title
     )
   if len({s.fraction for s in summaries}) > 1:
-    paths["accuracy_vs_data"] = plot_accuracy_vs_data(
-      summaries, out_dir / "accuracy_vs_data.png", title=title
+    paths[f"accuracy_vs_data{suffix}"] = plot_accuracy_vs_data(
+      summaries, out_dir / f"accuracy_vs_data{suffix}.png", title=title
     )
   if len({s.model_size for s in summaries}) > 1:
-    paths["accuracy_vs_size"] = plot_accuracy_vs_size(
+    paths[f"accuracy_vs_size{suffix}"] = plot_accuracy_vs_size(
       summaries,
-      out_dir / "accuracy_vs_size.png",
+      out_dir / f"accuracy_vs_size{suffix}.png",
       teacher_accuracy=teacher_accuracy,
       teacher_name=teacher_name,
       title=title,
