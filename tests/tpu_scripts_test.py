@@ -487,6 +487,30 @@ def test_launch_builtin_eval(env):
   _assert_gin_files_exist(_remote(lines[0]))
 
 
+def test_launch_builtin_infer_writes_the_file_runs_infer_gin_requires(env):
+  lines = _dry_run(
+    "launch",
+    "--name=dss",
+    "--zone=z",
+    "--trainer=builtin",
+    "--job=infer",
+    "--method=dss_gold",
+    "--dataset=svamp",
+    "--checkpoint=gs://b/run",
+    "--output-dir=gs://b/run/infer/",
+    env=env,
+  )
+  args = shlex.split(_remote(lines[0]))
+  assert "--gin_file=runs/infer.gin" in args
+  # runs/infer.gin's REQUIRED macro is OUTPUT_FILE, not T5X's folder macro.
+  assert (
+    "--gin.OUTPUT_FILE='gs://b/run/infer/dss_svamp_palm_label-predictions.jsonl'"
+    in args
+  )
+  assert not [a for a in args if a.startswith("--gin.INFER_OUTPUT_DIR")]
+  _assert_gin_files_exist(_remote(lines[0]))
+
+
 def test_logs(env):
   assert _dry_run("logs", "--name=dss", "--zone=z", "--worker=3", env=env) == [
     f"{SSH} dss --zone=z --worker=3 '--command=ls -lt ~/dss-logs'"

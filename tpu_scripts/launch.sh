@@ -278,8 +278,14 @@ else
       command=(python -m "dss_jax.${JOB}" "${models[@]}"
         --gin_file="runs/${JOB}.gin"
         "$(gin_str --gin.CHECKPOINT_PATH "$CHECKPOINT")"
-        "$(gin_str --gin.MIXTURE_OR_TASK_NAME "$eval_task")"
-        "$(gin_str "--gin.${JOB^^}_OUTPUT_DIR" "$OUTPUT_DIR")")
+        "$(gin_str --gin.MIXTURE_OR_TASK_NAME "$eval_task")")
+      if [[ "$JOB" == eval ]]; then
+        command+=("$(gin_str --gin.EVAL_OUTPUT_DIR "$OUTPUT_DIR")")
+      else
+        # runs/infer.gin writes one JSONL file, not a folder.
+        command+=("$(gin_str --gin.OUTPUT_FILE \
+          "${OUTPUT_DIR%/}/${eval_task}-predictions.jsonl")")
+      fi
       ;;
   esac
 fi
