@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import gin
 from absl import app, flags, logging
+from gin import resource_reader
 
 from dss_jax import cards, cli, errors, host, resources
 
@@ -188,6 +189,29 @@ def rewrite_gin_args(argv: Sequence[str]) -> list[str]:
   return out
 
 
+def _package_file_exists(path: str) -> bool:
+  """gin's check for a gin file inside a Python package, made safe.
+
+  gin asks Python for a package named like a gin file's folder. A plain
+  folder of that name in the working directory (`runs/`, `models/`) is a
+  namespace package without a file, and gin's check then raises TypeError
+  instead of answering no, so `--gin_file=runs/eval.gin` (or an include of
+  `models/...`) crashed in such a folder.
+  """
+  try:
+    return resource_reader.system_path_file_exists(path)
+  except TypeError:
+    return False
+
+
+gin.config._FILE_READERS[:] = [
+  (reader, _package_file_exists)
+  if exists is resource_reader.system_path_file_exists
+  else (reader, exists)
+  for reader, exists in gin.config._FILE_READERS
+]
+
+
 def parse_gin(
   files: Sequence[str],
   bindings: Sequence[str],
@@ -244,11 +268,15 @@ def parse_gin(
       f"gin{where}: {errors.one_line(e)}; check --gin_file and "
       "--gin_bindings (--gin.NAME=value)"
     ) from e
-  if finalize:
-    try:
+  try:
+    if finalize:
       gin.finalize()  # its hooks refuse macros left REQUIRED
-    except ValueError as e:
-      raise _required_error(e) or e from None
+    else:
+      # The same check for a config left open: a REQUIRED macro left unset
+      # would otherwise reach the job as gin's placeholder object.
+      gin.config.find_missing_overrides_hook(gin.config._CONFIG)
+  except ValueError as e:
+    raise _required_error(e) or e from None
 
 
 def _required_error(error: ValueError) -> errors.UserError | None:

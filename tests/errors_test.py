@@ -27,6 +27,17 @@ from dss_jax.teacher import store as store_lib
     (["dss_jax.train", "--gin_file=no_such.gin"], "--gin_file=no_such.gin"),
     (["dss_jax.train", "--gin_file=tiny.gin"], "MODEL_DIR is REQUIRED"),
     (["dss_jax.eval", "stray"], "unexpected arguments"),
+    # The eval config stays open (not finalized): REQUIRED is checked too,
+    # and `runs/`, `models/` folders in the working directory (made below)
+    # do not hide the shipped gin files of the same names.
+    (
+      [
+        "dss_jax.eval",
+        "--gin_file=models/t5_1_1_tiny.gin",
+        "--gin_file=runs/eval.gin",
+      ],
+      "CHECKPOINT_PATH is REQUIRED",
+    ),
     (["dss_jax.infer", "--gin_file=bad.gin"], "gin in "),
     (["dss_jax.export"], "--checkpoint and --output_dir are required"),
     (["dss_jax.datasets", "--card=svamp", "--keep=all"], "--keep"),
@@ -38,6 +49,8 @@ def test_every_entry_point_reports_a_user_error_in_one_line(
   tmp_path, repo_dir, argv, words
 ):
   (tmp_path / "bad.gin").write_text("TRAIN_STEPS = = 3\n")
+  (tmp_path / "runs").mkdir()
+  (tmp_path / "models").mkdir()
   proc = subprocess.run(
     [sys.executable, "-m", *argv],
     cwd=tmp_path,
