@@ -18,6 +18,9 @@ Exit statuses of every command:
   1  the run stopped on something to look at: a NaN/Inf loss, teacher calls
      left failed (`annotate`, `distill`)
   2  a user error, reported in one line `error: ...`
+  1  also a fault of the machine (`MachineError`: disk full, a read-only
+     folder), reported in one line `error: ...`; what was stored is kept
+  130  interrupted (Ctrl-C) where the command keeps its state to resume
 """
 
 from __future__ import annotations
@@ -39,6 +42,16 @@ class UserError(ValueError):
 
 class MissingFileError(UserError, FileNotFoundError):
   """A file or folder the user named (or must provide) does not exist."""
+
+
+class MachineError(RuntimeError):
+  """A fault of the machine, not the input (disk full, a read-only folder):
+  one line, exit status 1; the message says what was kept."""
+
+
+# Exit statuses of a machine fault and of Ctrl-C (the shell's 128 + SIGINT).
+MACHINE_ERROR_STATUS = 1
+INTERRUPTED_STATUS = 130
 
 
 def one_line(error: BaseException) -> str:
@@ -71,5 +84,17 @@ def reports_user_errors(main: Callable[..., Any]) -> Callable[..., Any]:
       return main(*args, **kwargs)
     except (UserError, app.UsageError) as e:
       exit_with_error(one_line(e))
+    except MachineError as e:
+      sys.stdout.flush()
+      print(f"error: {one_line(e)}", file=sys.stderr)
+      sys.exit(MACHINE_ERROR_STATUS)
+    except KeyboardInterrupt:
+      sys.stdout.flush()
+      print(
+        "error: interrupted; what finished is kept: rerun the same command "
+        "to resume",
+        file=sys.stderr,
+      )
+      sys.exit(INTERRUPTED_STATUS)
 
   return wrapped
