@@ -291,10 +291,11 @@ class WriterLock:
 
 
 # errno values that are the machine's, not the input's: full disk or quota,
-# read-only file system, no permission, I/O error.
+# a file size limit, read-only file system, no permission, I/O error.
 _MACHINE_ERRNOS = (
   errno.ENOSPC,
   errno.EDQUOT,
+  errno.EFBIG,
   errno.EROFS,
   errno.EACCES,
   errno.EPERM,
