@@ -28,6 +28,7 @@ import io
 import json
 import os
 import pathlib
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -890,11 +891,14 @@ class Pipeline:
     )
     train_seconds = time.monotonic() - start
     if result.preempted:
-      # The trainer saved a checkpoint on SIGTERM; no result is written, so
-      # rerunning the command resumes this run from that checkpoint.
-      raise SystemExit(
-        f"stopped at step {result.step} of {spec.name}; rerun to resume"
+      # The trainer saved a checkpoint on SIGTERM or Ctrl-C; no result is
+      # written, so rerunning the command resumes this run from it.
+      print(
+        f"error: stopped at step {result.step} of {spec.name} (checkpoint "
+        "saved); rerun the same command to resume",
+        file=sys.stderr,
       )
+      raise SystemExit(errors.INTERRUPTED_STATUS)
     test = self._evaluator(
       eval_name,
       model,
