@@ -15,8 +15,9 @@ import subprocess
 import sys
 
 import pytest
+import user_cards
 
-from dss_jax import cards, synthetic
+from dss_jax import cards
 from dss_jax.teacher import sources
 
 _NLI_CARD = """\
@@ -40,29 +41,6 @@ exemplars:
     rationale: "A dog is an animal."
     label: entailment
 """
-
-
-def arith_files_card(folder: pathlib.Path, train: int, test: int) -> str:
-  """The demo card reading JSON-lines files, without an id field."""
-  text = (
-    pathlib.Path(__file__).parents[1] / "tasks" / "arith.yaml"
-  ).read_text()
-  text = text.replace(
-    'reader: "dss_jax.synthetic:read_split"',
-    "files: {train: train.jsonl, test: test.jsonl}",
-  ).replace("  id_field: id\n", "")
-  text = text.replace("name: arith", "name: mini")
-  folder.mkdir(parents=True, exist_ok=True)
-  (folder / "mini.yaml").write_text(text)
-  for split, count, seed in (("train", train, 1), ("test", test, 2)):
-    problems = synthetic.generate_problems(count, seed=seed, split=split)
-    (folder / f"{split}.jsonl").write_text(
-      "".join(
-        json.dumps({"input": p.question, "label": p.answer}) + "\n"
-        for p in problems
-      )
-    )
-  return str(folder / "mini.yaml")
 
 
 def _nli_card(tmp_path, train_lines: list[bytes]) -> cards.TaskCard:
@@ -151,7 +129,7 @@ def test_an_empty_split_file_is_an_error(tmp_path):
 
 
 def test_ids_without_an_id_field_follow_content_not_position(tmp_path):
-  card = cards.load_card(arith_files_card(tmp_path, train=41, test=4))
+  card = cards.load_card(user_cards.files_card(tmp_path, train=41, test=4))
   before = {e.fields["input"]: e.id for e in sources.read_source(card, "train")}
   path = tmp_path / "train.jsonl"
   lines = path.read_text().splitlines(keepends=True)

@@ -16,32 +16,11 @@ import sys
 
 import pytest
 import tensorflow_datasets as tfds
+import user_cards
 
-from dss_jax import datasets, pipeline, synthetic
+from dss_jax import datasets, pipeline
 from dss_jax.teacher import sources
 from dss_jax.teacher import store as store_lib
-
-
-def _files_card(folder: pathlib.Path, train: int = 48, test: int = 16) -> str:
-  """The demo card reading JSON-lines files (no id field): name `mini`."""
-  text = (
-    pathlib.Path(__file__).parents[1] / "tasks" / "arith.yaml"
-  ).read_text()
-  text = text.replace(
-    'reader: "dss_jax.synthetic:read_split"',
-    "files: {train: train.jsonl, test: test.jsonl}",
-  ).replace("  id_field: id\n", "")
-  folder.mkdir(parents=True, exist_ok=True)
-  (folder / "mini.yaml").write_text(text.replace("name: arith", "name: mini"))
-  for split, count, seed in (("train", train, 1), ("test", test, 2)):
-    problems = synthetic.generate_problems(count, seed=seed, split=split)
-    (folder / f"{split}.jsonl").write_text(
-      "".join(
-        json.dumps({"input": p.question, "label": p.answer}) + "\n"
-        for p in problems
-      )
-    )
-  return str(folder / "mini.yaml")
 
 
 def _env(**extra):
@@ -86,7 +65,7 @@ def _distill(card, out, *flags):
 
 
 def test_an_edited_card_is_another_run(tmp_path):
-  card = _files_card(tmp_path / "card")
+  card = user_cards.files_card(tmp_path / "card")
   out = tmp_path / "out"
   first = _distill(card, out)
   assert first.returncode == 0, first.stderr[-3000:]
@@ -117,7 +96,7 @@ def _config(card, out, **overrides):
 
 
 def test_more_teacher_samples_reach_the_teacher(tmp_path):
-  card = _files_card(tmp_path / "card", train=8, test=4)
+  card = user_cards.files_card(tmp_path / "card", train=8, test=4)
   logs = []
   pipeline.Pipeline(_config(card, tmp_path / "out"), logs.append).annotate()
   store = tmp_path / "out" / "annotations" / "mini_offline.jsonl"
@@ -136,7 +115,7 @@ def test_more_teacher_samples_reach_the_teacher(tmp_path):
 
 
 def test_changed_gold_labels_rebuild_the_dataset(tmp_path):
-  card = _files_card(tmp_path / "card", train=8, test=4)
+  card = user_cards.files_card(tmp_path / "card", train=8, test=4)
   out = tmp_path / "out"
   logs = []
   job = pipeline.Pipeline(_config(card, out), logs.append)
@@ -227,7 +206,7 @@ def test_palm_is_only_the_released_outputs(tmp_path):
 
 
 def test_a_job_without_rationales_stops_and_says_so(tmp_path):
-  card = _files_card(tmp_path / "card", train=8, test=4)
+  card = user_cards.files_card(tmp_path / "card", train=8, test=4)
   path = pathlib.Path(card)
   # A parser that never finds the offline teacher's answer.
   path.write_text(

@@ -13,7 +13,9 @@ import subprocess
 import sys
 import time
 
-from dss_jax import pipeline
+import user_cards
+
+from dss_jax import grid, pipeline
 from dss_jax.teacher import store as store_lib
 from dss_jax.teacher.testing import FakeTeacherServer
 
@@ -246,3 +248,70 @@ def test_a_split_named_twice_is_annotated_once(paper_data_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert server.counts["requests"] == 4
   assert len(_whole_records(store)) == 4
+
+
+def _distill(card, out, train_steps):
+  return [
+    sys.executable,
+    "-m",
+    "dss_jax.distill",
+    f"--task_card={card}",
+    "--teacher=offline",
+    "--student_vocabulary=byte",
+    "--methods=dss_gold",
+    "--model_sizes=demo-xs",
+    "--fractions=1.0",
+    "--seeds=0",
+    f"--train_steps={train_steps}",
+    "--batch_size=4",
+    "--inputs_length=64",
+    "--targets_length=26",
+    "--label_length=4",
+    "--eval_examples=4",
+    "--validation_period=0",
+    "--workers=1",
+    "--noprogress_bars",
+    f"--out_dir={out}",
+  ]
+
+
+def test_ctrl_c_in_distill_saves_and_the_rerun_resumes(tmp_path):
+  card = user_cards.files_card(tmp_path / "card", train=16, test=4)
+  out = tmp_path / "out"
+  # 400 steps: a checkpoint every 100 (a quarter), tens of steps a second.
+  command = _distill(card, out, 400)
+  process = subprocess.Popen(
+    command,
+    env=_env(),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
+  run = grid.run_dir(out, grid.expand(["dss_gold"], ["demo-xs"], [1.0], [0])[0])
+  deadline = time.monotonic() + 300
+  # The first periodic checkpoint: the training loop is running.
+  while (
+    time.monotonic() < deadline and not (run / "checkpoints" / "100").exists()
+  ):
+    time.sleep(0.05)
+  process.send_signal(signal.SIGINT)
+  _, stderr = process.communicate(timeout=300)
+  assert process.returncode == 130, stderr[-3000:]
+  assert "Traceback" not in stderr
+  [line] = [ln for ln in stderr.splitlines() if ln.startswith("error:")]
+  assert line.startswith("error: stopped at step ")
+  assert line.endswith("(checkpoint saved); rerun the same command to resume")
+  step = int(line.split()[4])
+  assert 100 <= step < 400
+  assert (run / "checkpoints" / str(step)).is_dir()
+  assert not (run / grid.RESULT_FILE).exists()
+  # The lock went with the process: the same command takes the folder and
+  # resumes the run from that checkpoint.
+  done = subprocess.run(
+    command, capture_output=True, text=True, timeout=600, env=_env()
+  )
+  assert done.returncode == 0, done.stderr[-3000:]
+  log = "".join(p.read_text() for p in (out / "logs").glob("distill.*INFO*"))
+  assert f"resumed from step {step} " in log
+  result = json.loads((run / grid.RESULT_FILE).read_text())
+  assert result["steps"] == 400
