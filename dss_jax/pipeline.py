@@ -232,7 +232,10 @@ class DistillConfig:
         "backend's default)",
       )
     if self.source is not None:
-      datasets.check_source_name(self.source)
+      try:
+        datasets.check_source_name(self.source)
+      except errors.UserError as e:
+        raise ConfigError("source", f"={self.source}: {e}") from None
     if self.backend == "replay" and self.source_name != datasets.PALM_SOURCE:
       raise ConfigError(
         "source",
@@ -306,6 +309,11 @@ class DistillConfig:
             f": {path} does not exist (for model size {size}; {{size}} in "
             "it is replaced by each size)",
           )
+    for name in ("out_dir", "tfds_data_dir"):
+      value = getattr(self, name)
+      if value and pathlib.Path(value).exists():
+        if not pathlib.Path(value).is_dir():
+          raise ConfigError(name, f"={value} is a file; give a folder")
     if self.paper_data_dir and not pathlib.Path(self.paper_data_dir).is_dir():
       raise ConfigError(
         "paper_data_dir",

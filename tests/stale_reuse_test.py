@@ -199,6 +199,9 @@ def test_source_names_say_what_they_were_built_from(tmp_path, flag, words):
 def test_palm_is_only_the_released_outputs(tmp_path):
   with pytest.raises(pipeline.ConfigError, match="teacher_model is empty"):
     _config("arith", tmp_path, backend="gemini", teacher_model="")
+  (tmp_path / "file").write_text("")
+  with pytest.raises(pipeline.ConfigError, match="out_dir=.* is a file"):
+    _config("arith", tmp_path / "file")
   with pytest.raises(datasets.errors.UserError, match="released PaLM-540B"):
     datasets.build_annotated(
       "svamp", "palm", data_dir=str(tmp_path), store=str(tmp_path / "s")
