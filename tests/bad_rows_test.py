@@ -17,7 +17,7 @@ import sys
 import pytest
 import user_cards
 
-from dss_jax import cards
+from dss_jax import cards, errors, pipeline
 from dss_jax.teacher import sources
 
 _NLI_CARD = """\
@@ -197,3 +197,27 @@ def test_the_dataset_command_names_a_bad_line(paper_data_dir, tmp_path):
   assert len(errors) == 1, proc.stderr[-2000:]
   assert f"{test_file}:7: not JSON" in errors[0]
   assert "Traceback" not in proc.stderr
+
+
+def test_a_test_split_without_labels_stops_the_job(tmp_path):
+  card = user_cards.files_card(tmp_path / "card", train=8, test=4)
+  test_file = tmp_path / "card" / "test.jsonl"
+  rows = [json.loads(line) for line in test_file.read_text().splitlines()]
+  test_file.write_text(
+    "".join(json.dumps({"input": r["input"]}) + "\n" for r in rows)
+  )
+  config = pipeline.DistillConfig(
+    card=card,
+    backend="offline",
+    out_dir=str(tmp_path / "out"),
+    progress=False,
+    compilation_cache=False,
+  )
+  job = pipeline.Pipeline(config, log=lambda line: None)
+  job.annotate()
+  with pytest.raises(errors.UserError) as error:
+    job.build_dataset()
+  assert str(error.value) == (
+    f"the test split of {card} has no gold labels (0 of 4 rows have field "
+    "'label'); the job scores its students on them: give a labeled test split"
+  )
