@@ -18,8 +18,10 @@ Exit statuses of every command:
   1  the run stopped on something to look at: a NaN/Inf loss, teacher calls
      left failed (`annotate`, `distill`), a fault of the machine or a server
      (`FaultError`: a teacher answering in the wrong shape, a rate-limit
-     wait longer than allowed), reported in one line `error: ...`
+     wait longer than allowed; `MachineError`: disk full, a read-only
+     folder), reported in one line `error: ...`; what was stored is kept
   2  a user error, reported in one line `error: ...`
+  130  interrupted (Ctrl-C) where the command keeps its state to resume
 """
 
 from __future__ import annotations
@@ -50,6 +52,16 @@ FAULT_STATUS = 1
 
 class MissingFileError(UserError, FileNotFoundError):
   """A file or folder the user named (or must provide) does not exist."""
+
+
+class MachineError(FaultError):
+  """A fault of the machine, not the input (disk full, a read-only folder):
+  one line, exit status 1; the message says what was kept."""
+
+
+# A machine fault is a fault: the same status. Ctrl-C: the shell's 128 + SIGINT.
+MACHINE_ERROR_STATUS = FAULT_STATUS
+INTERRUPTED_STATUS = 130
 
 
 def one_line(error: BaseException) -> str:
@@ -97,9 +109,17 @@ def reports_user_errors(main: Callable[..., Any]) -> Callable[..., Any]:
       return main(*args, **kwargs)
     except (UserError, app.UsageError) as e:
       exit_with_error(one_line(e))
-    except FaultError as e:
+    except FaultError as e:  # MachineError too
       sys.stdout.flush()
       print(f"error: {one_line(e)}", file=sys.stderr)
       sys.exit(FAULT_STATUS)
+    except KeyboardInterrupt:
+      sys.stdout.flush()
+      print(
+        "error: interrupted; what finished is kept: rerun the same command "
+        "to resume",
+        file=sys.stderr,
+      )
+      sys.exit(INTERRUPTED_STATUS)
 
   return wrapped

@@ -23,10 +23,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import io
 import json
 import os
 import pathlib
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -54,7 +56,8 @@ from dss_jax import grid as grid_lib
 from dss_jax import workers as workers_lib
 from dss_jax.models import t5
 from dss_jax.models.config import STUDENT_SIZES, T5_SIZES
-from dss_jax.teacher import jobs, runner
+from dss_jax.teacher import jobs, runner, sources
+from dss_jax.teacher import store as store_lib
 
 # A run's test examples with the student's rationale (`show_examples`).
 EXAMPLES_FILE = "examples.txt"
@@ -217,6 +220,78 @@ class DistillConfig:
         )
     self._check_numbers()
     self._check_paths()
+    self._check_teacher()
+    # A split named twice is annotated once (never two calls per example).
+    object.__setattr__(
+      self, "annotate_splits", tuple(dict.fromkeys(self.annotate_splits))
+    )
+
+  def _check_teacher(self) -> None:
+    """The teacher's model and the annotation's name say what they are."""
+    if self.teacher_model is not None and not self.teacher_model.strip():
+      raise ConfigError(
+        "teacher_model",
+        " is empty; name the teacher model (or leave it unset for the "
+        "backend's default)",
+      )
+    if self.source is not None:
+      try:
+        datasets.check_source_name(self.source)
+      except errors.UserError as e:
+        raise ConfigError("source", f"={self.source}: {e}") from None
+    if self.backend == "replay" and self.source_name != datasets.PALM_SOURCE:
+      raise ConfigError(
+        "source",
+        f"={self.source}: the replay teacher is the paper's released PaLM "
+        f"outputs, source {datasets.PALM_SOURCE!r}; leave it unset",
+      )
+    if self.backend != "replay" and self.source_name == datasets.PALM_SOURCE:
+      raise ConfigError(
+        "source",
+        f"={datasets.PALM_SOURCE} names the paper's released PaLM-540B "
+        f"outputs, not the {self.backend} teacher's; name the annotation "
+        "after its teacher, or use the replay teacher",
+      )
+
+  @functools.cached_property
+  def inputs(self) -> dict[str, Any]:
+    """What the job's data is made from: the card's contents (its hash)
+    and the source files' hashes (`sources.fingerprint`)."""
+    card = cards.load_card(self.card)
+    if card.source.paper_folder:
+      local = self.paper_data_dir or os.environ.get(sources.PAPER_DATA_ENV)
+      if local:
+        files = sources.fingerprint(
+          sources.source_files(card, sources.find_root(local))
+        )
+      else:
+        files = {"download": sources.DATASETS_ZIP_URL}
+    else:
+      files = sources.fingerprint(sources.source_files(card))
+    # Keyed by name, not path: moving the data keeps the identity.
+    named = {pathlib.Path(k).name: v for k, v in files.items()}
+    return {
+      "card_sha256": hashlib.sha256(
+        card.model_dump_json().encode("utf-8")
+      ).hexdigest(),
+      "source_files": named,
+    }
+
+  def annotation_identity(self) -> dict[str, Any]:
+    """Every value that decides what the annotation stage asks the teacher."""
+    return json.loads(
+      json.dumps(
+        {
+          **self.inputs,
+          "backend": self.backend,
+          "teacher_model": self.teacher_model,
+          "base_url": self.base_url,
+          "source": self.source_name,
+          "annotate_splits": list(self.annotate_splits),
+          "num_samples": self.num_samples,
+        }
+      )
+    )
 
   def _check_paths(self) -> None:
     """Local files the job will read exist (before any stage)."""
@@ -237,6 +312,11 @@ class DistillConfig:
             f": {path} does not exist (for model size {size}; {{size}} in "
             "it is replaced by each size)",
           )
+    for name in ("out_dir", "tfds_data_dir"):
+      value = getattr(self, name)
+      if value and pathlib.Path(value).exists():
+        if not pathlib.Path(value).is_dir():
+          raise ConfigError(name, f"={value} is a file; give a folder")
     if self.paper_data_dir and not pathlib.Path(self.paper_data_dir).is_dir():
       raise ConfigError(
         "paper_data_dir",
@@ -360,6 +440,9 @@ class DistillConfig:
       if f.name not in ignored
     }
     values["source"] = self.source_name
+    # The card's contents and the data's, not the card's path: an edited
+    # card or source file is another run.
+    values.update(self.inputs)
     values.update(dataclasses.asdict(spec))
     return json.loads(json.dumps(values))
 
@@ -460,6 +543,23 @@ def student_config(
   )
 
 
+def _changed_keys(marker: pathlib.Path, identity: Mapping[str, Any]) -> str:
+  """The values of `identity` that differ from those `marker` recorded."""
+  try:
+    stored = json.loads(marker.read_text()).get("identity")
+  except (OSError, ValueError, AttributeError):
+    stored = None
+  if not isinstance(stored, dict):
+    return "what it was made from (not recorded)"
+  return ", ".join(
+    f"{key} {stored.get(key)!r} -> {identity.get(key)!r}"
+    if key not in ("card_sha256", "source_files")
+    else {"card_sha256": "the card", "source_files": "the source files"}[key]
+    for key in sorted(set(stored) | set(identity))
+    if stored.get(key) != identity.get(key)
+  )
+
+
 def _metric_value(metrics: Mapping[str, float], name: str) -> float:
   """The named metric, else the task's first (a card's custom metric)."""
   if name in metrics:
@@ -490,7 +590,12 @@ class Pipeline:
     """
     self.config = config
     self.out_dir = pathlib.Path(config.out_dir)
-    self.out_dir.mkdir(parents=True, exist_ok=True)
+    if self.out_dir.exists() and not self.out_dir.is_dir():
+      raise ConfigError(
+        "out_dir", f"={config.out_dir} is a file; give a folder for the job"
+      )
+    with store_lib.os_faults(self.out_dir, "creating the output folder"):
+      self.out_dir.mkdir(parents=True, exist_ok=True)
     self.log = log
     self._card: cards.TaskCard | None = None
 
@@ -520,9 +625,17 @@ class Pipeline:
     if config.backend == "replay":
       self.log("annotate: replaying the paper's released teacher outputs")
       return
+    identity = config.annotation_identity()
     if marker.exists():
-      self.log(f"annotate: done before ({marker})")
-      return
+      changed = _changed_keys(marker, identity)
+      if not changed:
+        self.log(f"annotate: done before ({marker})")
+        return
+      # The store keeps every answer; only what it lacks is asked for.
+      self.log(
+        f"annotate: {changed} changed since {marker} was written; asking the "
+        "teacher for what the store lacks"
+      )
     job = jobs.plan_job(
       self.card,
       config.annotate_splits,
@@ -558,44 +671,86 @@ class Pipeline:
         f"{stats.failed} of {len(requests)} teacher calls failed; rerun the "
         "same command to retry them"
       )
-    marker.write_text(json.dumps(dataclasses.asdict(stats), indent=2))
+    marker.write_text(
+      json.dumps(
+        {"identity": identity, "stats": dataclasses.asdict(stats)}, indent=2
+      )
+    )
 
   # -------------------------------------------------------------------- TFDS
   def build_dataset(self) -> None:
     """Stage 2: the annotated TFDS dataset (tfds skips a prepared one)."""
     config = self.config
     start = time.monotonic()
-    if config.backend == "replay" and config.paper_data_dir:
-      # The flag wins over the environment.
-      os.environ["DSS_PAPER_DATA_DIR"] = config.paper_data_dir
-    store = None if config.backend == "replay" else str(self.store_path)
     # TFDS prints its own banners to stdout and draws nested bars for a
     # build of seconds; the stage line below says what happened.
     tfds.disable_progress_bar()
     banners = io.StringIO()
     with contextlib.redirect_stdout(banners):
-      builder = datasets.build_annotated(
-        config.card, config.source_name, data_dir=config.data_dir, store=store
-      )
+      builder = self._build()
     if banners.getvalue().strip():
       logging.info("tfds: %s", banners.getvalue().strip())
     self.log(
       f"tfds: {datasets.tfds_name(self.card.name, config.source_name)} in "
       f"{builder.data_dir} ({time.monotonic() - start:.1f}s)"
     )
+    self._check_counts(datasets.annotation_counts(builder))
+
+  def _build(self) -> tfds.core.DatasetBuilder:
+    """The job's annotated dataset (`datasets.build_annotated`)."""
+    config = self.config
+    return datasets.build_annotated(
+      config.card,
+      config.source_name,
+      data_dir=config.data_dir,
+      store=None if config.backend == "replay" else str(self.store_path),
+      paper_data_dir=config.paper_data_dir,
+      log=self.log,
+    )
+
+  def _check_counts(self, counts: Mapping[str, Mapping[str, int]]) -> None:
+    """Refuses to train what the data cannot give: rationales for a
+    distilling step-by-step run, gold labels to score the test split."""
+
+    def count(split: str, what: str) -> tuple[int, int] | None:
+      found = counts.get(self.card.source.splits.get(split, split))
+      found = found or counts.get(split)
+      return (found[what], found["examples"]) if found else None
+
+    rationales = count("train", "rationales")
+    uses_rationales = any(s.uses_rationales for s in self.config.specs())
+    if uses_rationales and rationales is not None and not rationales[0]:
+      where = (
+        self.store_path
+        if self.config.backend != "replay"
+        else "the released outputs"
+      )
+      raise errors.UserError(
+        f"no rationales to distill: 0 of {rationales[1]} train examples "
+        f"have a parsable teacher answer (in {where}); check the teacher's "
+        "answers against the card's parser, or train only "
+        "--methods=finetune"
+      )
+    gold = count("test", "gold_labels")
+    if gold is not None and not gold[0]:
+      raise errors.UserError(
+        f"the test split of {self.card.path or self.card.name} has no gold "
+        f"labels (0 of {gold[1]} rows have field "
+        f"{self.card.source.label_field!r}); the job scores its students on "
+        "them: give a labeled test split"
+      )
 
   def teacher_accuracy(self, split: str = "test") -> float | None:
     """The teacher's accuracy against gold on a split (None if unannotated)."""
     name = f"{self.card.name}_{self.config.source_name}_{split}"
     cache = self.out_dir / f"teacher_accuracy_{name}.json"
+    builder = self._build()
+    # Scored from this build of the dataset only.
+    built = datasets.inputs_digest(builder)
     if cache.exists():
-      return json.loads(cache.read_text())["accuracy"]
-    builder = datasets.build_annotated(
-      self.config.card,
-      self.config.source_name,
-      data_dir=self.config.data_dir,
-      store=None if self.config.backend == "replay" else str(self.store_path),
-    )
+      cached = json.loads(cache.read_text())
+      if cached.get("dataset") == built:
+        return cached["accuracy"]
     if split not in builder.info.splits:
       return None
     total = correct = 0
@@ -610,7 +765,9 @@ class Pipeline:
         teacher or None, row["gold_label"].decode()
       )
     accuracy = correct / total if total else None
-    cache.write_text(json.dumps({"accuracy": accuracy, "examples": total}))
+    cache.write_text(
+      json.dumps({"accuracy": accuracy, "examples": total, "dataset": built})
+    )
     return accuracy
 
   # ------------------------------------------------------- train and eval
@@ -758,11 +915,14 @@ class Pipeline:
     )
     train_seconds = time.monotonic() - start
     if result.preempted:
-      # The trainer saved a checkpoint on SIGTERM; no result is written, so
-      # rerunning the command resumes this run from that checkpoint.
-      raise SystemExit(
-        f"stopped at step {result.step} of {spec.name}; rerun to resume"
+      # The trainer saved a checkpoint on SIGTERM or Ctrl-C; no result is
+      # written, so rerunning the command resumes this run from it.
+      print(
+        f"error: stopped at step {result.step} of {spec.name} (checkpoint "
+        "saved); rerun the same command to resume",
+        file=sys.stderr,
       )
+      raise SystemExit(errors.INTERRUPTED_STATUS)
     test = self._evaluator(
       eval_name,
       model,
@@ -864,12 +1024,7 @@ class Pipeline:
       )
     )
     params = checkpoints.restore_params(directory / checkpoints.CHECKPOINTS)
-    builder = datasets.build_annotated(
-      config.card,
-      config.source_name,
-      data_dir=config.data_dir,
-      store=None if config.backend == "replay" else str(self.store_path),
-    )
+    builder = self._build()
     teacher_rows = {
       row["input"].decode(): {
         k: v.decode() for k, v in row.items() if isinstance(v, bytes)
@@ -913,9 +1068,32 @@ def run(
 
   Returns:
     Name -> written file (results CSV, summary tables, plots).
+
+  Raises:
+    errors.UserError: another job writes `out_dir`, or a stale run folder.
+    errors.MachineError: the disk is full or a folder read-only (what was
+      stored or checkpointed before is kept; rerunning resumes).
   """
-  start = time.monotonic()
   pipeline = Pipeline(config, log)
+  # One job writes a folder at a time; a second is refused in one line.
+  with (
+    store_lib.os_faults(pipeline.out_dir, "taking the job's lock"),
+    store_lib.WriterLock(
+      pipeline.out_dir / LOCK_FILE, "job folder", pipeline.out_dir
+    ),
+    store_lib.os_faults(pipeline.out_dir, "running the job"),
+  ):
+    return _run_stages(config, pipeline, log)
+
+
+# Beside a job's outputs while it runs: who writes the folder.
+LOCK_FILE = ".dss_job.lock"
+
+
+def _run_stages(
+  config: DistillConfig, pipeline: Pipeline, log: Callable[[str], None]
+) -> dict[str, pathlib.Path]:
+  start = time.monotonic()
   if config.compilation_cache:
     _enable_compilation_cache(pipeline.out_dir / "xla_cache")
   specs = config.specs()

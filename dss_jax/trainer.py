@@ -21,6 +21,7 @@ Guarantees the tests check:
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -615,6 +616,15 @@ def train(
     raise errors.UserError(
       f"MODEL_DIR {model_dir} is a file; give a folder for the checkpoints"
     )
+  _check_train_identity(
+    model_dir,
+    MIXTURE_OR_TASK_NAME=mixture_or_task_name,
+    TASK_FEATURE_LENGTHS=dict(task_feature_lengths),
+    BATCH_SIZE=batch_size,
+    recipe=recipe,
+    PACK=pack,
+    RANDOM_SEED=random_seed,
+  )
   partitioner = partitioner or partitioning.Partitioner()
   rates = input_pipeline.task_rates(mixture_or_task_name)
   official = recipe == "official"
@@ -838,6 +848,39 @@ def _log_step_contents(
   if packed_rows:
     what += f", packed into {packed_rows} rows"
   logging.info("each step trains on %s", what)
+
+
+# In MODEL_DIR: what its checkpoints train on (TRAIN_STEPS may grow).
+TRAIN_IDENTITY_FILE = "train_identity.json"
+
+
+def _check_train_identity(model_dir: str, **identity: Any) -> None:
+  """Refuses a MODEL_DIR whose checkpoints train another task or shape.
+
+  A rerun into a finished MODEL_DIR with another task would otherwise
+  resume the old run's last step and train nothing.
+
+  Raises:
+    errors.UserError: the values differ from those MODEL_DIR recorded.
+  """
+  path = epath.Path(model_dir) / TRAIN_IDENTITY_FILE
+  identity = json.loads(json.dumps(identity))
+  if path.exists():
+    stored = json.loads(path.read_text())
+    diffs = [
+      f"{k} {stored.get(k)!r} -> {identity.get(k)!r}"
+      for k in sorted(set(stored) | set(identity))
+      if stored.get(k) != identity.get(k)
+    ]
+    if diffs:
+      raise errors.UserError(
+        f"MODEL_DIR {model_dir} holds a run of another configuration "
+        f"({', '.join(diffs)}); use another MODEL_DIR, or delete it to "
+        "train from scratch"
+      )
+  elif jax.process_index() == 0:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(identity, indent=2, sort_keys=True))
 
 
 def _initial_state(

@@ -133,7 +133,7 @@ def test_student_sizes_pad_the_vocabulary():
     pipeline.DistillConfig(backend="palm")
 
 
-def test_a_stopped_run_is_not_marked_finished(tmp_path, monkeypatch):
+def test_a_stopped_run_is_not_marked_finished(tmp_path, monkeypatch, capsys):
   from dss_jax import trainer
 
   def stopped(**kwargs):
@@ -144,6 +144,11 @@ def test_a_stopped_run_is_not_marked_finished(tmp_path, monkeypatch):
   job = pipeline.Pipeline(config, log=lambda _: None)
   spec = grid.RunSpec("finetune", "demo-xs", 1.0, 0)
   directory = grid.run_dir(tmp_path, spec)
-  with pytest.raises(SystemExit, match="rerun to resume"):
+  with pytest.raises(SystemExit) as stop:
     grid.run_grid([spec], job.run, tmp_path, log=lambda _: None)
+  assert stop.value.code == 130
+  assert capsys.readouterr().err == (
+    "error: stopped at step 1 of finetune/demo-xs/frac100/seed0 (checkpoint "
+    "saved); rerun the same command to resume\n"
+  )
   assert grid.read_result(directory) is None

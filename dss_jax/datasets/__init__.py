@@ -27,15 +27,22 @@ or from Python:
 Every split of the source is kept whole (test rows are needed for gold-label
 evaluation); rows whose completions do not parse have teacher_label '' and
 rationale '', and consumers filter them where they train on teacher output.
+A build with no rationale in a split says so (`annotation_counts`).
+
+A built dataset records what it was made from (`INPUTS_FILE`: the card, the
+source files' hashes, the store's hash, the settings); when any of it
+changed it is rebuilt, and a line names what changed.
 """
 
 import collections
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import pathlib
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import tensorflow_datasets as tfds
@@ -50,6 +57,8 @@ VERSION = "1.0.0"
 PALM_SOURCE = "palm"
 # Cards whose teacher outputs the paper released.
 PAPER_CARDS = ("cqa", "svamp", "anli1", "esnli")
+# What a source name may be: it names a TFDS config and SeqIO tasks.
+SOURCE_NAME = re.compile(r"[a-z][a-z0-9_]*")
 # TFDS split names; the paper's files call validation "valid".
 _SPLITS = {"train": tfds.Split.TRAIN, "validation": tfds.Split.VALIDATION}
 
@@ -65,6 +74,7 @@ class DssAnnotatedConfig(tfds.core.BuilderConfig):
     store: str | None = None,
     teacher: str | None = None,
     keep: str = "vote",
+    paper_data_dir: str | None = None,
     **kwargs: Any,
   ):
     """Creates a config named `<card>_<source>`.
@@ -76,8 +86,15 @@ class DssAnnotatedConfig(tfds.core.BuilderConfig):
       teacher: only store records of this teacher (default: all).
       keep: rationales to keep under self-consistency ("vote" or
         "vote_or_gold").
+      paper_data_dir: the paper's data layout (paper_folder cards; default
+        $DSS_PAPER_DATA_DIR, else the downloaded zip).
       **kwargs: passed to tfds.core.BuilderConfig.
+
+    Raises:
+      errors.UserError: a source name that cannot name a dataset, or
+        "palm" with an annotation store (palm is the released outputs).
     """
+    check_source_name(source, store=store, teacher=teacher)
     # A card given by path is named by its `name:` field, as SeqIO names it.
     card_name = (
       cards_lib.load_card(card).name
@@ -96,6 +113,38 @@ class DssAnnotatedConfig(tfds.core.BuilderConfig):
     self.store = store
     self.teacher = teacher
     self.keep = keep
+    self.paper_data_dir = paper_data_dir
+
+
+def check_source_name(
+  source: str, store: str | None = None, teacher: str | None = None
+) -> None:
+  """Refuses a source name that cannot name a dataset or misnames one.
+
+  Args:
+    source: the source name.
+    store: the annotation store the dataset is built from, if any.
+    teacher: the teacher whose store records are kept, if any.
+
+  Raises:
+    errors.UserError: not lower-case letters, digits and _ (spaces, "../",
+      upper case), or "palm" for anything but the paper's released outputs.
+  """
+  if not isinstance(source, str) or not SOURCE_NAME.fullmatch(source):
+    raise errors.UserError(
+      f"source name {source!r}: use lower-case letters, digits and _, "
+      "starting with a letter (it names the dataset and its tasks)"
+    )
+  if source == PALM_SOURCE and (
+    store is not None
+    or (teacher is not None and teacher != sources.PALM_TEACHER)
+  ):
+    raise errors.UserError(
+      f"source name {PALM_SOURCE!r} is the paper's released PaLM-540B "
+      f"outputs, but this build would come from "
+      f"{'store ' + store if store else 'teacher ' + str(teacher)}; name "
+      "the annotation after its teacher (e.g. --source=gemini_2_5_flash)"
+    )
 
 
 class DssAnnotated(tfds.core.GeneratorBasedBuilder):
@@ -136,10 +185,11 @@ class DssAnnotated(tfds.core.GeneratorBasedBuilder):
     card = cards_lib.load_card(config.card)
     root = None
     if card.source.paper_folder:
-      local = os.environ.get(sources.PAPER_DATA_ENV)
+      local = _paper_data_dir(config)
       root = sources.find_root(
         local or dl_manager.download_and_extract(sources.DATASETS_ZIP_URL)
       )
+    self.counts: dict[str, dict[str, int]] = {}
     splits = sources.source_splits(card, root)
     records = None if config.source == PALM_SOURCE else _store_records(config)
     return {
@@ -156,9 +206,19 @@ class DssAnnotated(tfds.core.GeneratorBasedBuilder):
     root: pathlib.Path | None,
     records: dict[str, list[store_lib.CompletionRecord]] | None,
   ) -> Iterator[tuple[str, dict[str, Any]]]:
-    if records is None:
-      return self._palm_examples(card, split, root)
-    return self._store_examples(card, split, root, records)
+    counts = self.counts.setdefault(
+      split, {"examples": 0, "rationales": 0, "gold_labels": 0}
+    )
+    rows = (
+      self._palm_examples(card, split, root)
+      if records is None
+      else self._store_examples(card, split, root, records)
+    )
+    for key, features in rows:
+      counts["examples"] += 1
+      counts["rationales"] += bool(features["rationale"])
+      counts["gold_labels"] += bool(features["gold_label"])
+      yield key, features
 
   def _palm_examples(
     self, card: cards_lib.TaskCard, split: str, root: pathlib.Path
@@ -266,6 +326,8 @@ def build_annotated(
   teacher: str | None = None,
   keep: str = "vote",
   download_dir: str | None = None,
+  paper_data_dir: str | None = None,
+  log: Callable[[str], None] | None = None,
 ) -> tfds.core.DatasetBuilder:
   """Builds (if needed) and returns the dataset of one (card, source).
 
@@ -278,13 +340,29 @@ def build_annotated(
     teacher: keep only this teacher's store records.
     keep: "vote" or "vote_or_gold" (self-consistency rationale filter).
     download_dir: where to cache datasets.zip when no local copy is set.
+    paper_data_dir: the paper's data layout (default $DSS_PAPER_DATA_DIR,
+      else the downloaded zip).
+    log: where the line saying why a dataset is rebuilt, or that a split
+      has no rationale, goes (default: a logged warning).
 
   Returns:
     The prepared builder; `builder.as_dataset(split="train")` reads it.
+
+  Raises:
+    errors.UserError: a bad source name or data dir, bad source rows.
+    errors.MachineError: the disk is full or the data dir read-only.
   """
   config = DssAnnotatedConfig(
-    card=card, source=source, store=store, teacher=teacher, keep=keep
+    card=card,
+    source=source,
+    store=store,
+    teacher=teacher,
+    keep=keep,
+    paper_data_dir=paper_data_dir,
   )
+
+  log = log or logging.warning
+  _check_data_dir(data_dir)
 
   def make_builder() -> DssAnnotated:
     if source == PALM_SOURCE and config.name in DssAnnotated.builder_configs:
@@ -292,33 +370,168 @@ def build_annotated(
     return DssAnnotated(config=config, data_dir=data_dir)
 
   builder = make_builder()
-  fingerprint = _inputs_fingerprint(config)
+  with _paper_data_env(paper_data_dir):
+    fingerprint = _inputs_fingerprint(config)
   marker = epath.Path(builder.data_dir) / INPUTS_FILE
-  if epath.Path(builder.data_dir, "dataset_info.json").exists() and (
-    not marker.exists() or json.loads(marker.read_text()) != fingerprint
+  if epath.Path(builder.data_dir, "dataset_info.json").exists():
+    changed = _changed_inputs(marker, fingerprint)
+    if changed:
+      # A dataset never outlives what it was made from.
+      log(
+        f"rebuilding {builder.data_dir}: {changed} changed since it was built"
+      )
+      epath.Path(builder.data_dir).rmtree()
+      builder = make_builder()
+  with (
+    store_lib.os_faults(builder.data_dir, "building the TFDS dataset"),
+    _paper_data_env(paper_data_dir),
   ):
-    # Its card or annotation store changed since it was built: a dataset
-    # never outlives what it was made from.
-    logging.warning(
-      "rebuilding %s: its card or annotation store changed", builder.data_dir
+    builder.download_and_prepare(
+      download_dir=download_dir,
+      download_config=tfds.download.DownloadConfig(try_download_gcs=False),
     )
-    epath.Path(builder.data_dir).rmtree()
-    builder = make_builder()
-  builder.download_and_prepare(
-    download_dir=download_dir,
-    download_config=tfds.download.DownloadConfig(try_download_gcs=False),
-  )
-  marker.write_text(json.dumps(fingerprint))
+    counts = getattr(builder, "counts", None)
+    if counts is None:  # reused: what the build recorded
+      counts = _read_marker(marker).get("counts", {})
+    marker.write_text(json.dumps({"inputs": fingerprint, "counts": counts}))
+  _warn_without_rationales(builder, counts, log)
   return builder
+
+
+def annotation_counts(
+  builder: tfds.core.DatasetBuilder,
+) -> dict[str, dict[str, int]]:
+  """Per source split: examples, rationales and gold labels of a build.
+
+  Args:
+    builder: a builder `build_annotated` prepared.
+
+  Returns:
+    split -> {"examples", "rationales", "gold_labels"}; {} when unknown.
+  """
+  marker = epath.Path(builder.data_dir) / INPUTS_FILE
+  return _read_marker(marker).get("counts", {})
+
+
+def inputs_digest(builder: tfds.core.DatasetBuilder) -> str | None:
+  """A hash of what a build was made from (None when not recorded); caches
+  of values computed from a dataset keep it to know they are current."""
+  inputs = _read_marker(epath.Path(builder.data_dir) / INPUTS_FILE).get(
+    "inputs"
+  )
+  if inputs is None:
+    return None
+  return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+
+
+def _read_marker(marker: epath.Path) -> dict[str, Any]:
+  try:
+    data = json.loads(marker.read_text())
+  except (OSError, ValueError):
+    return {}
+  return data if isinstance(data, dict) and "inputs" in data else {}
+
+
+def _changed_inputs(marker: epath.Path, fingerprint: dict[str, Any]) -> str:
+  """What differs between a build's recorded inputs and `fingerprint`."""
+  stored = _read_marker(marker).get("inputs")
+  if not isinstance(stored, dict):
+    return "what it was made from (not recorded)"
+  changed = []
+  for key in sorted(set(stored) | set(fingerprint)):
+    old, new = stored.get(key), fingerprint.get(key)
+    if old == new:
+      continue
+    if key == "source_files" and isinstance(old, dict):
+      files = sorted(
+        name
+        for name in set(old) | set(new or {})
+        if old.get(name) != (new or {}).get(name)
+      )
+      changed.append(
+        f"source file {files[0]}" + (" and others" * (len(files) > 1))
+      )
+    else:
+      changed.append(_INPUT_NAMES.get(key, key))
+  return ", ".join(changed)
+
+
+_INPUT_NAMES = {
+  "card": "the card",
+  "store": "the annotation store",
+  "teacher": "the teacher filter",
+  "keep": "keep",
+  "source_files": "the source files",
+}
+
+
+def _check_data_dir(data_dir: str | None) -> None:
+  """A TFDS data dir that is a file, or cannot be written, in one line."""
+  if data_dir is None or "://" in data_dir:
+    return
+  path = pathlib.Path(data_dir)
+  if path.exists() and not path.is_dir():
+    raise errors.UserError(
+      f"TFDS data dir {data_dir} is a file; give a folder (--data_dir)"
+    )
+  with store_lib.os_faults(path, "preparing the TFDS data dir"):
+    path.mkdir(parents=True, exist_ok=True)
+    probe = path / f".dss_write_probe_{os.getpid()}"
+    probe.write_bytes(b"")
+    probe.unlink()
+
+
+def _warn_without_rationales(
+  builder: tfds.core.DatasetBuilder,
+  counts: dict[str, dict[str, int]],
+  log: Callable[[str], None],
+) -> None:
+  for split, count in counts.items():
+    if count["examples"] and not count["rationales"]:
+      log(
+        f"warning: {builder.builder_config.name} {split}: 0 of "
+        f"{count['examples']} examples have a rationale (no parsable teacher "
+        "answer); distilling step-by-step cannot train on it"
+      )
 
 
 # Beside a built version: what it was built from (see `build_annotated`).
 INPUTS_FILE = "dss_inputs.json"
 
 
+@contextlib.contextmanager
+def _paper_data_env(paper_data_dir: str | None) -> Iterator[None]:
+  """$DSS_PAPER_DATA_DIR set to `paper_data_dir` while a build reads it (the
+  built-in palm configs are registered without one)."""
+  if not paper_data_dir:
+    yield
+    return
+  before = os.environ.get(sources.PAPER_DATA_ENV)
+  os.environ[sources.PAPER_DATA_ENV] = paper_data_dir
+  try:
+    yield
+  finally:
+    if before is None:
+      del os.environ[sources.PAPER_DATA_ENV]
+    else:
+      os.environ[sources.PAPER_DATA_ENV] = before
+
+
+def _paper_data_dir(config: DssAnnotatedConfig) -> str | None:
+  return config.paper_data_dir or os.environ.get(sources.PAPER_DATA_ENV)
+
+
 def _inputs_fingerprint(config: DssAnnotatedConfig) -> dict[str, Any]:
-  """Hashes of what a dataset is made from: the card and the store."""
+  """What a dataset is made from: the card, the source files, the store."""
   card = cards_lib.load_card(config.card)
+  if card.source.paper_folder and not _paper_data_dir(config):
+    # The downloaded release: the zip's address names its contents.
+    files: dict[str, str] = {"download": sources.DATASETS_ZIP_URL}
+  else:
+    root = None
+    if card.source.paper_folder:
+      root = sources.find_root(_paper_data_dir(config))
+    files = sources.fingerprint(sources.source_files(card, root))
   store = None
   if config.source != PALM_SOURCE:
     path = pathlib.Path(
@@ -332,6 +545,7 @@ def _inputs_fingerprint(config: DssAnnotatedConfig) -> dict[str, Any]:
     "store": store,
     "teacher": config.teacher,
     "keep": config.keep,
+    "source_files": files,
   }
 
 

@@ -203,6 +203,9 @@ def plan_job(
     stop=tuple(card.prompt.stop),
   )
   examples, requests = [], []
+  # A split named twice ("train,train", or "valid" and "validation") is
+  # annotated once: never two calls for one example.
+  splits = dict.fromkeys(available.get(s, s) for s in splits)
   for split in splits:
     if split not in available and split not in available.values():
       if skip_missing_splits:
