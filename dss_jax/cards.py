@@ -83,7 +83,9 @@ class SourceSpec(_Strict):
     reader: a hook "package.module:function(split) -> iterable of dicts" used
       instead of files.
     id_field: the field that holds a stable example id; without one the id is
-      "<split>-<index>".
+      derived from the input fields ("<split>-<hash>"), so it does not move
+      when rows are inserted (the paper's released files, whose teacher
+      outputs align by line, keep "<split>-<index>").
     label_field: the field with the gold label ('' / absent when unlabeled).
     label_names: maps integer gold labels to names (NLI: 0 -> entailment).
     input_fields: the fields the input template and prompts use.

@@ -310,6 +310,14 @@ def main(argv: Sequence[str], grid_defaults: bool = False) -> None:
   from dss_jax import pipeline
 
   log_dir = pathlib.Path(config.out_dir) / "logs"
+  try:
+    log_dir.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    os.unlink(early)
+    raise errors.MachineError(
+      f"--out_dir={config.out_dir}: cannot write its logs folder "
+      f"({e.strerror or e}); give a writable folder"
+    ) from e
   native = log_dir / "native.log"
   workers.redirect_native_stderr(native)
   with open(early, "rb") as lines, open(native, "ab") as kept:

@@ -345,7 +345,8 @@ class DistillConfig:
     for name in ("eval_examples", "validation_examples"):
       value = getattr(self, name)
       check(name, value is None or value >= 1, ">= 1 (or unset: all)")
-    check("learning_rate", self.learning_rate > 0, "> 0")
+    # Finite too: inf passes "> 0" and breaks the first step.
+    optimizers.check_learning_rate(self.learning_rate, "--learning_rate")
     check("warmup_steps", self.warmup_steps >= 0, ">= 0")
     check("validation_period", self.validation_period >= 0, ">= 0")
     check("rationale_rate", self.rationale_rate >= 0, ">= 0")
@@ -953,7 +954,7 @@ class Pipeline:
       "num_params": int(num_params),
       "fraction": spec.fraction,
       "seed": spec.seed,
-      "metric": "accuracy",
+      "metric": self.card.metric,
       "value": round(value / 100.0, 6),
       "value_picked": round(picked_value / 100.0, 6),
       "picked_step": picked_step,
