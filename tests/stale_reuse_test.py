@@ -206,6 +206,19 @@ def test_palm_is_only_the_released_outputs(tmp_path):
     datasets.build_annotated(
       "svamp", "palm", data_dir=str(tmp_path), store=str(tmp_path / "s")
     )
+  with pytest.raises(datasets.errors.UserError, match="released PaLM-540B"):
+    datasets.build_annotated(
+      "svamp",
+      "palm",
+      data_dir=str(tmp_path),
+      store=str(tmp_path / "s"),
+      teacher="gemini-2.5-flash",
+    )
+  # The replayed outputs' own store (annotate --backend=replay --build_tfds)
+  # passes the name check (and then reads the store as usual).
+  datasets.check_source_name(
+    "palm", store=str(tmp_path / "s"), teacher=sources.PALM_TEACHER
+  )
 
 
 def test_a_job_without_rationales_stops_and_says_so(tmp_path):

@@ -153,7 +153,7 @@ def test_installed_wheel_trains_with_a_shipped_gin_file(
   mine.mkdir()
   (mine / "short.gin").write_text(
     "TRAIN_STEPS = 1\nCHECKPOINT_PERIOD = 1\nBATCH_SIZE = 2\n"
-    "TASK_FEATURE_LENGTHS = {'inputs': 32, 'targets': 16}\n"
+    "TASK_FEATURE_LENGTHS = {'inputs': 32, 'targets': 64}\n"
   )
   model_dir = tmp_path / "run"
   result = _run(

@@ -128,16 +128,19 @@ def check_source_name(
 
   Raises:
     errors.UserError: not lower-case letters, digits and _ (spaces, "../",
-      upper case), or "palm" for anything but the paper's released outputs.
+      upper case), or "palm" for anything but the paper's released outputs
+      (another teacher, or a store whose records are not kept to them).
   """
   if not isinstance(source, str) or not SOURCE_NAME.fullmatch(source):
     raise errors.UserError(
       f"source name {source!r}: use lower-case letters, digits and _, "
       "starting with a letter (it names the dataset and its tasks)"
     )
+  # A store may hold palm only when its records are kept to the replayed
+  # PaLM-540B teacher (what `annotate --backend=replay --build_tfds` builds).
   if source == PALM_SOURCE and (
-    store is not None
-    or (teacher is not None and teacher != sources.PALM_TEACHER)
+    (teacher is not None and teacher != sources.PALM_TEACHER)
+    or (store is not None and teacher is None)
   ):
     raise errors.UserError(
       f"source name {PALM_SOURCE!r} is the paper's released PaLM-540B "
