@@ -503,12 +503,16 @@ def check_memory(plan: Plan, dtype: str = "float32") -> None:
 
 
 def _gib(value: float) -> str:
+  if value < GIB:
+    return f"{value / 2**20:.0f} MiB"
   return (
     f"{value / GIB:.1f} GiB" if value < 10 * GIB else f"{value / GIB:.0f} GiB"
   )
 
 
 def _seconds(value: float) -> str:
+  if value < 1:
+    return "<1 s"
   if value < 120:
     return f"{value:.0f} s"
   if value < 7200:

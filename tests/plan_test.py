@@ -84,7 +84,13 @@ def test_dry_run_prints_the_paper_cqa_grid_plan_in_seconds(
     assert f"{name}/run" in text
   assert "37.3%: the T5-Base model step measured on an H100" in text
   assert "GFLOP/s float32 matmul (measured now)" in text
-  assert "| small | 0.3 GiB | 0.6 GiB | 0.3 GiB |" in text
+  small = 4 * plan.parameter_count(
+    pipeline.student_config("small", 32_100, 0.1)
+  )
+  mib = 2**20
+  assert (
+    f"| small | {small / mib:.0f} MiB | {2 * small / mib:.0f} MiB |" in text
+  )
   # The paper's padded 1024 + 256 tokens at 128 sequences a step need far
   # more than a CPU host has: the plan is printed, then the refusal.
   if proc.returncode:
