@@ -463,8 +463,22 @@ def make_plan(
   if cpu_peak_flops is None:
     cpu_peak_flops = flops.measure_matmul_flops(size=1024, seconds=1.0)
   memory_bytes, device_name = device_memory()
+  try:
+    teacher = teacher_plan(config)
+  except errors.UserError as e:
+    # The annotation stage reports a bad source in its own words; the plan
+    # only says it could not count.
+    teacher = TeacherPlan(
+      calls=None,
+      rows={},
+      input_tokens=None,
+      output_tokens=None,
+      dollars=None,
+      output_note=f"unknown: {errors.one_line(e)}",
+      price_note="unknown",
+    )
   return Plan(
-    teacher=teacher_plan(config),
+    teacher=teacher,
     groups=groups,
     memory=memory_by_size(config, model_config, groups, data_devices),
     cpu_peak_flops=cpu_peak_flops,
