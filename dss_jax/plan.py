@@ -70,15 +70,17 @@ class Accelerator:
   memory_bytes: float
 
 
-# Dense bfloat16 peaks per chip (as in flops.PEAK_FLOPS_BY_DEVICE_KIND) and
-# memory per chip, from the vendors' datasheets.
+# Dense bfloat16 peaks per chip (`flops.PEAK_FLOPS_BY_DEVICE_KIND`, the
+# table MFU is reported against) and memory per chip, from the datasheets.
+_PEAKS = flops.PEAK_FLOPS_BY_DEVICE_KIND
 ACCELERATORS = (
-  Accelerator("TPU v4", 275e12, 32 * GIB),
-  Accelerator("TPU v5e", 197e12, 16 * GIB),
-  Accelerator("TPU v5p", 459e12, 95 * GIB),
-  Accelerator("A100 80GB", 312e12, 80e9),
-  Accelerator("H100 SXM", 989e12, 80e9),
+  Accelerator("TPU v4", _PEAKS["TPU v4"], 32 * GIB),
+  Accelerator("TPU v5e", _PEAKS["TPU v5e"], 16 * GIB),
+  Accelerator("TPU v5p", _PEAKS["TPU v5p"], 95 * GIB),
+  Accelerator("A100 80GB", _PEAKS["NVIDIA A100-SXM4-80GB"], 80e9),
+  Accelerator("H100 SXM", _PEAKS["NVIDIA H100"], 80e9),
 )
+
 
 # CPU MFU against the measured float32 matmul peak, by student kind.
 # T5 sizes: 70.4%, the lowest of three runs of T5 v1.1 small (batch 8,
