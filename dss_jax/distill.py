@@ -8,6 +8,7 @@ plot:
 
   dss-jax distill                       # = python -m dss_jax.distill
   dss-jax distill --out_dir=demo_output --seeds=0,1,2,3,4
+  dss-jax distill --task_card=cqa --dry_run   # the cost, before any work
 
 Each stage is resumable: the teacher's answers go to an append-only store,
 the TFDS build is skipped once prepared, and a run whose `result.json`
@@ -167,6 +168,22 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
   )
 
 
+def define_dry_run_flag(flag_values: flags.FlagValues = FLAGS) -> None:
+  """Defines `--dry_run`, which decides what the command does, not the job.
+
+  Args:
+    flag_values: where to define it.
+  """
+  flags.DEFINE_bool(
+    "dry_run",
+    False,
+    "Print the job's plan (teacher calls, tokens, dollars, training FLOPs, "
+    "time here and on accelerators, memory per device) and exit: no "
+    "teacher call, no dataset, no model, nothing written.",
+    flag_values=flag_values,
+  )
+
+
 def define_task_cards_flag(flag_values: flags.FlagValues = FLAGS) -> None:
   """Defines `--task_cards`, which sets the environment, not the job.
 
@@ -307,7 +324,17 @@ def main(argv: Sequence[str], grid_defaults: bool = False) -> None:
     raise
   # Imported here: the job's modules load TensorFlow and JAX, which must
   # come after the redirect above.
-  from dss_jax import pipeline
+  from dss_jax import pipeline, plan
+
+  if FLAGS.dry_run:
+    try:
+      job = pipeline.job_plan(config)
+    finally:
+      os.unlink(early)
+    print(plan.format_plan(job), end="", flush=True)
+    # The refusal the real run would make, after the table that explains it.
+    plan.check_memory(job)
+    return
 
   log_dir = pathlib.Path(config.out_dir) / "logs"
   try:
@@ -335,4 +362,5 @@ def main(argv: Sequence[str], grid_defaults: bool = False) -> None:
 if __name__ == "__main__":
   define_flags()
   define_task_cards_flag()
+  define_dry_run_flag()
   cli.run(main)

@@ -53,6 +53,7 @@ from dss_jax import (
   vocab,
 )
 from dss_jax import grid as grid_lib
+from dss_jax import plan as plan_lib
 from dss_jax import workers as workers_lib
 from dss_jax.models import t5
 from dss_jax.models.config import STUDENT_SIZES, T5_SIZES
@@ -544,6 +545,48 @@ def student_config(
   )
 
 
+def vocabulary_size(name: str) -> int:
+  """Ids of a vocabulary, without fetching T5's model from the cloud.
+
+  Args:
+    name: a `DistillConfig.vocabulary`.
+
+  Returns:
+    Its vocabulary size (a SentencePiece file of one's own is read).
+  """
+  if name in ("t5", vocab.T5_SPM_PATH):
+    return 32_000 + vocab.T5_EXTRA_IDS  # cc_all.32000.100extra
+  if name == "local":
+    return vocab.LOCAL_VOCAB_SIZE + vocab.T5_EXTRA_IDS
+  return vocab.get_vocabulary(name).vocab_size
+
+
+def job_plan(
+  config: DistillConfig, cpu_peak_flops: float | None = None
+) -> plan_lib.Plan:
+  """The job's cost before it starts (`dss_jax.plan`).
+
+  Reads the card's source files and the students' shapes only: no teacher
+  call, no TFDS build, no compiled model.
+
+  Args:
+    config: the job.
+    cpu_peak_flops: this machine's float32 matmul FLOP/s (None: measured).
+
+  Returns:
+    The plan.
+  """
+  size = vocabulary_size(config.vocabulary)
+  specs = config.specs()
+  workers = config.workers or workers_lib.default_workers()
+  return plan_lib.make_plan(
+    config,
+    lambda model_size: student_config(model_size, size, config.dropout_rate),
+    workers=workers if len(specs) > 1 else 1,
+    cpu_peak_flops=cpu_peak_flops,
+  )
+
+
 def _changed_keys(marker: pathlib.Path, identity: Mapping[str, Any]) -> str:
   """The values of `identity` that differ from those `marker` recorded."""
   try:
@@ -559,6 +602,14 @@ def _changed_keys(marker: pathlib.Path, identity: Mapping[str, Any]) -> str:
     for key in sorted(set(stored) | set(identity))
     if stored.get(key) != identity.get(key)
   )
+
+
+def _stored_dollars(marker: pathlib.Path) -> float:
+  """The teacher's cost a finished annotation recorded (0 if unreadable)."""
+  try:
+    return float(json.loads(marker.read_text())["stats"]["cost_usd"])
+  except (OSError, ValueError, KeyError, TypeError):
+    return 0.0
 
 
 def _metric_value(metrics: Mapping[str, float], name: str) -> float:
@@ -599,6 +650,9 @@ class Pipeline:
       self.out_dir.mkdir(parents=True, exist_ok=True)
     self.log = log
     self._card: cards.TaskCard | None = None
+    # What the teacher's calls cost, as the runner counted them (the plan's
+    # actual dollars in summary.md).
+    self.teacher_dollars = 0.0
 
   @property
   def card(self) -> cards.TaskCard:
@@ -631,6 +685,7 @@ class Pipeline:
       changed = _changed_keys(marker, identity)
       if not changed:
         self.log(f"annotate: done before ({marker})")
+        self.teacher_dollars = _stored_dollars(marker)
         return
       # The store keeps every answer; only what it lacks is asked for.
       self.log(
@@ -667,6 +722,7 @@ class Pipeline:
       f"before, {stats.failed} failed; {summary.unparsable} unparsable; "
       f"teacher accuracy {summary.accuracy:.1f}% over {summary.annotated}"
     )
+    self.teacher_dollars = stats.cost_usd
     if stats.failed:
       raise AnnotationIncompleteError(
         f"{stats.failed} of {len(requests)} teacher calls failed; rerun the "
@@ -1103,8 +1159,12 @@ def _run_stages(
     grid_lib.check_run_config(
       grid_lib.run_dir(pipeline.out_dir, spec), config.run_identity(spec)
     )
+  # And a student that cannot fit the device, before the teacher is paid.
+  plan = job_plan(config)
+  plan_lib.check_memory(plan)
   pipeline.annotate()
   pipeline.build_dataset()
+  train_start = time.monotonic()
   workers = config.workers or workers_lib.default_workers()
   if workers > 1 and len(specs) > 1:
     rows = workers_lib.run_grid(
@@ -1126,7 +1186,11 @@ def _run_stages(
       identity=config.run_identity,
       log=log,
     )
+  train_seconds = time.monotonic() - train_start
   paths = pipeline.write_report(rows)
+  _add_plan_to_summary(
+    paths["summary_md"], plan, rows, pipeline.teacher_dollars, train_seconds
+  )
   examples = pipeline.show_examples()
   log("")
   log(paths["summary_md"].read_text())
@@ -1163,6 +1227,32 @@ def _run_stages(
   log(f"{'logs:':<20}{pipeline.out_dir / 'logs'}")
   log(f"{'wall time:':<20}{time.monotonic() - start:.0f}s")
   return paths
+
+
+def _add_plan_to_summary(
+  summary: pathlib.Path,
+  plan: plan_lib.Plan,
+  rows: Sequence[Mapping[str, Any]],
+  dollars: float,
+  train_seconds: float,
+) -> None:
+  """Appends the plan, with the job's actual times and dollars, to summary.md.
+
+  A run's actual time is its `train_seconds` (training and validation; a
+  run stored before this job counts with its own time), averaged over the
+  runs of its method and size; the total is this job's training stage.
+  """
+  seconds: dict[tuple[str, str], list[float]] = {}
+  for row in rows:
+    key = (str(row["method"]), str(row["model_size"]))
+    seconds.setdefault(key, []).append(float(row["train_seconds"]))
+  actual = {
+    "dollars": dollars,
+    "seconds": {k: sum(v) / len(v) for k, v in seconds.items()},
+    "total_seconds": train_seconds,
+  }
+  text = summary.read_text().rstrip("\n")
+  summary.write_text(f"{text}\n\n{plan_lib.format_plan(plan, actual)}")
 
 
 # A worker process's pipeline (`dss_jax.workers`), built on its first run.
