@@ -332,8 +332,12 @@ def main(argv: Sequence[str], grid_defaults: bool = False) -> None:
     finally:
       os.unlink(early)
     print(plan.format_plan(job), end="", flush=True)
-    # The refusal the real run would make, after the table that explains it.
-    plan.check_memory(job)
+    # The refusal the real run would make, after the table that explains it;
+    # the dry run itself succeeded.
+    try:
+      plan.check_memory(job)
+    except errors.UserError as e:
+      print(f"the run would stop here: {errors.one_line(e)}")
     return
 
   log_dir = pathlib.Path(config.out_dir) / "logs"

@@ -92,12 +92,12 @@ def test_dry_run_prints_the_paper_cqa_grid_plan_in_seconds(
     f"| small | {small / mib:.0f} MiB | {2 * small / mib:.0f} MiB |" in text
   )
   # The paper's padded 1024 + 256 tokens at 128 sequences a step need far
-  # more than a CPU host has: the plan is printed, then the refusal.
-  if proc.returncode:
-    assert proc.returncode == 2, proc.stderr
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: t5 small float32 needs ~"), last
-    assert "use a smaller --model_sizes or --batch_size" in last
+  # more than a CPU host has: the plan is printed, then the refusal the run
+  # would make (the dry run itself succeeds).
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  last = text.strip().splitlines()[-1]
+  assert last.startswith("the run would stop here: t5 small float32 needs ~")
+  assert "use a smaller --model_sizes or --batch_size" in last
   # Nothing written: no output folder, nothing in the working directory.
   assert not out_dir.exists()
   assert list(tmp_path.iterdir()) == []
