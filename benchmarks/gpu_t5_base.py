@@ -78,7 +78,7 @@ host.add_xla_flag_defaults()
 import jax  # noqa: E402
 import optax  # noqa: E402
 
-from dss_jax import export, partitioning, trainer  # noqa: E402
+from dss_jax import hf_export, partitioning, trainer  # noqa: E402
 from dss_jax.flops import peak_flops_per_second, train_flops_per_step  # noqa: E402
 from dss_jax.models import t5  # noqa: E402
 
@@ -280,8 +280,8 @@ def bench_torch(config, batches: list, steps: int, compile_model: bool):
     return None
   torch.manual_seed(0)
   torch.backends.cuda.matmul.allow_tf32 = True
-  # The same mapping as the exported checkpoints (dss_jax.export).
-  hf_config = transformers.T5Config(**export.hf_config(config))
+  # The same mapping as the exported checkpoints (dss_jax.hf_export).
+  hf_config = transformers.T5Config(**hf_export.hf_config(config))
   # CUDA when there is one; the CPU path only smoke-tests this script.
   device = "cuda" if torch.cuda.is_available() else "cpu"
   sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)

@@ -65,7 +65,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dss_jax import export, losses, partitioning, trainer
+from dss_jax import hf_export, losses, partitioning, trainer
 from dss_jax.flops import train_flops_per_step
 from dss_jax.models import t5
 
@@ -168,7 +168,7 @@ def bench_torch(args: argparse.Namespace) -> dict[str, Any]:
   cfg = t5.t5_1_1_config(args.size, dtype=args.dtype)
   # The same mapping as the exported checkpoints (dss_jax.export).
   hf_cfg = transformers.T5Config(
-    **export.hf_config(dataclasses.replace(cfg, dropout_rate=0.0))
+    **hf_export.hf_config(dataclasses.replace(cfg, dropout_rate=0.0))
   )
   device = "cuda" if torch.cuda.is_available() else "cpu"
   model = transformers.T5ForConditionalGeneration(hf_cfg).to(device)

@@ -46,7 +46,7 @@ host.keep_freed_memory()
 import jax  # noqa: E402
 import optax  # noqa: E402
 
-from dss_jax import export, partitioning, trainer  # noqa: E402
+from dss_jax import hf_export, partitioning, trainer  # noqa: E402
 from dss_jax.flops import measure_matmul_flops, train_flops_per_step  # noqa: E402
 from dss_jax.models import t5  # noqa: E402
 
@@ -106,8 +106,8 @@ def bench_torch(config: t5.T5Config, steps: int) -> list[float] | None:
     return None
   torch.manual_seed(0)
   torch.set_num_threads(os.cpu_count() or 1)
-  # The same mapping as the exported checkpoints (dss_jax.export).
-  hf_config = transformers.T5Config(**export.hf_config(config))
+  # The same mapping as the exported checkpoints (dss_jax.hf_export).
+  hf_config = transformers.T5Config(**hf_export.hf_config(config))
   model = transformers.T5ForConditionalGeneration(hf_config).train()
   optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5)
   rng = np.random.RandomState(0)

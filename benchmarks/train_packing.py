@@ -52,7 +52,7 @@ host.keep_freed_memory()
 import jax  # noqa: E402
 import optax  # noqa: E402
 
-from dss_jax import export, input_pipeline, partitioning, trainer  # noqa: E402
+from dss_jax import hf_export, input_pipeline, partitioning, trainer  # noqa: E402
 from dss_jax.models import t5  # noqa: E402
 
 PACKED_LENGTHS = {"inputs": 256, "targets": 128}
@@ -158,9 +158,9 @@ def bench_official(
     return None
   torch.manual_seed(0)
   torch.set_num_threads(os.cpu_count() or 1)
-  # The same mapping as the exported checkpoints (dss_jax.export).
+  # The same mapping as the exported checkpoints (dss_jax.hf_export).
   hf_config = transformers.T5Config(
-    **export.hf_config(dataclasses.replace(config, dropout_rate=0.0))
+    **hf_export.hf_config(dataclasses.replace(config, dropout_rate=0.0))
   )
   model = transformers.T5ForConditionalGeneration(hf_config).train()
   optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5)
