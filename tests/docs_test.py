@@ -267,7 +267,11 @@ def _environment(root: pathlib.Path) -> dict[str, str]:
     "PATH": os.pathsep.join([bin_dir, "/usr/local/bin", "/usr/bin", "/bin"]),
     "HOME": str(root / "home"),
     "LANG": "C.UTF-8",
-    "PYTHONPATH": str(_REPO),
+    # The checkout first; then the caller's own entries (T5X's sources, for
+    # a T5X that is importable here without being installed).
+    "PYTHONPATH": os.pathsep.join(
+      [str(_REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
+    ),
     "VIRTUAL_ENV": str(pathlib.Path(bin_dir).parent),
     "DSS_PAPER_DATA_DIR": str(_SLICES),
     "TFDS_DATA_DIR": str(root / "tensorflow_datasets"),
