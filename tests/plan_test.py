@@ -103,7 +103,7 @@ def test_dry_run_prints_the_paper_cqa_grid_plan_in_seconds(
   assert list(tmp_path.iterdir()) == []
 
 
-def test_teacher_dollars_at_the_named_model_price(paper_data_dir):
+def test_teacher_dollars_at_the_named_model_price(paper_data_dir, monkeypatch):
   config = pipeline.make_config(
     {
       "card": "cqa",
@@ -120,7 +120,9 @@ def test_teacher_dollars_at_the_named_model_price(paper_data_dir):
   ) / 1e6
   assert teacher.dollars == pytest.approx(expected, rel=1e-4)
   assert teacher.dollars > 0
-  # Without the paper's data the counts are unknown, not guessed.
+  # Without the paper's data the counts are unknown, not guessed (another
+  # test in this process may have set the variable).
+  monkeypatch.delenv("DSS_PAPER_DATA_DIR", raising=False)
   unknown = plan.teacher_plan(pipeline.make_config({"card": "cqa"}))
   assert unknown.calls is None and unknown.dollars is None
   job = dataclasses.replace(pipeline.job_plan(config, 1e11), teacher=unknown)
