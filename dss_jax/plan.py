@@ -32,7 +32,7 @@ import os
 import pathlib
 import statistics
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import jax
 
@@ -43,7 +43,27 @@ from dss_jax.teacher.backends import gemini
 if TYPE_CHECKING:
   from dss_jax import grid
   from dss_jax.models.config import T5Config
-  from dss_jax.pipeline import DistillConfig
+
+
+class JobSettings(Protocol):
+  """What the plan reads of a job: `pipeline.DistillConfig` has these fields.
+
+  A protocol, not the class, so that the pipeline (which prints and checks
+  the plan) imports this module and not the other way round.
+  """
+
+  card: str
+  backend: str
+  teacher_model: str | None
+  annotate_splits: tuple[str, ...]
+  num_samples: int
+  paper_data_dir: str | None
+  train_steps: int
+  batch_size: int
+  inputs_length: int
+  targets_length: int
+  label_length: int
+
 
 # The runner's ratio (`runner._CHARS_PER_TOKEN`): English prose runs about
 # 4 characters per token in SentencePiece and in the Gemini tokenizer.
@@ -325,7 +345,7 @@ def _output_tokens(
   )
 
 
-def teacher_plan(config: DistillConfig) -> TeacherPlan:
+def teacher_plan(config: JobSettings) -> TeacherPlan:
   """The annotation stage's calls, tokens and dollars, from the source files.
 
   Args:
@@ -386,7 +406,7 @@ def teacher_plan(config: DistillConfig) -> TeacherPlan:
 
 
 def run_groups(
-  config: DistillConfig,
+  config: JobSettings,
   model_config: Callable[[str], T5Config],
   specs: Sequence[grid.RunSpec],
 ) -> list[RunGroup]:
@@ -418,7 +438,7 @@ def run_groups(
 
 
 def memory_by_size(
-  config: DistillConfig,
+  config: JobSettings,
   model_config: Callable[[str], T5Config],
   groups: Sequence[RunGroup],
   data_devices: int = 1,
@@ -441,7 +461,7 @@ def memory_by_size(
 
 
 def make_plan(
-  config: DistillConfig,
+  config: JobSettings,
   model_config: Callable[[str], T5Config],
   workers: int,
   cpu_peak_flops: float | None = None,
