@@ -5,7 +5,7 @@ r"""GPU training throughput of T5 v1.1 base: this trainer vs PyTorch, and MFU.
 
 T5 v1.1 base (vocabulary 32,128), bfloat16 activations with float32
 parameters, batch 64, inputs 512, targets 128, AdamW (lr 5e-5), on one GPU:
-  * this trainer (`dss_jax.trainer.Trainer`: jitted step, donated state) with
+  * this trainer (`dss_jax.step.Trainer`: jitted step, donated state) with
     packing off (every row padded to 512 / 128) and on (examples first-fit
     packed into rows of 512 / 128 with segment ids), and packing off with the
     model's fused cuDNN flash attention (`attention_impl="cudnn"`);
@@ -78,7 +78,8 @@ host.add_xla_flag_defaults()
 import jax  # noqa: E402
 import optax  # noqa: E402
 
-from dss_jax import hf_export, partitioning, trainer  # noqa: E402
+from dss_jax import hf_export, partitioning  # noqa: E402
+from dss_jax import step as step_lib  # noqa: E402
 from dss_jax.flops import peak_flops_per_second, train_flops_per_step  # noqa: E402
 from dss_jax.models import t5  # noqa: E402
 
@@ -239,7 +240,7 @@ def bench_jax(
   config, batches: list, steps: int, profile_dir: str = "", label: str = ""
 ) -> dict:
   """Median step time and real tokens/s of this trainer over `batches`."""
-  tr = trainer.Trainer(
+  tr = step_lib.Trainer(
     t5.Transformer(config),
     optax.adamw(5e-5),
     partitioning.Partitioner(),

@@ -1,6 +1,6 @@
 """Training-step throughput and MFU of the T5 student, beside HF's PyTorch T5.
 
-Times one optimizer step (forward, backward, AdamW) of `dss_jax.trainer.Trainer`
+Times one optimizer step (forward, backward, AdamW) of `dss_jax.step.Trainer`
 on model variants (attention, remat, scan, float32 logits) at a fixed batch
 shape, with and without packing masks, and the same step of
 Hugging Face transformers' `T5ForConditionalGeneration` (the official
@@ -65,7 +65,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dss_jax import hf_export, losses, partitioning, trainer
+from dss_jax import hf_export, losses, partitioning
+from dss_jax import step as step_lib
 from dss_jax.flops import train_flops_per_step
 from dss_jax.models import t5
 
@@ -116,7 +117,7 @@ def bench_jax(args: argparse.Namespace, packed: bool) -> dict[str, Any]:
   # The trainer's own step (the one `python -m dss_jax.train` runs), on one
   # device. numpy init: XLA compiles per-parameter RNG slowly, and the
   # values do not change the step time.
-  tr = trainer.Trainer(
+  tr = step_lib.Trainer(
     t5.Transformer(cfg),
     optax.adamw(5e-5),
     partitioning.Partitioner(devices=jax.devices()[:1]),

@@ -6,7 +6,7 @@ Measures in one run, so the machine's drift cancels (the peak is measured
 before, between and after the trainers, and the best of the three is used):
   1. the CPU's float32 matmul GFLOP/s (jax, large square matmuls): the peak
      that MFU is computed against;
-  2. this trainer (`dss_jax.trainer.Trainer`) training T5 v1.1 small
+  2. this trainer (`dss_jax.step.Trainer`) training T5 v1.1 small
      (vocabulary 32,128, float32, batch 8, inputs 256, targets 128, AdamW, no
      packing): step time, tokens/s, MFU;
   3. Hugging Face `T5ForConditionalGeneration` (PyTorch) with the same
@@ -46,7 +46,8 @@ host.keep_freed_memory()
 import jax  # noqa: E402
 import optax  # noqa: E402
 
-from dss_jax import hf_export, partitioning, trainer  # noqa: E402
+from dss_jax import hf_export, partitioning  # noqa: E402
+from dss_jax import step as step_lib  # noqa: E402
 from dss_jax.flops import measure_matmul_flops, train_flops_per_step  # noqa: E402
 from dss_jax.models import t5  # noqa: E402
 
@@ -77,7 +78,7 @@ def _time_steps(step, steps: int) -> list[float]:
 def bench_jax(config: t5.T5Config, steps: int) -> list[float]:
   """Seconds of each timed training step of this trainer."""
   model = t5.Transformer(config)
-  tr = trainer.Trainer(
+  tr = step_lib.Trainer(
     model,
     optax.adamw(5e-5),
     partitioning.Partitioner(devices=jax.devices()[:1]),

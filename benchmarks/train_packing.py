@@ -52,7 +52,8 @@ host.keep_freed_memory()
 import jax  # noqa: E402
 import optax  # noqa: E402
 
-from dss_jax import hf_export, input_pipeline, partitioning, trainer  # noqa: E402
+from dss_jax import hf_export, input_pipeline, partitioning  # noqa: E402
+from dss_jax import step as step_lib  # noqa: E402
 from dss_jax.models import t5  # noqa: E402
 
 PACKED_LENGTHS = {"inputs": 256, "targets": 128}
@@ -94,7 +95,7 @@ def bench_packed(
 ) -> dict:
   """This trainer, official recipe packed: real tokens/s, examples per step."""
   model = t5.Transformer(config)
-  tr = trainer.Trainer(
+  tr = step_lib.Trainer(
     model,
     optax.adamw(5e-5),
     partitioning.Partitioner(devices=jax.devices()[:1]),

@@ -1,4 +1,4 @@
-"""The built-in trainer: a jitted, sharded train step and the training loop.
+"""The built-in trainer's loop and job: feeds `dss_jax.step`, saves, logs.
 
 `train()` is what `python -m dss_jax.train` runs (gin binds its arguments; see
 gin_configs/runs/train.gin). It reads a SeqIO mixture through
@@ -28,48 +28,36 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
-import flax
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 import tqdm
 from etils import epath
 from jax._src import distributed
 from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding
 
-from dss_jax import checkpoints, errors, losses, optimizers, partitioning
+from dss_jax import checkpoints, errors, optimizers, partitioning
 from dss_jax.flops import (  # noqa: F401  (the trainer's API too)
   PEAK_FLOPS_BY_DEVICE_KIND,
   measure_matmul_flops,
   peak_flops_per_second,
   train_flops_per_step,
 )
+from dss_jax.step import (
+  RECIPES,
+  LossConfig,
+  Trainer,
+  TrainState,
+  official_loss,
+  official_task_weights,
+)
 
 Array = jax.Array
 PyTree = Any
 Batch = Mapping[str, Array]
-
-# T5X's names for the loss normalization, mapped to dss_jax.losses' names.
-LOSS_NORMALIZATIONS = {
-  "AVERAGE_PER_SEQUENCE": "per_sequence",
-  "NUM_REAL_TARGET_TOKENS": "tokens",
-}
-
-# What a distilling step-by-step step holds (see `train`'s `recipe`):
-#   mixture   SeqIO samples every row from one task at the mixture's rates
-#             (lambda is the rationale task's rate); per-sequence loss.
-#   official  the official implementation's step: every input with its label
-#             and its rationale example; alpha-weighted token-mean losses.
-RECIPES = ("mixture", "official")
-# `input_pipeline.TASK_IDS`, named here so the train step (and benchmarks on
-# machines without TensorFlow) need not import the input pipeline.
-TASK_IDS = "decoder_task_ids"
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -80,286 +68,6 @@ class Evaluator(Protocol):
   """What the trainer needs from `dss_jax.evaluation.Evaluator`."""
 
   def evaluate(self, params: PyTree, step: int) -> Mapping[str, float]: ...
-
-
-@flax.struct.dataclass
-class TrainState:
-  """Everything a training step depends on (and a checkpoint stores)."""
-
-  step: Array
-  params: PyTree
-  opt_state: PyTree
-  rng: Array
-
-  def as_dict(self) -> dict[str, PyTree]:
-    """The state as a plain dict, the checkpoint layout."""
-    return {
-      "step": self.step,
-      "params": self.params,
-      "opt_state": self.opt_state,
-      "rng": self.rng,
-    }
-
-  @classmethod
-  def from_dict(cls, d: Mapping[str, PyTree]) -> TrainState:
-    """Inverse of `as_dict`."""
-    return cls(d["step"], d["params"], d["opt_state"], d["rng"])
-
-
-@dataclasses.dataclass(frozen=True)
-class LossConfig:
-  """How the cross-entropy is normalized and regularized.
-
-  Attributes:
-    normalizing_factor: "AVERAGE_PER_SEQUENCE" (default; mixture rates then
-      mean lambda) or "NUM_REAL_TARGET_TOKENS" (T5X's token normalization).
-    z_loss: coefficient of log(Z)^2.
-    label_smoothing: label smoothing mass.
-  """
-
-  normalizing_factor: str = "AVERAGE_PER_SEQUENCE"
-  z_loss: float = 0.0
-  label_smoothing: float = 0.0
-
-  def __post_init__(self):
-    if self.normalizing_factor not in LOSS_NORMALIZATIONS:
-      raise errors.UserError(
-        f"LOSS_NORMALIZING_FACTOR must be one of "
-        f"{sorted(LOSS_NORMALIZATIONS)}, got {self.normalizing_factor!r}"
-      )
-
-
-# ----------------------------------------------------------------------------
-# The train step.
-# ----------------------------------------------------------------------------
-
-
-class Trainer:
-  """Builds the sharded, jitted init and train step for one model.
-
-  As T5X's trainer does, it jits and places through its partitioner, whose
-  mesh and logical axis rules decide every sharding: parameters, optimizer
-  state and batches.
-
-  Args:
-    model: a flax module with T5X's `Transformer.__call__` signature.
-    optimizer: an optax transformation.
-    partitioner: the mesh and its logical axis rules.
-    task_names: the mixture's tasks, in `decoder_task_ids` order.
-    task_weights: the loss is sum_t task_weights[t] * L_t, each L_t the
-      configured normalization over task t's tokens only (the official
-      recipe); None: one loss over the whole batch.
-    loss: normalization and regularizers.
-    num_microbatches: gradient accumulation: the batch is split into this many
-      micro-batches whose gradients are averaged inside one step.
-    dropout: enable dropout (the model's `dropout_rate` sets the rate).
-  """
-
-  def __init__(
-    self,
-    model: nn.Module,
-    optimizer: optax.GradientTransformation,
-    partitioner: partitioning.Partitioner,
-    task_names: Sequence[str] = (),
-    task_weights: Sequence[float] | None = None,
-    loss: LossConfig = LossConfig(),
-    num_microbatches: int = 1,
-    dropout: bool = True,
-  ):
-    self.model = model
-    self.optimizer = optimizer
-    self.partitioner = partitioner
-    self.task_names = tuple(task_names)
-    self.task_weights = None if task_weights is None else tuple(task_weights)
-    self.loss = loss
-    self.num_microbatches = num_microbatches
-    self.dropout = dropout
-    self._train_step = None
-
-  # -- shardings -------------------------------------------------------------
-
-  def batch_sharding(self) -> NamedSharding:
-    """Sharding of every [batch, length] input array."""
-    return self.partitioner.batch_sharding()
-
-  def _init_params(self, rng: Array, batch: Mapping[str, Any]) -> PyTree:
-    # One row of zeros is enough to trace shapes; parameters do not depend on
-    # the batch size.
-    dummy = {
-      k: jnp.zeros((1,) + tuple(v.shape[1:]), v.dtype)
-      for k, v in _model_inputs(batch).items()
-    }
-    variables = self.model.init(
-      {"params": rng, "dropout": rng}, **dummy, enable_dropout=False
-    )
-    return variables["params"]
-
-  def abstract_state(self, batch: Mapping[str, Any]) -> TrainState:
-    """Shapes, dtypes and shardings of the state, without allocating it."""
-    params = jax.eval_shape(self._init_params, jax.random.PRNGKey(0), batch)
-    opt_state = jax.eval_shape(self.optimizer.init, params)
-    # Moments get their parameter's sharding (matched by path); scalars and
-    # factored moments, and dims a mesh axis does not divide, are replicated.
-    shardings = self.partitioner.shardings(
-      {"params": params, "opt_state": opt_state}
-    )
-    replicated = self.partitioner.replicated()
-
-    def with_sharding(x, s):
-      return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
-
-    return TrainState(
-      step=jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated),
-      params=jax.tree.map(with_sharding, params, shardings["params"]),
-      opt_state=jax.tree.map(with_sharding, opt_state, shardings["opt_state"]),
-      rng=jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=replicated),
-    )
-
-  def init_state(
-    self,
-    rng: Array,
-    batch: Mapping[str, Any],
-    params: PyTree | None = None,
-  ) -> TrainState:
-    """Initializes (or wraps given `params` in) a sharded train state.
-
-    Args:
-      rng: a `jax.random.PRNGKey`; split into init and dropout keys.
-      batch: a batch (or its shapes) to trace the model with.
-      params: pretrained parameters (INITIAL_CHECKPOINT_PATH), already placed.
-
-    Returns:
-      The state at step 0.
-    """
-    abstract = self.abstract_state(batch)
-    shardings = jax.tree.map(lambda x: x.sharding, abstract)
-    init_rng, train_rng = jax.random.split(rng)
-
-    def init(init_rng, train_rng, params):
-      if params is None:
-        params = self._init_params(init_rng, batch)
-      return TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        opt_state=self.optimizer.init(params),
-        rng=train_rng,
-      )
-
-    return self.partitioner.jit(init, out_shardings=shardings)(
-      init_rng, train_rng, params
-    )
-
-  # -- the step --------------------------------------------------------------
-
-  def _loss_fn(
-    self, params: PyTree, batch: Batch, rng: Array
-  ) -> tuple[Array, dict[str, Array]]:
-    logits = self.model.apply(
-      {"params": params},
-      **_model_inputs(batch),
-      enable_dropout=self.dropout,
-      rngs={"dropout": rng},
-    )
-    targets = batch["decoder_target_tokens"]
-    weights = batch["decoder_loss_weights"].astype(jnp.float32)
-    segments = batch.get("decoder_segment_ids")
-    kwargs = dict(
-      segment_ids=segments,
-      normalization=LOSS_NORMALIZATIONS[self.loss.normalizing_factor],
-      z_loss=self.loss.z_loss,
-      label_smoothing=self.loss.label_smoothing,
-    )
-    metrics = {}
-    task_losses = []
-    task_ids = batch.get(TASK_IDS)
-    if task_ids is not None and len(self.task_names) > 1:
-      # XLA shares the log-softmax between these calls (same logits); only
-      # the masked reductions are repeated.
-      for t, name in enumerate(self.task_names):
-        mask = (task_ids == t + 1).astype(jnp.float32)
-        task_loss, _ = losses.cross_entropy_loss(
-          logits, targets, weights * mask, **kwargs
-        )
-        task_losses.append(task_loss)
-        metrics[f"loss/{name}"] = task_loss
-    if self.task_weights is not None:
-      loss = sum(
-        w * task_loss
-        for w, task_loss in zip(self.task_weights, task_losses, strict=True)
-      )
-    else:
-      loss, _ = losses.cross_entropy_loss(logits, targets, weights, **kwargs)
-    metrics["loss"] = loss
-    return loss, metrics
-
-  def _grads(
-    self, params: PyTree, batch: Batch, rng: Array
-  ) -> tuple[PyTree, dict[str, Array]]:
-    grad_fn = jax.grad(self._loss_fn, has_aux=True)
-    if self.num_microbatches == 1:
-      return grad_fn(params, batch, rng)
-    m = self.num_microbatches
-    micro = jax.tree.map(
-      lambda x: x.reshape((m, x.shape[0] // m) + x.shape[1:]), batch
-    )
-
-    def body(carry, inputs):
-      i, mb = inputs
-      grads, metrics = grad_fn(params, mb, jax.random.fold_in(rng, i))
-      acc = jax.tree.map(jnp.add, carry, (grads, metrics))
-      return acc, None
-
-    zeros = jax.tree.map(
-      jnp.zeros_like,
-      jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], micro), rng),
-    )
-    (grads, metrics), _ = jax.lax.scan(body, zeros, (jnp.arange(m), micro))
-    return jax.tree.map(lambda x: x / m, (grads, metrics))
-
-  def _step(self, state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
-    rng = jax.random.fold_in(state.rng, state.step)
-    grads, metrics = self._grads(state.params, batch, rng)
-    updates, opt_state = self.optimizer.update(
-      grads, state.opt_state, state.params
-    )
-    params = optax.apply_updates(state.params, updates)
-    metrics["grad_norm"] = optax.global_norm(grads)
-    new_state = state.replace(
-      step=state.step + 1, params=params, opt_state=opt_state
-    )
-    return new_state, metrics
-
-  def train_step(
-    self, state: TrainState, batch: Batch
-  ) -> tuple[TrainState, dict[str, Array]]:
-    """One optimizer update; the input state's buffers are donated."""
-    if self._train_step is None:
-      state_shardings = jax.tree.map(lambda x: x.sharding, state)
-      batch_shardings = jax.tree.map(lambda _: self.batch_sharding(), batch)
-      self._train_step = self.partitioner.jit(
-        self._step,
-        in_shardings=(state_shardings, batch_shardings),
-        out_shardings=(state_shardings, None),
-        donate_argnums=(0,),
-      )
-    return self._train_step(state, batch)
-
-  def device_batch(self, batch: Mapping[str, np.ndarray]) -> dict[str, Array]:
-    """Places this host's numpy batch as global arrays on the mesh."""
-    return dict(self.partitioner.put_batch(batch))
-
-
-def _model_inputs(batch: Mapping[str, Any]) -> dict[str, Any]:
-  names = (
-    "encoder_input_tokens",
-    "decoder_input_tokens",
-    "decoder_target_tokens",
-    "encoder_segment_ids",
-    "decoder_segment_ids",
-    "encoder_positions",
-    "decoder_positions",
-  )
-  return {k: batch[k] for k in names if k in batch}
 
 
 # ----------------------------------------------------------------------------
@@ -792,35 +500,6 @@ def _resumed_data_shards(
   if data_shards is None:
     logging.info("reading %d input shards, as the checkpoint did", saved)
   return saved
-
-
-def official_task_weights(rates: Mapping[str, float]) -> list[float]:
-  """The official recipe's loss weights: the rates, normalized to sum 1.
-
-  Rates 1 : lambda give `alpha = 1 / (1 + lambda)` for the label loss and
-  `1 - alpha` for the rationale loss: lambda 1 is the paper's alpha 0.5.
-
-  Args:
-    rates: {task: mixture rate}, label task first.
-
-  Returns:
-    The weights, in the order of `rates`.
-  """
-  total = sum(rates.values())
-  if total <= 0:
-    raise errors.UserError(
-      f"mixture rates must sum to more than 0, got {rates}"
-    )
-  return [rate / total for rate in rates.values()]
-
-
-def official_loss(loss: LossConfig) -> LossConfig:
-  """`loss` with each task's loss a mean over its real target tokens.
-
-  The official implementation takes Hugging Face's cross-entropy of each
-  pass, a mean over the pass's non-padding target tokens.
-  """
-  return dataclasses.replace(loss, normalizing_factor="NUM_REAL_TARGET_TOKENS")
 
 
 def _log_step_contents(

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import pytest
 
 from dss_jax import errors, flops, optimizers, partitioning, pipeline, plan
-from dss_jax import trainer as trainer_lib
+from dss_jax import step as step_lib
 from dss_jax.models import t5
 from dss_jax.models.config import t5_1_1_config
 
@@ -138,7 +138,7 @@ def _step_setup(size, vocab, rows, li, lt, dropout):
     )
   else:
     config = pipeline.student_config(size, vocab, dropout)
-  trainer = trainer_lib.Trainer(
+  trainer = step_lib.Trainer(
     t5.Transformer(config),
     optimizers.AdamW(
       learning_rate=optimizers.LearningRateSchedule(peak=1e-3, name="linear")

@@ -26,6 +26,7 @@ from dss_jax import (
   pipeline,
   trainer,
 )
+from dss_jax import step as step_lib
 from dss_jax.models import t5
 
 _STEPS = 10
@@ -200,15 +201,15 @@ def test_official_loss_on_a_real_step_equals_the_official_formula(cqa_tasks):
   batch = {k: v[:16, :192] for k, v in batch.items()}
   model, _ = t5.make_test_model(vocab_size=384)
   rates = input_pipeline.task_rates("dss_cqa_palm")
-  step = trainer.Trainer(
+  step = step_lib.Trainer(
     model,
     optimizer=None,
     partitioner=partitioning.Partitioner(
       devices=jax.devices()[:1], logical_axis_rules=()
     ),
     task_names=list(rates),
-    task_weights=trainer.official_task_weights(rates),
-    loss=trainer.official_loss(trainer.LossConfig()),
+    task_weights=step_lib.official_task_weights(rates),
+    loss=step_lib.official_loss(step_lib.LossConfig()),
     dropout=False,
   )
   params = model.init(

@@ -26,6 +26,7 @@ from dss_jax import (
   trainer,
   vocab,
 )
+from dss_jax import step as step_lib
 from dss_jax.models import t5
 
 LENGTHS = {"inputs": 16, "targets": 16}
@@ -195,7 +196,7 @@ def _batch(task_ids, seed=0, length=16):
 
 
 def _trainer(model, **kwargs):
-  return trainer.Trainer(
+  return step_lib.Trainer(
     model,
     optax.sgd(0.1),
     _one_device(),
@@ -211,8 +212,8 @@ def test_official_recipe_loss_is_alpha_weighted_token_means():
   rates = {"label": 1.0, "rationale": 3.0}  # lambda 3: alpha 0.25
   tr = _trainer(
     model,
-    task_weights=trainer.official_task_weights(rates),
-    loss=trainer.official_loss(trainer.LossConfig()),
+    task_weights=step_lib.official_task_weights(rates),
+    loss=step_lib.official_loss(step_lib.LossConfig()),
   )
   state = tr.init_state(jax.random.PRNGKey(0), batch)
   loss, metrics = jax.jit(tr._loss_fn)(
@@ -290,7 +291,7 @@ def test_a_model_axis_wider_than_the_heads_replicates_them():
   state still initializes and trains."""
   model, _ = t5.make_test_model()
   assert model.config.num_heads == 4
-  tr = trainer.Trainer(
+  tr = step_lib.Trainer(
     model,
     optax.adamw(1e-3),
     partitioning.Partitioner(data=1, model=8),
