@@ -1,4 +1,4 @@
-r"""`dss-jax grid`: the paper's grid through the main job's pipeline.
+r"""`dss-jax grid`: the paper's grid through the main job.
 
     dss-jax grid --out_dir=runs/grid --seeds=0,1,2   # = python -m dss_jax.grid_job
     dss-jax grid --task_card=cqa --dry_run           # its cost, before work
@@ -12,7 +12,8 @@ from collections.abc import Sequence
 
 from absl import flags
 
-from dss_jax import cli, distill
+from dss_jax import cli
+from dss_jax.distill import __main__ as distill
 
 
 def main(argv: Sequence[str]) -> None:

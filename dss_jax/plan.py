@@ -46,9 +46,9 @@ if TYPE_CHECKING:
 
 
 class JobSettings(Protocol):
-  """What the plan reads of a job: `pipeline.DistillConfig` has these fields.
+  """What the plan reads of a job (`distill.config.DistillConfig`'s fields).
 
-  A protocol, not the class, so that the pipeline (which prints and checks
+  A protocol, not the class, so that the main job (which prints and checks
   the plan) imports this module and not the other way round.
   """
 

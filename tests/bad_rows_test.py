@@ -17,7 +17,9 @@ import sys
 import pytest
 import user_cards
 
-from dss_jax import cards, errors, pipeline
+from dss_jax import cards, errors
+from dss_jax.distill import config as job_config
+from dss_jax.distill import stages
 from dss_jax.teacher import sources
 
 _NLI_CARD = """\
@@ -206,14 +208,14 @@ def test_a_test_split_without_labels_stops_the_job(tmp_path):
   test_file.write_text(
     "".join(json.dumps({"input": r["input"]}) + "\n" for r in rows)
   )
-  config = pipeline.DistillConfig(
+  config = job_config.DistillConfig(
     card=card,
     backend="offline",
     out_dir=str(tmp_path / "out"),
     progress=False,
     compilation_cache=False,
   )
-  job = pipeline.Pipeline(config, log=lambda line: None)
+  job = stages.DataStages(config, log=lambda line: None)
   job.annotate()
   with pytest.raises(errors.UserError) as error:
     job.build_dataset()

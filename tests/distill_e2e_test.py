@@ -9,7 +9,10 @@ import json
 
 import pytest
 
-from dss_jax import grid, pipeline
+from dss_jax import grid
+from dss_jax.distill import config as job_config
+from dss_jax.distill import job as distill_job
+from dss_jax.distill import stages, student
 from dss_jax.teacher import runner
 
 _PNG = b"\x89PNG\r\n\x1a\n"
@@ -37,14 +40,14 @@ def _config(out_dir, **overrides):
     workers=1,
   )
   values.update(overrides)
-  return pipeline.DistillConfig(**values)
+  return job_config.DistillConfig(**values)
 
 
 def test_every_stage_runs_and_a_rerun_redoes_nothing(tmp_path, monkeypatch):
   # Two worker processes, as the demo trains, and examples at the end.
   config = _config(tmp_path / "out", workers=2, show_examples=2)
   logs = []
-  paths = pipeline.run(config, log=logs.append)
+  paths = distill_job.run(config, log=logs.append)
 
   out = tmp_path / "out"
   store = out / "annotations" / "arith_offline.jsonl"
@@ -91,16 +94,17 @@ def test_every_stage_runs_and_a_rerun_redoes_nothing(tmp_path, monkeypatch):
   def must_not_run(*args, **kwargs):
     raise AssertionError("a finished stage ran again")
 
-  monkeypatch.setattr(pipeline.Pipeline, "run", must_not_run)
+  monkeypatch.setattr(student.Student, "run", must_not_run)
   monkeypatch.setattr(runner, "annotate", must_not_run)
   logs.clear()
-  again = pipeline.run(config, log=logs.append)
+  again = distill_job.run(config, log=logs.append)
   assert "2/2 runs already finished" in "\n".join(logs)
   assert again["results_csv"].read_text() == paths["results_csv"].read_text()
 
 
 def test_task_names_follow_the_seqio_contract(tmp_path):
-  job = pipeline.Pipeline(_config(tmp_path), log=lambda _: None)
+  config = _config(tmp_path)
+  job = student.Student(config, stages.DataStages(config, log=lambda _: None))
   assert job.task_names("finetune") == ("dss_arith_gold_finetune",) * 2
   assert job.task_names("distill") == ("dss_arith_offline_distill",) * 2
   assert job.task_names("dss_teacher") == (
@@ -112,25 +116,25 @@ def test_task_names_follow_the_seqio_contract(tmp_path):
 def test_the_demo_trains_baselines_on_all_the_data_only():
   # Distilling step-by-step on 50% and 100%, finetuning on 100%: what the
   # data-efficiency comparison needs, three seeds each.
-  specs = pipeline.DistillConfig().specs()
+  specs = job_config.DistillConfig().specs()
   assert sorted({(s.method, s.fraction) for s in specs}) == [
     ("dss_gold", 0.5),
     ("dss_gold", 1.0),
     ("finetune", 1.0),
   ]
   assert len(specs) == 9
-  every = pipeline.DistillConfig(baseline_fractions=None).specs()
+  every = job_config.DistillConfig(baseline_fractions=None).specs()
   assert len(every) == 12 and ("finetune", 0.5) in {
     (s.method, s.fraction) for s in every
   }
 
 
 def test_student_sizes_pad_the_vocabulary():
-  config = pipeline.student_config("demo", 259, 0.0)
+  config = job_config.student_config("demo", 259, 0.0)
   assert config.vocab_size == 384 and config.emb_dim == 64
-  assert pipeline.student_config("base", 32100, 0.1).vocab_size == 32128
+  assert job_config.student_config("base", 32100, 0.1).vocab_size == 32128
   with pytest.raises(ValueError, match="backend"):
-    pipeline.DistillConfig(backend="palm")
+    job_config.DistillConfig(backend="palm")
 
 
 def test_a_stopped_run_is_not_marked_finished(tmp_path, monkeypatch, capsys):
@@ -141,7 +145,7 @@ def test_a_stopped_run_is_not_marked_finished(tmp_path, monkeypatch, capsys):
 
   monkeypatch.setattr(trainer, "train", stopped)
   config = _config(tmp_path, validation_period=0)
-  job = pipeline.Pipeline(config, log=lambda _: None)
+  job = student.Student(config, stages.DataStages(config, log=lambda _: None))
   spec = grid.RunSpec("finetune", "demo-xs", 1.0, 0)
   directory = grid.run_dir(tmp_path, spec)
   with pytest.raises(SystemExit) as stop:

@@ -8,7 +8,9 @@ import sys
 import pytest
 from absl import flags
 
-from dss_jax import distill, errors, grid, pipeline, report
+from dss_jax import errors, grid, report
+from dss_jax.distill import __main__ as distill
+from dss_jax.distill import config as job_config
 
 
 def test_expand_is_the_full_product_smallest_models_first():
@@ -60,7 +62,7 @@ def test_finished_runs_are_not_redone_and_a_crash_resumes(tmp_path):
 
 def test_a_run_folder_is_reused_only_by_the_same_configuration(tmp_path):
   spec = grid.RunSpec("dss_gold", "demo", 1.0, 0)
-  config = pipeline.DistillConfig(out_dir=str(tmp_path))
+  config = job_config.DistillConfig(out_dir=str(tmp_path))
   calls = []
 
   def run_fn(spec, directory):
@@ -116,14 +118,14 @@ def test_flags_pick_demo_paper_and_grid_defaults():
   assert config.vocabulary == "t5" and config.train_steps == 10_000
   assert config.seeds == (4,) and config.fractions == (0.5,)
   with pytest.raises(ValueError, match="model size"):
-    pipeline.DistillConfig(model_sizes=("huge",))
+    job_config.DistillConfig(model_sizes=("huge",))
 
 
 def test_every_flag_sets_a_config_field():
   flag_values = flags.FlagValues()
   distill.define_flags(flag_values)
   assert sorted(flag_values) == sorted(distill.FIELD_OF_FLAG)
-  fields = {f.name for f in dataclasses.fields(pipeline.DistillConfig)}
+  fields = {f.name for f in dataclasses.fields(job_config.DistillConfig)}
   assert set(distill.FIELD_OF_FLAG.values()) <= fields
   # A bad value is named by its flag, not by the library's field.
   flag_values(

@@ -23,8 +23,10 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from dss_jax import errors, flops, optimizers, partitioning, pipeline, plan
+from dss_jax import errors, flops, optimizers, partitioning, plan
 from dss_jax import step as step_lib
+from dss_jax.distill import config as job_config
+from dss_jax.distill import job as distill_job
 from dss_jax.models import t5
 from dss_jax.models.config import t5_1_1_config
 
@@ -73,10 +75,10 @@ def test_dry_run_prints_the_paper_cqa_grid_plan_in_seconds(
   assert "$0.00" in text and "replay: $0" in text
   assert "mean of the paper's released PaLM completions" in text
   # The paper grid: its methods x sizes x fractions x seeds.
-  config = pipeline.make_config({"card": "cqa"}, grid=True)
+  config = job_config.make_config({"card": "cqa"}, grid=True)
   assert f"| total | | {len(config.specs())} |" in text
   step = flops.train_flops_per_step(
-    pipeline.student_config("base", 32_100, 0.1), 128, 1024, 256
+    job_config.student_config("base", 32_100, 0.1), 128, 1024, 256
   )
   assert f"| dss_gold | base | {len(config.fractions) * 3} | 128 | " in text
   assert f"{step * config.train_steps:.3g}" in text
@@ -85,7 +87,7 @@ def test_dry_run_prints_the_paper_cqa_grid_plan_in_seconds(
   assert "37.3%: the T5-Base model step measured on an H100" in text
   assert "GFLOP/s float32 matmul (measured now)" in text
   small = 4 * plan.parameter_count(
-    pipeline.student_config("small", 32_100, 0.1)
+    job_config.student_config("small", 32_100, 0.1)
   )
   mib = 2**20
   assert (
@@ -104,7 +106,7 @@ def test_dry_run_prints_the_paper_cqa_grid_plan_in_seconds(
 
 
 def test_teacher_dollars_at_the_named_model_price(paper_data_dir, monkeypatch):
-  config = pipeline.make_config(
+  config = job_config.make_config(
     {
       "card": "cqa",
       "backend": "gemini",
@@ -123,9 +125,9 @@ def test_teacher_dollars_at_the_named_model_price(paper_data_dir, monkeypatch):
   # Without the paper's data the counts are unknown, not guessed (another
   # test in this process may have set the variable).
   monkeypatch.delenv("DSS_PAPER_DATA_DIR", raising=False)
-  unknown = plan.teacher_plan(pipeline.make_config({"card": "cqa"}))
+  unknown = plan.teacher_plan(job_config.make_config({"card": "cqa"}))
   assert unknown.calls is None and unknown.dollars is None
-  job = dataclasses.replace(pipeline.job_plan(config, 1e11), teacher=unknown)
+  job = dataclasses.replace(job_config.job_plan(config, 1e11), teacher=unknown)
   text = plan.format_plan(job)
   assert "| unknown | unknown | unknown | unknown | unknown |" in text
   assert "the paper's data is not here" in text
@@ -137,7 +139,7 @@ def _step_setup(size, vocab, rows, li, lt, dropout):
       size, vocab_size=-(-vocab // 128) * 128, dropout_rate=dropout
     )
   else:
-    config = pipeline.student_config(size, vocab, dropout)
+    config = job_config.student_config(size, vocab, dropout)
   trainer = step_lib.Trainer(
     t5.Transformer(config),
     optimizers.AdamW(
@@ -238,7 +240,7 @@ def test_memory_estimate_meets_a_training_step_peak_rss(repo_dir):
 
 
 def test_a_student_that_cannot_fit_is_refused_in_one_line(tmp_path):
-  config = pipeline.make_config(
+  config = job_config.make_config(
     {
       "model_sizes": ("xxl",),
       "seeds": (0,),
@@ -247,7 +249,7 @@ def test_a_student_that_cannot_fit_is_refused_in_one_line(tmp_path):
       "workers": 1,
     }
   )
-  job = pipeline.job_plan(config, cpu_peak_flops=1e11)
+  job = job_config.job_plan(config, cpu_peak_flops=1e11)
   with pytest.raises(errors.UserError) as e:
     plan.check_memory(job)
   message = str(e.value)
@@ -257,11 +259,11 @@ def test_a_student_that_cannot_fit_is_refused_in_one_line(tmp_path):
   assert "use a smaller --model_sizes or --batch_size" in message
   # The real job refuses too, before the teacher is called or TFDS built.
   with pytest.raises(errors.UserError, match="^t5 xxl float32 needs"):
-    pipeline.run(config, log=lambda line: None)
+    distill_job.run(config, log=lambda line: None)
   assert not (tmp_path / "out" / "annotations").exists()
   assert not (tmp_path / "out" / "tfds").exists()
   # The demo fits this host, but not a 1 MB device shared by 2 workers.
-  demo = pipeline.job_plan(pipeline.make_config({}), cpu_peak_flops=1e11)
+  demo = job_config.job_plan(job_config.make_config({}), cpu_peak_flops=1e11)
   plan.check_memory(demo)
   small = dataclasses.replace(demo, device_memory_bytes=1e6, workers=2)
   with pytest.raises(errors.UserError, match="2 runs side by side.*workers=1"):
@@ -269,7 +271,7 @@ def test_a_student_that_cannot_fit_is_refused_in_one_line(tmp_path):
 
 
 def test_summary_md_has_the_plan_beside_the_actual_values(tmp_path):
-  config = pipeline.make_config(
+  config = job_config.make_config(
     {
       "seeds": (0,),
       "methods": ("finetune", "dss_gold"),
@@ -283,7 +285,7 @@ def test_summary_md_has_the_plan_beside_the_actual_values(tmp_path):
       "out_dir": str(tmp_path / "out"),
     }
   )
-  paths = pipeline.run(config, log=lambda line: None)
+  paths = distill_job.run(config, log=lambda line: None)
   text = paths["summary_md"].read_text()
   assert "## Plan" in text
   assert "| actual/run |" in text

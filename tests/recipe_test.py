@@ -23,10 +23,11 @@ from dss_jax import (
   grid,
   input_pipeline,
   partitioning,
-  pipeline,
   trainer,
 )
 from dss_jax import step as step_lib
+from dss_jax.distill import config as job_config
+from dss_jax.distill import stages, student
 from dss_jax.models import t5
 
 _STEPS = 10
@@ -157,8 +158,8 @@ def test_finetune_gin_steps_hold_64_examples(cqa_tasks):
   _assert_baseline_step(_first_batches(config, 3), 64)
 
 
-def _paper_pipeline(cqa_data_dir, paper_data_dir, tmp_path, **overrides):
-  values = dict(pipeline.PAPER_OVERRIDES)
+def _paper_student(cqa_data_dir, paper_data_dir, tmp_path, **overrides):
+  values = dict(job_config.PAPER_OVERRIDES)
   values.update(
     card="cqa",
     backend="replay",
@@ -168,22 +169,21 @@ def _paper_pipeline(cqa_data_dir, paper_data_dir, tmp_path, **overrides):
     out_dir=str(tmp_path),
   )
   values.update(overrides)
-  return pipeline.Pipeline(pipeline.DistillConfig(**values), log=lambda _: None)
+  config = job_config.DistillConfig(**values)
+  return student.Student(config, stages.DataStages(config, log=lambda _: None))
 
 
 @pytest.mark.parametrize("recipe", ["mixture", "official"])
 def test_distill_paper_defaults_per_method(
   cqa_data_dir, paper_data_dir, tmp_path, recipe
 ):
-  pipeline = _paper_pipeline(
-    cqa_data_dir, paper_data_dir, tmp_path, recipe=recipe
-  )
-  assert pipeline.config.seeds == (0, 1, 2)
-  assert pipeline.config.validation_period == 250
+  job = _paper_student(cqa_data_dir, paper_data_dir, tmp_path, recipe=recipe)
+  assert job.config.seeds == (0, 1, 2)
+  assert job.config.validation_period == 250
   for method in ("dss_gold", "finetune"):
     spec = grid.RunSpec(method, "base", 1.0, 0)
-    pipeline.register_tasks(spec)
-    kwargs = pipeline.train_kwargs(spec)
+    job.register_tasks(spec)
+    kwargs = job.train_kwargs(spec)
     config = trainer.dataset_config(**kwargs)
     if method == "finetune":
       assert config.batch_size == 64

@@ -18,7 +18,9 @@ import pytest
 import tensorflow_datasets as tfds
 import user_cards
 
-from dss_jax import datasets, pipeline
+from dss_jax import datasets
+from dss_jax.distill import config as job_config
+from dss_jax.distill import stages
 from dss_jax.teacher import sources
 from dss_jax.teacher import store as store_lib
 
@@ -92,25 +94,25 @@ def _config(card, out, **overrides):
     progress=False,
     compilation_cache=False,
   )
-  return pipeline.DistillConfig(**{**values, **overrides})
+  return job_config.DistillConfig(**{**values, **overrides})
 
 
 def test_more_teacher_samples_reach_the_teacher(tmp_path):
   card = user_cards.files_card(tmp_path / "card", train=8, test=4)
   logs = []
-  pipeline.Pipeline(_config(card, tmp_path / "out"), logs.append).annotate()
+  stages.DataStages(_config(card, tmp_path / "out"), logs.append).annotate()
   store = tmp_path / "out" / "annotations" / "mini_offline.jsonl"
   assert len(store_lib.read_records(store)) == 12
 
   config = _config(card, tmp_path / "out", num_samples=3)
-  pipeline.Pipeline(config, logs.append).annotate()
+  stages.DataStages(config, logs.append).annotate()
   [line] = [x for x in logs if "changed since" in x]
   assert line.startswith("annotate: num_samples 1 -> 3 changed since ")
   records = store_lib.read_records(store)
   assert sorted({r.sample for r in records}) == [0, 1, 2]
   assert len(records) == 12 + 36  # 3 samples at temperature 0.7: new prompts
   # Done now: the same settings ask nothing.
-  pipeline.Pipeline(config, logs.append).annotate()
+  stages.DataStages(config, logs.append).annotate()
   assert logs[-1].startswith("annotate: done before")
 
 
@@ -118,7 +120,7 @@ def test_changed_gold_labels_rebuild_the_dataset(tmp_path):
   card = user_cards.files_card(tmp_path / "card", train=8, test=4)
   out = tmp_path / "out"
   logs = []
-  job = pipeline.Pipeline(_config(card, out), logs.append)
+  job = stages.DataStages(_config(card, out), logs.append)
   job.annotate()
   job.build_dataset()
   test_file = tmp_path / "card" / "test.jsonl"
@@ -129,7 +131,7 @@ def test_changed_gold_labels_rebuild_the_dataset(tmp_path):
   job.build_dataset()
   [line] = [x for x in logs if x.startswith("rebuilding")]
   assert f"source file {test_file} changed since it was built" in line
-  builder = job._build()
+  builder = job.build()
   labels = {
     row["gold_label"]
     for row in builder.as_dataset(split="test").as_numpy_iterator()
@@ -197,10 +199,10 @@ def test_source_names_say_what_they_were_built_from(tmp_path, flag, words):
 
 
 def test_palm_is_only_the_released_outputs(tmp_path):
-  with pytest.raises(pipeline.ConfigError, match="teacher_model is empty"):
+  with pytest.raises(job_config.ConfigError, match="teacher_model is empty"):
     _config("arith", tmp_path, backend="gemini", teacher_model="")
   (tmp_path / "file").write_text("")
-  with pytest.raises(pipeline.ConfigError, match="out_dir=.* is a file"):
+  with pytest.raises(job_config.ConfigError, match="out_dir=.* is a file"):
     _config("arith", tmp_path / "file")
   with pytest.raises(datasets.errors.UserError, match="released PaLM-540B"):
     datasets.build_annotated(
@@ -231,7 +233,7 @@ def test_a_job_without_rationales_stops_and_says_so(tmp_path):
     )
   )
   logs = []
-  job = pipeline.Pipeline(
+  job = stages.DataStages(
     _config(card, tmp_path / "out", methods=("dss_gold",)), logs.append
   )
   job.annotate()

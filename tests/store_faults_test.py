@@ -15,7 +15,8 @@ import time
 
 import user_cards
 
-from dss_jax import grid, pipeline
+from dss_jax import grid
+from dss_jax.distill import job as distill_job
 from dss_jax.teacher import store as store_lib
 from dss_jax.teacher.testing import FakeTeacherServer
 
@@ -154,7 +155,7 @@ def test_one_writer_per_store_and_a_dead_holder_is_taken_over(tmp_path):
 def test_two_distill_jobs_on_one_folder(tmp_path):
   out = tmp_path / "out"
   out.mkdir()
-  with store_lib.WriterLock(out / pipeline.LOCK_FILE, "job folder", out):
+  with store_lib.WriterLock(out / distill_job.LOCK_FILE, "job folder", out):
     proc = subprocess.run(
       [
         sys.executable,

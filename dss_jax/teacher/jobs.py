@@ -1,8 +1,8 @@
 """Planning an annotation job: which teacher, under which name, asked what.
 
 `dss-jax annotate` and the main job's first stage
-(`dss_jax.pipeline.Pipeline.annotate`) both plan their teacher calls here, so
-the two choose the backend, name the annotation and build the requests the
+(`dss_jax.distill.stages.DataStages.annotate`) both plan their teacher calls
+here, so the two choose the backend, name the annotation and build the requests the
 same way:
 
   teacher = jobs.TeacherConfig(backend="gemini", model="gemini-2.5-flash")

@@ -26,7 +26,7 @@ Other cards and teachers (see docs/distill.md for the full commands):
   # or by name, with the card's folder given once (as $DSS_TASK_CARDS does)
   dss-jax distill --task_cards=path/to/cards --task_card=mine ...
 
-This module is the command line only; the job is `dss_jax.pipeline`.
+This module is the command line only; the job is `dss_jax.distill.job`.
 """
 
 from __future__ import annotations
@@ -46,11 +46,11 @@ from dss_jax import cards, cli, errors, grid, host, workers
 from dss_jax.teacher import jobs
 
 if TYPE_CHECKING:
-  from dss_jax import pipeline
+  from dss_jax.distill import config as job_config
 
 FLAGS = flags.FLAGS
 
-# The `pipeline.DistillConfig` field each flag sets. The flags keep the names
+# The `job_config.DistillConfig` field each flag sets. The flags keep the names
 # the docs use, which say on a command line what they set (--teacher_url
 # rather than --base_url).
 FIELD_OF_FLAG = {
@@ -93,7 +93,7 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
   """Defines the flags of `dss-jax distill` and `dss-jax grid`.
 
   Every default is None, "not set": the job's defaults depend on the card
-  (`pipeline.make_config`).
+  (`job_config.make_config`).
 
   Args:
     flag_values: where to define them.
@@ -248,8 +248,8 @@ def config_fields(flag_values: flags.FlagValues = FLAGS) -> dict[str, Any]:
 
 def config_from_flags(
   flag_values: flags.FlagValues = FLAGS, grid_defaults: bool = False
-) -> pipeline.DistillConfig:
-  """The job the command line asks for (`pipeline.make_config`).
+) -> job_config.DistillConfig:
+  """The job the command line asks for (`job_config.make_config`).
 
   Args:
     flag_values: parsed flags (`define_flags`).
@@ -264,12 +264,12 @@ def config_from_flags(
   """
   # Imported here: once the flags are parsed, since the job loads
   # TensorFlow and JAX.
-  from dss_jax import pipeline
+  from dss_jax.distill import config as job_config
 
   flag_of = {field: flag for flag, field in FIELD_OF_FLAG.items()}
   try:
-    return pipeline.make_config(config_fields(flag_values), grid=grid_defaults)
-  except pipeline.ConfigError as e:
+    return job_config.make_config(config_fields(flag_values), grid=grid_defaults)
+  except job_config.ConfigError as e:
     raise errors.UserError(
       f"--{flag_of.get(e.field, e.field)}{e.problem}"
     ) from None
@@ -324,11 +324,13 @@ def main(argv: Sequence[str], grid_defaults: bool = False) -> None:
     raise
   # Imported here: the job's modules load TensorFlow and JAX, which must
   # come after the redirect above.
-  from dss_jax import pipeline, plan
+  from dss_jax import plan
+  from dss_jax.distill import config as job_config
+  from dss_jax.distill import job
 
   if FLAGS.dry_run:
     try:
-      job = pipeline.job_plan(config)
+      job = job_config.job_plan(config)
     finally:
       os.unlink(early)
     print(plan.format_plan(job), end="", flush=True)
@@ -356,8 +358,8 @@ def main(argv: Sequence[str], grid_defaults: bool = False) -> None:
   os.unlink(early)
   _log_to_file(log_dir)
   try:
-    pipeline.run(config)
-  except pipeline.AnnotationIncompleteError as e:
+    job.run(config)
+  except job_config.AnnotationIncompleteError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
   sys.stdout.flush()
