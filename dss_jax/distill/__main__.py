@@ -268,7 +268,9 @@ def config_from_flags(
 
   flag_of = {field: flag for flag, field in FIELD_OF_FLAG.items()}
   try:
-    return job_config.make_config(config_fields(flag_values), grid=grid_defaults)
+    return job_config.make_config(
+      config_fields(flag_values), grid=grid_defaults
+    )
   except job_config.ConfigError as e:
     raise errors.UserError(
       f"--{flag_of.get(e.field, e.field)}{e.problem}"
