@@ -5,9 +5,9 @@ r"""GPU training throughput of T5 v1.1 base: this trainer vs PyTorch, and MFU.
     python benchmarks/gpu_t5_base.py --smoke   # tiny model, any device
 
 `--smoke` runs every row the device has (cuDNN attention only on a GPU) in
-one process, on the tiny test model in float32 with rows of 64 / 16 tokens,
-batch 8, one step per window: seconds on a CPU (tests/benchmarks_test.py
-runs it).
+one process, on the tiny test model in float32 with rows of 32 / 16 tokens,
+batch 2, one device, one step per window: seconds on a CPU
+(tests/benchmarks_test.py runs it).
 
 T5 v1.1 base (vocabulary 32,128), bfloat16 activations with float32
 parameters, batch 64, inputs 512, targets 128, AdamW (lr 5e-5), on one GPU:
@@ -95,7 +95,13 @@ INPUTS, TARGETS = 512, 128
 # float32: XLA:CPU and PyTorch on a CPU emulate bfloat16, slowly (compiling the
 # tiny model's step took 5x as long).
 SMOKE = dict(
-  size="tiny", dtype="float32", batch=8, steps=1, inputs=64, targets=16
+  size="tiny",
+  dtype="float32",
+  devices=1,
+  batch=2,
+  steps=1,
+  inputs=32,
+  targets=16,
 )
 
 
@@ -263,17 +269,28 @@ def _mean_real_tokens(batches: list) -> float:
 
 
 def bench_jax(
-  config, batches: list, steps: int, profile_dir: str = "", label: str = ""
+  config,
+  batches: list,
+  steps: int,
+  profile_dir: str = "",
+  label: str = "",
+  devices: int = 0,
 ) -> dict:
   """Median step time and real tokens/s of this trainer over `batches`."""
   tr = step_lib.Trainer(
     t5.Transformer(config),
     optax.adamw(5e-5),
-    partitioning.Partitioner(),
+    partitioning.Partitioner(devices=jax.devices()[:devices] or None),
     dropout=config.dropout_rate > 0,
   )
   device_batches = [tr.device_batch(b) for b in batches]
-  state = tr.init_state(jax.random.PRNGKey(0), device_batches[0])
+  # numpy init: XLA compiles the model's per-parameter RNG slowly, and the
+  # values do not change the step time.
+  state = tr.init_state(
+    jax.random.PRNGKey(0),
+    device_batches[0],
+    params=t5.make_test_params(config),
+  )
   for b in device_batches[:3]:  # compile and warm up
     state, metrics = tr.train_step(state, b)
   jax.block_until_ready(metrics["loss"])
@@ -429,6 +446,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     choices=tuple(_SHORT),
     help="activations (float32 parameters)",
   )
+  parser.add_argument(
+    "--devices", type=int, default=0, help="train on the first N (0: all)"
+  )
   parser.add_argument("--inputs", type=int, default=INPUTS)
   parser.add_argument("--targets", type=int, default=TARGETS)
   parser.add_argument(
@@ -494,7 +514,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
 
   bench = functools.partial(
-    bench_jax, steps=args.steps, profile_dir=args.profile_dir
+    bench_jax,
+    steps=args.steps,
+    profile_dir=args.profile_dir,
+    devices=args.devices,
   )
   for row in rows:
     if row == "xla":
