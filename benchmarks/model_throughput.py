@@ -220,7 +220,7 @@ def bench_torch(args: argparse.Namespace) -> dict[str, Any]:
     cfg,
     args,
     times,
-    extra={"loss": float(loss), "torch": torch.__version__},
+    extra={"loss": float(loss.detach()), "torch": torch.__version__},
   )
 
 
