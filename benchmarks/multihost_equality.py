@@ -16,8 +16,8 @@ mixture four times, every run on the same global batches (DATA_SHARDS=2):
 The processes are started by tests/multihost.py (jax.distributed on
 127.0.0.1). `--steps` and `--checkpoint_period` change the run length.
 `--smoke` trains only the second pair, 2 steps, on the slices of the paper
-data that ship with the tests (unless DSS_PAPER_DATA_DIR or
---paper_data_dir is set); tests/benchmarks_test.py runs it.
+data that ship with the tests (unless --paper_data_dir is given);
+tests/benchmarks_test.py runs it.
 """
 
 from __future__ import annotations
@@ -122,8 +122,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   )
   args = parser.parse_args(argv)
   if args.smoke:
-    data = os.environ.get("DSS_PAPER_DATA_DIR", str(SMOKE_PAPER_DATA))
-    parser.set_defaults(**SMOKE, paper_data_dir=data)
+    parser.set_defaults(**SMOKE, paper_data_dir=str(SMOKE_PAPER_DATA))
     args = parser.parse_args(argv)
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
