@@ -9,6 +9,7 @@ SeqIO, no TFDS, so it runs wherever JAX does, a GPU included). Test
 accuracy is greedy decoding of the label task on 300 test problems.
 
     python benchmarks/distill_demo_sweep.py CONFIGS.json PART NPARTS OUT.jsonl
+    python benchmarks/distill_demo_sweep.py --smoke   # one tiny cell, seconds
 
 CONFIGS.json is a list of cells, e.g.
 
@@ -20,11 +21,18 @@ PART/NPARTS split the list over processes (several share one GPU). The
 results of 2026-11-30 are the table in docs/distill.md, "How the demo was
 chosen": its "full sentences" rows come from the problem text before the
 terse templates (git history of dss_jax/synthetic.py).
+
+`--smoke` runs `SMOKE_CELL` (the smallest student distilling for a few
+steps, 16 test problems) and prints its record; OUT.jsonl is optional
+there (tests/benchmarks_test.py runs it).
 """
 
+from __future__ import annotations
+
+import argparse
 import json
-import sys
 import time
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -206,17 +214,48 @@ def run(cfg, d, meta, seeds=(0, 1, 2)):
   return results
 
 
-def main():
-  configs = json.loads(open(sys.argv[1]).read())
-  part, nparts = int(sys.argv[2]), int(sys.argv[3])
-  out = open(sys.argv[4], "a")
+# --smoke: one cell of the smallest student, both methods, a few steps.
+SMOKE_CELL = {
+  "gen": {"min_ops": 1, "max_ops": 1, "max_operand": 9, "max_factor": 3},
+  "size": "xs",
+  "steps": 4,
+  "warmup": 1,
+  "batch": 4,
+  "lr": 3e-3,
+  "n_train": 32,
+  # The distilling cell only: finetuning's is the same code on other arrays,
+  # and each cell compiles its own training loop (the smoke run's cost).
+  "cells": [["dss", 1.0]],
+}
+# Test problems per cell (--smoke: 16).
+N_TEST = 300
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("configs", nargs="?", help="CONFIGS.json")
+  parser.add_argument("part", nargs="?", type=int, default=0)
+  parser.add_argument("nparts", nargs="?", type=int, default=1)
+  parser.add_argument("out", nargs="?", help="OUT.jsonl (appended to)")
+  parser.add_argument(
+    "--smoke", action="store_true", help=f"runs only {SMOKE_CELL}"
+  )
+  args = parser.parse_args(argv)
+  if args.smoke:
+    configs, n_test = [SMOKE_CELL], 16
+  elif args.configs and args.out:
+    with open(args.configs) as f:
+      configs, n_test = json.load(f), N_TEST
+  else:
+    parser.error("CONFIGS.json PART NPARTS OUT.jsonl are required")
+  out = open(args.out, "a") if args.out else None
   cache = {}
   for i, cfg in enumerate(configs):
-    if i % nparts != part:
+    if i % args.nparts != args.part:
       continue
     key = json.dumps([cfg["gen"], cfg.get("n_train", 2000)], sort_keys=True)
     if key not in cache:
-      cache[key] = make_data(cfg["gen"], cfg.get("n_train", 2000), 300)
+      cache[key] = make_data(cfg["gen"], cfg.get("n_train", 2000), n_test)
     d, meta = cache[key]
     t0 = time.time()
     res = run(cfg, d, meta)
@@ -226,9 +265,12 @@ def main():
       res=res,
       secs=round(time.time() - t0, 1),
     )
-    out.write(json.dumps(rec) + "\n")
-    out.flush()
+    if out is not None:
+      out.write(json.dumps(rec) + "\n")
+      out.flush()
     print(json.dumps(rec), flush=True)
+  if out is not None:
+    out.close()
 
 
 if __name__ == "__main__":

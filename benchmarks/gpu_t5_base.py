@@ -2,6 +2,12 @@ r"""GPU training throughput of T5 v1.1 base: this trainer vs PyTorch, and MFU.
 
     python benchmarks/gpu_t5_base.py [--steps=10] [--batch=64] \
       [--rows=xla,packed,cudnn,torch] [--peak_tflops=989] [--profile_dir=DIR]
+    python benchmarks/gpu_t5_base.py --smoke   # tiny model, any device
+
+`--smoke` runs every row the device has (cuDNN attention only on a GPU) in
+one process, on the tiny test model in float32 with rows of 32 / 16 tokens,
+batch 2, one device, one step per window: seconds on a CPU
+(tests/benchmarks_test.py runs it).
 
 T5 v1.1 base (vocabulary 32,128), bfloat16 activations with float32
 parameters, batch 64, inputs 512, targets 128, AdamW (lr 5e-5), on one GPU:
@@ -61,6 +67,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -84,13 +91,30 @@ from dss_jax.flops import peak_flops_per_second, train_flops_per_step  # noqa: E
 from dss_jax.models import t5  # noqa: E402
 
 INPUTS, TARGETS = 512, 128
+# --smoke: the tiny test model, short rows, one step per timed window.
+# float32: XLA:CPU and PyTorch on a CPU emulate bfloat16, slowly (compiling the
+# tiny model's step took 5x as long).
+SMOKE = dict(
+  size="tiny",
+  dtype="float32",
+  devices=1,
+  batch=2,
+  steps=1,
+  inputs=32,
+  targets=16,
+)
 
 
-def _examples(rng: np.random.RandomState, count: int, vocab: int) -> list:
+def _examples(
+  rng: np.random.RandomState, count: int, vocab: int, lengths: tuple[int, int]
+) -> list:
   """Random-length (inputs, targets) token arrays ending in EOS (id 1)."""
+  inputs_length, targets_length = lengths
   out = []
   for _ in range(count):
-    n_in, n_tgt = rng.randint(64, INPUTS + 1), rng.randint(8, TARGETS + 1)
+    # Inputs 1/8 to all of their row (64..512), targets 1/16 (8..128).
+    n_in = rng.randint(inputs_length // 8, inputs_length + 1)
+    n_tgt = rng.randint(targets_length // 16, targets_length + 1)
     inputs = rng.randint(2, vocab, size=n_in).astype(np.int32)
     targets = rng.randint(2, vocab, size=n_tgt).astype(np.int32)
     inputs[-1] = targets[-1] = 1
@@ -98,11 +122,13 @@ def _examples(rng: np.random.RandomState, count: int, vocab: int) -> list:
   return out
 
 
-def _padded_batch(examples: list) -> dict[str, np.ndarray]:
+def _padded_batch(
+  examples: list, lengths: tuple[int, int]
+) -> dict[str, np.ndarray]:
   rows = len(examples)
   batch = {
-    "encoder_input_tokens": np.zeros((rows, INPUTS), np.int32),
-    "decoder_target_tokens": np.zeros((rows, TARGETS), np.int32),
+    "encoder_input_tokens": np.zeros((rows, lengths[0]), np.int32),
+    "decoder_target_tokens": np.zeros((rows, lengths[1]), np.int32),
   }
   for i, (inputs, targets) in enumerate(examples):
     batch["encoder_input_tokens"][i, : len(inputs)] = inputs
@@ -113,21 +139,24 @@ def _padded_batch(examples: list) -> dict[str, np.ndarray]:
   return batch
 
 
-def _packed_batches(examples: list, rows: int) -> list[dict[str, np.ndarray]]:
+def _packed_batches(
+  examples: list, rows: int, lengths: tuple[int, int]
+) -> list[dict[str, np.ndarray]]:
   """First-fit packs examples into batches of `rows` rows of 512 / 128."""
+  inputs_length, targets_length = lengths
   batches, current = [], None
 
   def new_batch():
     z = lambda n: np.zeros((rows, n), np.int32)  # noqa: E731
     return {
-      "encoder_input_tokens": z(INPUTS),
-      "encoder_segment_ids": z(INPUTS),
-      "encoder_positions": z(INPUTS),
-      "decoder_target_tokens": z(TARGETS),
-      "decoder_input_tokens": z(TARGETS),
-      "decoder_segment_ids": z(TARGETS),
-      "decoder_positions": z(TARGETS),
-      "decoder_loss_weights": z(TARGETS),
+      "encoder_input_tokens": z(inputs_length),
+      "encoder_segment_ids": z(inputs_length),
+      "encoder_positions": z(inputs_length),
+      "decoder_target_tokens": z(targets_length),
+      "decoder_input_tokens": z(targets_length),
+      "decoder_segment_ids": z(targets_length),
+      "decoder_positions": z(targets_length),
+      "decoder_loss_weights": z(targets_length),
       "_fill": np.zeros((rows, 3), np.int32),  # input used, target used, segs
     }
 
@@ -139,7 +168,10 @@ def _packed_batches(examples: list, rows: int) -> list[dict[str, np.ndarray]]:
       fill = current["_fill"]
       for r in range(rows):
         ni, nt, seg = fill[r]
-        if ni + len(inputs) <= INPUTS and nt + len(targets) <= TARGETS:
+        if (
+          ni + len(inputs) <= inputs_length
+          and nt + len(targets) <= targets_length
+        ):
           seg += 1
           e, d = slice(ni, ni + len(inputs)), slice(nt, nt + len(targets))
           current["encoder_input_tokens"][r, e] = inputs
@@ -237,17 +269,28 @@ def _mean_real_tokens(batches: list) -> float:
 
 
 def bench_jax(
-  config, batches: list, steps: int, profile_dir: str = "", label: str = ""
+  config,
+  batches: list,
+  steps: int,
+  profile_dir: str = "",
+  label: str = "",
+  devices: int = 0,
 ) -> dict:
   """Median step time and real tokens/s of this trainer over `batches`."""
   tr = step_lib.Trainer(
     t5.Transformer(config),
     optax.adamw(5e-5),
-    partitioning.Partitioner(),
+    partitioning.Partitioner(devices=jax.devices()[:devices] or None),
     dropout=config.dropout_rate > 0,
   )
   device_batches = [tr.device_batch(b) for b in batches]
-  state = tr.init_state(jax.random.PRNGKey(0), device_batches[0])
+  # numpy init: XLA compiles the model's per-parameter RNG slowly, and the
+  # values do not change the step time.
+  state = tr.init_state(
+    jax.random.PRNGKey(0),
+    device_batches[0],
+    params=t5.make_test_params(config),
+  )
   for b in device_batches[:3]:  # compile and warm up
     state, metrics = tr.train_step(state, b)
   jax.block_until_ready(metrics["loss"])
@@ -272,7 +315,10 @@ def bench_jax(
 
 
 def bench_torch(config, batches: list, steps: int, compile_model: bool):
-  """The same for Hugging Face T5 in PyTorch (bf16 autocast), or None."""
+  """The same for Hugging Face T5 in PyTorch (bf16 autocast), or None.
+
+  Autocast follows the model's dtype: float32 (--smoke) runs without it.
+  """
   try:
     import torch
     import transformers
@@ -301,7 +347,9 @@ def bench_torch(config, batches: list, steps: int, compile_model: bool):
 
   def step(inputs, mask, labels):
     optimizer.zero_grad(set_to_none=True)
-    with torch.autocast(device, dtype=torch.bfloat16):
+    with torch.autocast(
+      device, dtype=torch.bfloat16, enabled=config.dtype == "bfloat16"
+    ):
       loss = forward(input_ids=inputs, attention_mask=mask, labels=labels).loss
     loss.backward()
     optimizer.step()
@@ -348,8 +396,8 @@ def print_header(args, flops: float, peak: float, measured: float) -> None:
       flush=True,
     )
   print(
-    f"{jax.devices()[0].device_kind}: T5 v1.1 {args.size} bf16,"
-    f" batch {args.batch}, inputs {INPUTS}, targets {TARGETS}, AdamW,"
+    f"{jax.devices()[0].device_kind}: T5 v1.1 {args.size} {_SHORT[args.dtype]},"
+    f" batch {args.batch}, inputs {args.inputs}, targets {args.targets}, AdamW,"
     f" dropout {args.dropout}; {flops / 1e12:.2f} TFLOP/step;"
     f" peak {peak / 1e12:.0f} TFLOP/s",
     flush=True,
@@ -363,9 +411,11 @@ def print_header(args, flops: float, peak: float, measured: float) -> None:
 
 
 ROWS = ("xla", "packed", "cudnn", "torch")
+_SHORT = {"bfloat16": "bf16", "float32": "f32"}
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
+  argv = sys.argv[1:] if argv is None else list(argv)
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--steps", type=int, default=10)
   parser.add_argument("--batch", type=int, default=64)
@@ -390,15 +440,34 @@ def main() -> None:
   parser.add_argument(
     "--size", default="base", help="T5 v1.1 size; 'tiny' smoke-tests on CPU"
   )
-  args = parser.parse_args()
+  parser.add_argument(
+    "--dtype",
+    default="bfloat16",
+    choices=tuple(_SHORT),
+    help="activations (float32 parameters)",
+  )
+  parser.add_argument(
+    "--devices", type=int, default=0, help="train on the first N (0: all)"
+  )
+  parser.add_argument("--inputs", type=int, default=INPUTS)
+  parser.add_argument("--targets", type=int, default=TARGETS)
+  parser.add_argument(
+    "--smoke",
+    action="store_true",
+    help=f"small sizes, rows in one process (flags given still count): {SMOKE}",
+  )
+  args = parser.parse_args(argv)
+  if args.smoke:
+    parser.set_defaults(**SMOKE)
+    args = parser.parse_args(argv)
   rows = args.rows.split(",")
   unknown = set(rows) - set(ROWS)
   if unknown:
     parser.error(f"--rows: unknown {sorted(unknown)}; choose from {ROWS}")
-  if len(rows) > 1:
+  if len(rows) > 1 and not args.smoke:
     # One process per row: each framework's allocator keeps what it took,
     # so rows sharing a process run out of GPU memory (seen on an H100).
-    others = [a for a in sys.argv[1:] if not a.startswith("--rows")]
+    others = [a for a in argv if not a.startswith("--rows")]
     for i, row in enumerate(rows):
       subprocess.run(
         [sys.executable, __file__, *others, f"--rows={row}"]
@@ -408,22 +477,25 @@ def main() -> None:
     return
 
   config = t5.t5_1_1_config(
-    args.size, dtype="bfloat16", dropout_rate=args.dropout
+    args.size, dtype=args.dtype, dropout_rate=args.dropout
   )
+  lengths = (args.inputs, args.targets)
   rng = np.random.RandomState(0)
-  examples = _examples(rng, args.batch * (args.steps + 3), config.vocab_size)
+  examples = _examples(
+    rng, args.batch * (args.steps + 3), config.vocab_size, lengths
+  )
   padded = [
-    _padded_batch(examples[i : i + args.batch])
+    _padded_batch(examples[i : i + args.batch], lengths)
     for i in range(0, len(examples), args.batch)
   ]
-  packed = _packed_batches(examples, args.batch)
+  packed = _packed_batches(examples, args.batch, lengths)
   peak = (
     args.peak_tflops * 1e12 * jax.device_count()
     if args.peak_tflops
     else peak_flops_per_second()
   )
-  flops = train_flops_per_step(config, args.batch, INPUTS, TARGETS)
-  tokens = args.batch * (INPUTS + TARGETS)
+  flops = train_flops_per_step(config, args.batch, *lengths)
+  tokens = args.batch * sum(lengths)
   measured = 0.0
   if jax.devices()[0].platform == "gpu":
     measured = measured_matmul_tflops() * 1e12
@@ -442,7 +514,10 @@ def main() -> None:
     )
 
   bench = functools.partial(
-    bench_jax, steps=args.steps, profile_dir=args.profile_dir
+    bench_jax,
+    steps=args.steps,
+    profile_dir=args.profile_dir,
+    devices=args.devices,
   )
   for row in rows:
     if row == "xla":

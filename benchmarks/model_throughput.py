@@ -8,6 +8,7 @@ implementation's stack) on the same device, configuration and optimizer.
 
     python benchmarks/model_throughput.py --size=base --dtype=bfloat16 \
       --batch=64 --inputs=512 --targets=128 --torch
+    python benchmarks/model_throughput.py --smoke   # tiny model, seconds
 
 Prints one JSON line per measurement: tokens/s (input + target positions),
 step time, model FLOPs per step (6 x matmul parameters x tokens plus
@@ -15,6 +16,9 @@ attention, the usual MFU convention; embedding gathers excluded) and MFU
 against `--peak_tflops` (default: the device's dense bf16/fp32 peak when
 known). `--check_fused` instead compares cuDNN attention with XLA's;
 `--decode` times greedy and 4-beam decoding of `--targets` tokens.
+`--smoke` runs every mode once on the tiny test model in float32 with short
+rows (the training rows, PyTorch's, decoding, and on a GPU the cuDNN check):
+seconds on a CPU (tests/benchmarks_test.py runs it).
 
 Measured 2026-11-26 on one NVIDIA H200 (jax 0.11.2, flax 0.12.10, torch
 2.11.0+cu130, transformers 5.17.0), T5 v1.1 base, bfloat16 activations,
@@ -58,6 +62,7 @@ import dataclasses
 import json
 import os
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -215,13 +220,15 @@ def bench_torch(args: argparse.Namespace) -> dict[str, Any]:
     cfg,
     args,
     times,
-    extra={"loss": float(loss), "torch": torch.__version__},
+    extra={"loss": float(loss.detach()), "torch": torch.__version__},
   )
 
 
 def check_fused_attention(args: argparse.Namespace) -> None:
   """Logits and gradients of cuDNN attention against XLA's, with padding."""
-  cfg = t5.t5_1_1_config("small", dtype=args.dtype, dropout_rate=0.0)
+  cfg = t5.t5_1_1_config(
+    "tiny" if args.smoke else "small", dtype=args.dtype, dropout_rate=0.0
+  )
   params = t5.make_test_params(cfg)
   data = _batch(8, 64, 32, cfg.vocab_size, packed=False)
   for i in range(8):  # trailing padding of different lengths
@@ -342,7 +349,20 @@ def _report(name, cfg, args, times, extra) -> dict[str, Any]:
   return result
 
 
-def main() -> None:
+# --smoke: the tiny test model in float32, short rows, one timed step.
+SMOKE = dict(
+  size="tiny",
+  dtype="float32",
+  batch=2,
+  inputs=32,
+  targets=16,
+  steps=1,
+  warmup=0,
+  torch=True,
+)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--size", default="base")
   parser.add_argument("--dtype", default="bfloat16")
@@ -361,7 +381,15 @@ def main() -> None:
   parser.add_argument("--torch", action="store_true")
   parser.add_argument("--only_torch", action="store_true")
   parser.add_argument("--peak_tflops", type=float, default=None)
-  args = parser.parse_args()
+  parser.add_argument(
+    "--smoke",
+    action="store_true",
+    help=f"every mode, small sizes (flags given still count): {SMOKE}",
+  )
+  args = parser.parse_args(argv)
+  if args.smoke:
+    parser.set_defaults(**SMOKE)
+    args = parser.parse_args(argv)
   if args.torch:
     # Both frameworks share the GPU: JAX must not grab 75% of it up front.
     # Backends start lazily, so this still applies here.
@@ -378,6 +406,12 @@ def main() -> None:
       bench_jax(args, packed=True)
   if args.torch or args.only_torch:
     bench_torch(args)
+  if args.smoke:
+    bench_decode(args)
+    if jax.devices()[0].platform == "gpu":
+      check_fused_attention(args)
+    else:
+      print("cuDNN attention check skipped: no GPU", flush=True)
 
 
 if __name__ == "__main__":

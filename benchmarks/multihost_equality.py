@@ -1,6 +1,7 @@
 r"""Prints how closely several JAX processes train like one, on this machine.
 
     DSS_PAPER_DATA_DIR=/path/to/dss_paper python benchmarks/multihost_equality.py
+    python benchmarks/multihost_equality.py --smoke   # about a minute
 
 Builds the paper's SVAMP data (TFDS, into a temporary folder), then trains
 the tiny student with `python -m dss_jax.train` on the `dss_svamp_palm`
@@ -14,6 +15,9 @@ mixture four times, every run on the same global batches (DATA_SHARDS=2):
 
 The processes are started by tests/multihost.py (jax.distributed on
 127.0.0.1). `--steps` and `--checkpoint_period` change the run length.
+`--smoke` trains only the second pair, 2 steps, on the slices of the paper
+data that ship with the tests (unless --paper_data_dir is given);
+tests/benchmarks_test.py runs it.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import pathlib
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -92,11 +97,33 @@ def _compare(a_dir, b_dir, steps, period, label):
     )
 
 
-def main() -> None:
+# Each compared pair: (label, (processes, devices), (processes, devices)).
+PAIRS = (("2x2 vs 1x4", (2, 2), (1, 4)), ("2x1 vs 1x2", (2, 1), (1, 2)))
+# The paper data's slices that ship with the tests: what --smoke reads.
+SMOKE_PAPER_DATA = _REPO / "tests" / "testdata" / "dss_paper"
+# --smoke: the bit-identical pair (the cheaper one) for one checkpoint.
+SMOKE = dict(steps=2, checkpoint_period=2, pairs=1)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--steps", type=int, default=12)
   parser.add_argument("--checkpoint_period", type=int, default=4)
-  args = parser.parse_args()
+  parser.add_argument(
+    "--pairs", type=int, default=len(PAIRS), help="the last N pairs only"
+  )
+  parser.add_argument(
+    "--paper_data_dir", default=None, help="default: $DSS_PAPER_DATA_DIR"
+  )
+  parser.add_argument(
+    "--smoke",
+    action="store_true",
+    help=f"small sizes (flags given still count): {SMOKE}",
+  )
+  args = parser.parse_args(argv)
+  if args.smoke:
+    parser.set_defaults(**SMOKE, paper_data_dir=str(SMOKE_PAPER_DATA))
+    args = parser.parse_args(argv)
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
   import tensorflow_datasets as tfds
@@ -110,26 +137,32 @@ def main() -> None:
 
   with tempfile.TemporaryDirectory() as tmp:
     tmp = pathlib.Path(tmp)
-    datasets.build_annotated("svamp", "palm", data_dir=str(tmp / "tfds"))
-    runs = {
-      "2x2": (2, 2),
-      "1x4": (1, 4),
-      "2x1": (2, 1),
-      "1x2": (1, 2),
-    }
-    for name, (processes, devices) in runs.items():
-      _train(
-        tmp / "tfds",
-        tmp / "xla_cache",
-        tmp / name,
-        processes,
-        devices,
+    datasets.build_annotated(
+      "svamp",
+      "palm",
+      data_dir=str(tmp / "tfds"),
+      paper_data_dir=args.paper_data_dir,
+    )
+    pairs = PAIRS[len(PAIRS) - args.pairs :]
+    for _, *runs in pairs:
+      for processes, devices in runs:
+        _train(
+          tmp / "tfds",
+          tmp / "xla_cache",
+          tmp / f"{processes}x{devices}",
+          processes,
+          devices,
+          args.steps,
+          args.checkpoint_period,
+        )
+    for label, (p_a, d_a), (p_b, d_b) in pairs:
+      _compare(
+        tmp / f"{p_a}x{d_a}",
+        tmp / f"{p_b}x{d_b}",
         args.steps,
         args.checkpoint_period,
+        label,
       )
-    period = args.checkpoint_period
-    _compare(tmp / "2x2", tmp / "1x4", args.steps, period, "2x2 vs 1x4")
-    _compare(tmp / "2x1", tmp / "1x2", args.steps, period, "2x1 vs 1x2")
 
 
 if __name__ == "__main__":

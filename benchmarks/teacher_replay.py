@@ -5,18 +5,25 @@ released completion and scores the parsed labels against gold (SVAMP by
 equation value, with the safe evaluator). Prints a markdown table.
 
     DSS_PAPER_DATA_DIR=path/to/dss_paper python benchmarks/teacher_replay.py
+    python benchmarks/teacher_replay.py --smoke   # the test slices, seconds
 
 Without DSS_PAPER_DATA_DIR or --paper_data_dir, the official datasets.zip is
-downloaded once and cached.
+downloaded once and cached. `--smoke` reads the slices of the release that
+ship with the tests (tests/testdata/dss_paper) unless --paper_data_dir is
+given; tests/benchmarks_test.py runs it.
 """
+
+from __future__ import annotations
 
 import argparse
 import pathlib
 import sys
 import time
+from collections.abc import Sequence
 
 # Runs from a source checkout without `pip install -e .`.
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+_REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(_REPO))
 
 from dss_jax import cards  # noqa: E402
 from dss_jax.teacher import sources  # noqa: E402
@@ -24,10 +31,19 @@ from dss_jax.teacher import sources  # noqa: E402
 CARDS = ("cqa", "svamp", "anli1", "esnli")
 
 
-def main() -> None:
+# The paper data's slices that ship with the tests: what --smoke reads.
+SMOKE_PAPER_DATA = _REPO / "tests" / "testdata" / "dss_paper"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--paper_data_dir", default=None)
-  args = parser.parse_args()
+  parser.add_argument(
+    "--smoke", action="store_true", help="the test slices (seconds)"
+  )
+  args = parser.parse_args(argv)
+  if args.smoke and not args.paper_data_dir:
+    args.paper_data_dir = str(SMOKE_PAPER_DATA)
   root = (
     sources.find_root(args.paper_data_dir)
     if args.paper_data_dir

@@ -12,7 +12,14 @@ latency per call and a server-side limit on requests per rolling minute, then:
 
     DSS_PAPER_DATA_DIR=path/to/dss_paper python benchmarks/teacher_throughput.py \
       --latency_s=1 --server_rpm=600 --requests=1000 --concurrency=16
+    python benchmarks/teacher_throughput.py --smoke   # seconds
+
+`--smoke` measures the same on a few requests with a short latency, on the
+slices of the paper data that ship with the tests (unless --paper_data_dir
+is given); tests/benchmarks_test.py runs it.
 """
+
+from __future__ import annotations
 
 import argparse
 import os
@@ -22,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 
 # Runs from a source checkout without `pip install -e .`.
 _REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -100,6 +108,13 @@ def _kill_and_resume(
       not store.exists()
       or store.read_text().count("\n") < args.kill_requests // 2
     ):
+      if process.poll() is not None:
+        # It ended before half its calls were stored: it failed (its stderr
+        # says why), and waiting for more would never end.
+        raise SystemExit(
+          f"error: {command[2]} exited with status {process.returncode} "
+          "before the kill"
+        )
       time.sleep(0.01)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
@@ -115,7 +130,20 @@ def _kill_and_resume(
   )
 
 
-def main() -> None:
+# The paper data's slices that ship with the tests: what --smoke reads.
+SMOKE_PAPER_DATA = _REPO / "tests" / "testdata" / "dss_paper"
+# --smoke: few calls, short latency, a limit the calls stay under.
+SMOKE = dict(
+  latency_s=0.05,
+  server_rpm=6000,
+  client_rpm=6000,
+  requests=24,
+  kill_requests=40,
+  concurrency=4,
+)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--paper_data_dir", default=None)
   parser.add_argument("--latency_s", type=float, default=1.0)
@@ -124,7 +152,15 @@ def main() -> None:
   parser.add_argument("--requests", type=int, default=1000)
   parser.add_argument("--kill_requests", type=int, default=200)
   parser.add_argument("--concurrency", type=int, default=16)
-  args = parser.parse_args()
+  parser.add_argument(
+    "--smoke",
+    action="store_true",
+    help=f"small sizes (flags given still count): {SMOKE}",
+  )
+  args = parser.parse_args(argv)
+  if args.smoke:
+    parser.set_defaults(**SMOKE, paper_data_dir=str(SMOKE_PAPER_DATA))
+    args = parser.parse_args(argv)
   os.environ.setdefault("GEMINI_API_KEY", "benchmark")
   root = (
     sources.find_root(args.paper_data_dir)

@@ -1,6 +1,7 @@
 r"""CPU training throughput: this trainer vs Hugging Face PyTorch T5, and MFU.
 
     python benchmarks/train_cpu_throughput.py [--steps=8] [--dropout=0.0]
+    python benchmarks/train_cpu_throughput.py --smoke   # tiny model, seconds
 
 Measures in one run, so the machine's drift cancels (the peak is measured
 before, between and after the trainers, and the best of the three is used):
@@ -16,6 +17,8 @@ before, between and after the trainers, and the best of the three is used):
 Both models get the same random full-length batches (no padding), and MFU
 uses the same FLOP count (`dss_jax.flops.train_flops_per_step`). Needs
 `pip install torch transformers` for part 3 (skipped with a note otherwise).
+`--smoke` runs the same parts on the tiny test model with short batches and
+a small, short peak measurement (tests/benchmarks_test.py runs it).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import pathlib
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -51,13 +55,25 @@ from dss_jax import step as step_lib  # noqa: E402
 from dss_jax.flops import measure_matmul_flops, train_flops_per_step  # noqa: E402
 from dss_jax.models import t5  # noqa: E402
 
-BATCH, INPUTS, TARGETS = 8, 256, 128
+# --smoke: the tiny test model on short rows, a short small peak measurement.
+SMOKE = dict(
+  size="tiny",
+  batch=2,
+  inputs=32,
+  targets=16,
+  steps=2,
+  matmul_size=256,
+  peak_seconds=0.3,
+)
 
 
-def _batch(rng: np.random.RandomState, vocab: int) -> dict[str, np.ndarray]:
+def _batch(
+  rng: np.random.RandomState, vocab: int, shape: tuple[int, int, int]
+) -> dict[str, np.ndarray]:
+  batch, inputs_length, targets_length = shape
   # Token 0 is padding and 1 is EOS; draw real tokens from the rest.
-  inputs = rng.randint(2, vocab, size=(BATCH, INPUTS)).astype(np.int32)
-  targets = rng.randint(2, vocab, size=(BATCH, TARGETS)).astype(np.int32)
+  inputs = rng.randint(2, vocab, size=(batch, inputs_length)).astype(np.int32)
+  targets = rng.randint(2, vocab, size=(batch, targets_length)).astype(np.int32)
   return {
     "encoder_input_tokens": inputs,
     "decoder_input_tokens": np.pad(targets[:, :-1], ((0, 0), (1, 0))),
@@ -75,7 +91,9 @@ def _time_steps(step, steps: int) -> list[float]:
   return times
 
 
-def bench_jax(config: t5.T5Config, steps: int) -> list[float]:
+def bench_jax(
+  config: t5.T5Config, steps: int, shape: tuple[int, int, int]
+) -> list[float]:
   """Seconds of each timed training step of this trainer."""
   model = t5.Transformer(config)
   tr = step_lib.Trainer(
@@ -85,8 +103,12 @@ def bench_jax(config: t5.T5Config, steps: int) -> list[float]:
     dropout=config.dropout_rate > 0,
   )
   rng = np.random.RandomState(0)
-  batch = tr.device_batch(_batch(rng, config.vocab_size))
-  state = tr.init_state(jax.random.PRNGKey(0), batch)
+  batch = tr.device_batch(_batch(rng, config.vocab_size, shape))
+  # numpy init: XLA compiles the model's per-parameter RNG slowly, and the
+  # values do not change the step time.
+  state = tr.init_state(
+    jax.random.PRNGKey(0), batch, params=t5.make_test_params(config)
+  )
   holder = {"state": state}
 
   def step():
@@ -97,7 +119,9 @@ def bench_jax(config: t5.T5Config, steps: int) -> list[float]:
   return _time_steps(step, steps)
 
 
-def bench_torch(config: t5.T5Config, steps: int) -> list[float] | None:
+def bench_torch(
+  config: t5.T5Config, steps: int, shape: tuple[int, int, int]
+) -> list[float] | None:
   """Seconds of each timed training step of HF PyTorch T5, or None."""
   try:
     import torch
@@ -112,7 +136,7 @@ def bench_torch(config: t5.T5Config, steps: int) -> list[float] | None:
   model = transformers.T5ForConditionalGeneration(hf_config).train()
   optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5)
   rng = np.random.RandomState(0)
-  batch = _batch(rng, config.vocab_size)
+  batch = _batch(rng, config.vocab_size, shape)
   input_ids = torch.from_numpy(batch["encoder_input_tokens"]).long()
   labels = torch.from_numpy(batch["decoder_target_tokens"]).long()
 
@@ -126,21 +150,39 @@ def bench_torch(config: t5.T5Config, steps: int) -> list[float] | None:
   return _time_steps(step, steps)
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--steps", type=int, default=8)
   parser.add_argument("--dropout", type=float, default=0.0)
   parser.add_argument("--matmul_size", type=int, default=2048)
-  args = parser.parse_args()
+  parser.add_argument(
+    "--peak_seconds", type=float, default=3.0, help="per peak measurement"
+  )
+  parser.add_argument("--size", default="small", help="T5 v1.1 size")
+  parser.add_argument("--batch", type=int, default=8)
+  parser.add_argument("--inputs", type=int, default=256)
+  parser.add_argument("--targets", type=int, default=128)
+  parser.add_argument(
+    "--smoke",
+    action="store_true",
+    help=f"small sizes (flags given still count): {SMOKE}",
+  )
+  args = parser.parse_args(argv)
+  if args.smoke:
+    parser.set_defaults(**SMOKE)
+    args = parser.parse_args(argv)
 
-  config = t5.t5_1_1_config("small", dtype="float32", dropout_rate=args.dropout)
-  flops = train_flops_per_step(config, BATCH, INPUTS, TARGETS)
-  tokens = BATCH * (INPUTS + TARGETS)
-  peak_before = measure_matmul_flops(args.matmul_size, seconds=3.0)
-  jax_times = bench_jax(config, args.steps)
-  peak_between = measure_matmul_flops(args.matmul_size, seconds=3.0)
-  torch_times = bench_torch(config, args.steps)
-  peak_after = measure_matmul_flops(args.matmul_size, seconds=3.0)
+  config = t5.t5_1_1_config(
+    args.size, dtype="float32", dropout_rate=args.dropout
+  )
+  shape = (args.batch, args.inputs, args.targets)
+  flops = train_flops_per_step(config, *shape)
+  tokens = args.batch * (args.inputs + args.targets)
+  peak_before = measure_matmul_flops(args.matmul_size, args.peak_seconds)
+  jax_times = bench_jax(config, args.steps, shape)
+  peak_between = measure_matmul_flops(args.matmul_size, args.peak_seconds)
+  torch_times = bench_torch(config, args.steps, shape)
+  peak_after = measure_matmul_flops(args.matmul_size, args.peak_seconds)
   # The best of three: a neighbor's load during one measurement must not
   # lower the peak and so raise the MFU.
   peak = max(peak_before, peak_between, peak_after)
@@ -154,8 +196,9 @@ def main() -> None:
     f" between, {peak_after / 1e9:.1f} after the trainers"
   )
   print(
-    f"T5 v1.1 small, f32, batch {BATCH}, inputs {INPUTS}, targets {TARGETS},"
-    f" AdamW, dropout {args.dropout}: {flops / 1e9:.1f} GFLOP per step"
+    f"T5 v1.1 {args.size}, f32, batch {args.batch}, inputs {args.inputs},"
+    f" targets {args.targets}, AdamW, dropout {args.dropout}:"
+    f" {flops / 1e9:.4g} GFLOP per step"
   )
   print(
     f"{'trainer':<24}{'step s':>9}{'tokens/s':>11}{'TFLOP/s':>9}{'MFU':>7}"

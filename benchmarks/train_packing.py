@@ -2,6 +2,7 @@ r"""Real tokens/s training distilling step-by-step on the released CQA outputs.
 
     DSS_PAPER_DATA_DIR=<folder with cqa/> python benchmarks/train_packing.py \
       [--tfds_dir=/tmp/dss_tfds] [--steps=6] [--vocab=local]
+    python benchmarks/train_packing.py --smoke   # tiny model, seconds
 
 Compares, on the same machine in one run, the throughput of real (non-padding)
 input + target tokens while training T5 v1.1 small (float32) on the
@@ -21,6 +22,10 @@ the same number of source examples per step (`--examples`).
 The TFDS dataset is built into `--tfds_dir` on first use (about a minute).
 The "local" vocabulary is a SentencePiece model trained on the paper data
 (`dss_jax.vocab`), since the T5 vocabulary lives on GCS; "t5" uses that.
+`--smoke` trains the tiny test model with the byte vocabulary on short rows
+for one step of 2 inputs, built into a temporary folder from the slices of
+the paper data that ship with the tests (unless --tfds_dir and
+--paper_data_dir are given); tests/benchmarks_test.py runs it.
 """
 
 from __future__ import annotations
@@ -31,7 +36,9 @@ import os
 import pathlib
 import statistics
 import sys
+import tempfile
 import time
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -41,7 +48,8 @@ import numpy as np
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # Run from a checkout without installing the package.
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+_REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(_REPO))
 
 # As the entry points do: XLA:CPU's per-step temporaries stay in the heap
 # (dss_jax/host.py), for both trainers in this process.
@@ -59,11 +67,30 @@ from dss_jax.models import t5  # noqa: E402
 PACKED_LENGTHS = {"inputs": 256, "targets": 128}
 
 
-def _register(tfds_dir: str, vocab_name: str) -> tuple[object, list[str]]:
+# The paper data's slices that ship with the tests: what --smoke reads.
+SMOKE_PAPER_DATA = _REPO / "tests" / "testdata" / "dss_paper"
+# --smoke: the tiny test model, bytes, short rows, one step of 2 inputs.
+SMOKE = dict(
+  size="tiny",
+  vocab="byte",
+  steps=1,
+  rows=4,
+  examples=2,
+  inputs_length=128,
+  targets_length=64,
+  paper_data_dir=str(SMOKE_PAPER_DATA),
+)
+
+
+def _register(
+  tfds_dir: str, vocab_name: str, paper_data_dir: str | None
+) -> tuple[object, list[str]]:
   os.environ["TFDS_DATA_DIR"] = tfds_dir
   from dss_jax import datasets, seqio_tasks, vocab
 
-  datasets.build_annotated("cqa", "palm", data_dir=tfds_dir)
+  datasets.build_annotated(
+    "cqa", "palm", data_dir=tfds_dir, paper_data_dir=paper_data_dir
+  )
   vocabulary = vocab.get_vocabulary(vocab_name)
   names = seqio_tasks.register_card(
     "cqa", "palm", data_dir=tfds_dir, vocabulary=vocabulary
@@ -114,7 +141,11 @@ def bench_packed(
   )
   batches = input_pipeline.iterate(ds)
   first = next(batches)
-  state = tr.init_state(jax.random.PRNGKey(0), first)
+  # numpy init: XLA compiles the model's per-parameter RNG slowly, and the
+  # values do not change the step time.
+  state = tr.init_state(
+    jax.random.PRNGKey(0), first, params=t5.make_test_params(config)
+  )
   state, metrics = tr.train_step(state, tr.device_batch(first))  # compile
   jax.block_until_ready(metrics["loss"])
   times, real, examples = [], [], []
@@ -198,9 +229,17 @@ def bench_official(
   }
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--tfds_dir", default="/tmp/dss_tfds")
+  parser.add_argument(
+    "--tfds_dir",
+    default=None,
+    help="default /tmp/dss_tfds (--smoke: a new one)",
+  )
+  parser.add_argument(
+    "--paper_data_dir", default=None, help="default: $DSS_PAPER_DATA_DIR"
+  )
+  parser.add_argument("--size", default="small", help="T5 v1.1 size")
   parser.add_argument("--vocab", default="local")
   parser.add_argument("--steps", type=int, default=6)
   parser.add_argument("--rows", type=int, default=5, help="packed rows/step")
@@ -212,12 +251,28 @@ def main() -> None:
     default=6,
     help="inputs per step, each with its label and rationale (both recipes)",
   )
-  args = parser.parse_args()
+  parser.add_argument(
+    "--smoke",
+    action="store_true",
+    help=f"small sizes (flags given still count): {SMOKE}",
+  )
+  args = parser.parse_args(argv)
+  if args.smoke:
+    parser.set_defaults(**SMOKE)
+    args = parser.parse_args(argv)
+  if args.tfds_dir is not None or not args.smoke:
+    measure(args, args.tfds_dir or "/tmp/dss_tfds")
+    return
+  with tempfile.TemporaryDirectory() as tfds_dir:
+    measure(args, tfds_dir)
 
+
+def measure(args: argparse.Namespace, tfds_dir: str) -> None:
+  """Trains both recipes and prints their real tokens/s."""
   PACKED_LENGTHS.update(inputs=args.inputs_length, targets=args.targets_length)
-  vocabulary, _ = _register(args.tfds_dir, args.vocab)
+  vocabulary, _ = _register(tfds_dir, args.vocab, args.paper_data_dir)
   config = t5.t5_1_1_config(
-    "small",
+    args.size,
     dtype="float32",
     dropout_rate=0.0,
     vocab_size=-(-vocabulary.vocab_size // 128) * 128,
@@ -228,7 +283,7 @@ def main() -> None:
   official = bench_official(config, pairs, examples, args.steps)
 
   print(
-    f"T5 v1.1 small f32 (vocab {config.vocab_size}, {args.vocab}), "
+    f"T5 v1.1 {args.size} f32 (vocab {config.vocab_size}, {args.vocab}), "
     f"dss_cqa_palm train, {os.cpu_count()} cores"
   )
   print(f"{'recipe':<44}{'step s':>8}{'seqs/step':>10}{'real tok/s':>12}")
