@@ -1,5 +1,7 @@
 """Shared pytest setup: 8 fake CPU devices, no GPUs for TF, a clean registry.
 
+One XLA compilation cache serves the whole run (workers and subprocesses).
+
 The environment variables must be set before JAX or TensorFlow is imported
 anywhere, so this module sets them at import time, before any test module loads.
 """
@@ -33,6 +35,27 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("NO_GCE_CHECK", "true")
 
 import pathlib  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+# One persistent XLA compilation cache for the whole run: most tests compile
+# the same tiny-model steps, in this process, in the other test worker and in
+# the entry points they start as subprocesses (which inherit the environment).
+# The first compilation of a program writes it; every later one, in any of
+# those processes, reads it back. The controller of an xdist run sets this
+# before it starts its workers, so they share one folder; a folder the user
+# names keeps its entries across runs. Every program is kept, however small
+# or quick to compile (JAX's defaults keep only those over one second), and
+# a size limit turns on JAX's file lock, so concurrent processes never read
+# a half-written entry.
+_XLA_CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
+_OWN_XLA_CACHE = None
+if _XLA_CACHE_ENV not in os.environ:
+  _OWN_XLA_CACHE = tempfile.mkdtemp(prefix="dss_jax_test_xla_cache_")
+  os.environ[_XLA_CACHE_ENV] = _OWN_XLA_CACHE
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(8 << 30))
 
 from dss_jax import host  # noqa: E402
 
@@ -83,6 +106,12 @@ def pytest_configure(config: pytest.Config) -> None:
   import tensorflow as tf
 
   tf.config.set_visible_devices([], "GPU")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+  del config
+  if _OWN_XLA_CACHE is not None:
+    shutil.rmtree(_OWN_XLA_CACHE, ignore_errors=True)
 
 
 def pytest_report_header() -> str:
