@@ -34,8 +34,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # No test may reach the network; TFDS must not try GCS for metadata.
 os.environ.setdefault("NO_GCE_CHECK", "true")
 
+import dataclasses  # noqa: E402
 import pathlib  # noqa: E402
 import shutil  # noqa: E402
+import sys  # noqa: E402
 import tempfile  # noqa: E402
 
 # One persistent XLA compilation cache for the whole run: most tests compile
@@ -186,3 +188,68 @@ def _jaxpr_eqns(jaxpr):
 def jaxpr_eqns():
   """`jaxpr_eqns(jaxpr)` walks a jaxpr's equations, nested ones included."""
   return _jaxpr_eqns
+
+
+@dataclasses.dataclass
+class Ran:
+  """What an entry point run in-process left: exit status and output."""
+
+  returncode: int
+  stdout: str
+  stderr: str
+
+
+@pytest.fixture
+def run_entry_point(capfd, monkeypatch):
+  """`run_entry_point("dss_jax.train", *args)`: `python -m`, in this process.
+
+  Runs the module as `__main__` (its flags defined and parsed by its own
+  `if __name__ == "__main__":` block, as `python -m` does) and returns a
+  `Ran`. Without a process's start (seconds of imports), for command lines
+  that fail before anything compiles. What a run changes in the process is
+  undone after it: the flags it defined and parsed, gin's config, the
+  environment, the working folder (chdir with monkeypatch before).
+  """
+  import runpy
+  import warnings
+
+  import gin
+  from absl import app, flags
+
+  # As after a process's first `app.run`: absl's help flags exist; its
+  # logging handler and faulthandler, process-wide, stay pytest's.
+  app.define_help_flags()
+  monkeypatch.setattr(app._run_init, "done", True)
+
+  def run(module: str, *args: str) -> Ran:
+    defined = set(flags.FLAGS)
+    environ = dict(os.environ)
+    capfd.readouterr()
+    monkeypatch.setattr(sys, "argv", [module, *args])
+    returncode = 0
+    try:
+      with warnings.catch_warnings():
+        # runpy warns that the module is imported already (tests import it).
+        warnings.simplefilter("ignore", RuntimeWarning)
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+    except SystemExit as e:
+      if isinstance(e.code, str):
+        print(e.code, file=sys.stderr)
+        returncode = 1
+      else:
+        returncode = e.code or 0
+    finally:
+      # The entry point's flags go; flags of a library it imported first
+      # stay, as that library is not imported again.
+      for name in set(flags.FLAGS) - defined:
+        owner = flags.FLAGS.find_module_defining_flag(name) or ""
+        if owner.startswith("dss_jax") or owner.endswith(".py"):
+          delattr(flags.FLAGS, name)
+      flags.FLAGS.unparse_flags()
+      gin.clear_config()
+      os.environ.clear()
+      os.environ.update(environ)
+    out = capfd.readouterr()
+    return Ran(returncode, out.out, out.err)
+
+  return run
