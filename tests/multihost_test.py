@@ -672,6 +672,9 @@ def test_restore_reads_only_this_hosts_slices(tmp_path, monkeypatch):
     "legacy": str(tmp_path / "t5x" / "checkpoint_1"),
     "orbax_dir": str(tmp_path / "run"),
   }
+  # The processes count the bytes they read: without the suite's compilation
+  # cache (conftest.py), whose entries they would read too.
+  monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "")
   hosts = multihost.run_function(restore_counting_bytes, args, tmp_path / "2")
   (one,) = multihost.run_function(
     restore_counting_bytes, args, tmp_path / "1", processes=1, devices=4
