@@ -207,13 +207,16 @@ def run_entry_point(capfd, monkeypatch):
   `if __name__ == "__main__":` block, as `python -m` does) and returns a
   `Ran`. Without a process's start (seconds of imports), for command lines
   that fail before anything compiles. What a run changes in the process is
-  undone after it: the flags it defined and parsed, gin's config, the
-  environment, the working folder (chdir with monkeypatch before).
+  undone after it: the flags it defined and parsed, gin's config, the SeqIO
+  tasks it registered and its TFDS folder, the environment, the loggers' levels and handlers,
+  the working folder (chdir with monkeypatch before).
   """
+  import logging
   import runpy
   import warnings
 
   import gin
+  import seqio
   from absl import app, flags
 
   # As after a process's first `app.run`: absl's help flags exist; its
@@ -224,6 +227,11 @@ def run_entry_point(capfd, monkeypatch):
   def run(module: str, *args: str) -> Ran:
     defined = set(flags.FLAGS)
     environ = dict(os.environ)
+    tasks = set(seqio.TaskRegistry.names())
+    tfds_data_dir = seqio.utils._TFDS_DATA_DIR_OVERRIDE  # --tfds_data_dir
+    mixtures = set(seqio.MixtureRegistry.names())
+    loggers = [logging.getLogger(), logging.getLogger("absl")]
+    levels = [(x, x.level, list(x.handlers)) for x in loggers]
     capfd.readouterr()
     monkeypatch.setattr(sys, "argv", [module, *args])
     returncode = 0
@@ -245,8 +253,16 @@ def run_entry_point(capfd, monkeypatch):
         owner = flags.FLAGS.find_module_defining_flag(name) or ""
         if owner.startswith("dss_jax") or owner.endswith(".py"):
           delattr(flags.FLAGS, name)
-      flags.FLAGS.unparse_flags()
+      flags.FLAGS.unparse_flags()  # sets absl's logger level: restored below
+      for logger, level, handlers in levels:
+        logger.setLevel(level)
+        logger.handlers[:] = handlers
       gin.clear_config()
+      seqio.set_tfds_data_dir_override(tfds_data_dir)
+      for name in set(seqio.MixtureRegistry.names()) - mixtures:
+        seqio.MixtureRegistry.remove(name)
+      for name in set(seqio.TaskRegistry.names()) - tasks:
+        seqio.TaskRegistry.remove(name)
       os.environ.clear()
       os.environ.update(environ)
     out = capfd.readouterr()

@@ -5,6 +5,9 @@ Also the model gin files' one vocabulary macro, VOCABULARY_PATH, and the one
 """
 
 import io
+import os
+import subprocess
+import sys
 
 import gin
 import pytest
@@ -168,18 +171,23 @@ def test_model_files_read_the_vocabulary_from_one_macro(model_file, tmp_path):
   assert isinstance(vocab.get_vocabulary(), seqio.ByteVocabulary)
 
 
-def test_train_with_an_unreadable_vocabulary_says_one_line(
-  tmp_path, monkeypatch, run_entry_point
-):
+def test_train_with_an_unreadable_vocabulary_says_one_line(tmp_path):
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
   missing = "file:///nonexistent/dss_vocab_test/sentencepiece.model"
-  monkeypatch.chdir(tmp_path)
-  run = run_entry_point(
-    "dss_jax.train",
-    *("--gin_file=models/t5_1_1_small.gin", "--gin_file=runs/train.gin"),
-    f'--gin.MODEL_DIR="{tmp_path / "run"}"',
-    '--gin.MIXTURE_OR_TASK_NAME="dss_svamp_palm"',
-    f'--gin.VOCABULARY_PATH="{missing}"',
-    f"--tfds_data_dir={tmp_path / 'tfds'}",
+  run = subprocess.run(
+    [
+      *(sys.executable, "-m", "dss_jax.train"),
+      *("--gin_file=models/t5_1_1_small.gin", "--gin_file=runs/train.gin"),
+      f'--gin.MODEL_DIR="{tmp_path / "run"}"',
+      '--gin.MIXTURE_OR_TASK_NAME="dss_svamp_palm"',
+      f'--gin.VOCABULARY_PATH="{missing}"',
+      f"--tfds_data_dir={tmp_path / 'tfds'}",
+    ],
+    capture_output=True,
+    text=True,
+    env=env,
+    cwd=tmp_path,
+    timeout=300,
   )
   assert run.returncode == errors.USER_ERROR_STATUS, run.stderr[-2000:]
   last = run.stderr.strip().splitlines()[-1]
