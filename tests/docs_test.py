@@ -356,6 +356,7 @@ _RUN_DOCS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("doc", _RUN_DOCS, ids=_doc_id)
 def test_doc_runs(doc, tmp_path):
   assert (_SLICES / "cqa").is_dir(), f"{_SLICES} is missing"

@@ -262,6 +262,7 @@ def one_process_run(tmp_path_factory, tfds_dir):
   return model_dir
 
 
+@pytest.mark.slow
 @SHARED_2X2_RUN
 def test_two_processes_train_as_one(two_process_run, one_process_run):
   from dss_jax import checkpoints
@@ -348,6 +349,7 @@ def read_global_batches(
   return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
   "task,steps,shuffle",
   [("dss_svamp_palm_label", 100, False), ("dss_svamp_palm", 10, True)],
@@ -417,6 +419,7 @@ def uninterrupted_1x2(tmp_path_factory, tfds_dir):
   return model_dir
 
 
+@pytest.mark.slow
 @SHARED_2X1_RUN
 def test_two_processes_of_one_device_train_as_one(
   uninterrupted_2x1, uninterrupted_1x2
@@ -437,6 +440,7 @@ def test_two_processes_of_one_device_train_as_one(
     ), step
 
 
+@pytest.mark.slow
 @SHARED_2X1_RUN
 def test_sigterm_to_one_process_then_resume_on_other_process_counts(
   tmp_path, tfds_dir, uninterrupted_2x1
@@ -479,6 +483,7 @@ def test_sigterm_to_one_process_then_resume_on_other_process_counts(
   assert _bitwise_equal(_params(again, LONG_STEPS), want)
 
 
+@pytest.mark.slow
 def test_kill_9_of_one_trainer_stops_the_other_in_bounded_time(
   tmp_path, tfds_dir
 ):
@@ -547,6 +552,7 @@ def eval_and_infer(tfds_dir: str, model_dir: str, out_dir: str) -> dict:
   }
 
 
+@pytest.mark.slow
 @SHARED_2X2_RUN
 def test_eval_and_infer_decode_a_share_per_host(
   tmp_path, tfds_dir, two_process_run

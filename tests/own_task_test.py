@@ -126,6 +126,7 @@ def _error_lines(stderr: str) -> list[str]:
   return [ln for ln in stderr.splitlines() if ln.startswith("error:")]
 
 
+@pytest.mark.slow
 def test_own_card_end_to_end(tmp_path):
   """Card -> fake teacher -> TFDS -> tasks -> train -> eval, all by env."""
   work = tmp_path / "mine"  # the user's empty folder

@@ -57,6 +57,7 @@ def _env(repo_dir, tfds_dir):
   return env
 
 
+@pytest.mark.slow
 def test_train_sigterm_then_resume_on_svamp(tmp_path, repo_dir, tfds_dir):
   model_dir = tmp_path / "run"
   env = _env(repo_dir, tfds_dir)
