@@ -13,8 +13,10 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 # Tests run in two processes: the suite is dominated by single-threaded XLA
 # compilation, so two workers use both cores of a small machine.
-# loadgroup keeps a module's tests marked `xdist_group` on one worker, so
-# the training runs it shares (tests/multihost_test.py) happen once.
+# loadgroup keeps the tests marked with one `xdist_group` on one worker, so
+# a training run they share (tests/multihost_test.py) happens once. The
+# suite shares one XLA compilation cache (tests/conftest.py). Every test
+# runs, `slow` ones included (`pytest -m "not slow"` is the quick loop).
 PYTEST_WORKERS ?= 2
 
 .PHONY: demo test lint format venv clean

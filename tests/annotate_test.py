@@ -1,12 +1,10 @@
 """`python -m dss_jax.annotate` against a local OpenAI-compatible server.
 
+The command runs in-process as `__main__` (`run_entry_point`, conftest.py).
+
 A failed teacher call leaves the command with a non-zero status and one line,
 and no dataset is built from an incomplete store unless asked.
 """
-
-import os
-import subprocess
-import sys
 
 from dss_jax.teacher.testing import FakeTeacherServer
 
@@ -16,36 +14,33 @@ def _answer(prompt: str) -> str:
   return "Add them up. The answer is (1 + 1).\n\nQ: next"
 
 
-def _annotate(server, paper_data_dir, tmp_path, *flags):
-  return subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "dss_jax.annotate",
-      "--card=svamp",
-      "--split=test",
-      "--limit=4",
-      "--backend=openai",
-      "--model=test-model",
-      f"--base_url={server.url}/v1",
-      f"--paper_data_dir={paper_data_dir}",
-      f"--store={tmp_path / 'store.jsonl'}",
-      f"--data_dir={tmp_path / 'tfds'}",
-      "--noprogress",
-      "--max_retries=1",
-      *flags,
-    ],
-    capture_output=True,
-    text=True,
-    timeout=180,
-    env={**os.environ, "OPENAI_API_KEY": "k", "JAX_PLATFORMS": "cpu"},
+def _annotate(run, server, paper_data_dir, tmp_path, *flags):
+  """`python -m dss_jax.annotate`, in-process as `__main__`."""
+  return run(
+    "dss_jax.annotate",
+    "--card=svamp",
+    "--split=test",
+    "--limit=4",
+    "--backend=openai",
+    "--model=test-model",
+    f"--base_url={server.url}/v1",
+    f"--paper_data_dir={paper_data_dir}",
+    f"--store={tmp_path / 'store.jsonl'}",
+    f"--data_dir={tmp_path / 'tfds'}",
+    "--noprogress",
+    "--max_retries=1",
+    *flags,
   )
 
 
-def test_failed_calls_stop_the_build_unless_allowed(paper_data_dir, tmp_path):
+def test_failed_calls_stop_the_build_unless_allowed(
+  paper_data_dir, tmp_path, monkeypatch, run_entry_point
+):
+  monkeypatch.setenv("OPENAI_API_KEY", "k")
+  run = run_entry_point
   tfds = tmp_path / "tfds"
   with FakeTeacherServer(responder=_answer, script=["empty"]) as server:
-    failed = _annotate(server, paper_data_dir, tmp_path, "--build_tfds")
+    failed = _annotate(run, server, paper_data_dir, tmp_path, "--build_tfds")
   assert failed.returncode != 0
   errors = [ln for ln in failed.stderr.splitlines() if ln.startswith("error:")]
   assert errors == [
@@ -57,7 +52,12 @@ def test_failed_calls_stop_the_build_unless_allowed(paper_data_dir, tmp_path):
 
   with FakeTeacherServer(responder=_answer, script=["empty"]) as server:
     allowed = _annotate(
-      server, paper_data_dir, tmp_path, "--build_tfds", "--allow_incomplete"
+      run,
+      server,
+      paper_data_dir,
+      tmp_path,
+      "--build_tfds",
+      "--allow_incomplete",
     )
     # Only the failed call is made again (and fails again).
     assert server.counts["requests"] == 1
@@ -68,7 +68,7 @@ def test_failed_calls_stop_the_build_unless_allowed(paper_data_dir, tmp_path):
   assert _annotated(tfds) == 3
 
   with FakeTeacherServer(responder=_answer) as server:
-    done = _annotate(server, paper_data_dir, tmp_path, "--build_tfds")
+    done = _annotate(run, server, paper_data_dir, tmp_path, "--build_tfds")
   assert done.returncode == 0, done.stderr[-2000:]
   assert "1 calls made, 3 already stored, 0 failed" in done.stdout
   # The store changed, so the dataset is rebuilt, not reused.

@@ -1,4 +1,8 @@
-"""The `dss-jax` command lists every entry point, and each one exists."""
+"""The `dss-jax` command lists every entry point, and each one exists.
+
+The listing runs as a real `python -m dss_jax`; the commands behind it run
+in-process as `__main__` (`run_entry_point` in conftest.py).
+"""
 
 import importlib
 import subprocess
@@ -31,7 +35,7 @@ def test_every_entry_point_has_an_absl_main():
     assert callable(entry.main), module
 
 
-def test_a_command_shows_its_own_flags():
+def test_a_command_shows_its_own_flags(run_entry_point):
   # `dss-jax COMMAND` runs the module as `python -m` does, so its help is
   # the command's docstring and flags, not the dispatcher's.
   for command, flag in (
@@ -39,38 +43,26 @@ def test_a_command_shows_its_own_flags():
     ("grid", "--task_card"),
     ("report", "--results"),
   ):
-    out = subprocess.run(
-      [sys.executable, "-m", "dss_jax", command, "--helpshort"],
-      capture_output=True,
-      text=True,
-    ).stdout
+    out = run_entry_point("dss_jax", command, "--helpshort").stdout
     assert flag in out and "dispatches" not in out, (command, out[-2000:])
 
 
-def test_gin_entry_points_take_t5x_style_flags():
+def test_gin_entry_points_take_t5x_style_flags(run_entry_point):
   """`dss-jax eval --gin.X=...` reaches gin (and fails on the missing path)."""
-  out = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "dss_jax",
-      "eval",
-      "--gin_file=models/t5_1_1_tiny.gin",
-      "--gin_file=runs/eval.gin",
-      '--gin.CHECKPOINT_PATH="/nonexistent/model_dir"',
-      '--gin.MIXTURE_OR_TASK_NAME="no_such_task"',
-    ],
-    capture_output=True,
-    text=True,
+  out = run_entry_point(
+    "dss_jax",
+    "eval",
+    "--gin_file=models/t5_1_1_tiny.gin",
+    "--gin_file=runs/eval.gin",
+    '--gin.CHECKPOINT_PATH="/nonexistent/model_dir"',
+    '--gin.MIXTURE_OR_TASK_NAME="no_such_task"',
   )
   assert out.returncode == 2, out.stderr[-2000:]
   assert out.stderr.strip().splitlines()[-1].startswith("error: ")
 
 
-def test_gin_entry_points_refuse_stray_arguments():
+def test_gin_entry_points_refuse_stray_arguments(run_entry_point):
   for module in ("dss_jax.eval", "dss_jax.infer"):
-    out = subprocess.run(
-      [sys.executable, "-m", module, "stray"], capture_output=True, text=True
-    )
+    out = run_entry_point(module, "stray")
     assert out.returncode == 2, (module, out.stderr[-2000:])
     assert "unexpected arguments: ['stray']" in out.stderr, module

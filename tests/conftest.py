@@ -1,5 +1,7 @@
 """Shared pytest setup: 8 fake CPU devices, no GPUs for TF, a clean registry.
 
+One XLA compilation cache serves the whole run (workers and subprocesses).
+
 The environment variables must be set before JAX or TensorFlow is imported
 anywhere, so this module sets them at import time, before any test module loads.
 """
@@ -32,7 +34,30 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # No test may reach the network; TFDS must not try GCS for metadata.
 os.environ.setdefault("NO_GCE_CHECK", "true")
 
+import dataclasses  # noqa: E402
 import pathlib  # noqa: E402
+import shutil  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+
+# One persistent XLA compilation cache for the whole run: most tests compile
+# the same tiny-model steps, in this process, in the other test worker and in
+# the entry points they start as subprocesses (which inherit the environment).
+# The first compilation of a program writes it; every later one, in any of
+# those processes, reads it back. The controller of an xdist run sets this
+# before it starts its workers, so they share one folder; a folder the user
+# names keeps its entries across runs. Every program is kept, however small
+# or quick to compile (JAX's defaults keep only those over one second), and
+# a size limit turns on JAX's file lock, so concurrent processes never read
+# a half-written entry.
+_XLA_CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
+_OWN_XLA_CACHE = None
+if _XLA_CACHE_ENV not in os.environ:
+  _OWN_XLA_CACHE = tempfile.mkdtemp(prefix="dss_jax_test_xla_cache_")
+  os.environ[_XLA_CACHE_ENV] = _OWN_XLA_CACHE
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(8 << 30))
 
 from dss_jax import host  # noqa: E402
 
@@ -83,6 +108,12 @@ def pytest_configure(config: pytest.Config) -> None:
   import tensorflow as tf
 
   tf.config.set_visible_devices([], "GPU")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+  del config
+  if _OWN_XLA_CACHE is not None:
+    shutil.rmtree(_OWN_XLA_CACHE, ignore_errors=True)
 
 
 def pytest_report_header() -> str:
@@ -157,3 +188,84 @@ def _jaxpr_eqns(jaxpr):
 def jaxpr_eqns():
   """`jaxpr_eqns(jaxpr)` walks a jaxpr's equations, nested ones included."""
   return _jaxpr_eqns
+
+
+@dataclasses.dataclass
+class Ran:
+  """What an entry point run in-process left: exit status and output."""
+
+  returncode: int
+  stdout: str
+  stderr: str
+
+
+@pytest.fixture
+def run_entry_point(capfd, monkeypatch):
+  """`run_entry_point("dss_jax.train", *args)`: `python -m`, in this process.
+
+  Runs the module as `__main__` (its flags defined and parsed by its own
+  `if __name__ == "__main__":` block, as `python -m` does) and returns a
+  `Ran`. Without a process's start (seconds of imports), for command lines
+  that fail before anything compiles. What a run changes in the process is
+  undone after it: the flags it defined and parsed, gin's config, the SeqIO
+  tasks it registered and its TFDS folder, the environment, the loggers' levels and handlers,
+  the working folder (chdir with monkeypatch before).
+  """
+  import logging
+  import runpy
+  import warnings
+
+  import gin
+  import seqio
+  from absl import app, flags
+
+  # As after a process's first `app.run`: absl's help flags exist; its
+  # logging handler and faulthandler, process-wide, stay pytest's.
+  app.define_help_flags()
+  monkeypatch.setattr(app._run_init, "done", True)
+
+  def run(module: str, *args: str) -> Ran:
+    defined = set(flags.FLAGS)
+    environ = dict(os.environ)
+    tasks = set(seqio.TaskRegistry.names())
+    tfds_data_dir = seqio.utils._TFDS_DATA_DIR_OVERRIDE  # --tfds_data_dir
+    mixtures = set(seqio.MixtureRegistry.names())
+    loggers = [logging.getLogger(), logging.getLogger("absl")]
+    levels = [(x, x.level, list(x.handlers)) for x in loggers]
+    capfd.readouterr()
+    monkeypatch.setattr(sys, "argv", [module, *args])
+    returncode = 0
+    try:
+      with warnings.catch_warnings():
+        # runpy warns that the module is imported already (tests import it).
+        warnings.simplefilter("ignore", RuntimeWarning)
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+    except SystemExit as e:
+      if isinstance(e.code, str):
+        print(e.code, file=sys.stderr)
+        returncode = 1
+      else:
+        returncode = e.code or 0
+    finally:
+      # The entry point's flags go; flags of a library it imported first
+      # stay, as that library is not imported again.
+      for name in set(flags.FLAGS) - defined:
+        owner = flags.FLAGS.find_module_defining_flag(name) or ""
+        if owner.startswith("dss_jax") or owner.endswith(".py"):
+          delattr(flags.FLAGS, name)
+      flags.FLAGS.unparse_flags()  # sets absl's logger level: restored below
+      for logger, level, handlers in levels:
+        logger.setLevel(level)
+        logger.handlers[:] = handlers
+      gin.clear_config()
+      seqio.set_tfds_data_dir_override(tfds_data_dir)
+      for name in set(seqio.MixtureRegistry.names()) - mixtures:
+        seqio.MixtureRegistry.remove(name)
+      for name in set(seqio.TaskRegistry.names()) - tasks:
+        seqio.TaskRegistry.remove(name)
+      os.environ.clear()
+      os.environ.update(environ)
+    out = capfd.readouterr()
+    return Ran(returncode, out.out, out.err)
+
+  return run

@@ -43,6 +43,7 @@ def _config(out_dir, **overrides):
   return job_config.DistillConfig(**values)
 
 
+@pytest.mark.slow
 def test_every_stage_runs_and_a_rerun_redoes_nothing(tmp_path, monkeypatch):
   # Two worker processes, as the demo trains, and examples at the end.
   config = _config(tmp_path / "out", workers=2, show_examples=2)

@@ -259,6 +259,14 @@ def test_doc_needs(block):
   )
 
 
+_XLA_CACHE_ENV = (
+  "JAX_COMPILATION_CACHE_DIR",
+  "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
+  "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES",
+  "JAX_COMPILATION_CACHE_MAX_SIZE",
+)
+
+
 def _environment(root: pathlib.Path) -> dict[str, str]:
   """The small, offline environment the blocks run in."""
   bin_dir = str(pathlib.Path(sys.executable).parent)
@@ -288,6 +296,9 @@ def _environment(root: pathlib.Path) -> dict[str, str]:
     "NO_PROXY": "127.0.0.1,localhost",
     "no_proxy": "127.0.0.1,localhost",
   }
+  # The suite's compilation cache (conftest.py): the blocks compile the
+  # programs other tests compiled already (speed only, same programs).
+  env.update({k: v for k, v in os.environ.items() if k in _XLA_CACHE_ENV})
   return env
 
 
@@ -345,6 +356,7 @@ _RUN_DOCS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("doc", _RUN_DOCS, ids=_doc_id)
 def test_doc_runs(doc, tmp_path):
   assert (_SLICES / "cqa").is_dir(), f"{_SLICES} is missing"

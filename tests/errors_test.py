@@ -1,9 +1,10 @@
 """User errors end in one `error:` line and exit status 2; bugs keep tracebacks.
 
-One real subprocess per entry point with a cheap bad input (each fails
-before anything compiles), plus in-process checks of the files a user can
-garble: annotation stores, run configurations, results CSVs, inference
-inputs and vocabulary records.
+Every entry point with a cheap bad input (each fails before anything
+compiles), run as `python -m` runs it: one in a real subprocess, the others
+in-process as `__main__` (no process start and imports each), plus
+in-process checks of the files a user can garble: annotation stores, run
+configurations, results CSVs, inference inputs and vocabulary records.
 """
 
 import json
@@ -15,6 +16,10 @@ import pytest
 
 from dss_jax import errors, grid, infer, report, vocab
 from dss_jax.teacher import store as store_lib
+
+# This command line runs in a real process (interpreter exit, atexit
+# handlers, output after main); the others run in-process as `__main__`.
+_IN_A_SUBPROCESS = ["dss_jax.train", "--gin_file=tiny.gin"]
 
 
 @pytest.mark.parametrize(
@@ -46,24 +51,30 @@ from dss_jax.teacher import store as store_lib
   ],
 )
 def test_every_entry_point_reports_a_user_error_in_one_line(
-  tmp_path, repo_dir, argv, words
+  tmp_path, repo_dir, monkeypatch, run_entry_point, argv, words
 ):
   (tmp_path / "bad.gin").write_text("TRAIN_STEPS = = 3\n")
   (tmp_path / "runs").mkdir()
   (tmp_path / "models").mkdir()
-  proc = subprocess.run(
-    [sys.executable, "-m", *argv],
-    cwd=tmp_path,
-    capture_output=True,
-    text=True,
-    timeout=240,
-    env={
-      **os.environ,
-      "PYTHONPATH": str(repo_dir),
-      "JAX_PLATFORMS": "cpu",
-      "DSS_ANNOTATIONS_DIR": str(tmp_path / "annotations"),
-    },
-  )
+  annotations = str(tmp_path / "annotations")
+  if argv == _IN_A_SUBPROCESS:
+    proc = subprocess.run(
+      [sys.executable, "-m", *argv],
+      cwd=tmp_path,
+      capture_output=True,
+      text=True,
+      timeout=240,
+      env={
+        **os.environ,
+        "PYTHONPATH": str(repo_dir),
+        "JAX_PLATFORMS": "cpu",
+        "DSS_ANNOTATIONS_DIR": annotations,
+      },
+    )
+  else:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DSS_ANNOTATIONS_DIR", annotations)
+    proc = run_entry_point(*argv)
   assert proc.returncode == 2, proc.stderr[-3000:]
   assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
   lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]

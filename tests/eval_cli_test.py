@@ -29,7 +29,8 @@ from dss_jax.models import t5
 _LENGTHS = {"inputs": 16, "targets": 4}
 _TASK = "eval_cli_test_task"
 
-# Registers the task in this process and in the entry point's subprocess.
+# Registers the task in this process and in the entry point's (gin imports
+# it).
 _TASK_MODULE = textwrap.dedent(
   f'''
   import seqio
@@ -67,6 +68,20 @@ def _register_task(tmp_path):
   path.write_text(_TASK_MODULE)
   spec = importlib.util.spec_from_file_location("eval_cli_tasks", path)
   spec.loader.exec_module(importlib.util.module_from_spec(spec))
+
+
+@pytest.fixture
+def task_module(tmp_path, monkeypatch):
+  """eval_cli_tasks.py, for the entry point's gin to import in-process.
+
+  Importing it registers the task; the registry is cleared after each
+  test, so the module must not stay imported either.
+  """
+  (tmp_path / "eval_cli_tasks.py").write_text(_TASK_MODULE)
+  monkeypatch.syspath_prepend(str(tmp_path))
+  sys.modules.pop("eval_cli_tasks", None)
+  yield
+  sys.modules.pop("eval_cli_tasks", None)
 
 
 @pytest.fixture()
@@ -158,9 +173,11 @@ def test_specific_and_missing_checkpoints(model_dir, tmp_path):
     )
 
 
-def test_entry_point(model_dir, tmp_path, repo_dir):
+def test_entry_point(
+  model_dir, tmp_path, repo_dir, monkeypatch, task_module, run_entry_point
+):
   _, path, _ = model_dir
-  (tmp_path / "eval_cli_tasks.py").write_text(_TASK_MODULE)
+  monkeypatch.chdir(repo_dir)
   (tmp_path / "tiny_model.gin").write_text(
     textwrap.dedent(
       """
@@ -173,10 +190,7 @@ def test_entry_point(model_dir, tmp_path, repo_dir):
       """
     )
   )
-  env = dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{repo_dir}")
-  cmd = [
-    sys.executable,
-    "-m",
+  run = run_entry_point(
     "dss_jax.eval",
     f"--gin_file={tmp_path / 'tiny_model.gin'}",
     "--gin_file=runs/eval.gin",
@@ -186,9 +200,6 @@ def test_entry_point(model_dir, tmp_path, repo_dir):
     '--gin.TASK_FEATURE_LENGTHS={"inputs": 16, "targets": 4}',
     "--gin.BATCH_SIZE=4",
     '--gin.EVAL_SPLIT="test"',
-  ]
-  run = subprocess.run(
-    cmd, capture_output=True, text=True, cwd=repo_dir, env=env, timeout=300
   )
   assert run.returncode == 0, run.stderr[-3000:]
   printed = [
@@ -273,7 +284,11 @@ def test_a_vocabulary_other_than_the_training_one_is_refused(
 def test_entry_point_reads_the_data_of_tfds_data_dir(
   model_dir, tmp_path, repo_dir, paper_data_dir
 ):
-  """`--tfds_data_dir` (T5X's flag) is where the tasks read, over the env."""
+  """`--tfds_data_dir` (T5X's flag) is where the tasks read, over the env.
+
+  A real process: the tasks are registered when the gin file first imports
+  `dss_jax.seqio_tasks`, which happens once per process.
+  """
   from dss_jax import datasets
 
   _, path, _ = model_dir
@@ -379,7 +394,7 @@ def _flip_bits(state_dir):
 
 
 def test_a_damaged_checkpoint_is_refused_by_the_entry_point(
-  model_dir, tmp_path, repo_dir
+  model_dir, tmp_path, repo_dir, monkeypatch, task_module, run_entry_point
 ):
   model, _, init = model_dir
   run_dir = tmp_path / "trained"
@@ -397,25 +412,16 @@ def test_a_damaged_checkpoint_is_refused_by_the_entry_point(
     "t5.Transformer.config = @t5.t5_1_1_config()\n"
     't5.t5_1_1_config.size = "tiny"\n'
   )
-  env = dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{repo_dir}")
-  run = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "dss_jax.eval",
-      f"--gin_file={tmp_path / 'tiny_model.gin'}",
-      "--gin_file=runs/eval.gin",
-      f'--gin.CHECKPOINT_PATH="{run_dir}"',
-      f'--gin.MIXTURE_OR_TASK_NAME="{_TASK}"',
-      '--gin.TASK_FEATURE_LENGTHS={"inputs": 16, "targets": 4}',
-      "--gin.BATCH_SIZE=4",
-      '--gin.EVAL_SPLIT="test"',
-    ],
-    capture_output=True,
-    text=True,
-    cwd=repo_dir,
-    env=env,
-    timeout=300,
+  monkeypatch.chdir(repo_dir)
+  run = run_entry_point(
+    "dss_jax.eval",
+    f"--gin_file={tmp_path / 'tiny_model.gin'}",
+    "--gin_file=runs/eval.gin",
+    f'--gin.CHECKPOINT_PATH="{run_dir}"',
+    f'--gin.MIXTURE_OR_TASK_NAME="{_TASK}"',
+    '--gin.TASK_FEATURE_LENGTHS={"inputs": 16, "targets": 4}',
+    "--gin.BATCH_SIZE=4",
+    '--gin.EVAL_SPLIT="test"',
   )
   assert run.returncode == 2, run.stderr[-3000:]
   assert "Traceback" not in run.stderr

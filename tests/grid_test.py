@@ -1,9 +1,6 @@
 """The experiment grid: expansion, per-run resumability, results collection."""
 
 import dataclasses
-import os
-import subprocess
-import sys
 
 import pytest
 from absl import flags
@@ -152,21 +149,12 @@ def test_every_flag_sets_a_config_field():
     ("--fractions=0.1234561,0.1234562", "--fractions must be distinct"),
   ],
 )
-def test_bad_flags_stop_before_any_stage_in_one_line(tmp_path, flag, words):
+def test_bad_flags_stop_before_any_stage_in_one_line(
+  tmp_path, run_entry_point, flag, words
+):
+  # `python -m dss_jax.distill`, in-process (errors_test runs a real one).
   out = tmp_path / "out"
-  proc = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "dss_jax.distill",
-      *flag.split(),
-      f"--out_dir={out}",
-    ],
-    capture_output=True,
-    text=True,
-    timeout=120,
-    env={**os.environ, "JAX_PLATFORMS": "cpu"},
-  )
+  proc = run_entry_point("dss_jax.distill", *flag.split(), f"--out_dir={out}")
   assert proc.returncode == 2, proc.stderr[-2000:]
   lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
   assert len(lines) == 1 and words in lines[0], proc.stderr[-2000:]

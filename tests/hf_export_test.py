@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -247,7 +244,8 @@ def test_an_export_folder_is_written_fresh(tmp_path):
     hf_export.export_hf(params, config, out / "notes.txt")
 
 
-def _export(repo_dir, tmp_path, *args):
+def _export(run_entry_point, tmp_path, *args):
+  """`python -m dss_jax.export`, in-process as `__main__`."""
   (tmp_path / "tiny_model.gin").write_text(
     "from __gin__ import dynamic_registration\n"
     "from dss_jax.models import t5\n"
@@ -255,28 +253,18 @@ def _export(repo_dir, tmp_path, *args):
     "t5.Transformer.config = @t5.t5_1_1_config()\n"
     't5.t5_1_1_config.size = "tiny"\n'
   )
-  return subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "dss_jax.export",
-      f"--gin_file={tmp_path / 'tiny_model.gin'}",
-      *args,
-    ],
-    capture_output=True,
-    text=True,
-    cwd=repo_dir,
-    env=dict(os.environ, PYTHONPATH=str(repo_dir)),
-    timeout=300,
+  return run_entry_point(
+    "dss_jax.export", f"--gin_file={tmp_path / 'tiny_model.gin'}", *args
   )
 
 
 def test_export_refuses_damaged_checkpoints_and_other_vocabularies(
-  tmp_path, repo_dir
+  tmp_path, repo_dir, monkeypatch, run_entry_point
 ):
   from dss_jax import checkpoints
   from dss_jax import vocab as vocab_lib
 
+  monkeypatch.chdir(repo_dir)
   model, _ = t5.make_test_model()
   tokens = np.ones((1, 4), np.int32)
   params = model.init(
@@ -292,7 +280,7 @@ def test_export_refuses_damaged_checkpoints_and_other_vocabularies(
     ["the cat sat on the mat"] * 40, tmp_path / "sp.model", 40
   )
   run = _export(
-    repo_dir,
+    run_entry_point,
     tmp_path,
     f"--checkpoint={run_dir}",
     f"--output_dir={tmp_path / 'hf'}",
@@ -308,7 +296,7 @@ def test_export_refuses_damaged_checkpoints_and_other_vocabularies(
   values["params_checksum"][3] ^= 1
   meta.write_text(json.dumps(values))
   run = _export(
-    repo_dir,
+    run_entry_point,
     tmp_path,
     f"--checkpoint={run_dir}",
     f"--output_dir={tmp_path / 'hf'}",

@@ -6,9 +6,6 @@ Run: .venv/bin/pytest tests/infer_test.py -q
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -260,8 +257,6 @@ def _infer_command(tmp_path, *bindings):
     't5.t5_1_1_config.size = "tiny"\n'
   )
   return [
-    sys.executable,
-    "-m",
     "dss_jax.infer",
     f"--gin_file={tmp_path / 'tiny_model.gin'}",
     "--gin_file=runs/infer.gin",
@@ -270,8 +265,10 @@ def _infer_command(tmp_path, *bindings):
 
 
 def test_entry_point_reads_a_jsonl_file_and_counts_cut_inputs(
-  tmp_path, checkpoint, repo_dir
+  tmp_path, checkpoint, repo_dir, monkeypatch, run_entry_point
 ):
+  # `python -m dss_jax.infer`, in-process as `__main__`.
+  monkeypatch.chdir(repo_dir)
   _, _, path = checkpoint
   inputs = tmp_path / "questions.JSONL"
   inputs.write_text(
@@ -289,15 +286,7 @@ def test_entry_point_reads_a_jsonl_file_and_counts_cut_inputs(
     f"INPUT_LENGTH={_INPUT_LENGTH}",
     f"MAX_DECODE_LENGTH={_DECODE_LENGTH}",
   ]
-  env = dict(os.environ, PYTHONPATH=str(repo_dir))
-  run = subprocess.run(
-    _infer_command(tmp_path, *common, "BATCH_SIZE=4"),
-    capture_output=True,
-    text=True,
-    cwd=repo_dir,
-    env=env,
-    timeout=300,
-  )
+  run = run_entry_point(*_infer_command(tmp_path, *common, "BATCH_SIZE=4"))
   assert run.returncode == 0, run.stderr[-2000:]
   lines = run.stdout.strip().splitlines()
   assert lines[-2] == (
@@ -308,14 +297,7 @@ def test_entry_point_reads_a_jsonl_file_and_counts_cut_inputs(
   rows = [json.loads(x) for x in out.read_text().splitlines()]
   assert [r["target"] for r in rows] == ["5", "1"]
   # A batch size of 0 is one line before anything is read.
-  run = subprocess.run(
-    _infer_command(tmp_path, *common, "BATCH_SIZE=0"),
-    capture_output=True,
-    text=True,
-    cwd=repo_dir,
-    env=env,
-    timeout=300,
-  )
+  run = run_entry_point(*_infer_command(tmp_path, *common, "BATCH_SIZE=0"))
   assert run.returncode == 2
   assert run.stderr.strip().splitlines()[-1] == (
     "error: BATCH_SIZE must be a whole number >= 1, got 0"

@@ -33,9 +33,12 @@ import multihost
 import numpy as np
 import pytest
 
-# One test worker runs the whole module, so the module's training runs
-# (fixtures) happen once; `make test` passes `--dist loadgroup`.
-pytestmark = pytest.mark.xdist_group("multihost")
+# The tests that share a module's training runs (fixtures) are one xdist
+# group each, so each run happens once, on one test worker (`make test`
+# passes `--dist loadgroup`); the groups and the other tests spread over the
+# workers, so the long runs do not queue behind each other.
+SHARED_2X2_RUN = pytest.mark.xdist_group("multihost_2x2_run")
+SHARED_2X1_RUN = pytest.mark.xdist_group("multihost_2x1_run")
 
 
 def global_sum(local_values: list[float]) -> dict:
@@ -188,12 +191,6 @@ def tfds_dir(tmp_path_factory, paper_data_dir):
   return data_dir
 
 
-@pytest.fixture(scope="module")
-def xla_cache(tmp_path_factory):
-  """One compilation cache for the module's runs (resumes compile less)."""
-  return tmp_path_factory.mktemp("xla_cache")
-
-
 def _train_args(model_dir, train_steps=TRAIN_STEPS, *extra):
   return [
     "--gin_file=tiny.gin",
@@ -211,7 +208,7 @@ def _train_args(model_dir, train_steps=TRAIN_STEPS, *extra):
 
 
 def _train(
-  tfds_dir, xla_cache, model_dir, processes, devices, *extra, steps=TRAIN_STEPS
+  tfds_dir, model_dir, processes, devices, *extra, steps=TRAIN_STEPS
 ) -> multihost.Job:
   return multihost.start_module(
     "dss_jax.train",
@@ -220,12 +217,9 @@ def _train(
     model_dir.parent / f"{model_dir.name}_logs_{next(_LAUNCHES)}",
     processes=processes,
     devices=devices,
-    env={
-      "TFDS_DATA_DIR": str(tfds_dir),
-      "JAX_COMPILATION_CACHE_DIR": str(xla_cache),
-      "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-      "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
-    },
+    # The processes inherit the suite's compilation cache (conftest.py),
+    # so a resume or a second layout reads the first run's programs.
+    env={"TFDS_DATA_DIR": str(tfds_dir)},
   )
 
 
@@ -253,23 +247,23 @@ def _bitwise_equal(a, b) -> bool:
 
 
 @pytest.fixture(scope="module")
-def two_process_run(tmp_path_factory, tfds_dir, xla_cache):
+def two_process_run(tmp_path_factory, tfds_dir):
   """An uninterrupted 2 x 2 run: its model dir."""
   model_dir = tmp_path_factory.mktemp("two") / "run"
-  _train(tfds_dir, xla_cache, model_dir, 2, 2).wait(timeout=600)
+  _train(tfds_dir, model_dir, 2, 2).wait(timeout=600)
   return model_dir
 
 
 @pytest.fixture(scope="module")
-def one_process_run(tmp_path_factory, tfds_dir, xla_cache):
+def one_process_run(tmp_path_factory, tfds_dir):
   """The same run on 1 x 4 devices, reading the same 2 input shards."""
   model_dir = tmp_path_factory.mktemp("one") / "run"
-  _train(tfds_dir, xla_cache, model_dir, 1, 4, "--gin.DATA_SHARDS=2").wait(
-    timeout=600
-  )
+  _train(tfds_dir, model_dir, 1, 4, "--gin.DATA_SHARDS=2").wait(timeout=600)
   return model_dir
 
 
+@pytest.mark.slow
+@SHARED_2X2_RUN
 def test_two_processes_train_as_one(two_process_run, one_process_run):
   from dss_jax import checkpoints
 
@@ -294,22 +288,7 @@ def test_two_processes_train_as_one(two_process_run, one_process_run):
 SHORT_STEPS = CHECKPOINT_PERIOD
 
 
-def test_two_processes_of_one_device_train_as_one(
-  tmp_path, tfds_dir, xla_cache
-):
-  # 2 x 1 against 1 x 2 reading the same 2 shards: a sum of two partial sums
-  # is the same in either order, so the parameters are bitwise equal.
-  two, one = tmp_path / "two" / "run", tmp_path / "one" / "run"
-  _train(tfds_dir, xla_cache, two, 2, 1, steps=SHORT_STEPS).wait(timeout=600)
-  _train(
-    tfds_dir, xla_cache, one, 1, 2, "--gin.DATA_SHARDS=2", steps=SHORT_STEPS
-  ).wait(timeout=600)
-  assert _bitwise_equal(_params(two, SHORT_STEPS), _params(one, SHORT_STEPS))
-
-
-def test_a_host_without_its_data_ends_the_job_in_one_line(
-  tmp_path, tfds_dir, xla_cache
-):
+def test_a_host_without_its_data_ends_the_job_in_one_line(tmp_path, tfds_dir):
   # Process 1's TFDS_DATA_DIR lacks the dataset; process 0's has it.
   data = tmp_path / "data"
   data.mkdir()
@@ -370,6 +349,7 @@ def read_global_batches(
   return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
   "task,steps,shuffle",
   [("dss_svamp_palm_label", 100, False), ("dss_svamp_palm", 10, True)],
@@ -406,7 +386,9 @@ def test_each_host_reads_its_own_shard_and_steps_match_one_process(
 # bitwise equal and a resume on the other layout can be checked bit for bit.
 # ----------------------------------------------------------------------------
 
-LONG_STEPS = 40
+# Room for a SIGTERM sent after the first checkpoint to take effect (a step
+# or two later) with a checkpoint still to come before the end.
+LONG_STEPS = 24
 
 
 def _wait_for(job, index, text, timeout=400):
@@ -421,14 +403,47 @@ def _wait_for(job, index, text, timeout=400):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted_2x1(tmp_path_factory, tfds_dir, xla_cache):
+def uninterrupted_2x1(tmp_path_factory, tfds_dir):
   model_dir = tmp_path_factory.mktemp("u") / "run"
-  _train(tfds_dir, xla_cache, model_dir, 2, 1, steps=LONG_STEPS).wait(600)
+  _train(tfds_dir, model_dir, 2, 1, steps=LONG_STEPS).wait(600)
   return model_dir
 
 
+@pytest.fixture(scope="module")
+def uninterrupted_1x2(tmp_path_factory, tfds_dir):
+  """The same run on 1 x 2 devices, reading the same 2 input shards."""
+  model_dir = tmp_path_factory.mktemp("u1") / "run"
+  _train(
+    tfds_dir, model_dir, 1, 2, "--gin.DATA_SHARDS=2", steps=LONG_STEPS
+  ).wait(600)
+  return model_dir
+
+
+@pytest.mark.slow
+@SHARED_2X1_RUN
+def test_two_processes_of_one_device_train_as_one(
+  uninterrupted_2x1, uninterrupted_1x2
+):
+  from dss_jax import checkpoints
+
+  # 2 x 1 against 1 x 2 reading the same 2 shards: a sum of two partial sums
+  # is the same in either order, so the parameters are bitwise equal, at
+  # every checkpoint.
+  steps = checkpoints.checkpoint_steps(uninterrupted_2x1)
+  assert steps == list(
+    range(CHECKPOINT_PERIOD, LONG_STEPS + 1, CHECKPOINT_PERIOD)
+  )
+  assert checkpoints.checkpoint_steps(uninterrupted_1x2) == steps
+  for step in steps:
+    assert _bitwise_equal(
+      _params(uninterrupted_2x1, step), _params(uninterrupted_1x2, step)
+    ), step
+
+
+@pytest.mark.slow
+@SHARED_2X1_RUN
 def test_sigterm_to_one_process_then_resume_on_other_process_counts(
-  tmp_path, tfds_dir, xla_cache, uninterrupted_2x1
+  tmp_path, tfds_dir, uninterrupted_2x1
 ):
   import re
   import shutil
@@ -437,7 +452,7 @@ def test_sigterm_to_one_process_then_resume_on_other_process_counts(
 
   # SIGTERM reaches process 1 only, as a maintenance event may.
   model_dir = tmp_path / "run"
-  job = _train(tfds_dir, xla_cache, model_dir, 2, 1, steps=LONG_STEPS)
+  job = _train(tfds_dir, model_dir, 2, 1, steps=LONG_STEPS)
   _wait_for(job, 0, f"saved checkpoint at step {CHECKPOINT_PERIOD}")
   job.signal(1, signal.SIGTERM)
   results = job.wait(timeout=300)  # both exit 0
@@ -450,7 +465,7 @@ def test_sigterm_to_one_process_then_resume_on_other_process_counts(
   assert checkpoints.checkpoint_steps(model_dir)[-1] == stopped
 
   # 2 -> 1: one process with both devices resumes the 2-process checkpoint.
-  job = _train(tfds_dir, xla_cache, model_dir, 1, 2, steps=LONG_STEPS)
+  job = _train(tfds_dir, model_dir, 1, 2, steps=LONG_STEPS)
   log = job.wait(timeout=600)[0].log
   assert f"resumed from step {stopped}" in log
   assert "reading 2 input shards, as the checkpoint did" in log
@@ -463,17 +478,18 @@ def test_sigterm_to_one_process_then_resume_on_other_process_counts(
   shutil.rmtree(again / "checkpoints" / str(LONG_STEPS))
   resumed_at = checkpoints.checkpoint_steps(again)[-1]
   assert stopped < resumed_at < LONG_STEPS
-  job = _train(tfds_dir, xla_cache, again, 2, 1, steps=LONG_STEPS)
+  job = _train(tfds_dir, again, 2, 1, steps=LONG_STEPS)
   assert f"resumed from step {resumed_at}" in job.wait(timeout=600)[0].log
   assert _bitwise_equal(_params(again, LONG_STEPS), want)
 
 
+@pytest.mark.slow
 def test_kill_9_of_one_trainer_stops_the_other_in_bounded_time(
-  tmp_path, tfds_dir, xla_cache
+  tmp_path, tfds_dir
 ):
   # Process 1 dies mid-run (kill -9: no handler, no goodbye); process 0 is
   # then inside a step's collectives or between steps.
-  job = _train(tfds_dir, xla_cache, tmp_path / "run", 2, 1, steps=LONG_STEPS)
+  job = _train(tfds_dir, tmp_path / "run", 2, 1, steps=LONG_STEPS)
   _wait_for(job, 0, f"saved checkpoint at step {CHECKPOINT_PERIOD}")
   start = time.monotonic()
   job.signal(1, signal.SIGKILL)
@@ -536,6 +552,8 @@ def eval_and_infer(tfds_dir: str, model_dir: str, out_dir: str) -> dict:
   }
 
 
+@pytest.mark.slow
+@SHARED_2X2_RUN
 def test_eval_and_infer_decode_a_share_per_host(
   tmp_path, tfds_dir, two_process_run
 ):
@@ -660,6 +678,9 @@ def test_restore_reads_only_this_hosts_slices(tmp_path, monkeypatch):
     "legacy": str(tmp_path / "t5x" / "checkpoint_1"),
     "orbax_dir": str(tmp_path / "run"),
   }
+  # The processes count the bytes they read: without the suite's compilation
+  # cache (conftest.py), whose entries they would read too.
+  monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "")
   hosts = multihost.run_function(restore_counting_bytes, args, tmp_path / "2")
   (one,) = multihost.run_function(
     restore_counting_bytes, args, tmp_path / "1", processes=1, devices=4

@@ -6,9 +6,6 @@ one line, for the built-in trainer's LEARNING_RATE and every other path.
 """
 
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 
@@ -34,25 +31,17 @@ def test_optimizer_settings_must_be_finite():
 
 
 def test_train_entry_point_refuses_an_infinite_learning_rate(
-  tmp_path, repo_dir
+  tmp_path, repo_dir, monkeypatch, run_entry_point
 ):
   # 1e999 is how a gin binding spells inf; nothing is read or written first.
-  run = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "dss_jax.train",
-      "--gin_file=tiny.gin",
-      f'--gin.MODEL_DIR="{tmp_path / "run"}"',
-      '--gin.MIXTURE_OR_TASK_NAME="dss_svamp_palm"',
-      "--gin.LEARNING_RATE=1e999",
-      "--gin.trainer.train.peak_flops=1e12",
-    ],
-    capture_output=True,
-    text=True,
-    cwd=repo_dir,
-    env=dict(os.environ, PYTHONPATH=str(repo_dir), JAX_PLATFORMS="cpu"),
-    timeout=300,
+  monkeypatch.chdir(repo_dir)
+  run = run_entry_point(
+    "dss_jax.train",
+    "--gin_file=tiny.gin",
+    f'--gin.MODEL_DIR="{tmp_path / "run"}"',
+    '--gin.MIXTURE_OR_TASK_NAME="dss_svamp_palm"',
+    "--gin.LEARNING_RATE=1e999",
+    "--gin.trainer.train.peak_flops=1e12",
   )
   assert run.returncode == 2, run.stderr[-2000:]
   assert run.stderr.strip().splitlines()[-1] == (

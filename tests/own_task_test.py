@@ -126,6 +126,7 @@ def _error_lines(stderr: str) -> list[str]:
   return [ln for ln in stderr.splitlines() if ln.startswith("error:")]
 
 
+@pytest.mark.slow
 def test_own_card_end_to_end(tmp_path):
   """Card -> fake teacher -> TFDS -> tasks -> train -> eval, all by env."""
   work = tmp_path / "mine"  # the user's empty folder
@@ -309,11 +310,15 @@ def test_user_card_registers_palm_and_built_sources(tmp_path, monkeypatch):
   assert (mixture.card, mixture.source) == ("parity_v2", "other")
 
 
-def test_entry_points_report_card_errors_in_one_line(tmp_path):
+def test_entry_points_report_card_errors_in_one_line(
+  tmp_path, monkeypatch, run_entry_point
+):
   card = _write_task(tmp_path, CARD.replace("name: parity", "name: svamp"))
   missing = tmp_path / "nowhere.yaml"
   cases = [
-    # (command, environment, the start of the one error line)
+    # (command, environment, the start of the one error line); in-process
+    # as `__main__` (run_entry_point), except the last, which needs a fresh
+    # process's first `import dss_jax.seqio_tasks`.
     (["dss_jax", "tasks", f"--task_cards={missing}"], {}, "--task_cards: "),
     (["dss_jax", "tasks"], {"DSS_TASK_CARDS": str(missing)}, "DSS_TASK_CARDS"),
     (["dss_jax.infer", f"--task_cards={missing}"], {}, "--task_cards: "),
@@ -342,8 +347,17 @@ def test_entry_points_report_card_errors_in_one_line(tmp_path):
       f"{card}: line 2",
     ),
   ]
-  for args, extra, start in cases:
-    run = _run(args, _env(**extra), tmp_path, timeout=120)
+  monkeypatch.chdir(tmp_path)
+  for name in (cards.TASK_CARDS_ENV, "TFDS_DATA_DIR"):
+    monkeypatch.delenv(name, raising=False)
+  for i, (args, extra, start) in enumerate(cases):
+    if i == len(cases) - 1:
+      run = _run(args, _env(**extra), tmp_path, timeout=120)
+    else:
+      with monkeypatch.context() as env:
+        for name, value in extra.items():
+          env.setenv(name, value)
+        run = run_entry_point(*args)
     assert run.returncode == 2, (args, run.stderr[-2000:])
     assert "Traceback" not in run.stderr, run.stderr[-2000:]
     (line,) = _error_lines(run.stderr)

@@ -222,6 +222,7 @@ print(json.dumps({"growth": status("VmHWM") - base,
 """
 
 
+@pytest.mark.slow
 def test_memory_estimate_meets_a_training_step_peak_rss(repo_dir):
   if not pathlib.Path("/proc/self/clear_refs").exists():
     pytest.fail("needs Linux's /proc/self/clear_refs to reset the peak RSS")
@@ -270,6 +271,7 @@ def test_a_student_that_cannot_fit_is_refused_in_one_line(tmp_path):
     plan.check_memory(small)
 
 
+@pytest.mark.slow
 def test_summary_md_has_the_plan_beside_the_actual_values(tmp_path):
   config = job_config.make_config(
     {

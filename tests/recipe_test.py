@@ -194,6 +194,7 @@ def test_distill_paper_defaults_per_method(
       _assert_mixture_step(_first_batches(config), 128)
 
 
+@pytest.mark.slow
 def test_official_loss_on_a_real_step_equals_the_official_formula(cqa_tasks):
   config = _gin_data_config("train_official.gin", "dss_cqa_palm")
   batch = _first_batches(config, 1)[0]
@@ -297,6 +298,7 @@ def _segments(batch, task=None):
   return set(zip(rows.tolist(), ids[keep].tolist(), strict=True))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("run_file", ["train.gin", "train_official.gin"])
 def test_packing_keeps_the_examples_of_a_step(cqa_tasks, run_file):
   unpacked = _gin_data_config(run_file, "dss_cqa_palm")

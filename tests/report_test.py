@@ -1,8 +1,6 @@
 """Results CSV, summary tables and the paper-style plots (dss_jax.report)."""
 
 import math
-import subprocess
-import sys
 
 import pytest
 
@@ -127,26 +125,19 @@ def test_one_size_and_fraction_gives_the_method_figure_only(tmp_path):
     report.write_report(tmp_path / "missing.csv", tmp_path)
 
 
-def test_the_command_line_reports_an_existing_csv(tmp_path):
+def test_the_command_line_reports_an_existing_csv(
+  tmp_path, monkeypatch, run_entry_point
+):
   # `python -m dss_jax.report` runs report/__main__.py: the flags there, the
-  # work in the library.
+  # work in the library. In-process, as `__main__`.
   path = tmp_path / "results.csv"
   _write(
     path,
     [_row("finetune", "s", 1.0, 0, 0.5), _row("dss_gold", "s", 1.0, 0, 0.75)],
   )
-  proc = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "dss_jax.report",
-      f"--results={path}",
-      "--teacher_accuracy=0.8",
-    ],
-    capture_output=True,
-    text=True,
-    timeout=120,
-    cwd=tmp_path,
+  monkeypatch.chdir(tmp_path)
+  proc = run_entry_point(
+    "dss_jax.report", f"--results={path}", "--teacher_accuracy=0.8"
   )
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "| Distilling step-by-step | s | 100 | 75.00 |" in proc.stdout

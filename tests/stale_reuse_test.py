@@ -66,6 +66,7 @@ def _distill(card, out, *flags):
   )
 
 
+@pytest.mark.slow
 def test_an_edited_card_is_another_run(tmp_path):
   card = user_cards.files_card(tmp_path / "card")
   out = tmp_path / "out"
@@ -278,6 +279,7 @@ def _train(model_dir, task, data_dir):
   )
 
 
+@pytest.mark.slow
 def test_a_finished_model_dir_refuses_another_task(tmp_path, svamp_tfds):
   model_dir = tmp_path / "run"
   done = _train(model_dir, "dss_svamp_palm", svamp_tfds)

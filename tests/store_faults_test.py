@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import user_cards
 
 from dss_jax import grid
@@ -276,6 +277,7 @@ def _distill(card, out, train_steps):
   ]
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_distill_saves_and_the_rerun_resumes(tmp_path):
   card = user_cards.files_card(tmp_path / "card", train=16, test=4)
   out = tmp_path / "out"

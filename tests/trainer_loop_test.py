@@ -68,27 +68,6 @@ def _register_mixture(rate_b=0.5) -> str:
   return "loop_mix"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def compilation_cache(tmp_path_factory):
-  """A persistent XLA cache: the runs of one test compile the same steps."""
-  from jax.experimental.compilation_cache import compilation_cache as cc
-
-  names = (
-    "jax_compilation_cache_dir",
-    "jax_persistent_cache_min_compile_time_secs",
-    "jax_persistent_cache_min_entry_size_bytes",
-  )
-  old = {n: getattr(jax.config, n) for n in names}
-  jax.config.update(names[0], str(tmp_path_factory.mktemp("xla_cache")))
-  jax.config.update(names[1], 0.0)
-  jax.config.update(names[2], 0)
-  cc.reset_cache()
-  yield
-  for n, v in old.items():
-    jax.config.update(n, v)
-  cc.reset_cache()
-
-
 def _one_device():
   return partitioning.Partitioner(devices=jax.devices()[:1])
 
