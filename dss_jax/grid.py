@@ -38,8 +38,9 @@ from dss_jax import errors, report
 METHODS = ("finetune", "distill", "dss_gold", "dss_teacher")
 # Methods that train on the teacher's rationales.
 RATIONALE_METHODS = ("dss_gold", "dss_teacher")
-# The paper's training-data fractions for the data-size figures.
-PAPER_FRACTIONS = (0.125, 0.25, 0.5, 1.0)
+# The paper's training-data fractions: the five points of its data-size
+# figures (Figures 2-3), which the paper preset runs.
+PAPER_FRACTIONS = (0.125, 0.25, 0.5, 0.75, 1.0)
 RESULT_FILE = "result.json"
 # Everything that decides a run's result, written before it trains; a folder
 # is only resumed or reused by a run of the same configuration.

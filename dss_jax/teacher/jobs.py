@@ -30,8 +30,6 @@ from dss_jax.teacher.backends import gemini
 BACKENDS = backends.BACKENDS
 # Where an OpenAI-compatible server listens unless told (vLLM's default).
 DEFAULT_OPENAI_URL = "http://localhost:8000/v1"
-# The source name of the paper's released PaLM-540B outputs.
-PALM_SOURCE = "palm"
 # Sampling temperature of self-consistency samples (num_samples > 1); a
 # single sample is greedy.
 SAMPLES_TEMPERATURE = 0.7
@@ -94,7 +92,7 @@ class TeacherConfig:
     if self.source:
       return self.source
     if self.backend == "replay":
-      return PALM_SOURCE
+      return sources.PALM_SOURCE
     if self.backend == "offline":
       return "offline"
     return source_name_of_model(self.model or gemini.DEFAULT_MODEL)
