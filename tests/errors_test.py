@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from dss_jax import errors, grid, infer, report, vocab
+from dss_jax import errors, grid, inference, report, vocab
 from dss_jax.teacher import store as store_lib
 
 # This command line runs in a real process (interpreter exit, atexit
@@ -147,15 +147,15 @@ def test_inference_input_errors_name_the_line(tmp_path):
   path = tmp_path / "in.jsonl"
   path.write_text('{"input": "a"}\n\n{"input": \n')
   with pytest.raises(errors.UserError, match=r"in\.jsonl:3: not JSON"):
-    infer.read_input_file(str(path))
+    inference.read_input_file(str(path))
   path.write_text('["a"]\n')
   with pytest.raises(errors.UserError, match=r"in\.jsonl:1: a JSON list"):
-    infer.read_input_file(str(path))
+    inference.read_input_file(str(path))
   path.write_text('{"question": "q"}\n')
   with pytest.raises(errors.UserError, match="do not fit card cqa"):
-    infer.read_input_file(str(path), card="cqa")
+    inference.read_input_file(str(path), card="cqa")
   with pytest.raises(errors.MissingFileError, match="no such file"):
-    infer.read_input_file(str(tmp_path / "none.jsonl"))
+    inference.read_input_file(str(tmp_path / "none.jsonl"))
 
 
 def test_a_garbled_vocabulary_record_is_refused(tmp_path):
