@@ -181,8 +181,9 @@ def _build_commands(card: str, source: str, data_dir: str) -> str:
       f"{card!r}, {source!r}, data_dir={data_dir!r})"
     )
   return (
-    f"  python -m dss_jax.annotate --card={card} --source={source} "
-    f"--backend=... --model=... --build_tfds --data_dir={data_dir}\n"
+    f"  python -m dss_jax.annotate --task_card={card} "
+    f"--teacher_source={source} --teacher=... --teacher_model=... "
+    f"--build_tfds --data_dir={data_dir}\n"
     "or, when its annotation store exists: dss_jax.datasets.build_annotated("
     f"{card!r}, {source!r}, data_dir={data_dir!r})"
   )

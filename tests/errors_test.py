@@ -27,8 +27,11 @@ _IN_A_SUBPROCESS = ["dss_jax.train", "--gin_file=tiny.gin"]
   [
     (["dss_jax.distill", "--seeds=-1"], "--seeds must be >= 0"),
     (["dss_jax.grid_job", "--model_sizes=giant"], "unknown model size"),
-    (["dss_jax.annotate", "--card=svamp", "--concurrency=0"], "--concurrency"),
-    (["dss_jax.annotate", "--card=no_such_card"], "no such task card"),
+    (
+      ["dss_jax.annotate", "--task_card=svamp", "--teacher_concurrency=0"],
+      "--teacher_concurrency",
+    ),
+    (["dss_jax.annotate", "--task_card=no_such_card"], "no such task card"),
     (["dss_jax.train", "--gin_file=no_such.gin"], "--gin_file=no_such.gin"),
     (["dss_jax.train", "--gin_file=tiny.gin"], "MODEL_DIR is REQUIRED"),
     (["dss_jax.eval", "stray"], "unexpected arguments"),

@@ -75,13 +75,13 @@ class TeacherConfig:
       )
     if self.model is not None and not self.model.strip():
       raise errors.UserError(
-        "--model is empty: name the teacher model, or leave the flag out "
+        "--teacher_model is empty: name the teacher model, or leave the flag out "
         f"for the default ({gemini.DEFAULT_MODEL} on gemini)"
       )
     if self.backend == "openai" and self.model is None:
       raise errors.UserError(
-        "--model is required with --backend=openai: the model name the "
-        "server serves, e.g. --model=Qwen/Qwen2.5-7B-Instruct"
+        "--teacher_model is required with --teacher=openai: the model name "
+        "the server serves, e.g. --teacher_model=Qwen/Qwen2.5-7B-Instruct"
       )
 
   @property
