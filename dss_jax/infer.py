@@ -28,20 +28,20 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
+from absl import app
+
 from dss_jax import gin_flags
 
 
-def cli(gin_files: Sequence[str], gin_bindings: Sequence[str]) -> int:
-  """Runs the inference configured by gin; returns the exit status."""
+def main(argv: Sequence[str]) -> None:
+  """Runs the inference configured by gin and prints its summary."""
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   # Imported here: JAX, TensorFlow and SeqIO start after the host settings
   # of `gin_flags.run`.
   from dss_jax import inference
 
-  result, status = gin_flags.run_from_gin(
-    inference.infer, gin_files, gin_bindings
-  )
-  if status:
-    return status
+  result = gin_flags.call_with_gin_flags(inference.infer)
   summary = {"examples": len(result.rows), **result.metrics}
   if result.split is not None:
     summary = {"split": result.split, **summary}
@@ -52,16 +52,7 @@ def cli(gin_files: Sequence[str], gin_bindings: Sequence[str]) -> int:
       f"{result.input_length} tokens were cut (INPUT_LENGTH)"
     )
   print(json.dumps(summary))
-  return 0
-
-
-main = gin_flags.cli_main(cli)
-
-
-def run() -> None:
-  """Console entry point."""
-  gin_flags.run(main, "a model file (MODEL) and runs/infer.gin")
 
 
 if __name__ == "__main__":
-  run()
+  gin_flags.run(main, "a model file (MODEL) and runs/infer.gin")
