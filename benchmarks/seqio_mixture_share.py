@@ -33,7 +33,7 @@ def measure(args: argparse.Namespace) -> None:
   import numpy as np
   import seqio
 
-  from dss_jax import datasets, seqio_tasks
+  from dss_jax import datasets, grid, seqio_tasks
 
   card = args.card
   datasets.build_annotated(
@@ -41,7 +41,7 @@ def measure(args: argparse.Namespace) -> None:
   )
   byte = seqio.ByteVocabulary()
   gold = f"dss_{card}_gold_finetune"
-  for fraction in seqio_tasks.PAPER_FRACTIONS:
+  for fraction in grid.PAPER_FRACTIONS:
     seqio_tasks.register_card(
       card,
       "palm",

@@ -1,13 +1,19 @@
 r"""Annotates a dataset with a teacher LLM: rationales and labels, resumable.
 
     export GEMINI_API_KEY=...
-    python -m dss_jax.annotate --card=cqa --split=train \
-      --backend=gemini --model=gemini-2.5-flash \
-      --concurrency=32 --rpm=1000 --num_samples=1
+    python -m dss_jax.annotate --task_card=cqa --split=train \
+      --teacher=gemini --teacher_model=gemini-2.5-flash \
+      --teacher_concurrency=32 --teacher_rpm=1000 --teacher_samples=1
 
     # any OpenAI-compatible server (vLLM, llama.cpp, Ollama):
-    python -m dss_jax.annotate --card=svamp --backend=openai \
-      --model=Qwen/Qwen2.5-7B-Instruct --base_url=http://localhost:8000/v1
+    python -m dss_jax.annotate --task_card=svamp --teacher=openai \
+      --teacher_model=Qwen/Qwen2.5-7B-Instruct \
+      --teacher_url=http://localhost:8000/v1
+
+The teacher's flags are spelled as in `dss-jax distill`. The old spellings
+(`--card`, `--backend`, `--model`, `--base_url`, `--source`,
+`--num_samples`, `--concurrency`, `--rpm`, `--paper_data_dir`) still work for
+this release and print one deprecation line each.
 
 Completions go to an append-only store (default
 $DSS_ANNOTATIONS_DIR/<card>_<source>.jsonl); rerunning the same command after
@@ -24,7 +30,7 @@ an API key (masked).
 Exit status: 0 when every call is stored; 1 when calls are left failed or a
 server fault stopped the run (one `error:` line; rerunning retries them); 2
 for a user error (a bad flag, card, data folder, key or model name, an
-openai teacher without `--model`, Vertex AI without credentials; one
+openai teacher without `--teacher_model`, Vertex AI without credentials; one
 `error:` line).
 """
 
@@ -41,6 +47,19 @@ from dss_jax.teacher import store as store_lib
 from dss_jax.teacher.backends import gemini_batch
 
 FLAGS = flags.FLAGS
+# The teacher's flags are spelled as `dss-jax distill` spells them; the old
+# spellings still work for one release, with a deprecation line.
+RENAMED_FLAGS = {
+  "card": "task_card",
+  "backend": "teacher",
+  "model": "teacher_model",
+  "base_url": "teacher_url",
+  "source": "teacher_source",
+  "num_samples": "teacher_samples",
+  "concurrency": "teacher_concurrency",
+  "rpm": "teacher_rpm",
+  "paper_data_dir": "paper_data",
+}
 
 
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
@@ -53,7 +72,7 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
 
   define(
     "string",
-    "card",
+    "task_card",
     None,
     "Task card: a built-in name, a card in --task_cards, or a path.",
     required=True,
@@ -67,7 +86,7 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
   )
   define("list", "split", ["train"], "Source splits to annotate.")
   flags.DEFINE_enum(
-    "backend",
+    "teacher",
     "gemini",
     jobs.BACKENDS,
     "Teacher backend.",
@@ -75,14 +94,14 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
   )
   define(
     "string",
-    "model",
+    "teacher_model",
     None,
     "Teacher model name (gemini: default gemini-2.5-flash; openai: the "
     "name the server serves, required).",
   )
   define(
     "string",
-    "base_url",
+    "teacher_url",
     None,
     "Endpoint override (gemini) or the /v1 root (openai).",
   )
@@ -94,7 +113,7 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
   )
   define(
     "string",
-    "source",
+    "teacher_source",
     None,
     "Source name (default: from the model, e.g. gemini_2_5_flash).",
   )
@@ -106,7 +125,7 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
   )
   define(
     "string",
-    "paper_data_dir",
+    "paper_data",
     None,
     "The paper's data layout (default: $DSS_PAPER_DATA_DIR or the "
     "downloaded zip).",
@@ -120,7 +139,7 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
   )
   define(
     "integer",
-    "num_samples",
+    "teacher_samples",
     1,
     "Samples per example (self-consistency vote when > 1).",
     lower_bound=1,
@@ -135,8 +154,10 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
   define(
     "integer", "max_output_tokens", 256, "Completion length cap.", lower_bound=1
   )
-  define("integer", "concurrency", 16, "Calls in flight.", lower_bound=1)
-  define("float", "rpm", None, "Client-side requests-per-minute limit.")
+  define(
+    "integer", "teacher_concurrency", 16, "Calls in flight.", lower_bound=1
+  )
+  define("float", "teacher_rpm", None, "Client-side requests-per-minute limit.")
   define("float", "tpm", None, "Client-side tokens-per-minute limit.")
   define("integer", "max_retries", 8, "Retries per call.", lower_bound=0)
   define("float", "timeout_s", 120.0, "Per-attempt timeout.")
@@ -177,7 +198,7 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     "are left out).",
   )
   # Checked when the flags are parsed, before any file is read or call made.
-  for name in ("rpm", "tpm", "timeout_s"):
+  for name in ("teacher_rpm", "tpm", "timeout_s"):
     flags.register_validator(
       name,
       lambda v: v is None or v > 0,
@@ -191,9 +212,9 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     flag_values=flag_values,
   )
   flags.register_validator(
-    "source",
+    "teacher_source",
     lambda v: v is None or re.fullmatch(r"[a-z][a-z0-9_]*", v) is not None,
-    "--source must be lower-case letters, digits and _ (it names the dataset)",
+    "--teacher_source must be lower-case letters, digits and _ (it names the dataset)",
     flag_values=flag_values,
   )
 
@@ -211,10 +232,10 @@ def teacher_from_flags(
   """The teacher the command line names."""
   f = flag_values
   return jobs.TeacherConfig(
-    backend=f.backend,
-    model=f.model,
-    base_url=f.base_url,
-    source=f.source,
+    backend=f.teacher,
+    model=f.teacher_model,
+    base_url=f.teacher_url,
+    source=f.teacher_source,
     vertexai=f.vertexai,
     project=f.project,
     location=f.location,
@@ -234,12 +255,12 @@ def main(argv: Sequence[str]) -> None:
   teacher = teacher_from_flags()
   source = teacher.source_name
   try:
-    card = cards.load_card(f.card)
+    card = cards.load_card(f.task_card)
     job = jobs.plan_job(
       card,
       f.split,
-      num_samples=f.num_samples,
-      paper_data_dir=f.paper_data_dir,
+      num_samples=f.teacher_samples,
+      paper_data_dir=f.paper_data,
       temperature=f.temperature,
       max_output_tokens=f.max_output_tokens,
       limit=f.limit,
@@ -248,8 +269,8 @@ def main(argv: Sequence[str]) -> None:
     store = f.store or store_lib.default_store_path(card.name, source)
     price = tuple(float(p) for p in f.price) if f.price else None
     config = runner.RunnerConfig(
-      concurrency=f.concurrency,
-      requests_per_minute=f.rpm,
+      concurrency=f.teacher_concurrency,
+      requests_per_minute=f.teacher_rpm,
       tokens_per_minute=f.tpm,
       max_retries=f.max_retries,
       max_retry_wait_s=f.max_retry_wait,
@@ -289,12 +310,12 @@ def main(argv: Sequence[str]) -> None:
       raise SystemExit(f"error: {message}")
     print(f"warning: {message}; building without them (--allow_incomplete)")
   if f.build_tfds:
-    if f.paper_data_dir:
+    if f.paper_data:
       # The builder reads the source rows from the same place (the flag wins
       # over the environment).
-      os.environ["DSS_PAPER_DATA_DIR"] = f.paper_data_dir
+      os.environ["DSS_PAPER_DATA_DIR"] = f.paper_data
     builder = datasets.build_annotated(
-      f.card,
+      f.task_card,
       source,
       data_dir=f.data_dir,
       store=store,
@@ -307,4 +328,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
   define_flags()
-  cli.run(main)
+  cli.run(main, cli.renamed_flags(RENAMED_FLAGS))

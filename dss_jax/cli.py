@@ -14,7 +14,9 @@ traceback (`dss_jax.errors` lists the exit statuses).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import re
+import sys
+from collections.abc import Callable, Mapping, Sequence
 
 from absl import app, flags
 
@@ -57,3 +59,40 @@ def run(
     errors.reports_user_errors(main),
     flags_parser=lambda argv: parse_flags(argv, rewrite),
   )
+
+
+def renamed_flags(
+  renames: Mapping[str, str],
+) -> Callable[[Sequence[str]], list[str]]:
+  """A `rewrite` for `run` that accepts flags under their old names.
+
+  Each old name in use prints one line, `warning: --OLD is deprecated; use
+  --NEW`, to stderr; arguments after `--` are left alone.
+
+  Args:
+    renames: old flag name -> new flag name.
+
+  Returns:
+    The rewrite, which returns the command line with the new names.
+  """
+
+  def rewrite(argv: Sequence[str]) -> list[str]:
+    out = list(argv[:1])
+    warned = set()
+    for index, arg in enumerate(argv[1:], start=1):
+      if arg == "--":
+        out.extend(argv[index:])
+        break
+      match = re.fullmatch(r"(--?)(\w+)(=.*)?", arg, re.DOTALL)
+      if match is None or match.group(2) not in renames:
+        out.append(arg)
+        continue
+      dashes, old, value = match.groups()
+      new = renames[old]
+      if old not in warned:
+        warned.add(old)
+        print(f"warning: --{old} is deprecated; use --{new}", file=sys.stderr)
+      out.append(f"{dashes}{new}{value or ''}")
+    return out
+
+  return rewrite

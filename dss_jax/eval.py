@@ -18,19 +18,19 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
+from absl import app
+
 from dss_jax import gin_flags
 
 
-def cli(gin_files: Sequence[str], gin_bindings: Sequence[str]) -> int:
-  """Runs the eval job configured by gin; returns the exit status."""
+def main(argv: Sequence[str]) -> None:
+  """Runs the eval job configured by gin and prints its metrics."""
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   # Imported here: JAX starts after the host settings of `gin_flags.run`.
   from dss_jax import evaluation
 
-  results, status = gin_flags.run_from_gin(
-    evaluation.evaluate_checkpoints, gin_files, gin_bindings
-  )
-  if status:
-    return status
+  results = gin_flags.call_with_gin_flags(evaluation.evaluate_checkpoints)
   for line in results.truncation:
     print(line)
   if results.reused:
@@ -43,16 +43,7 @@ def cli(gin_files: Sequence[str], gin_bindings: Sequence[str]) -> int:
   for step, metrics in sorted(results.items()):
     line = {"step": step, "split": results.split, "task": results.task}
     print(json.dumps(line | metrics, sort_keys=True))
-  return 0
-
-
-main = gin_flags.cli_main(cli)
-
-
-def run() -> None:
-  """Console entry point."""
-  gin_flags.run(main, "a model file (MODEL) and runs/eval.gin")
 
 
 if __name__ == "__main__":
-  run()
+  gin_flags.run(main, "a model file (MODEL) and runs/eval.gin")

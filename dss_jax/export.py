@@ -5,7 +5,8 @@ r"""Exports a checkpoint to a Hugging Face transformers T5 (`dss_jax.hf_export`)
       --checkpoint=/tmp/dss_cqa_base \
       --output_dir=/tmp/dss_cqa_base_hf
 
-The gin file defines MODEL (the student); the directory then loads with
+The gin file defines MODEL (the student; `--gin.NAME=value` binds gin as in
+`train`); the directory then loads with
 `transformers.T5ForConditionalGeneration.from_pretrained`. The weight
 mapping is in `dss_jax/hf_export.py`'s docstring.
 """
@@ -13,19 +14,18 @@ mapping is in `dss_jax/hf_export.py`'s docstring.
 from __future__ import annotations
 
 import pathlib
-import sys
 from collections.abc import Sequence
 
 from absl import app, flags
 
-from dss_jax import cli, gin_flags
+from dss_jax import gin_flags
 
 FLAGS = flags.FLAGS
 
 
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
-  """Defines the command line (called when the command starts)."""
-  gin_flags.define_gin_flags("model file(s) defining MODEL")
+  """Defines the command line (called when the command starts); the gin
+  flags come from `gin_flags.run`."""
   flags.DEFINE_string(
     "checkpoint",
     None,
@@ -85,14 +85,11 @@ def main(argv: Sequence[str]) -> None:
       overwrite=f.overwrite,
     )
 
-  out, status = gin_flags.run_from_gin(
-    export_from_gin, f.gin_file, f.gin_bindings, configure=False
-  )
-  if status:
-    sys.exit(status)
+  out = gin_flags.call_with_gin_flags(export_from_gin, configure=False)
   print(f"exported to {out}")
 
 
 if __name__ == "__main__":
   define_flags()
-  cli.run(main)
+  # One process writes the export: no multi-process job to join.
+  gin_flags.run(main, "model file(s) defining MODEL", join_job=False)

@@ -38,7 +38,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import gin
-from absl import app, flags, logging
+from absl import flags, logging
 from gin import resource_reader
 
 from dss_jax import cards, cli, errors, host, resources
@@ -335,36 +335,6 @@ def model_from_gin() -> t5.Transformer:
   return ref
 
 
-def run_from_gin(
-  configurable: Callable[..., Any],
-  gin_files: Sequence[str],
-  gin_bindings: Sequence[str],
-  *,
-  configure: bool = True,
-) -> tuple[Any, int]:
-  """Parses gin and calls ``configurable``; user errors become one line.
-
-  Args:
-    configurable: the function to call.
-    gin_files: gin files to parse.
-    gin_bindings: gin bindings to apply after them.
-    configure: call it with its gin bindings (False: call it as it is).
-
-  Returns:
-    (result, 0), or (None, 2) after printing ``error: <reason>`` to stderr
-    for a user error (`errors.UserError`, e.g. a bad gin file or binding,
-    an unknown task, a missing checkpoint). Other exceptions propagate.
-  """
-  try:
-    parse_gin(gin_files, gin_bindings)
-    logging.info("gin config:\n%s", gin.config_str())
-    return call_configured(configurable, configure), 0
-  except errors.UserError as e:
-    # gin appends "In call to configurable ..." lines; the first is ours.
-    print(f"error: {errors.one_line(e)}", file=sys.stderr)
-    return None, errors.USER_ERROR_STATUS
-
-
 def parse_gin_flags(finalize: bool = False) -> None:
   """Parses the gin flags of this process's command line."""
   parse_gin(
@@ -375,18 +345,51 @@ def parse_gin_flags(finalize: bool = False) -> None:
   )
 
 
-def run(main: Callable[[Sequence[str]], None], what: str) -> None:
+def call_with_gin_flags(
+  fn: Callable[[], Any], *, finalize: bool = False, configure: bool = True
+) -> Any:
+  """Parses this command line's gin flags, then calls `fn` (in `main`).
+
+  Args:
+    fn: a gin configurable (or, with `configure=False`, any function).
+    finalize: lock the config (see `parse_gin`).
+    configure: call `fn` through gin's bindings.
+
+  Returns:
+    What `fn` returns.
+
+  Raises:
+    errors.UserError: a bad gin file or binding, a REQUIRED macro left
+      unset, or a user error of `fn` (the runner prints it in one line).
+  """
+  parse_gin_flags(finalize=finalize)
+  logging.info("gin config:\n%s", gin.config_str())
+  return call_configured(fn, configure)
+
+
+def run(
+  main: Callable[[Sequence[str]], None], what: str, *, join_job: bool = True
+) -> None:
   """`app.run(main)` with the gin flags defined and `--gin.X=` accepted.
 
-  Before `main`, the process joins the multi-process job that the
-  distributed flags or the cluster environment describe (if any).
+  The runner of every entry point that reads gin (`train`, `eval`, `infer`,
+  `export`): the entry point defines its own flags, if any, under its
+  `if __name__ == "__main__":` and hands its absl `main` here; `main` calls
+  `call_with_gin_flags`.
+
+  Args:
+    main: the entry point's absl `main`.
+    what: the help text of `--gin_file`.
+    join_job: before `main`, join the multi-process job that the
+      distributed flags or the cluster environment describe (if any).
   """
   host.keep_freed_memory()
   host.add_xla_flag_defaults()
   define_gin_flags(what)
   define_task_cards_flag()
   define_tfds_flag()
-  define_distributed_flags()
+  if join_job:
+    define_distributed_flags()
 
   def main_on_all_processes(argv: Sequence[str]) -> None:
     apply_tfds_data_dir()
@@ -395,7 +398,7 @@ def run(main: Callable[[Sequence[str]], None], what: str) -> None:
       apply_task_cards()
       main(argv)
 
-    if not initialize_distributed_from_flags():
+    if not join_job or not initialize_distributed_from_flags():
       job()
       return
     # Imported here: JAX starts after the host settings above.
@@ -405,16 +408,3 @@ def run(main: Callable[[Sequence[str]], None], what: str) -> None:
     partitioning.run_as_one_job(job, flags.FLAGS.heartbeat_timeout_seconds)
 
   cli.run(main_on_all_processes, rewrite_gin_args)
-
-
-def cli_main(
-  cli: Callable[[Sequence[str], Sequence[str]], int],
-) -> Callable[[Sequence[str]], None]:
-  """An absl `main` for a `cli(gin_files, gin_bindings)` -> exit status."""
-
-  def main(argv: Sequence[str]) -> None:
-    if len(argv) > 1:
-      raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    sys.exit(cli(flags.FLAGS.gin_file, flags.FLAGS.gin_bindings))
-
-  return main

@@ -38,8 +38,9 @@ from dss_jax import errors, report
 METHODS = ("finetune", "distill", "dss_gold", "dss_teacher")
 # Methods that train on the teacher's rationales.
 RATIONALE_METHODS = ("dss_gold", "dss_teacher")
-# The paper's training-data fractions for the data-size figures.
-PAPER_FRACTIONS = (0.125, 0.25, 0.5, 1.0)
+# The paper's training-data fractions: the five points of its data-size
+# figures (Figures 2-3), which the paper preset runs.
+PAPER_FRACTIONS = (0.125, 0.25, 0.5, 0.75, 1.0)
 RESULT_FILE = "result.json"
 # Everything that decides a run's result, written before it trains; a folder
 # is only resumed or reused by a run of the same configuration.
@@ -331,23 +332,73 @@ def run_grid(
     StaleRunError: a run folder holds a run of another configuration.
   """
   root = pathlib.Path(root)
+  todo = unfinished_runs(specs, root, identity=identity, log=log)
+  for spec in todo:
+    log(f"grid: run {specs.index(spec) + 1}/{len(specs)}: {spec.name}")
+    if identity is not None:
+      write_run_config(run_dir(root, spec), identity(spec))
+    run_one(run_fn, root, spec)
+  return collect_results(root, specs)
+
+
+def unfinished_runs(
+  specs: Sequence[RunSpec],
+  root: str | pathlib.Path,
+  *,
+  identity: IdentityFn | None = None,
+  log: Callable[[str], None] = print,
+) -> list[RunSpec]:
+  """The runs of a grid left to train, after checking every folder.
+
+  The start of `run_grid` here and of `dss_jax.workers.run_grid`.
+
+  Args:
+    specs: the grid.
+    root: the grid's output folder.
+    identity: the values that decide a spec's result (JSON-able).
+    log: where the line on finished runs goes.
+
+  Returns:
+    The specs without a result, in order.
+
+  Raises:
+    StaleRunError: a run folder holds a run of another configuration.
+    errors.UserError: two specs share a run folder.
+  """
+  root = pathlib.Path(root)
+  # Two runs training one folder (side by side: fail in orbax and hang a
+  # pool of workers) would overwrite each other.
   check_distinct_folders(root, specs)
   if identity is not None:
     for spec in specs:
       check_run_config(run_dir(root, spec), identity(spec))
-  done = sum(read_result(run_dir(root, s)) is not None for s in specs)
-  if done:
-    log(f"grid: {done}/{len(specs)} runs already finished; skipping them")
-  for index, spec in enumerate(specs, start=1):
-    directory = run_dir(root, spec)
-    if read_result(directory) is not None:
-      continue
-    log(f"grid: run {index}/{len(specs)}: {spec.name}")
-    if identity is not None:
-      write_run_config(directory, identity(spec))
-    start = time.monotonic()
-    result = dict(run_fn(spec, directory))
-    result.setdefault("train_seconds", round(time.monotonic() - start, 1))
-    result.setdefault("run_dir", str(directory))
-    write_result(directory, result)
-  return collect_results(root, specs)
+  todo = [s for s in specs if read_result(run_dir(root, s)) is None]
+  if len(todo) < len(specs):
+    log(
+      f"grid: {len(specs) - len(todo)}/{len(specs)} runs already finished; "
+      "skipping them"
+    )
+  return todo
+
+
+def run_one(
+  run_fn: RunFn, root: str | pathlib.Path, spec: RunSpec
+) -> tuple[RunSpec, dict[str, Any]]:
+  """Trains one run in its folder and writes its result there.
+
+  Args:
+    run_fn: trains and evaluates the run (see `run_grid`).
+    root: the grid's output folder.
+    spec: the run.
+
+  Returns:
+    (spec, its result row), with `train_seconds` and `run_dir` added where
+    `run_fn` leaves them out.
+  """
+  directory = run_dir(root, spec)
+  start = time.monotonic()
+  result = dict(run_fn(spec, directory))
+  result.setdefault("train_seconds", round(time.monotonic() - start, 1))
+  result.setdefault("run_dir", str(directory))
+  write_result(directory, result)
+  return spec, result

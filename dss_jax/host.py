@@ -29,6 +29,7 @@ import ctypes
 import ctypes.util
 import os
 import sys
+from collections.abc import Sequence
 
 # mallopt parameters, from glibc's <malloc.h>.
 _M_TRIM_THRESHOLD = -1
@@ -77,19 +78,31 @@ def keep_freed_memory() -> bool:
 XLA_FLAG_DEFAULTS = ("--xla_gpu_dot_merger_threshold_mb=0",)
 
 
-def add_xla_flag_defaults() -> str:
-  """Adds `XLA_FLAG_DEFAULTS` to XLA_FLAGS where it leaves them unset.
+def add_xla_flags(defaults: Sequence[str]) -> str:
+  """Adds `defaults` to XLA_FLAGS where it leaves them unset.
 
   Call it before JAX starts its backends (the first computation); later,
-  XLA has read its flags. A flag the user set keeps the user's value.
+  XLA has read its flags. A flag already set keeps its value.
+
+  Args:
+    defaults: flags as XLA_FLAGS spells them (`--name=value`).
 
   Returns:
     The resulting XLA_FLAGS.
   """
   flags = os.environ.get("XLA_FLAGS", "").split()
   names = {f.split("=", 1)[0] for f in flags}
-  for flag in XLA_FLAG_DEFAULTS:
+  for flag in defaults:
     if flag.split("=", 1)[0] not in names:
       flags.append(flag)
   os.environ["XLA_FLAGS"] = " ".join(flags)
   return os.environ["XLA_FLAGS"]
+
+
+def add_xla_flag_defaults() -> str:
+  """Adds `XLA_FLAG_DEFAULTS` to XLA_FLAGS where it leaves them unset.
+
+  Returns:
+    The resulting XLA_FLAGS.
+  """
+  return add_xla_flags(XLA_FLAG_DEFAULTS)

@@ -51,12 +51,10 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from dss_jax import cards, errors, metrics, paired, preprocessors, vocab
+from dss_jax.teacher import sources
 
 DATASET_NAME = "dss_annotated"
-PALM_SOURCE = "palm"
 SPLITS = ("train", "validation", "test")
-# The paper's training-data fractions (Figures 2-3).
-PAPER_FRACTIONS = (0.125, 0.25, 0.5, 0.75, 1.0)
 # As the official code: 10% of train becomes validation where a dataset has no
 # validation split. Its seed is fixed, so validation never changes with the
 # fraction or its seed.
@@ -173,7 +171,7 @@ class DatasetNotFoundError(errors.MissingFileError):
 
 
 def _build_commands(card: str, source: str, data_dir: str) -> str:
-  if source == PALM_SOURCE:
+  if source == sources.PALM_SOURCE:
     return (
       f"  DSS_PAPER_DATA_DIR=<paper data> python -m dss_jax.datasets "
       f"--card={card} --source={source} --data_dir={data_dir}\n"
@@ -183,8 +181,9 @@ def _build_commands(card: str, source: str, data_dir: str) -> str:
       f"{card!r}, {source!r}, data_dir={data_dir!r})"
     )
   return (
-    f"  python -m dss_jax.annotate --card={card} --source={source} "
-    f"--backend=... --model=... --build_tfds --data_dir={data_dir}\n"
+    f"  python -m dss_jax.annotate --task_card={card} "
+    f"--teacher_source={source} --teacher=... --teacher_model=... "
+    f"--build_tfds --data_dir={data_dir}\n"
     "or, when its annotation store exists: dss_jax.datasets.build_annotated("
     f"{card!r}, {source!r}, data_dir={data_dir!r})"
   )
@@ -608,13 +607,13 @@ def _register_sources(
     pairs = [
       p
       for p in built_sources(sorted(known), data_dir)
-      if p[0] in file_of and p[1] != PALM_SOURCE
+      if p[0] in file_of and p[1] != sources.PALM_SOURCE
     ]
   # palm last: `dss_<card>_gold_finetune` follows the latest registration and
   # should read the paper's complete datasets where they exist. Only cards
   # whose data the paper released have a palm source.
   pairs += [
-    (name, PALM_SOURCE)
+    (name, sources.PALM_SOURCE)
     for name in card_names
     if cards.load_card(file_of[name]).source.paper_folder
   ]

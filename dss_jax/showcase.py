@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import seqio
 
-from dss_jax import evaluation
+from dss_jax import cards, evaluation, inference
 from dss_jax.models import t5
 
 
@@ -74,13 +74,7 @@ def _decode_text(
     decode=evaluation.DecodeConfig(),
     max_decode_length=length,
   )
-  texts = []
-  for row in tokens:
-    ids = [int(t) for t in row]
-    if 1 in ids:  # EOS
-      ids = ids[: ids.index(1)]
-    texts.append(vocabulary.decode([i for i in ids if i > 0]))
-  return texts
+  return inference.texts_of_tokens(vocabulary, tokens)
 
 
 def student_examples(
@@ -94,7 +88,7 @@ def student_examples(
   inputs_length: int,
   targets_length: int,
   label_length: int,
-  label_prefix: str = "predict: ",
+  label_prefix: str = cards.LABEL_PREFIX,
   count: int = 3,
 ) -> list[Example]:
   """Decodes the first `count` test examples with both of a student's tasks.

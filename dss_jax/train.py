@@ -25,7 +25,6 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-import gin
 from absl import app, logging
 
 from dss_jax import gin_flags
@@ -37,10 +36,8 @@ def main(argv: Sequence[str]) -> None:
   # Imported here: `--help` stays fast and JAX starts after flag parsing.
   from dss_jax import trainer
 
-  gin_flags.parse_gin_flags(finalize=True)
-  logging.info("gin config:\n%s", gin.config_str())
   try:
-    result = gin_flags.call_configured(trainer.train)
+    result = gin_flags.call_with_gin_flags(trainer.train, finalize=True)
   except trainer.NonFiniteLossError as e:
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)
@@ -51,10 +48,5 @@ def main(argv: Sequence[str]) -> None:
     logging.info("finished at step %d", result.step)
 
 
-def run() -> None:
-  """Console entry point."""
-  gin_flags.run(main, "gin files to parse, in order")
-
-
 if __name__ == "__main__":
-  run()
+  gin_flags.run(main, "gin files to parse, in order")

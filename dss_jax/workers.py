@@ -4,7 +4,8 @@ The demo's students are tiny: a training step is a chain of small matmuls that
 one core runs nearly as fast as two, so two single-threaded processes, each
 training its own run, finish a grid in a little more than half the time of one
 two-threaded process. `run_grid` here is `dss_jax.grid.run_grid` with a pool
-of such workers:
+of such workers (both check the folders with `grid.unfinished_runs` and train
+a run with `grid.run_one`; only the order and the processes differ):
 
     rows = workers.run_grid(specs, run_fn, root, workers=2,
                             log_dir=root / "logs")
@@ -28,13 +29,14 @@ import pathlib
 import signal
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import tqdm
 from absl import logging
 
 from dss_jax import grid as grid_lib
+from dss_jax import host
 
 # One XLA:CPU thread: the pool, not XLA, spreads the work over the cores.
 SINGLE_THREAD_XLA_FLAGS = (
@@ -48,7 +50,7 @@ _PR_SET_PDEATHSIG = 1
 # Whether `redirect_native_stderr` gave Python's stderr its own descriptor.
 _terminal_kept = False
 
-RunFn = Callable[[grid_lib.RunSpec, pathlib.Path], Mapping[str, Any]]
+RunFn = grid_lib.RunFn
 
 
 def default_workers() -> int:
@@ -66,10 +68,7 @@ def default_workers() -> int:
 
 def _quiet_process(log_path: str) -> None:
   """Sends this process's output, C++ included, to `log_path`."""
-  flags = os.environ.get("XLA_FLAGS", "").split()
-  names = {f.split("=", 1)[0] for f in flags}
-  flags += [f for f in SINGLE_THREAD_XLA_FLAGS if f.split("=")[0] not in names]
-  os.environ["XLA_FLAGS"] = " ".join(flags)
+  host.add_xla_flags(SINGLE_THREAD_XLA_FLAGS)
   # TensorFlow reads these when it is first imported, which happens later,
   # inside the run: no cuInit or oneDNN banners, one thread per pool.
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -173,18 +172,6 @@ def _init_worker(
     setup()
 
 
-def _run_one(
-  run_fn: RunFn, root: str, spec: grid_lib.RunSpec
-) -> tuple[grid_lib.RunSpec, dict[str, Any]]:
-  directory = grid_lib.run_dir(root, spec)
-  start = time.monotonic()
-  result = dict(run_fn(spec, directory))
-  result.setdefault("train_seconds", round(time.monotonic() - start, 1))
-  result.setdefault("run_dir", str(directory))
-  grid_lib.write_result(directory, result)
-  return spec, result
-
-
 def run_grid(
   specs: Sequence[grid_lib.RunSpec],
   run_fn: RunFn,
@@ -222,19 +209,7 @@ def run_grid(
     errors.UserError: two specs share a run folder.
   """
   root = pathlib.Path(root)
-  # Two workers training one folder fail in orbax and hang the pool.
-  grid_lib.check_distinct_folders(root, specs)
-  if identity is not None:
-    for spec in specs:
-      grid_lib.check_run_config(grid_lib.run_dir(root, spec), identity(spec))
-  todo = [
-    s for s in specs if grid_lib.read_result(grid_lib.run_dir(root, s)) is None
-  ]
-  if len(todo) < len(specs):
-    log(
-      f"grid: {len(specs) - len(todo)}/{len(specs)} runs already finished; "
-      "skipping them"
-    )
+  todo = grid_lib.unfinished_runs(specs, root, identity=identity, log=log)
   # Runs with rationales take longest; starting them first keeps the
   # workers busy to the end (longest processing time first).
   todo.sort(key=lambda s: not s.uses_rationales)
@@ -264,7 +239,7 @@ def run_grid(
     workers, _init_worker, (str(log_dir), counter, workers, setup)
   ) as pool:
     for spec, result in pool.imap_unordered(
-      functools.partial(_run_one, run_fn, str(root)), todo
+      functools.partial(grid_lib.run_one, run_fn, str(root)), todo
     ):
       value = result.get("value")
       shown = f"{100 * value:.1f}%" if isinstance(value, float) else value

@@ -18,13 +18,13 @@ def _annotate(run, server, paper_data_dir, tmp_path, *flags):
   """`python -m dss_jax.annotate`, in-process as `__main__`."""
   return run(
     "dss_jax.annotate",
-    "--card=svamp",
+    "--task_card=svamp",
     "--split=test",
     "--limit=4",
-    "--backend=openai",
-    "--model=test-model",
-    f"--base_url={server.url}/v1",
-    f"--paper_data_dir={paper_data_dir}",
+    "--teacher=openai",
+    "--teacher_model=test-model",
+    f"--teacher_url={server.url}/v1",
+    f"--paper_data={paper_data_dir}",
     f"--store={tmp_path / 'store.jsonl'}",
     f"--data_dir={tmp_path / 'tfds'}",
     "--noprogress",

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 from dss_jax import __main__ as cli
+from dss_jax import cli as cli_lib
 
 
 def test_lists_entry_points():
@@ -66,3 +67,23 @@ def test_gin_entry_points_refuse_stray_arguments(run_entry_point):
     out = run_entry_point(module, "stray")
     assert out.returncode == 2, (module, out.stderr[-2000:])
     assert "unexpected arguments: ['stray']" in out.stderr, module
+
+
+def test_renamed_flags_take_the_old_spelling_with_one_warning(capsys):
+  rewrite = cli_lib.renamed_flags({"rpm": "teacher_rpm", "card": "task_card"})
+  argv = ["annotate", "--rpm=5", "-card", "cqa", "--tpm=1", "--rpm=6"]
+  argv += ["--", "--rpm=7"]
+  assert rewrite(argv) == [
+    "annotate",
+    "--teacher_rpm=5",
+    "-task_card",
+    "cqa",
+    "--tpm=1",
+    "--teacher_rpm=6",
+    "--",
+    "--rpm=7",
+  ]
+  assert capsys.readouterr().err.splitlines() == [
+    "warning: --rpm is deprecated; use --teacher_rpm",
+    "warning: --card is deprecated; use --task_card",
+  ]

@@ -106,6 +106,10 @@ def test_every_stage_runs_and_a_rerun_redoes_nothing(tmp_path, monkeypatch):
 def test_task_names_follow_the_seqio_contract(tmp_path):
   config = _config(tmp_path)
   job = student.Student(config, stages.DataStages(config, log=lambda _: None))
+  with pytest.raises(RuntimeError, match="register_tasks"):
+    job.task_names("finetune")
+  job.register_tasks(config.specs()[0])
+  assert job.tasks.rationale == "dss_arith_offline_rationale"
   assert job.task_names("finetune") == ("dss_arith_gold_finetune",) * 2
   assert job.task_names("distill") == ("dss_arith_offline_distill",) * 2
   assert job.task_names("dss_teacher") == (

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from dss_jax import errors, grid, infer, report, vocab
+from dss_jax import errors, grid, inference, report, vocab
 from dss_jax.teacher import store as store_lib
 
 # This command line runs in a real process (interpreter exit, atexit
@@ -27,8 +27,11 @@ _IN_A_SUBPROCESS = ["dss_jax.train", "--gin_file=tiny.gin"]
   [
     (["dss_jax.distill", "--seeds=-1"], "--seeds must be >= 0"),
     (["dss_jax.grid_job", "--model_sizes=giant"], "unknown model size"),
-    (["dss_jax.annotate", "--card=svamp", "--concurrency=0"], "--concurrency"),
-    (["dss_jax.annotate", "--card=no_such_card"], "no such task card"),
+    (
+      ["dss_jax.annotate", "--task_card=svamp", "--teacher_concurrency=0"],
+      "--teacher_concurrency",
+    ),
+    (["dss_jax.annotate", "--task_card=no_such_card"], "no such task card"),
     (["dss_jax.train", "--gin_file=no_such.gin"], "--gin_file=no_such.gin"),
     (["dss_jax.train", "--gin_file=tiny.gin"], "MODEL_DIR is REQUIRED"),
     (["dss_jax.eval", "stray"], "unexpected arguments"),
@@ -147,15 +150,15 @@ def test_inference_input_errors_name_the_line(tmp_path):
   path = tmp_path / "in.jsonl"
   path.write_text('{"input": "a"}\n\n{"input": \n')
   with pytest.raises(errors.UserError, match=r"in\.jsonl:3: not JSON"):
-    infer.read_input_file(str(path))
+    inference.read_input_file(str(path))
   path.write_text('["a"]\n')
   with pytest.raises(errors.UserError, match=r"in\.jsonl:1: a JSON list"):
-    infer.read_input_file(str(path))
+    inference.read_input_file(str(path))
   path.write_text('{"question": "q"}\n')
   with pytest.raises(errors.UserError, match="do not fit card cqa"):
-    infer.read_input_file(str(path), card="cqa")
+    inference.read_input_file(str(path), card="cqa")
   with pytest.raises(errors.MissingFileError, match="no such file"):
-    infer.read_input_file(str(tmp_path / "none.jsonl"))
+    inference.read_input_file(str(tmp_path / "none.jsonl"))
 
 
 def test_a_garbled_vocabulary_record_is_refused(tmp_path):

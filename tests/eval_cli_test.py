@@ -213,10 +213,8 @@ def test_entry_point(
   assert (path / "inference_eval" / f"{_TASK}-000010.jsonl").exists()
 
 
-def test_entry_point_errors_are_one_line(tmp_path, capsys):
+def test_entry_point_errors_are_one_line(tmp_path, run_entry_point):
   import gin
-
-  from dss_jax import eval as eval_main
 
   (tmp_path / "tiny_model.gin").write_text(
     "from __gin__ import dynamic_registration\n"
@@ -244,14 +242,16 @@ def test_entry_point_errors_are_one_line(tmp_path, capsys):
     (tmp_path / "run", "eval_cli_close_nmae"),
   ):
     try:
-      status = eval_main.cli(
-        files,
-        [f'CHECKPOINT_PATH = "{path}"', f'MIXTURE_OR_TASK_NAME = "{task}"'],
+      ran = run_entry_point(
+        "dss_jax.eval",
+        *(f"--gin_file={f}" for f in files),
+        f'--gin.CHECKPOINT_PATH="{path}"',
+        f'--gin.MIXTURE_OR_TASK_NAME="{task}"',
       )
     finally:
       gin.clear_config()
-    assert status == 2
-    errors.append(capsys.readouterr().err.strip().splitlines()[-1])
+    assert ran.returncode == 2, ran.stderr[-2000:]
+    errors.append(ran.stderr.strip().splitlines()[-1])
   assert (
     errors[0] == f"error: checkpoint path does not exist: {tmp_path}/nowhere"
   )

@@ -108,6 +108,8 @@ def test_flags_pick_demo_paper_and_grid_defaults():
   assert len(config.seeds) >= 3
   config = distill.config_from_flags(flag_values, grid_defaults=True)
   assert config.methods == grid.METHODS
+  # The five points of the paper's data-size figures (Figures 2-3).
+  assert config.fractions == (0.125, 0.25, 0.5, 0.75, 1.0)
   assert config.fractions == grid.PAPER_FRACTIONS
   flag_values(["distill", "--task_card=svamp", "--seeds=4", "--fractions=0.5"])
   config = distill.config_from_flags(flag_values)

@@ -1,4 +1,4 @@
-"""Tests for dss_jax.infer: labels and rationales for files and task splits.
+"""Tests for dss_jax.inference and python -m dss_jax.infer: labels and rationales for files and task splits.
 
 Run: .venv/bin/pytest tests/infer_test.py -q
 """
@@ -13,7 +13,7 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from dss_jax import decoding, infer, metrics, t5x_checkpoints
+from dss_jax import decoding, inference, metrics, t5x_checkpoints
 from dss_jax.models import t5
 
 _INPUT_LENGTH, _DECODE_LENGTH = 48, 4
@@ -56,7 +56,7 @@ def test_read_input_file_formats_with_the_card(tmp_path):
     {"input": "predict: already formatted"},
   ]
   path.write_text("".join(json.dumps(x) + "\n" for x in lines))
-  rows = infer.read_input_file(str(path), card="cqa")
+  rows = inference.read_input_file(str(path), card="cqa")
   assert rows[0] == {
     "id": "q1",
     "input": cards.load_card("cqa").format_input(_CQA_FIELDS),
@@ -67,12 +67,12 @@ def test_read_input_file_formats_with_the_card(tmp_path):
   assert rows[1] == {"id": 1, "input": "already formatted"}
   text = tmp_path / "in.txt"
   text.write_text("first input\n\nsecond input\n")
-  assert [r["input"] for r in infer.read_input_file(str(text))] == [
+  assert [r["input"] for r in inference.read_input_file(str(text))] == [
     "first input",
     "second input",
   ]
   with pytest.raises(ValueError, match="jsonl:1: no 'input'; pass a task card"):
-    infer.read_input_file(str(path))
+    inference.read_input_file(str(path))
 
 
 def test_labels_and_rationales_for_a_file(tmp_path, checkpoint):
@@ -82,7 +82,7 @@ def test_labels_and_rationales_for_a_file(tmp_path, checkpoint):
     json.dumps(_CQA_FIELDS) + "\n" + json.dumps({"input": "2 + 3"}) + "\n"
   )
   out = tmp_path / "out" / "predictions.jsonl"
-  rows = infer.infer(
+  rows = inference.infer(
     model,
     path,
     str(out),
@@ -129,7 +129,7 @@ def test_labels_for_a_task_split(tmp_path, checkpoint):
     postprocess_fn=metrics.postprocess_text,
     metric_fns=[metrics.label_accuracy],
   )
-  result = infer.infer(
+  result = inference.infer(
     model,
     path,
     str(tmp_path / "p.jsonl"),
@@ -146,7 +146,7 @@ def test_labels_for_a_task_split(tmp_path, checkpoint):
   assert result.rows[0]["prediction"] == first
   assert result.metrics == {"accuracy": 50.0}
   with pytest.raises(ValueError, match="exactly one of"):
-    infer.infer(model, path, str(tmp_path / "q.jsonl"))
+    inference.infer(model, path, str(tmp_path / "q.jsonl"))
 
 
 def test_vocabulary_larger_than_model_fails(tmp_path, checkpoint):
@@ -156,7 +156,7 @@ def test_vocabulary_larger_than_model_fails(tmp_path, checkpoint):
   with pytest.raises(
     ValueError, match="259 ids but the model's embedding has 128 rows"
   ):
-    infer.infer(
+    inference.infer(
       small,
       checkpoint[2],
       str(tmp_path / "o.jsonl"),
@@ -183,34 +183,34 @@ def test_input_formats_are_read_by_content(tmp_path):
     (upper, want),
     (unnamed, want),
   ):
-    rows = infer.read_input_file(str(path), card="anli1")
+    rows = inference.read_input_file(str(path), card="anli1")
     assert [r["target"] for r in rows] == targets, path
     assert rows[0]["id"] == "a" and "A man sleeps." in rows[0]["input"]
   # Numbers are labels too (SVAMP's answers), without a card's names.
   numbers = tmp_path / "svamp.jsonl"
   numbers.write_text(json.dumps({"input": "2 + 3", "answer": 5}) + "\n")
-  assert infer.read_input_file(str(numbers))[0]["target"] == "5"
+  assert inference.read_input_file(str(numbers))[0]["target"] == "5"
   # Garbled input: one line naming the file and line.
   bad = tmp_path / "bad.jsonl"
   bad.write_text(json.dumps(records[0]) + "\n{not json\n")
   with pytest.raises(ValueError, match=r"bad.jsonl:2: not JSON"):
-    infer.read_input_file(str(bad), card="anli1")
+    inference.read_input_file(str(bad), card="anli1")
   broken = tmp_path / "broken.json"
   broken.write_text('[{"input": "a"},\n {"input": }]')
   with pytest.raises(ValueError, match=r"broken.json:2: not JSON"):
-    infer.read_input_file(str(broken))
+    inference.read_input_file(str(broken))
   out_of_range = tmp_path / "range.jsonl"
   out_of_range.write_text(json.dumps({**nli, "label": 7}) + "\n")
   with pytest.raises(ValueError, match=r"range.jsonl:1: label 7 is not an"):
-    infer.read_input_file(str(out_of_range), card="anli1")
+    inference.read_input_file(str(out_of_range), card="anli1")
   latin = tmp_path / "latin.txt"
   latin.write_bytes(b"fine\ncaf\xe9\n")
   with pytest.raises(ValueError, match=r"latin.txt:2: not UTF-8"):
-    infer.read_input_file(str(latin))
+    inference.read_input_file(str(latin))
   # Text whose lines are not all JSON objects stays text.
   text = tmp_path / "in.txt"
   text.write_text('{"input": "x"}\nplain words\n')
-  assert [r["input"] for r in infer.read_input_file(str(text))] == [
+  assert [r["input"] for r in inference.read_input_file(str(text))] == [
     '{"input": "x"}',
     "plain words",
   ]
@@ -235,15 +235,15 @@ def test_long_inputs_counted_and_the_run_vocabulary_checked(
     max_decode_length=_DECODE_LENGTH,
     batch_size=4,
   )
-  result = infer.infer(model, str(run), str(tmp_path / "o.jsonl"), **kwargs)
+  result = inference.infer(model, str(run), str(tmp_path / "o.jsonl"), **kwargs)
   assert (result.inputs_cut, result.input_length) == (1, _INPUT_LENGTH)
   smaller = {**vocab.identity(seqio.ByteVocabulary()), "vocab_size": 131}
   (run / vocab.VOCABULARY_FILE).write_text(json.dumps(smaller))
   with pytest.raises(ValueError, match="trained with a ByteVocabulary of 131"):
-    infer.infer(model, str(run), str(tmp_path / "o.jsonl"), **kwargs)
+    inference.infer(model, str(run), str(tmp_path / "o.jsonl"), **kwargs)
   for setting in ("batch_size", "input_length", "max_decode_length"):
     with pytest.raises(ValueError, match="must be a whole number >= 1"):
-      infer.infer(
+      inference.infer(
         model, path, str(tmp_path / "o.jsonl"), **(kwargs | {setting: 0})
       )
 

@@ -514,7 +514,7 @@ def eval_and_infer(tfds_dir: str, model_dir: str, out_dir: str) -> dict:
   os.environ["TFDS_DATA_DIR"] = tfds_dir
   import seqio
 
-  from dss_jax import evaluation, infer, partitioning, seqio_tasks
+  from dss_jax import evaluation, inference, partitioning, seqio_tasks
   from dss_jax.models import config, t5
 
   seqio_tasks.register_card("svamp", "palm", vocabulary=seqio.ByteVocabulary())
@@ -533,7 +533,7 @@ def eval_and_infer(tfds_dir: str, model_dir: str, out_dir: str) -> dict:
     decode=decode,
     partitioner=partitioning.Partitioner(),
   )
-  inferred = infer.infer(
+  inferred = inference.infer(
     model,
     model_dir,
     str(out / "infer.jsonl"),

@@ -330,7 +330,7 @@ def test_missing_dataset_names_the_command(tmp_path):
   )
   with pytest.raises(
     seqio_tasks.DatasetNotFoundError,
-    match="python -m dss_jax.annotate --card=cqa --source=my_teacher",
+    match="python -m dss_jax.annotate --task_card=cqa --teacher_source=my_teacher",
   ):
     seqio.get_mixture_or_task("dss_cqa_my_teacher").get_dataset(
       None, split="train"

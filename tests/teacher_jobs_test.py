@@ -67,8 +67,8 @@ def test_make_teacher_builds_the_named_backend():
 
 
 def test_openai_needs_a_model_and_no_model_is_empty():
-  with pytest.raises(errors.UserError, match="--model is required"):
+  with pytest.raises(errors.UserError, match="--teacher_model is required"):
     jobs.TeacherConfig(backend="openai")
   for backend in ("openai", "gemini"):
-    with pytest.raises(errors.UserError, match="--model is empty"):
+    with pytest.raises(errors.UserError, match="--teacher_model is empty"):
       jobs.TeacherConfig(backend=backend, model=" ")

@@ -382,7 +382,11 @@ def test_cli_openai_without_a_model_is_a_flag_error(
   assert result.returncode == 2, result.stderr[-2000:]
   assert "Traceback" not in result.stderr
   (line,) = _error_lines(result.stderr)
-  assert "--model is required with --backend=openai" in line
+  assert "--teacher_model is required with --teacher=openai" in line
+  # The old spellings still work, each with one deprecation line.
+  for old, new in (("backend", "teacher"), ("base_url", "teacher_url")):
+    warning = f"warning: --{old} is deprecated; use --{new}"
+    assert result.stderr.count(warning) == 1, result.stderr[-2000:]
 
 
 def test_an_answer_that_echoes_the_key_is_stored_without_it(

@@ -54,7 +54,6 @@ from dss_jax.teacher import aggregate, sources
 from dss_jax.teacher import store as store_lib
 
 VERSION = "1.0.0"
-PALM_SOURCE = "palm"
 # Cards whose teacher outputs the paper released.
 PAPER_CARDS = ("cqa", "svamp", "anli1", "esnli")
 # What a source name may be: it names a TFDS config and SeqIO tasks.
@@ -138,12 +137,12 @@ def check_source_name(
     )
   # A store may hold palm only when its records are kept to the replayed
   # PaLM-540B teacher (what `annotate --backend=replay --build_tfds` builds).
-  if source == PALM_SOURCE and (
+  if source == sources.PALM_SOURCE and (
     (teacher is not None and teacher != sources.PALM_TEACHER)
     or (store is not None and teacher is None)
   ):
     raise errors.UserError(
-      f"source name {PALM_SOURCE!r} is the paper's released PaLM-540B "
+      f"source name {sources.PALM_SOURCE!r} is the paper's released PaLM-540B "
       f"outputs, but this build would come from "
       f"{'store ' + store if store else 'teacher ' + str(teacher)}; name "
       "the annotation after its teacher (e.g. --source=gemini_2_5_flash)"
@@ -156,7 +155,8 @@ class DssAnnotated(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version(VERSION)
   RELEASE_NOTES = {"1.0.0": "Initial release."}
   BUILDER_CONFIGS = [
-    DssAnnotatedConfig(card=name, source=PALM_SOURCE) for name in PAPER_CARDS
+    DssAnnotatedConfig(card=name, source=sources.PALM_SOURCE)
+    for name in PAPER_CARDS
   ]
   # tfds derives this from the package's resources, which needs the
   # `importlib_resources` backport on some installs; the module file is the
@@ -194,7 +194,9 @@ class DssAnnotated(tfds.core.GeneratorBasedBuilder):
       )
     self.counts: dict[str, dict[str, int]] = {}
     splits = sources.source_splits(card, root)
-    records = None if config.source == PALM_SOURCE else _store_records(config)
+    records = (
+      None if config.source == sources.PALM_SOURCE else _store_records(config)
+    )
     return {
       _SPLITS.get(name, name): self._generate_examples(
         card, split, root, records
@@ -368,7 +370,10 @@ def build_annotated(
   _check_data_dir(data_dir)
 
   def make_builder() -> DssAnnotated:
-    if source == PALM_SOURCE and config.name in DssAnnotated.builder_configs:
+    if (
+      source == sources.PALM_SOURCE
+      and config.name in DssAnnotated.builder_configs
+    ):
       return DssAnnotated(config=config.name, data_dir=data_dir)
     return DssAnnotated(config=config, data_dir=data_dir)
 
@@ -536,7 +541,7 @@ def _inputs_fingerprint(config: DssAnnotatedConfig) -> dict[str, Any]:
       root = sources.find_root(_paper_data_dir(config))
     files = sources.fingerprint(sources.source_files(card, root))
   store = None
-  if config.source != PALM_SOURCE:
+  if config.source != sources.PALM_SOURCE:
     path = pathlib.Path(
       config.store
       or store_lib.default_store_path(config.card_name, config.source)

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from absl import app, flags
 
 from dss_jax import cards, cli, datasets
+from dss_jax.teacher import sources
 
 FLAGS = flags.FLAGS
 
@@ -33,7 +34,7 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
   )
   flags.DEFINE_string(
     "source",
-    datasets.PALM_SOURCE,
+    sources.PALM_SOURCE,
     "Teacher source: palm (the paper's released outputs) or an annotation "
     "run's name.",
     flag_values=flag_values,

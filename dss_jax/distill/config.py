@@ -209,16 +209,16 @@ class DistillConfig:
         datasets.check_source_name(self.source)
       except errors.UserError as e:
         raise ConfigError("source", f"={self.source}: {e}") from None
-    if self.backend == "replay" and self.source_name != datasets.PALM_SOURCE:
+    if self.backend == "replay" and self.source_name != sources.PALM_SOURCE:
       raise ConfigError(
         "source",
         f"={self.source}: the replay teacher is the paper's released PaLM "
-        f"outputs, source {datasets.PALM_SOURCE!r}; leave it unset",
+        f"outputs, source {sources.PALM_SOURCE!r}; leave it unset",
       )
-    if self.backend != "replay" and self.source_name == datasets.PALM_SOURCE:
+    if self.backend != "replay" and self.source_name == sources.PALM_SOURCE:
       raise ConfigError(
         "source",
-        f"={datasets.PALM_SOURCE} names the paper's released PaLM-540B "
+        f"={sources.PALM_SOURCE} names the paper's released PaLM-540B "
         f"outputs, not the {self.backend} teacher's; name the annotation "
         "after its teacher, or use the replay teacher",
       )

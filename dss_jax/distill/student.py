@@ -9,6 +9,7 @@ examples with the trained student (`dss_jax.showcase`).
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 import sys
 import time
@@ -46,6 +47,26 @@ def _metric_value(metrics: Mapping[str, float], name: str) -> float:
   return next(v for k, v in metrics.items() if k.startswith(f"{task}/"))
 
 
+@dataclasses.dataclass(frozen=True)
+class JobTasks:
+  """The SeqIO names of a job's card and source, in the order that
+  `seqio_tasks.register_card` returns them."""
+
+  label: str
+  rationale: str
+  mixture: str
+  gold: str
+  teacher: str
+
+  def for_method(self, method: str) -> tuple[str, str]:
+    """(training task or mixture, evaluation task) of a method."""
+    if method == "finetune":
+      return self.gold, self.gold
+    if method == "distill":
+      return self.teacher, self.teacher
+    return self.mixture, self.label
+
+
 class Student:
   """Stage 3 of the job: one student per run, trained and scored."""
 
@@ -58,25 +79,32 @@ class Student:
     """
     self.config = config
     self.data = data
+    # Set by `register_tasks`: the names depend on the card and the source
+    # only, so every run of the job shares them.
+    self.tasks: JobTasks | None = None
 
   @property
   def card(self) -> cards.TaskCard:
     return self.data.card
 
   def task_names(self, method: str) -> tuple[str, str]:
-    """(training task or mixture, evaluation task) of a method."""
-    card, source = self.card.name, self.config.source_name
-    if method == "finetune":
-      return f"dss_{card}_gold_finetune", f"dss_{card}_gold_finetune"
-    if method == "distill":
-      return f"dss_{card}_{source}_distill", f"dss_{card}_{source}_distill"
-    return f"dss_{card}_{source}", f"dss_{card}_{source}_label"
+    """(training task or mixture, evaluation task) of a method.
+
+    Raises:
+      RuntimeError: before `register_tasks`, which names the tasks.
+    """
+    if self.tasks is None:
+      raise RuntimeError("register_tasks names the tasks; call it first")
+    return self.tasks.for_method(method)
 
   def register_tasks(self, spec: grid_lib.RunSpec) -> seqio.Vocabulary:
-    """Registers the SeqIO tasks of a run; returns its vocabulary."""
+    """Registers the SeqIO tasks of a run; returns its vocabulary.
+
+    The names `seqio_tasks.register_card` gives them are kept in `tasks`.
+    """
     config = self.config
     vocabulary = vocab.get_vocabulary(config.vocabulary)
-    seqio_tasks.register_card(
+    names = seqio_tasks.register_card(
       config.card,
       config.source_name,
       data_dir=config.data_dir,
@@ -86,6 +114,7 @@ class Student:
       train_fraction=spec.fraction,
       fraction_seed=spec.seed,
     )
+    self.tasks = JobTasks(*names)
     return vocabulary
 
   def train_kwargs(self, spec: grid_lib.RunSpec) -> dict[str, Any]:
@@ -309,13 +338,13 @@ class Student:
       }
       for row in builder.as_dataset(split="test").as_numpy_iterator()
     }
-    card, source = self.card.name, config.source_name
+    assert self.tasks is not None  # set by register_tasks
     examples = showcase.student_examples(
       model=model,
       params=params,
       vocabulary=vocabulary,
-      label_task=f"dss_{card}_{source}_label",
-      rationale_task=f"dss_{card}_{source}_rationale",
+      label_task=self.tasks.label,
+      rationale_task=self.tasks.rationale,
       teacher_rows=teacher_rows,
       inputs_length=config.inputs_length,
       targets_length=config.targets_length,

@@ -30,8 +30,6 @@ from dss_jax.teacher.backends import gemini
 BACKENDS = backends.BACKENDS
 # Where an OpenAI-compatible server listens unless told (vLLM's default).
 DEFAULT_OPENAI_URL = "http://localhost:8000/v1"
-# The source name of the paper's released PaLM-540B outputs.
-PALM_SOURCE = "palm"
 # Sampling temperature of self-consistency samples (num_samples > 1); a
 # single sample is greedy.
 SAMPLES_TEMPERATURE = 0.7
@@ -77,13 +75,13 @@ class TeacherConfig:
       )
     if self.model is not None and not self.model.strip():
       raise errors.UserError(
-        "--model is empty: name the teacher model, or leave the flag out "
+        "--teacher_model is empty: name the teacher model, or leave the flag out "
         f"for the default ({gemini.DEFAULT_MODEL} on gemini)"
       )
     if self.backend == "openai" and self.model is None:
       raise errors.UserError(
-        "--model is required with --backend=openai: the model name the "
-        "server serves, e.g. --model=Qwen/Qwen2.5-7B-Instruct"
+        "--teacher_model is required with --teacher=openai: the model name "
+        "the server serves, e.g. --teacher_model=Qwen/Qwen2.5-7B-Instruct"
       )
 
   @property
@@ -94,7 +92,7 @@ class TeacherConfig:
     if self.source:
       return self.source
     if self.backend == "replay":
-      return PALM_SOURCE
+      return sources.PALM_SOURCE
     if self.backend == "offline":
       return "offline"
     return source_name_of_model(self.model or gemini.DEFAULT_MODEL)

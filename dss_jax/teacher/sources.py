@@ -35,6 +35,9 @@ DATASETS_ZIP_URL = (
   "datasets.zip"
 )
 PALM_TEACHER = "palm-540b"
+# The source name of the paper's released PaLM-540B outputs: it names their
+# TFDS config and SeqIO tasks, and the teacher job that replays them.
+PALM_SOURCE = "palm"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -192,7 +192,7 @@ def annotate_batch(
 ) -> runner.RunStats:
   """Synchronous run_batch; the backend must be a GeminiBackend."""
   if not isinstance(backend, gemini.GeminiBackend):
-    raise base.FatalError("--batch needs --backend=gemini")
+    raise base.FatalError("--batch needs --teacher=gemini")
 
   async def _main() -> runner.RunStats:
     try:

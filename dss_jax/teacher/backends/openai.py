@@ -60,7 +60,7 @@ class OpenAIBackend(base.TeacherBackend):
     if not model or not str(model).strip():
       raise base.FatalError(
         "the openai teacher needs the model name the server serves: pass "
-        "--model (annotate) or --teacher_model (distill), e.g. "
+        "--teacher_model, e.g. "
         "Qwen/Qwen2.5-7B-Instruct"
       )
     self.name = model
