@@ -56,10 +56,10 @@ import tensorflow as tf
 from absl import logging
 
 from dss_jax import errors
+from dss_jax.step import TASK_IDS
 
 Batch = dict[str, np.ndarray]
 
-TASK_IDS = "decoder_task_ids"
 _SHUFFLE_BUFFER = 10_000
 
 
@@ -127,6 +127,9 @@ class DatasetConfig:
     paired: feed each source example with all of the mixture's tasks in the
       same batch (the official implementation's way); the mixture's tasks must
       be aligned example by example when read unshuffled.
+    rates: the sampling rates of the mixture's tasks, in its order (the
+      trainer's `step.StepConfig.rates`: 1 and lambda); None: the rates the
+      mixture was registered with, as SeqIO samples it.
   """
 
   mixture_or_task_name: str
@@ -142,6 +145,7 @@ class DatasetConfig:
   paired: bool = False
   data_shards: int | None = None
   count_truncated: bool = True
+  rates: Sequence[float] | None = None
 
   def __post_init__(self):
     lengths = dict(self.task_feature_lengths or {})
@@ -159,15 +163,14 @@ class DatasetConfig:
         )
 
 
-def task_rates(name: str) -> dict[str, float]:
-  """Returns {task name: rate} of a mixture, or {name: 1.0} for a task.
+def task_names(name: str) -> list[str]:
+  """The tasks of a mixture, in its order, or [name] for a task.
 
   Raises:
     errors.UserError: the name is not registered (close names suggested).
   """
   if name in seqio.MixtureRegistry.names():
-    mixture = seqio.get_mixture_or_task(name)
-    return {t.name: float(mixture.get_rate(t)) for t in mixture.tasks}
+    return [t.name for t in seqio.get_mixture_or_task(name).tasks]
   if name not in seqio.TaskRegistry.names():
     known = sorted(
       {*seqio.TaskRegistry.names(), *seqio.MixtureRegistry.names()}
@@ -178,7 +181,22 @@ def task_rates(name: str) -> dict[str, float]:
       f"MIXTURE_OR_TASK_NAME {name!r} is not a registered task or mixture "
       f"({len(known)} are){hint}"
     )
-  return {name: 1.0}
+  return [name]
+
+
+def _sampling_rates(config: DatasetConfig, names: Sequence[str]) -> list:
+  """The rates `config` samples `names` at: its own, else the registry's."""
+  if config.rates is not None:
+    if len(config.rates) != len(names):
+      raise errors.UserError(
+        f"{len(config.rates)} sampling rates for the {len(names)} tasks of "
+        f"{config.mixture_or_task_name}"
+      )
+    return [float(r) for r in config.rates]
+  if len(names) == 1:
+    return [1.0]
+  mixture = seqio.get_mixture_or_task(config.mixture_or_task_name)
+  return [float(mixture.get_rate(t)) for t in mixture.tasks]
 
 
 def targets_vocabulary(name: str) -> seqio.Vocabulary:
@@ -527,7 +545,7 @@ def make_dataset(config: DatasetConfig) -> tf.data.Dataset:
       f"batch size {config.batch_size} does not split over {shards} input "
       "shards (one per host unless DATA_SHARDS is set)"
     )
-  names = list(task_rates(config.mixture_or_task_name))
+  names = task_names(config.mixture_or_task_name)
   if config.paired:
     if len(names) < 2:
       raise errors.UserError(
@@ -573,12 +591,13 @@ def _shard_batches(
   config: DatasetConfig, shard: seqio.ShardInfo
 ) -> tf.data.Dataset:
   """One input shard's slices of the global batches, packed if asked."""
-  rates = task_rates(config.mixture_or_task_name)
-  names = list(rates)
+  names = task_names(config.mixture_or_task_name)
   if config.paired:
     examples = _paired_examples(config, names, shard)
   else:
-    examples = _sampled_examples(config, names, list(rates.values()), shard)
+    examples = _sampled_examples(
+      config, names, _sampling_rates(config, names), shard
+    )
   lengths = dict(config.task_feature_lengths)
   lengths["task_ids"] = lengths["targets"]
   converter = TaskIdEncDecFeatureConverter(pack=False)
