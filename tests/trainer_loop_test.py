@@ -391,3 +391,24 @@ def test_deprecated_batch_size_counts_rows(tmp_path, caplog):
     for m in messages
   )
   assert result.step == 1
+
+
+def test_train_gin_binds_one_step_config_and_refuses_lambda_elsewhere():
+  import gin
+
+  from dss_jax import gin_flags
+  from dss_jax import train as train_main
+
+  gin.clear_config()
+  try:
+    required = ['MIXTURE_OR_TASK_NAME = "loop_mix"', 'MODEL_DIR = "unused"']
+    gin_flags.parse_gin(["runs/train.gin"], [*required, "RATIONALE_RATE = 2.0"])
+    assert gin.query_parameter("%INPUTS_PER_STEP") == 64
+    train_main.check_rationale_rate_binding()
+    gin_flags.parse_gin(
+      [], ["dss_jax.seqio_tasks.options.rationale_rate = 0.5"]
+    )
+    with pytest.raises(errors.UserError, match="--gin.RATIONALE_RATE=0.5"):
+      train_main.check_rationale_rate_binding()
+  finally:
+    gin.clear_config()
