@@ -17,10 +17,10 @@ Two ways to feed a distilling step-by-step mixture:
     probability proportional to its rate, so the rationale rate is lambda in
     expectation.
   * paired: the official implementation's way. The unshuffled tasks of one
-    source (label and rationale) are joined example by example (on the input
-    text after the prefix, since a rationale task drops examples without a
-    rationale), shuffled together, and both halves of each pair go into the
-    same batch, so the trainer can optimize L_label + lambda * L_rationale
+    source (label and rationale) are joined example by example
+    (`dss_jax.paired.join_by_source`, the official recipe's pairing),
+    shuffled together, and both halves of each pair go into the same batch,
+    so the trainer can optimize alpha * L_label + (1 - alpha) * L_rationale
     exactly.
 
 With `cache_examples`, each task's examples are read through SeqIO once
@@ -43,7 +43,6 @@ batches and sees exactly the batches an uninterrupted run would have seen.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import difflib
 from collections.abc import Iterator, Mapping, Sequence
@@ -56,6 +55,7 @@ import tensorflow as tf
 from absl import logging
 
 from dss_jax import errors
+from dss_jax.paired import join_by_source
 from dss_jax.step import TASK_IDS
 
 Batch = dict[str, np.ndarray]
@@ -290,53 +290,6 @@ def _sampled_examples(
   return tf.data.Dataset.sample_from_datasets(
     datasets, weights=[r / total for r in rates], seed=config.seed
   )
-
-
-def _source_key(inputs_pretokenized: bytes) -> bytes:
-  """The source input of an example: its text after the task prefix."""
-  _, sep, rest = inputs_pretokenized.partition(b": ")
-  return rest if sep else inputs_pretokenized
-
-
-def join_by_source(
-  streams: Sequence[Iterator[Mapping[str, Any]]],
-) -> Iterator[tuple[Mapping[str, Any], ...]]:
-  """Pairs up the examples of several tasks that share a source input.
-
-  Each stream must list its examples in the source's order, possibly with
-  some left out (a rationale task drops examples whose teacher gave no
-  rationale). Examples are matched on `inputs_pretokenized` minus the task
-  prefix; an example missing from any stream is skipped.
-
-  Args:
-    streams: iterators of examples with `inputs_pretokenized`.
-
-  Yields:
-    One tuple per source example present in every stream.
-  """
-  buffers = [collections.OrderedDict() for _ in streams]
-  seen = [collections.Counter() for _ in streams]
-  live = list(streams)
-  while any(it is not None for it in live):
-    for i, it in enumerate(live):
-      if it is None:
-        continue
-      example = next(it, None)
-      if example is None:
-        live[i] = None
-        continue
-      key = _source_key(example["inputs_pretokenized"])
-      # Repeated inputs get an occurrence number so they pair in order.
-      seen[i][key] += 1
-      buffers[i][(key, seen[i][key])] = example
-    for key in [k for k in buffers[0] if all(k in b for b in buffers[1:])]:
-      yield tuple(b[key] for b in buffers)
-      for b in buffers:
-        # Older entries can no longer match: the streams share one order.
-        while b:
-          k, _ = b.popitem(last=False)
-          if k == key:
-            break
 
 
 def _paired_examples(
