@@ -346,7 +346,11 @@ def parse_gin_flags(finalize: bool = False) -> None:
 
 
 def call_with_gin_flags(
-  fn: Callable[[], Any], *, finalize: bool = False, configure: bool = True
+  fn: Callable[[], Any],
+  *,
+  finalize: bool = False,
+  configure: bool = True,
+  check: Callable[[], None] | None = None,
 ) -> Any:
   """Parses this command line's gin flags, then calls `fn` (in `main`).
 
@@ -354,6 +358,8 @@ def call_with_gin_flags(
     fn: a gin configurable (or, with `configure=False`, any function).
     finalize: lock the config (see `parse_gin`).
     configure: call `fn` through gin's bindings.
+    check: called once the flags are parsed, before `fn` (an entry point's
+      own check of the bindings).
 
   Returns:
     What `fn` returns.
@@ -363,6 +369,8 @@ def call_with_gin_flags(
       unset, or a user error of `fn` (the runner prints it in one line).
   """
   parse_gin_flags(finalize=finalize)
+  if check is not None:
+    check()
   logging.info("gin config:\n%s", gin.config_str())
   return call_configured(fn, configure)
 

@@ -17,10 +17,10 @@ Two ways to feed a distilling step-by-step mixture:
     probability proportional to its rate, so the rationale rate is lambda in
     expectation.
   * paired: the official implementation's way. The unshuffled tasks of one
-    source (label and rationale) are joined example by example (on the input
-    text after the prefix, since a rationale task drops examples without a
-    rationale), shuffled together, and both halves of each pair go into the
-    same batch, so the trainer can optimize L_label + lambda * L_rationale
+    source (label and rationale) are joined example by example
+    (`dss_jax.paired.join_by_source`, the official recipe's pairing),
+    shuffled together, and both halves of each pair go into the same batch,
+    so the trainer can optimize alpha * L_label + (1 - alpha) * L_rationale
     exactly.
 
 With `cache_examples`, each task's examples are read through SeqIO once
@@ -43,7 +43,6 @@ batches and sees exactly the batches an uninterrupted run would have seen.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import difflib
 from collections.abc import Iterator, Mapping, Sequence
@@ -56,10 +55,11 @@ import tensorflow as tf
 from absl import logging
 
 from dss_jax import errors
+from dss_jax.paired import join_by_source
+from dss_jax.step import TASK_IDS
 
 Batch = dict[str, np.ndarray]
 
-TASK_IDS = "decoder_task_ids"
 _SHUFFLE_BUFFER = 10_000
 
 
@@ -127,6 +127,9 @@ class DatasetConfig:
     paired: feed each source example with all of the mixture's tasks in the
       same batch (the official implementation's way); the mixture's tasks must
       be aligned example by example when read unshuffled.
+    rates: the sampling rates of the mixture's tasks, in its order (the
+      trainer's `step.StepConfig.rates`: 1 and lambda); None: the rates the
+      mixture was registered with, as SeqIO samples it.
   """
 
   mixture_or_task_name: str
@@ -142,6 +145,7 @@ class DatasetConfig:
   paired: bool = False
   data_shards: int | None = None
   count_truncated: bool = True
+  rates: Sequence[float] | None = None
 
   def __post_init__(self):
     lengths = dict(self.task_feature_lengths or {})
@@ -159,15 +163,14 @@ class DatasetConfig:
         )
 
 
-def task_rates(name: str) -> dict[str, float]:
-  """Returns {task name: rate} of a mixture, or {name: 1.0} for a task.
+def task_names(name: str) -> list[str]:
+  """The tasks of a mixture, in its order, or [name] for a task.
 
   Raises:
     errors.UserError: the name is not registered (close names suggested).
   """
   if name in seqio.MixtureRegistry.names():
-    mixture = seqio.get_mixture_or_task(name)
-    return {t.name: float(mixture.get_rate(t)) for t in mixture.tasks}
+    return [t.name for t in seqio.get_mixture_or_task(name).tasks]
   if name not in seqio.TaskRegistry.names():
     known = sorted(
       {*seqio.TaskRegistry.names(), *seqio.MixtureRegistry.names()}
@@ -178,7 +181,22 @@ def task_rates(name: str) -> dict[str, float]:
       f"MIXTURE_OR_TASK_NAME {name!r} is not a registered task or mixture "
       f"({len(known)} are){hint}"
     )
-  return {name: 1.0}
+  return [name]
+
+
+def _sampling_rates(config: DatasetConfig, names: Sequence[str]) -> list:
+  """The rates `config` samples `names` at: its own, else the registry's."""
+  if config.rates is not None:
+    if len(config.rates) != len(names):
+      raise errors.UserError(
+        f"{len(config.rates)} sampling rates for the {len(names)} tasks of "
+        f"{config.mixture_or_task_name}"
+      )
+    return [float(r) for r in config.rates]
+  if len(names) == 1:
+    return [1.0]
+  mixture = seqio.get_mixture_or_task(config.mixture_or_task_name)
+  return [float(mixture.get_rate(t)) for t in mixture.tasks]
 
 
 def targets_vocabulary(name: str) -> seqio.Vocabulary:
@@ -272,53 +290,6 @@ def _sampled_examples(
   return tf.data.Dataset.sample_from_datasets(
     datasets, weights=[r / total for r in rates], seed=config.seed
   )
-
-
-def _source_key(inputs_pretokenized: bytes) -> bytes:
-  """The source input of an example: its text after the task prefix."""
-  _, sep, rest = inputs_pretokenized.partition(b": ")
-  return rest if sep else inputs_pretokenized
-
-
-def join_by_source(
-  streams: Sequence[Iterator[Mapping[str, Any]]],
-) -> Iterator[tuple[Mapping[str, Any], ...]]:
-  """Pairs up the examples of several tasks that share a source input.
-
-  Each stream must list its examples in the source's order, possibly with
-  some left out (a rationale task drops examples whose teacher gave no
-  rationale). Examples are matched on `inputs_pretokenized` minus the task
-  prefix; an example missing from any stream is skipped.
-
-  Args:
-    streams: iterators of examples with `inputs_pretokenized`.
-
-  Yields:
-    One tuple per source example present in every stream.
-  """
-  buffers = [collections.OrderedDict() for _ in streams]
-  seen = [collections.Counter() for _ in streams]
-  live = list(streams)
-  while any(it is not None for it in live):
-    for i, it in enumerate(live):
-      if it is None:
-        continue
-      example = next(it, None)
-      if example is None:
-        live[i] = None
-        continue
-      key = _source_key(example["inputs_pretokenized"])
-      # Repeated inputs get an occurrence number so they pair in order.
-      seen[i][key] += 1
-      buffers[i][(key, seen[i][key])] = example
-    for key in [k for k in buffers[0] if all(k in b for b in buffers[1:])]:
-      yield tuple(b[key] for b in buffers)
-      for b in buffers:
-        # Older entries can no longer match: the streams share one order.
-        while b:
-          k, _ = b.popitem(last=False)
-          if k == key:
-            break
 
 
 def _paired_examples(
@@ -527,7 +498,7 @@ def make_dataset(config: DatasetConfig) -> tf.data.Dataset:
       f"batch size {config.batch_size} does not split over {shards} input "
       "shards (one per host unless DATA_SHARDS is set)"
     )
-  names = list(task_rates(config.mixture_or_task_name))
+  names = task_names(config.mixture_or_task_name)
   if config.paired:
     if len(names) < 2:
       raise errors.UserError(
@@ -573,12 +544,13 @@ def _shard_batches(
   config: DatasetConfig, shard: seqio.ShardInfo
 ) -> tf.data.Dataset:
   """One input shard's slices of the global batches, packed if asked."""
-  rates = task_rates(config.mixture_or_task_name)
-  names = list(rates)
+  names = task_names(config.mixture_or_task_name)
   if config.paired:
     examples = _paired_examples(config, names, shard)
   else:
-    examples = _sampled_examples(config, names, list(rates.values()), shard)
+    examples = _sampled_examples(
+      config, names, _sampling_rates(config, names), shard
+    )
   lengths = dict(config.task_feature_lengths)
   lengths["task_ids"] = lengths["targets"]
   converter = TaskIdEncDecFeatureConverter(pack=False)

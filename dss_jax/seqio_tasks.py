@@ -530,9 +530,11 @@ def register_card(
   )
   if base in seqio.MixtureRegistry.names():
     seqio.MixtureRegistry.remove(base)
+  # A lambda given here (the main job's, from its step config) is the rate,
+  # fixed now; otherwise the gin-bound `options()` when SeqIO samples (T5X).
+  rate = _RationaleRate(overrides) if rationale_rate is None else rationale_rate
   seqio.MixtureRegistry.add(
-    base,
-    [(names["label"], 1.0), (names["rationale"], _RationaleRate(overrides))],
+    base, [(names["label"], 1.0), (names["rationale"], rate)]
   )
   _REGISTERED.pop(base, None)
   _REGISTERED[base] = Registration(

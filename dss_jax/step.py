@@ -11,6 +11,7 @@ loop that feeds it, checkpoints and logs is `dss_jax.trainer`.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -34,15 +35,112 @@ LOSS_NORMALIZATIONS = {
   "NUM_REAL_TARGET_TOKENS": "tokens",
 }
 
-# What a distilling step-by-step step holds (see `train`'s `recipe`):
-#   mixture   SeqIO samples every row from one task at the mixture's rates
-#             (lambda is the rationale task's rate); per-sequence loss.
+# What a distilling step-by-step step holds (see `StepConfig.recipe`):
+#   mixture   SeqIO samples every row from one task at the rates 1 : lambda;
+#             per-sequence loss.
 #   official  the official implementation's step: every input with its label
 #             and its rationale example; alpha-weighted token-mean losses.
 RECIPES = ("mixture", "official")
-# `input_pipeline.TASK_IDS`, named here so the train step (and benchmarks on
-# machines without TensorFlow) need not import the input pipeline.
+# The batch feature that holds, for every target token, 1 + the index of the
+# task it came from (0 on padding); the input pipeline writes it.
 TASK_IDS = "decoder_task_ids"
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+  """What one training step holds: the recipe, lambda and the inputs.
+
+  The one place lambda and the batch are validated; everything downstream
+  (the sampling weights, the official loss weights, the rows of a step) is
+  derived here. A step of a task with rationales (a mixture of the label and
+  the rationale task) holds `2 * inputs_per_step` rows; a baseline's (one
+  task) `inputs_per_step`.
+
+  Attributes:
+    recipe: one of `RECIPES`. "mixture": each row is sampled from the label
+      task at rate 1 or the rationale task at rate `rationale_rate`.
+      "official": each input with its label and its rationale example; the
+      loss is `alpha * L_label + (1 - alpha) * L_rationale`.
+    rationale_rate: lambda >= 0, the rationale task's rate (the label
+      task's is 1); `alpha = 1 / (1 + lambda)`, 0.5 at the paper's lambda 1.
+    inputs_per_step: global training inputs per step (all hosts), the
+      paper's batch (64).
+  """
+
+  recipe: str = "mixture"
+  rationale_rate: float = 1.0
+  inputs_per_step: int = 64
+
+  def __post_init__(self):
+    if self.recipe not in RECIPES:
+      raise errors.UserError(
+        f"RECIPE (--recipe) must be one of {', '.join(RECIPES)}, got "
+        f"{self.recipe!r}"
+      )
+    rate = self.rationale_rate
+    if (
+      isinstance(rate, bool)
+      or not isinstance(rate, (int, float))
+      or not math.isfinite(rate)
+      or rate < 0
+    ):
+      raise errors.UserError(
+        "RATIONALE_RATE (--rationale_rate), lambda, must be a number >= 0, "
+        f"got {rate!r}"
+      )
+    inputs = self.inputs_per_step
+    if isinstance(inputs, bool) or not isinstance(inputs, int) or inputs < 1:
+      raise errors.UserError(
+        "INPUTS_PER_STEP (--batch_size) must be an integer >= 1, got "
+        f"{inputs!r}"
+      )
+
+  @property
+  def official(self) -> bool:
+    """Whether the step is the official recipe's."""
+    return self.recipe == "official"
+
+  @property
+  def label_weight(self) -> float:
+    """alpha = 1 / (1 + lambda), the official loss's weight of L_label."""
+    return 1.0 / (1.0 + self.rationale_rate)
+
+  def rates(self, tasks: int) -> tuple[float, ...]:
+    """The sampling rates of a step's tasks: (1, lambda), or (1,) alone.
+
+    Raises:
+      errors.UserError: more than two tasks (label, rationale).
+    """
+    _check_tasks(tasks)
+    return (1.0, float(self.rationale_rate))[:tasks]
+
+  def rows_per_step(self, tasks: int) -> int:
+    """Global rows of a step (before packing) of `tasks` tasks (1 or 2)."""
+    _check_tasks(tasks)
+    return self.inputs_per_step * tasks
+
+  def task_weights(self, tasks: int) -> tuple[float, ...] | None:
+    """The official loss's (alpha, 1 - alpha); None for the mixture recipe.
+
+    Raises:
+      errors.UserError: the official recipe without two tasks.
+    """
+    if not self.official:
+      return None
+    if tasks != 2:
+      raise errors.UserError(
+        "the official recipe trains a mixture of a label and a rationale "
+        f'task, got {tasks} task(s); use RECIPE "mixture" for a baseline'
+      )
+    return (self.label_weight, 1.0 - self.label_weight)
+
+
+def _check_tasks(tasks: int) -> None:
+  if not 1 <= tasks <= 2:
+    raise errors.UserError(
+      "a step trains one task (a baseline) or a label and a rationale task, "
+      f"got {tasks} tasks"
+    )
 
 
 @flax.struct.dataclass
@@ -318,26 +416,6 @@ def _model_inputs(batch: Mapping[str, Any]) -> dict[str, Any]:
     "decoder_positions",
   )
   return {k: batch[k] for k in names if k in batch}
-
-
-def official_task_weights(rates: Mapping[str, float]) -> list[float]:
-  """The official recipe's loss weights: the rates, normalized to sum 1.
-
-  Rates 1 : lambda give `alpha = 1 / (1 + lambda)` for the label loss and
-  `1 - alpha` for the rationale loss: lambda 1 is the paper's alpha 0.5.
-
-  Args:
-    rates: {task: mixture rate}, label task first.
-
-  Returns:
-    The weights, in the order of `rates`.
-  """
-  total = sum(rates.values())
-  if total <= 0:
-    raise errors.UserError(
-      f"mixture rates must sum to more than 0, got {rates}"
-    )
-  return [rate / total for rate in rates.values()]
 
 
 def official_loss(loss: LossConfig) -> LossConfig:

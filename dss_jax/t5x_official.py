@@ -10,9 +10,10 @@ each L the cross-entropy averaged over that task's real (non-padding) target
 tokens in the batch (Hugging Face's mean with ignore index), alpha 0.5.
 `PairedEncoderDecoderModel` computes exactly that on the paired examples of
 `dss_jax.paired` (task `dss_<card>_<source>_paired`), so T5X's BATCH_SIZE
-counts inputs, as the paper's batch does. alpha is `1 / (1 + rationale_rate)`:
-the mixture rate lambda of the sampled recipe stays the one knob, and the
-paper's alpha 0.5 is lambda 1.
+counts inputs, as the paper's batch does. alpha is `1 / (1 + rationale_rate)`
+(`dss_jax.step.StepConfig`, whose weights the built-in trainer uses too): the
+mixture rate lambda of the sampled recipe stays the one knob, and the paper's
+alpha 0.5 is lambda 1.
 
 Only T5X run files (gin_configs/t5x/dss_official*.gin) and tests import this
 module; it needs T5X installed (docs/tpu.md). Tests:
@@ -32,6 +33,7 @@ from t5x import losses, models
 from t5x import metrics as metrics_lib
 
 from dss_jax import paired
+from dss_jax import step as step_lib
 
 Array = jax.Array
 PyTree = Any
@@ -41,23 +43,6 @@ MODEL_FEATURES = (
   "decoder_target_tokens",
   "decoder_loss_weights",
 )
-
-
-def label_weight(rationale_rate: float) -> float:
-  """alpha of the official loss for a mixture rate lambda.
-
-  Args:
-    rationale_rate: lambda >= 0 (the rationale task's rate, label's is 1).
-
-  Returns:
-    `1 / (1 + lambda)`: 0.5 at the paper's lambda 1.
-
-  Raises:
-    ValueError: for a negative rate.
-  """
-  if rationale_rate < 0:
-    raise ValueError(f"rationale_rate must be >= 0, got {rationale_rate}")
-  return 1.0 / (1.0 + rationale_rate)
 
 
 class PairedEncoderDecoderModel(models.EncoderDecoderModel):
@@ -80,7 +65,8 @@ class PairedEncoderDecoderModel(models.EncoderDecoderModel):
       **kwargs: passed to `t5x.models.EncoderDecoderModel`.
     """
     super().__init__(*args, **kwargs)
-    self.alpha = label_weight(rationale_rate)
+    step = step_lib.StepConfig(recipe="official", rationale_rate=rationale_rate)
+    self.alpha, self.rationale_weight = step.task_weights(2)
 
   def loss_fn(
     self,
@@ -131,8 +117,8 @@ class PairedEncoderDecoderModel(models.EncoderDecoderModel):
 
     label_loss, label_z = task_mean(label_weights)
     rationale_loss, rationale_z = task_mean(rationale_weights)
-    loss = self.alpha * label_loss + (1.0 - self.alpha) * rationale_loss
-    z_loss = self.alpha * label_z + (1.0 - self.alpha) * rationale_z
+    loss = self.alpha * label_loss + self.rationale_weight * rationale_loss
+    z_loss = self.alpha * label_z + self.rationale_weight * rationale_z
     metrics = models.compute_base_metrics(
       logits=logits,
       targets=targets,

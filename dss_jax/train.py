@@ -7,6 +7,10 @@ r"""Trains a student with the built-in trainer; flags mirror T5X's train.py.
       --gin.MIXTURE_OR_TASK_NAME=\"dss_svamp_palm\" \
       --gin.TRAIN_STEPS=100
 
+The gin macros INPUTS_PER_STEP, RATIONALE_RATE and RECIPE bind the step
+(`dss_jax.step.StepConfig`); the rows of a step are derived from them and
+logged at start.
+
 `--gin.NAME=value` is shorthand for `--gin_bindings=NAME=value` (as in T5X).
 Gin files are looked up in the current directory, the repository's
 gin_configs/ folder and every `--gin_search_paths` entry. On SIGTERM the run
@@ -25,9 +29,33 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
+import gin
 from absl import app, logging
 
-from dss_jax import gin_flags
+from dss_jax import errors, gin_flags
+
+# Lambda's binding for the mixtures in the registry; runs/train.gin sets it to
+# %RATIONALE_RATE, the trainer's lambda.
+_OPTIONS_RATE = "dss_jax.seqio_tasks.options.rationale_rate"
+
+
+def check_rationale_rate_binding() -> None:
+  """Refuses lambda bound where the built-in trainer no longer reads it.
+
+  Raises:
+    errors.UserError: `dss_jax.seqio_tasks.options.rationale_rate` is bound
+      to a value instead of %RATIONALE_RATE.
+  """
+  try:
+    bound = gin.query_parameter(_OPTIONS_RATE)
+  except ValueError:
+    return
+  if isinstance(bound, gin.config.ConfigurableReference):
+    return
+  raise errors.UserError(
+    f"{_OPTIONS_RATE} = {bound!r}: the built-in trainer's lambda is the "
+    f"gin macro RATIONALE_RATE; bind --gin.RATIONALE_RATE={bound!r} instead"
+  )
 
 
 def main(argv: Sequence[str]) -> None:
@@ -37,7 +65,9 @@ def main(argv: Sequence[str]) -> None:
   from dss_jax import trainer
 
   try:
-    result = gin_flags.call_with_gin_flags(trainer.train, finalize=True)
+    result = gin_flags.call_with_gin_flags(
+      trainer.train, finalize=True, check=check_rationale_rate_binding
+    )
   except trainer.NonFiniteLossError as e:
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)

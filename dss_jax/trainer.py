@@ -28,7 +28,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import flax.linen as nn
@@ -47,12 +47,11 @@ from dss_jax.flops import (  # noqa: F401  (the trainer's API too)
   train_flops_per_step,
 )
 from dss_jax.step import (
-  RECIPES,
   LossConfig,
+  StepConfig,
   Trainer,
   TrainState,
   official_loss,
-  official_task_weights,
 )
 
 Array = jax.Array
@@ -213,13 +212,13 @@ def train(
   mixture_or_task_name: str,
   task_feature_lengths: Mapping[str, int],
   train_steps: int,
-  batch_size: int,
   model_dir: str,
+  step: StepConfig = StepConfig(),
+  batch_size: int | None = None,
   optimizer: optimizers.Optimizer = optimizers.AdamW(),
   loss: LossConfig = LossConfig(),
   pack: bool = False,
   packed_rows: int | None = None,
-  recipe: str = "mixture",
   use_cached_tasks: bool = False,
   cache_examples: bool = False,
   random_seed: int = 0,
@@ -245,22 +244,23 @@ def train(
     mixture_or_task_name: MIXTURE_OR_TASK_NAME.
     task_feature_lengths: TASK_FEATURE_LENGTHS.
     train_steps: TRAIN_STEPS, the total number of optimizer updates.
-    batch_size: BATCH_SIZE, global examples per step (rows, unless packed).
     model_dir: MODEL_DIR: checkpoints and TensorBoard logs.
+    step: what a step holds (RECIPE, RATIONALE_RATE, INPUTS_PER_STEP): the
+      rows of a step (2 per input for the label and rationale tasks of a
+      mixture, 1 for a single task), the sampling rates 1 : lambda and, for
+      the official recipe, the loss `alpha * L_label + (1 - alpha) *
+      L_rationale`, alpha = 1 / (1 + lambda), each L a mean over that task's
+      real target tokens in the step (`loss.normalizing_factor` does not
+      apply). Under "mixture", `loss` normalizes the sampled rows (per
+      sequence by default, so the rationale rate is lambda).
+    batch_size: deprecated (the gin macro BATCH_SIZE): global rows per step;
+      when set, `step.inputs_per_step` becomes rows / tasks, with a warning
+      naming INPUTS_PER_STEP.
     optimizer: `optimizers.AdamW` or `optimizers.Adafactor`.
     loss: LOSS_NORMALIZING_FACTOR and regularizers.
-    pack: PACK: pack each step's `batch_size` examples into `packed_rows`
-      rows; the examples per step stay the same.
+    pack: PACK: pack each step's rows into `packed_rows` rows; the examples
+      per step stay the same.
     packed_rows: PACKED_ROWS, global rows of a packed step.
-    recipe: what a step of a mixture holds (`RECIPES`). "mixture": SeqIO
-      samples each of the `batch_size` rows from one task at the mixture's
-      rates, and `loss` normalizes it (per sequence by default, so the
-      rationale rate is lambda). "official": the official implementation's
-      step: `batch_size` / 2 inputs, each with its label and its rationale
-      example, loss `alpha * L_label + (1 - alpha) * L_rationale` with alpha
-      = rate_label / (sum of rates), each L a mean over that task's real
-      target tokens in the step (`loss.normalizing_factor` does not apply).
-      With the paper's 64 inputs a step, both recipes use `batch_size` 128.
     use_cached_tasks: USE_CACHED_TASKS.
     cache_examples: keep each task's preprocessed examples in memory and
       reshuffle them every epoch (`input_pipeline.DatasetConfig`).
@@ -303,11 +303,11 @@ def train(
 
   from dss_jax import input_pipeline, vocab
 
-  if recipe not in RECIPES:
-    raise errors.UserError(f"recipe must be one of {RECIPES}, got {recipe!r}")
+  names = input_pipeline.task_names(mixture_or_task_name)
+  step = _legacy_batch_size(step, batch_size, len(names))
+  rows = step.rows_per_step(len(names))
   _check_counts(
     TRAIN_STEPS=train_steps,
-    BATCH_SIZE=batch_size,
     CHECKPOINT_PERIOD=checkpoint_period,
     keep_checkpoints=keep_checkpoints,
     log_period=log_period,
@@ -328,17 +328,18 @@ def train(
     model_dir,
     MIXTURE_OR_TASK_NAME=mixture_or_task_name,
     TASK_FEATURE_LENGTHS=dict(task_feature_lengths),
-    BATCH_SIZE=batch_size,
-    recipe=recipe,
+    # Rows, the name runs recorded before INPUTS_PER_STEP; kept so they
+    # resume.
+    BATCH_SIZE=rows,
+    recipe=step.recipe,
     PACK=pack,
     RANDOM_SEED=random_seed,
   )
   partitioner = partitioner or partitioning.Partitioner()
-  rates = input_pipeline.task_rates(mixture_or_task_name)
-  official = recipe == "official"
-  if official:
+  task_weights = step.task_weights(len(names))
+  if step.official:
     loss = official_loss(loss)
-  _log_step_contents(rates, batch_size, recipe, packed_rows if pack else None)
+  _log_step_contents(names, step, packed_rows if pack else None)
   checkpointer = checkpoints.Checkpointer(
     model_dir,
     max_to_keep=keep_checkpoints,
@@ -349,21 +350,21 @@ def train(
   data_config = dataset_config(
     mixture_or_task_name=mixture_or_task_name,
     task_feature_lengths=task_feature_lengths,
-    batch_size=batch_size,
-    recipe=recipe,
+    step=step,
     pack=pack,
     packed_rows=packed_rows,
     random_seed=random_seed,
     use_cached_tasks=use_cached_tasks,
     cache_examples=cache_examples,
     data_shards=_resumed_data_shards(checkpointer, data_shards),
+    task_names=names,
   )
   trainer = Trainer(
     model,
     optimizer.build(train_steps),
     partitioner,
-    task_names=list(rates),
-    task_weights=official_task_weights(rates) if official else None,
+    task_names=names,
+    task_weights=task_weights,
     loss=loss,
     num_microbatches=num_microbatches,
     dropout=getattr(getattr(model, "config", None), "dropout_rate", 1.0) > 0,
@@ -374,8 +375,14 @@ def train(
       model_dir, input_pipeline.targets_vocabulary(mixture_or_task_name)
     )
   dataset = input_pipeline.make_dataset(data_config)
+  batch_rows = packed_rows if pack else rows
   state, batches_done = _initial_state(
-    trainer, checkpointer, dataset, random_seed, initial_checkpoint_path
+    trainer,
+    checkpointer,
+    dataset,
+    batch_rows,
+    random_seed,
+    initial_checkpoint_path,
   )
   writer = metric_writers.create_default_writer(
     str(epath.Path(model_dir) / "train"),
@@ -394,7 +401,7 @@ def train(
     meter=_Meter(
       train_flops_per_step(
         model.config,
-        trainer_rows(dataset),
+        batch_rows,
         task_feature_lengths["inputs"],
         task_feature_lengths["targets"],
       ),
@@ -420,22 +427,22 @@ def dataset_config(
   *,
   mixture_or_task_name: str,
   task_feature_lengths: Mapping[str, int],
-  batch_size: int,
-  recipe: str = "mixture",
+  step: StepConfig,
   pack: bool = False,
   packed_rows: int | None = None,
   random_seed: int = 0,
   use_cached_tasks: bool = False,
   cache_examples: bool = False,
   data_shards: int | None = None,
+  task_names: Sequence[str] | None = None,
 ) -> Any:
   """The training data `train` reads, from its own arguments.
 
   Args:
     mixture_or_task_name: MIXTURE_OR_TASK_NAME.
     task_feature_lengths: TASK_FEATURE_LENGTHS.
-    batch_size: BATCH_SIZE, examples per step (all hosts).
-    recipe: one of `RECIPES` (see `train`).
+    step: what a step holds (see `train`): its rows, sampling rates and
+      whether its inputs are paired.
     pack: PACK.
     packed_rows: PACKED_ROWS.
     random_seed: RANDOM_SEED (data order and mixing).
@@ -443,6 +450,7 @@ def dataset_config(
     cache_examples: keep each task's preprocessed examples in memory and
       reshuffle them every epoch (`input_pipeline.DatasetConfig`).
     data_shards: DATA_SHARDS (None: one per process).
+    task_names: the tasks of MIXTURE_OR_TASK_NAME, if already looked up.
 
   Returns:
     An `input_pipeline.DatasetConfig`.
@@ -450,18 +458,18 @@ def dataset_config(
   # Imported here: TensorFlow loads only when training from a mixture.
   from dss_jax import input_pipeline
 
-  if recipe not in RECIPES:
-    raise errors.UserError(f"recipe must be one of {RECIPES}, got {recipe!r}")
+  names = task_names or input_pipeline.task_names(mixture_or_task_name)
   return input_pipeline.DatasetConfig(
     mixture_or_task_name=mixture_or_task_name,
     task_feature_lengths=dict(task_feature_lengths),
-    batch_size=batch_size,
+    batch_size=step.rows_per_step(len(names)),
+    rates=step.rates(len(names)),
     seed=random_seed,
     pack=pack,
     packed_rows=packed_rows,
     use_cached=use_cached_tasks,
     cache_examples=cache_examples,
-    paired=recipe == "official",
+    paired=step.official,
     data_shards=data_shards,
   )
 
@@ -502,28 +510,53 @@ def _resumed_data_shards(
   return saved
 
 
+def _legacy_batch_size(
+  step: StepConfig, batch_size: int | None, tasks: int
+) -> StepConfig:
+  """`step` with the inputs of the deprecated BATCH_SIZE (rows), if set."""
+  if batch_size is None:
+    return step
+  _check_counts(BATCH_SIZE=batch_size)
+  if batch_size % tasks:
+    raise errors.UserError(
+      f"BATCH_SIZE {batch_size} (rows) does not split into the {tasks} "
+      "tasks' rows of each input; set INPUTS_PER_STEP (inputs per step) "
+      "instead"
+    )
+  inputs = batch_size // tasks
+  logging.warning(
+    "BATCH_SIZE (rows per step) is deprecated: it sets INPUTS_PER_STEP = "
+    "%d; set INPUTS_PER_STEP instead",
+    inputs,
+  )
+  return dataclasses.replace(step, inputs_per_step=inputs)
+
+
 def _log_step_contents(
-  rates: Mapping[str, float],
-  batch_size: int,
-  recipe: str,
-  packed_rows: int | None,
+  names: Sequence[str], step: StepConfig, packed_rows: int | None
 ) -> None:
-  """Says what one step trains on, the number the paper's recipe fixes."""
-  names = list(rates)
+  """Says what one step trains on, the numbers the paper's recipe fixes."""
+  rows = step.rows_per_step(len(names))
   if len(names) == 1:
-    what = f"{batch_size} examples of {names[0]}"
-  elif recipe == "official":
+    what = f"{rows} examples of {names[0]}"
+  elif step.official:
     what = (
-      f"{batch_size // len(names)} inputs, each with its "
+      f"{step.inputs_per_step} inputs, each with its "
       + " and ".join(names)
-      + " example (official recipe)"
+      + f" example ({rows} rows; official recipe, alpha "
+      + f"{step.label_weight:g})"
     )
   else:
-    total = sum(rates.values())
+    rates = step.rates(len(names))
+    total = sum(rates)
     what = " + ".join(
-      f"{batch_size * rate / total:g} {name}" for name, rate in rates.items()
+      f"{rows * rate / total:g} {name}"
+      for name, rate in zip(names, rates, strict=True)
     )
-    what += " examples in expectation (sampled mixture)"
+    what += (
+      f" examples in expectation ({step.inputs_per_step} inputs, {rows} "
+      "rows; sampled mixture)"
+    )
   if packed_rows:
     what += f", packed into {packed_rows} rows"
   logging.info("each step trains on %s", what)
@@ -566,13 +599,14 @@ def _initial_state(
   trainer: Trainer,
   checkpointer: checkpoints.Checkpointer,
   dataset: Any,
+  rows: int,
   seed: int,
   initial_checkpoint_path: str | None,
 ) -> tuple[TrainState, int]:
   """Resumes from MODEL_DIR if it has a checkpoint, else initializes."""
   shapes = {
     k: jax.ShapeDtypeStruct(
-      (trainer_rows(dataset),) + tuple(v.shape[1:]), v.dtype.as_numpy_dtype
+      (rows,) + tuple(v.shape[1:]), v.dtype.as_numpy_dtype
     )
     for k, v in dataset.element_spec.items()
   }
@@ -599,12 +633,6 @@ def _check_counts(**counts: int) -> None:
   for name, value in counts.items():
     if not isinstance(value, int) or value < 1:
       raise errors.UserError(f"{name} must be an integer >= 1, got {value!r}")
-
-
-def trainer_rows(dataset: Any) -> int:
-  """Global batch rows of a per-host dataset of batches."""
-  rows = dataset.element_spec["encoder_input_tokens"].shape[0]
-  return int(rows) * jax.process_count()
 
 
 @dataclasses.dataclass

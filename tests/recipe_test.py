@@ -69,8 +69,11 @@ def _gin_data_config(run_file: str, task: str):
     return trainer.dataset_config(
       mixture_or_task_name=macro("MIXTURE_OR_TASK_NAME"),
       task_feature_lengths=macro("TASK_FEATURE_LENGTHS"),
-      batch_size=macro("BATCH_SIZE"),
-      recipe=macro("RECIPE"),
+      step=step_lib.StepConfig(
+        recipe=macro("RECIPE"),
+        rationale_rate=macro("RATIONALE_RATE"),
+        inputs_per_step=macro("INPUTS_PER_STEP"),
+      ),
       pack=macro("PACK"),
       random_seed=macro("RANDOM_SEED"),
     )
@@ -201,15 +204,16 @@ def test_official_loss_on_a_real_step_equals_the_official_formula(cqa_tasks):
   # 8 inputs of the step, cut to lengths a tiny model runs fast.
   batch = {k: v[:16, :192] for k, v in batch.items()}
   model, _ = t5.make_test_model(vocab_size=384)
-  rates = input_pipeline.task_rates("dss_cqa_palm")
+  names = input_pipeline.task_names("dss_cqa_palm")
+  official = step_lib.StepConfig(recipe="official")
   step = step_lib.Trainer(
     model,
     optimizer=None,
     partitioner=partitioning.Partitioner(
       devices=jax.devices()[:1], logical_axis_rules=()
     ),
-    task_names=list(rates),
-    task_weights=step_lib.official_task_weights(rates),
+    task_names=names,
+    task_weights=official.task_weights(len(names)),
     loss=step_lib.official_loss(step_lib.LossConfig()),
     dropout=False,
   )

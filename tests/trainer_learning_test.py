@@ -11,6 +11,7 @@ import seqio
 import tensorflow as tf
 
 from dss_jax import decoding, optimizers, partitioning, trainer
+from dss_jax import step as step_lib
 from dss_jax.models import t5
 
 LENGTH = 8  # up to 6 digits + EOS, padded
@@ -55,7 +56,7 @@ def test_tiny_t5_learns_to_reverse_unseen_digit_strings(tmp_path):
     mixture_or_task_name="learn_reverse_digits",
     task_feature_lengths={"inputs": LENGTH, "targets": LENGTH},
     train_steps=500,
-    batch_size=32,
+    step=step_lib.StepConfig(inputs_per_step=32),
     model_dir=str(tmp_path),
     optimizer=optimizers.AdamW(
       optimizers.LearningRateSchedule(5e-3, warmup_steps=20)

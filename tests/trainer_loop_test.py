@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from dss_jax import (
   checkpoints,
+  errors,
   input_pipeline,
   optimizers,
   partitioning,
@@ -79,7 +80,8 @@ def _train(model_dir, steps=6, evaluator=None, eval_period=0, **kwargs):
     mixture_or_task_name="loop_mix",
     task_feature_lengths=LENGTHS,
     train_steps=steps,
-    batch_size=4,
+    # 2 inputs: 4 rows of the label and rationale tasks, sampled 1 : 0.5.
+    step=step_lib.StepConfig(rationale_rate=0.5, inputs_per_step=2),
     model_dir=str(model_dir),
     optimizer=optimizers.AdamW(optimizers.LearningRateSchedule(1e-3)),
     partitioner=_one_device(),
@@ -188,10 +190,11 @@ def _trainer(model, **kwargs):
 def test_official_recipe_loss_is_alpha_weighted_token_means():
   model, _ = t5.make_test_model()
   batch = _batch([1, 2, 1, 2])
-  rates = {"label": 1.0, "rationale": 3.0}  # lambda 3: alpha 0.25
+  # lambda 3: alpha 0.25
+  step = step_lib.StepConfig(recipe="official", rationale_rate=3.0)
   tr = _trainer(
     model,
-    task_weights=step_lib.official_task_weights(rates),
+    task_weights=step.task_weights(2),
     loss=step_lib.official_loss(step_lib.LossConfig()),
   )
   state = tr.init_state(jax.random.PRNGKey(0), batch)
@@ -245,8 +248,9 @@ def test_sharded_training_on_8_devices_logs_per_task_losses(tmp_path):
   result = _train(
     tmp_path,
     steps=4,
-    # 16 examples a step, packed into 8 rows of 64 tokens (2 per device).
-    batch_size=16,
+    # 8 inputs, 16 examples a step, packed into 8 rows of 64 tokens (2 per
+    # device).
+    step=step_lib.StepConfig(inputs_per_step=8),
     task_feature_lengths={"inputs": 64, "targets": 64},
     partitioner=partitioning.Partitioner(data=4, model=2),
     pack=True,
@@ -330,3 +334,60 @@ def test_no_intact_checkpoint_is_one_clear_error(tmp_path):
       path.write_bytes(b"\0" * path.stat().st_size)
   with pytest.raises(checkpoints.CorruptCheckpointError, match="no intact"):
     _train(tmp_path, steps=2, checkpoint_period=1)
+
+
+def test_step_config_derives_rows_rates_and_weights():
+  step = step_lib.StepConfig(recipe="official", rationale_rate=3.0)
+  assert step.rows_per_step(2) == 128 and step.rows_per_step(1) == 64
+  assert step.rates(2) == (1.0, 3.0) and step.rates(1) == (1.0,)
+  assert step.task_weights(2) == (0.25, 0.75)
+  assert step_lib.StepConfig().task_weights(2) is None
+
+
+@pytest.mark.parametrize(
+  "values, message",
+  [
+    (dict(rationale_rate=-0.5), "RATIONALE_RATE .* >= 0, got -0.5"),
+    (dict(rationale_rate=float("nan")), "RATIONALE_RATE"),
+    (dict(inputs_per_step=0), "INPUTS_PER_STEP .* >= 1, got 0"),
+    (dict(recipe="paired"), "RECIPE .* mixture, official, got 'paired'"),
+  ],
+)
+def test_step_config_refuses_bad_values_where_they_enter(values, message):
+  with pytest.raises(errors.UserError, match=message):
+    step_lib.StepConfig(**values)
+
+
+def test_deprecated_batch_size_counts_rows(tmp_path, caplog):
+  _register_mixture()
+  with caplog.at_level(logging.INFO):
+    result = _train(tmp_path, steps=1, batch_size=4)
+  messages = [r.getMessage() for r in caplog.records]
+  assert any("INPUTS_PER_STEP = 2" in m for m in messages)
+  # BATCH_SIZE 4 rows of two tasks: 2 inputs, as the log line says.
+  assert any(
+    m.startswith("each step trains on") and "(2 inputs, 4 rows" in m
+    for m in messages
+  )
+  assert result.step == 1
+
+
+def test_train_gin_binds_one_step_config_and_refuses_lambda_elsewhere():
+  import gin
+
+  from dss_jax import gin_flags
+  from dss_jax import train as train_main
+
+  gin.clear_config()
+  try:
+    required = ['MIXTURE_OR_TASK_NAME = "loop_mix"', 'MODEL_DIR = "unused"']
+    gin_flags.parse_gin(["runs/train.gin"], [*required, "RATIONALE_RATE = 2.0"])
+    assert gin.query_parameter("%INPUTS_PER_STEP") == 64
+    train_main.check_rationale_rate_binding()
+    gin_flags.parse_gin(
+      [], ["dss_jax.seqio_tasks.options.rationale_rate = 0.5"]
+    )
+    with pytest.raises(errors.UserError, match="--gin.RATIONALE_RATE=0.5"):
+      train_main.check_rationale_rate_binding()
+  finally:
+    gin.clear_config()

@@ -31,6 +31,7 @@ from dss_jax import (
   vocab,
 )
 from dss_jax import grid as grid_lib
+from dss_jax import step as step_lib
 from dss_jax.distill.config import DistillConfig, student_config
 from dss_jax.distill.stages import DataStages
 from dss_jax.models import t5
@@ -97,10 +98,25 @@ class Student:
       raise RuntimeError("register_tasks names the tasks; call it first")
     return self.tasks.for_method(method)
 
+  def step_config(self, spec: grid_lib.RunSpec) -> step_lib.StepConfig:
+    """What one step of a run holds: lambda, the recipe, the inputs.
+
+    Baselines train one task, so a step of `batch_size` inputs is as many
+    rows; distilling step-by-step trains each input's label and rationale,
+    exactly ("official") or in expectation ("mixture").
+    """
+    config = self.config
+    return step_lib.StepConfig(
+      recipe=config.recipe if spec.uses_rationales else "mixture",
+      rationale_rate=config.rationale_rate,
+      inputs_per_step=config.batch_size,
+    )
+
   def register_tasks(self, spec: grid_lib.RunSpec) -> seqio.Vocabulary:
     """Registers the SeqIO tasks of a run; returns its vocabulary.
 
     The names `seqio_tasks.register_card` gives them are kept in `tasks`.
+    The mixture's rationale rate is the run's lambda (`step_config`).
     """
     config = self.config
     vocabulary = vocab.get_vocabulary(config.vocabulary)
@@ -110,7 +126,7 @@ class Student:
       data_dir=config.data_dir,
       vocabulary=vocabulary,
       label_source="teacher" if spec.method == "dss_teacher" else "gold",
-      rationale_rate=config.rationale_rate,
+      rationale_rate=self.step_config(spec).rationale_rate,
       train_fraction=spec.fraction,
       fraction_seed=spec.seed,
     )
@@ -118,13 +134,7 @@ class Student:
     return vocabulary
 
   def train_kwargs(self, spec: grid_lib.RunSpec) -> dict[str, Any]:
-    """What a run trains on: `dss_jax.trainer.train`'s data arguments.
-
-    Baselines train `batch_size` examples a step. Distilling step-by-step
-    trains 2 x `batch_size` sequences a step: the official step's
-    `batch_size` inputs, each with its label and its rationale, exactly
-    ("official") or in expectation ("mixture").
-    """
+    """What a run trains on: `dss_jax.trainer.train`'s data arguments."""
     config = self.config
     train_name, _ = self.task_names(spec.method)
     targets = (
@@ -133,8 +143,7 @@ class Student:
     return dict(
       mixture_or_task_name=train_name,
       task_feature_lengths={"inputs": config.inputs_length, "targets": targets},
-      batch_size=config.batch_size * (2 if spec.uses_rationales else 1),
-      recipe=config.recipe if spec.uses_rationales else "mixture",
+      step=self.step_config(spec),
       pack=False,
       # The datasets of task cards fit in memory: preprocess each example
       # once, not once an epoch (about a quarter of a demo step's CPU time).
