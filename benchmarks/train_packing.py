@@ -60,7 +60,7 @@ host.keep_freed_memory()
 import jax  # noqa: E402
 import optax  # noqa: E402
 
-from dss_jax import hf_export, input_pipeline, partitioning  # noqa: E402
+from dss_jax import hf_export, input_pipeline, paired, partitioning  # noqa: E402
 from dss_jax import step as step_lib  # noqa: E402
 from dss_jax.models import t5  # noqa: E402
 
@@ -110,7 +110,7 @@ def _pairs(count: int) -> list[tuple[dict, dict]]:
     for name in ("dss_cqa_palm_label", "dss_cqa_palm_rationale")
   ]
   pairs = []
-  for pair in input_pipeline.join_by_source(streams):
+  for pair in paired.join_by_source(streams):
     pairs.append(pair)
     if len(pairs) == count:
       break
