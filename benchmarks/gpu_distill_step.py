@@ -145,8 +145,8 @@ def main(argv: list[str] | None = None) -> None:
   print(
     f"{device.device_kind}: t5 {args.size} {args.dtype}, {rows} rows of "
     f"{args.inputs_length}/{args.targets_length}, {args.microbatches} "
-    f"micro-batch(es), {step_flops / 1e12:.2f} TFLOP a step, peak "
-    f"{peak / 1e12:.1f} TFLOP/s",
+    f"micro-batch(es), {step_flops / 1e12:.3g} TFLOP a step, peak "
+    f"{peak / 1e12:.3g} TFLOP/s",
     flush=True,
   )
   state = trainer.init_state(jax.random.PRNGKey(0), batch)
