@@ -296,6 +296,10 @@ def test_the_refusal_names_the_partitions_and_micro_batches_that_fit():
       "seeds": (0,),
       "methods": ("finetune",),
       "activation_dtype": "bfloat16",
+      # A short step, so that the state is what does not fit.
+      "batch_size": 8,
+      "inputs_length": 256,
+      "label_length": 16,
     }
   )
   job = job_config.job_plan(config, cpu_peak_flops=1e11)
@@ -318,13 +322,24 @@ def test_the_refusal_names_the_partitions_and_micro_batches_that_fit():
   # Accumulation shrinks the activations: a base student whose batch does
   # not fit is told the micro-batches that would.
   base = job_config.job_plan(
-    dataclasses.replace(config, model_sizes=("base",)), cpu_peak_flops=1e11
+    job_config.make_config(
+      {
+        "card": "cqa",
+        "model_sizes": ("base",),
+        "seeds": (0,),
+        "methods": ("finetune",),
+        "activation_dtype": "bfloat16",
+      }
+    ),
+    cpu_peak_flops=1e11,
   )
-  limit = base.memory[0].total * 0.6
+  whole = base.memory[0]
+  # Two micro-batches fit: half the activations, a second gradient.
+  limit = whole.total - whole.activations / 2 + whole.gradients
   small = dataclasses.replace(
     base, device_name="H100 SXM", device_memory_bytes=limit, workers=1
   )
-  with pytest.raises(errors.UserError, match="--microbatches=[0-9]+"):
+  with pytest.raises(errors.UserError, match="--microbatches=2,"):
     plan.check_memory(small)
   # More micro-batches: smaller activations, a second gradient buffer.
   one, four = (
