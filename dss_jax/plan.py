@@ -20,8 +20,12 @@ What is estimated, and how:
   with its source (`CPU_MFU`, `ACCELERATOR_MFU`).
 * Memory per device: parameters, gradients and AdamW's two moments in
   float32 (exact byte counts, `parameter_count`), plus the activations kept
-  for the backward pass (`activation_bytes`, a per-token formula).
-  `check_memory` refuses a job whose largest run does not fit.
+  for the backward pass (`activation_bytes`, a per-token formula) in the
+  activation dtype, for one micro-batch (`--microbatches`, which adds an
+  accumulated gradient), the state and the model-parallel parts of the
+  activations split over `--num_partitions` (on accelerators; a CPU host's
+  devices share its RAM). `check_memory` refuses a job whose largest run
+  does not fit, naming the flag values that would.
 """
 
 from __future__ import annotations
@@ -63,6 +67,11 @@ class JobSettings(Protocol):
   inputs_length: int
   targets_length: int
   label_length: int
+  # `DistillConfig`'s scale settings; a settings object without them plans
+  # float32, one micro-batch, one partition.
+  activation_dtype: str | None
+  microbatches: int
+  num_partitions: int
 
 
 # The runner's ratio (`runner._CHARS_PER_TOKEN`): English prose runs about
@@ -186,6 +195,13 @@ class Plan:
     workers: runs trained side by side on this machine.
     device_memory_bytes: memory of the device the job runs on.
     device_name: that device, in words.
+    activation_dtype: the students' activation dtype.
+    microbatches: micro-batches a step.
+    num_partitions: model-parallel ways.
+    memory_with: the memory of a size at other (microbatches,
+      num_partitions, activation dtype), for the refusal's advice; None: no
+      advice.
+    batch_size: inputs a step (micro-batches must divide it).
   """
 
   teacher: TeacherPlan
@@ -195,6 +211,11 @@ class Plan:
   workers: int
   device_memory_bytes: float
   device_name: str
+  activation_dtype: str = "float32"
+  microbatches: int = 1
+  num_partitions: int = 1
+  memory_with: Callable[[str, int, int, str], Memory] | None = None
+  batch_size: int = 1
 
   @property
   def total_flops(self) -> float:
@@ -229,7 +250,11 @@ def parameter_count(config: T5Config) -> int:
 
 
 def activation_bytes(
-  config: T5Config, rows: int, inputs_length: int, targets_length: int
+  config: T5Config,
+  rows: int,
+  inputs_length: int,
+  targets_length: int,
+  num_partitions: int = 1,
 ) -> float:
   """Bytes of a training step's working memory beyond its state.
 
@@ -238,7 +263,12 @@ def activation_bytes(
   (heads x head_dim) and 5 MLP-width vectors, and 3.5 x heads x the keys
   it attends to (attention scores, probabilities and their gradients);
   per decoder token, 2 x vocabulary (the logits and their gradient). All
-  in the activation dtype's bytes (4 for float32). The coefficients were
+  in the activation dtype's bytes (4 for float32, and on CPU) except the
+  logits, which
+  the model computes in float32 whatever the dtype. Model parallelism
+  (T5X's standard rules) splits the head-width, MLP-width, attention and
+  vocabulary terms over `num_partitions`; the model-width ones are
+  replicated. The coefficients were
   fit to XLA:CPU's compiled buffer sizes of the float32 step
   (`memory_analysis()`) over 8 settings from demo-xs to T5 small, batches
   8-64, inputs 64-256 and targets 4-64, which the formula meets within
@@ -250,18 +280,24 @@ def activation_bytes(
     rows: sequences per step.
     inputs_length: encoder length.
     targets_length: decoder length.
+    num_partitions: model-parallel ways.
 
   Returns:
     Bytes for the whole step (divide by data-parallel devices).
   """
-  item = 2 if config.dtype == "bfloat16" else 4
+  # XLA:CPU has no bfloat16 arithmetic: it computes in float32 and keeps
+  # float32 buffers (a bfloat16 demo-l step measured 92% of the float32
+  # step's peak RSS), so a CPU step counts 4 bytes whatever the dtype.
+  on_cpu = jax.default_backend() == "cpu"
+  item = 2 if config.dtype == "bfloat16" and not on_cpu else 4
+  p = num_partitions
   d, hd, m = config.emb_dim, config.num_heads * config.head_dim, config.mlp_dim
-  heads, li, lt = config.num_heads, inputs_length, targets_length
-  width = 6 * d + 5 * hd + 5 * m
+  heads, li, lt = config.num_heads / p, inputs_length, targets_length
+  width = 6 * d + (5 * hd + 5 * m) / p
   encoder = config.num_encoder_layers * li * (width + 3.5 * heads * li)
   decoder = config.num_decoder_layers * lt * (width + 3.5 * heads * (li + lt))
-  logits = 2 * lt * config.vocab_size
-  return float(item * rows * (encoder + decoder + logits))
+  logits = 4 * 2 * lt * config.vocab_size / p
+  return float(rows * (item * (encoder + decoder) + logits))
 
 
 def memory_of(
@@ -271,6 +307,8 @@ def memory_of(
   inputs_length: int,
   targets_length: int,
   data_devices: int = 1,
+  microbatches: int = 1,
+  num_partitions: int = 1,
 ) -> Memory:
   """Estimated memory per device of a training step (float32 state).
 
@@ -280,20 +318,27 @@ def memory_of(
     rows: sequences per step (the global batch).
     inputs_length: encoder length.
     targets_length: decoder length.
-    data_devices: devices the batch is split over (state replicated).
+    data_devices: devices the batch is split over.
+    microbatches: gradient accumulation: activations are one micro-batch's,
+      and the accumulated gradient is kept beside the micro-batch's.
+    num_partitions: model-parallel ways the state (and part of the
+      activations) is split over.
 
   Returns:
     The estimate.
   """
   # The state is float32 whatever the activation dtype.
-  params = 4.0 * parameter_count(config)
+  params = 4.0 * parameter_count(config) / num_partitions
+  micro_rows = -(-rows // microbatches)
+  activations = activation_bytes(
+    config, micro_rows, inputs_length, targets_length, num_partitions
+  )
   return Memory(
     model_size=size,
     parameters=params,
     optimizer=2 * params,  # AdamW's first and second moments, float32
-    gradients=params,
-    activations=activation_bytes(config, rows, inputs_length, targets_length)
-    / max(1, data_devices),
+    gradients=params * (2 if microbatches > 1 else 1),
+    activations=activations / max(1, data_devices),
   )
 
 
@@ -442,6 +487,8 @@ def memory_by_size(
   model_config: Callable[[str], T5Config],
   groups: Sequence[RunGroup],
   data_devices: int = 1,
+  microbatches: int = 1,
+  num_partitions: int = 1,
 ) -> list[Memory]:
   """Per student size, the memory of its largest step (per device)."""
   by_size: dict[str, Memory] = {}
@@ -453,6 +500,8 @@ def memory_by_size(
       config.inputs_length,
       group.targets_length,
       data_devices,
+      microbatches,
+      num_partitions,
     )
     known = by_size.get(group.model_size)
     if known is None or memory.total > known.total:
@@ -480,8 +529,26 @@ def make_plan(
   """
   groups = run_groups(config, model_config, config.specs())
   on_cpu = jax.local_devices()[0].platform == "cpu"
-  # CPU devices share the host's RAM: the whole batch counts against it.
-  data_devices = 1 if on_cpu else jax.device_count()
+  microbatches = getattr(config, "microbatches", 1)
+  num_partitions = getattr(config, "num_partitions", 1)
+  # CPU devices share the host's RAM: the whole batch and the whole state
+  # count against it, however the mesh splits them.
+  partitions = 1 if on_cpu else num_partitions
+  data_devices = 1 if on_cpu else max(1, jax.device_count() // partitions)
+
+  def memory_with(size: str, micro: int, parts: int, dtype: str) -> Memory:
+    """`size`'s largest step at other accumulation, partitions, dtype."""
+    devices = 1 if on_cpu else max(1, jax.device_count() // parts)
+    mine = [g for g in groups if g.model_size == size]
+
+    def with_dtype(name: str) -> T5Config:
+      return dataclasses.replace(model_config(name), dtype=dtype)
+
+    return max(
+      memory_by_size(config, with_dtype, mine, devices, micro, parts),
+      key=lambda m: m.total,
+    )
+
   if cpu_peak_flops is None:
     cpu_peak_flops = flops.measure_matmul_flops(size=1024, seconds=1.0)
   memory_bytes, device_name = device_memory()
@@ -502,22 +569,30 @@ def make_plan(
   return Plan(
     teacher=teacher,
     groups=groups,
-    memory=memory_by_size(config, model_config, groups, data_devices),
+    memory=memory_by_size(
+      config, model_config, groups, data_devices, microbatches, partitions
+    ),
     cpu_peak_flops=cpu_peak_flops,
     workers=workers if on_cpu else 1,
     device_memory_bytes=memory_bytes,
     device_name=device_name,
+    activation_dtype=getattr(config, "activation_dtype", None) or "float32",
+    microbatches=microbatches,
+    num_partitions=num_partitions,
+    memory_with=memory_with,
+    batch_size=config.batch_size,
   )
 
 
-def check_memory(plan: Plan, dtype: str = "float32") -> None:
+def check_memory(plan: Plan) -> None:
   """Refuses a job whose largest step does not fit the device.
 
   On CPU the runs trained side by side (--workers) share the host's RAM.
+  The message names the smallest --num_partitions (on accelerators) and
+  --microbatches (a divisor of --batch_size) that would fit, where one does.
 
   Args:
     plan: the job's plan.
-    dtype: the run's dtype, as the message names it.
 
   Raises:
     errors.UserError: one line naming the size and the flags to change.
@@ -530,12 +605,44 @@ def check_memory(plan: Plan, dtype: str = "float32") -> None:
     if need > limit:
       side = f" ({plan.workers} runs side by side)" if plan.workers > 1 else ""
       workers = ", or --workers=1" if plan.workers > 1 else ""
+      fixes = _fixes(plan, memory.model_size, limit / plan.workers)
+      use = " or ".join(fixes) + ", or " if fixes else ""
       raise errors.UserError(
-        f"t5 {memory.model_size} {dtype} needs ~{_gib(need)} per device"
-        f"{side}, more than this {plan.device_name}'s {_gib(limit)}; use a "
-        f"smaller --model_sizes or --batch_size (or shorter "
+        f"t5 {memory.model_size} {plan.activation_dtype} needs "
+        f"~{_gib(need)} per device{side}, more than this "
+        f"{plan.device_name}'s {_gib(limit)}; use {use}a smaller "
+        f"--model_sizes or --batch_size (or shorter "
         f"--inputs_length/--targets_length){workers}"
       )
+
+
+def _fixes(plan: Plan, size: str, limit: float) -> list[str]:
+  """The flag values, one each, that bring `size` under `limit` bytes."""
+  if plan.memory_with is None:
+    return []
+  fixes = []
+  on_cpu = plan.device_name == "host RAM"
+  micro, parts, dtype = (
+    plan.microbatches,
+    plan.num_partitions,
+    plan.activation_dtype,
+  )
+  # Model parallelism over a CPU host's devices shares the same RAM.
+  for p in (2**k for k in range(1, 11)):
+    if on_cpu or p <= parts:
+      continue
+    if plan.memory_with(size, micro, p, dtype).total <= limit:
+      fixes.append(f"--num_partitions={p}")
+      break
+  for m in range(micro + 1, plan.batch_size + 1):
+    if plan.batch_size % m == 0 and m % micro == 0:
+      if plan.memory_with(size, m, parts, dtype).total <= limit:
+        fixes.append(f"--microbatches={m}")
+        break
+  if dtype == "float32":
+    if plan.memory_with(size, micro, parts, "bfloat16").total <= limit:
+      fixes.append("--activation_dtype=bfloat16")
+  return fixes
 
 
 def _gib(value: float) -> str:
@@ -659,7 +766,9 @@ def format_plan(plan: Plan, actual: Mapping[str, object] | None = None) -> str:
   lines += [
     "",
     "Activations: `plan.activation_bytes`'s per-token formula at the run's "
-    "batch and lengths, float32 (the accelerator columns: the same float32 "
-    "step on one chip).",
+    f"batch and lengths, {plan.activation_dtype} (logits float32), "
+    f"{plan.microbatches} micro-batch(es) a step, state split over "
+    f"{plan.num_partitions} model partition(s) (the accelerator columns: "
+    "the same step per chip).",
   ]
   return "\n".join(lines) + "\n"

@@ -207,7 +207,11 @@ class Trainer:
       recipe); None: one loss over the whole batch.
     loss: normalization and regularizers.
     num_microbatches: gradient accumulation: the batch is split into this many
-      micro-batches whose gradients are averaged inside one step.
+      micro-batches inside one step. Exact: the loss's normalizers (real
+      target tokens, sequences, per task) are counted over the whole batch
+      first and each micro-batch's loss divides its sums by them, so the
+      summed gradients equal the full batch's (T5X's per-micro-batch mean
+      would weigh a micro-batch of short targets as much as one of long).
     dropout: enable dropout (the model's `dropout_rate` sets the rate).
   """
 
@@ -308,7 +312,11 @@ class Trainer:
   # -- the step --------------------------------------------------------------
 
   def _loss_fn(
-    self, params: PyTree, batch: Batch, rng: Array
+    self,
+    params: PyTree,
+    batch: Batch,
+    rng: Array,
+    normalizers: Mapping[str, Array] | None = None,
   ) -> tuple[Array, dict[str, Array]]:
     logits = self.model.apply(
       {"params": params},
@@ -325,6 +333,19 @@ class Trainer:
       z_loss=self.loss.z_loss,
       label_smoothing=self.loss.label_smoothing,
     )
+
+    def cross_entropy(key: str, w: Array) -> Array:
+      loss, aux = losses.cross_entropy_loss(logits, targets, w, **kwargs)
+      if normalizers is None:
+        return loss
+      # A micro-batch's share of the whole step's loss: its sum over the
+      # step's denominator (see `_normalizers`).
+      if kwargs["normalization"] == "tokens":
+        total = aux["token_loss_sum"]
+      else:
+        total = loss * jnp.maximum(aux["num_sequences"], 1.0)
+      return total / normalizers[key]
+
     metrics = {}
     task_losses = []
     task_ids = batch.get(TASK_IDS)
@@ -333,9 +354,7 @@ class Trainer:
       # the masked reductions are repeated.
       for t, name in enumerate(self.task_names):
         mask = (task_ids == t + 1).astype(jnp.float32)
-        task_loss, _ = losses.cross_entropy_loss(
-          logits, targets, weights * mask, **kwargs
-        )
+        task_loss = cross_entropy(name, weights * mask)
         task_losses.append(task_loss)
         metrics[f"loss/{name}"] = task_loss
     if self.task_weights is not None:
@@ -344,9 +363,33 @@ class Trainer:
         for w, task_loss in zip(self.task_weights, task_losses, strict=True)
       )
     else:
-      loss, _ = losses.cross_entropy_loss(logits, targets, weights, **kwargs)
+      loss = cross_entropy("", weights)
     metrics["loss"] = loss
     return loss, metrics
+
+  def _normalizers(self, batch: Batch) -> dict[str, Array]:
+    """The loss's denominators, counted over the whole (step's) batch.
+
+    Keyed "" for the whole batch and by task name for each task: the real
+    target tokens ("NUM_REAL_TARGET_TOKENS") or the sequences (packed
+    segments) with a real target token ("AVERAGE_PER_SEQUENCE"), with the
+    floors `losses.cross_entropy_loss` uses.
+    """
+    weights = batch["decoder_loss_weights"].astype(jnp.float32)
+    segments = batch.get("decoder_segment_ids")
+    tokens = LOSS_NORMALIZATIONS[self.loss.normalizing_factor] == "tokens"
+
+    def count(w: Array) -> Array:
+      if tokens:
+        return jnp.maximum(jnp.sum(w), 1e-8)
+      return jnp.maximum(_num_sequences(w, segments), 1.0)
+
+    out = {"": count(weights)}
+    task_ids = batch.get(TASK_IDS)
+    if task_ids is not None:
+      for t, name in enumerate(self.task_names):
+        out[name] = count(weights * (task_ids == t + 1))
+    return out
 
   def _grads(
     self, params: PyTree, batch: Batch, rng: Array
@@ -355,22 +398,26 @@ class Trainer:
     if self.num_microbatches == 1:
       return grad_fn(params, batch, rng)
     m = self.num_microbatches
+    normalizers = self._normalizers(batch)
     micro = jax.tree.map(
       lambda x: x.reshape((m, x.shape[0] // m) + x.shape[1:]), batch
     )
 
+    def micro_grads(mb, rng):
+      return grad_fn(params, mb, rng, normalizers)
+
     def body(carry, inputs):
       i, mb = inputs
-      grads, metrics = grad_fn(params, mb, jax.random.fold_in(rng, i))
-      acc = jax.tree.map(jnp.add, carry, (grads, metrics))
-      return acc, None
+      grads, metrics = micro_grads(mb, jax.random.fold_in(rng, i))
+      return jax.tree.map(jnp.add, carry, (grads, metrics)), None
 
     zeros = jax.tree.map(
       jnp.zeros_like,
-      jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], micro), rng),
+      jax.eval_shape(micro_grads, jax.tree.map(lambda x: x[0], micro), rng),
     )
+    # Each micro-batch's loss is its share of the step's: sums, not means.
     (grads, metrics), _ = jax.lax.scan(body, zeros, (jnp.arange(m), micro))
-    return jax.tree.map(lambda x: x / m, (grads, metrics))
+    return grads, metrics
 
   def _step(self, state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
     rng = jax.random.fold_in(state.rng, state.step)
@@ -403,6 +450,22 @@ class Trainer:
   def device_batch(self, batch: Mapping[str, np.ndarray]) -> dict[str, Array]:
     """Places this host's numpy batch as global arrays on the mesh."""
     return dict(self.partitioner.put_batch(batch))
+
+
+def _num_sequences(weights: Array, segment_ids: Array | None) -> Array:
+  """Sequences (packed segments) with a positive loss weight, as a float.
+
+  Counts what `losses.cross_entropy_loss` calls "num_sequences".
+  """
+  if segment_ids is None:
+    return jnp.sum(jnp.sum(weights, axis=-1) > 0).astype(jnp.float32)
+  batch, length = segment_ids.shape
+  # One flat id per (row, segment), as in `losses._segment_means`.
+  ids = jnp.arange(batch)[:, None] * length + jnp.maximum(segment_ids - 1, 0)
+  sums = jax.ops.segment_sum(
+    weights.reshape(-1), ids.reshape(-1), batch * length
+  )
+  return jnp.sum(sums > 0).astype(jnp.float32)
 
 
 def _model_inputs(batch: Mapping[str, Any]) -> dict[str, Any]:

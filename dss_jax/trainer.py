@@ -227,7 +227,7 @@ def train(
   partitioner: partitioning.Partitioner | None = None,
   initial_checkpoint_path: str | None = None,
   checkpoint_period: int = 1000,
-  keep_checkpoints: int = 3,
+  keep_checkpoints: int | None = 3,
   async_checkpointing: bool = True,
   log_period: int = 100,
   evaluator: Evaluator | None = None,
@@ -276,7 +276,7 @@ def train(
     initial_checkpoint_path: INITIAL_CHECKPOINT_PATH: parameters to start
       from (T5X or this trainer's checkpoints); ignored when resuming.
     checkpoint_period: save every this many steps (and at the end).
-    keep_checkpoints: how many latest checkpoints to keep.
+    keep_checkpoints: how many latest checkpoints to keep; None: all.
     async_checkpointing: write checkpoints in the background.
     log_period: write metrics every this many steps.
     evaluator: optional `dss_jax.evaluation.Evaluator`.
@@ -309,7 +309,9 @@ def train(
   _check_counts(
     TRAIN_STEPS=train_steps,
     CHECKPOINT_PERIOD=checkpoint_period,
-    keep_checkpoints=keep_checkpoints,
+    **(
+      {} if keep_checkpoints is None else {"keep_checkpoints": keep_checkpoints}
+    ),
     log_period=log_period,
     num_microbatches=num_microbatches,
     **{

@@ -133,13 +133,16 @@ def test_teacher_dollars_at_the_named_model_price(paper_data_dir, monkeypatch):
   assert "the paper's data is not here" in text
 
 
-def _step_setup(size, vocab, rows, li, lt, dropout):
+def _step_setup(
+  size, vocab, rows, li, lt, dropout, dtype="float32", microbatches=1
+):
   if size in ("tiny", "small"):
     config = t5_1_1_config(
       size, vocab_size=-(-vocab // 128) * 128, dropout_rate=dropout
     )
+    config = dataclasses.replace(config, dtype=dtype)
   else:
-    config = job_config.student_config(size, vocab, dropout)
+    config = job_config.student_config(size, vocab, dropout, dtype)
   trainer = step_lib.Trainer(
     t5.Transformer(config),
     optimizers.AdamW(
@@ -147,6 +150,7 @@ def _step_setup(size, vocab, rows, li, lt, dropout):
     ).build(10),
     partitioning.Partitioner(devices=jax.devices()[:1]),
     dropout=dropout > 0,
+    num_microbatches=microbatches,
   )
   batch = {
     name: jnp.ones((rows, length), jnp.int32)
@@ -205,8 +209,9 @@ def status(key):
     if line.startswith(key + ":"):
       return int(line.split()[1]) * 1024
 
+dtype, micro = sys.argv[2], int(sys.argv[3])
 setting = ("demo-l", 8100, 16, 256, 64, 0.1)
-config, trainer, batch = plan_test._step_setup(*setting)
+config, trainer, batch = plan_test._step_setup(*setting, dtype, micro)
 step = jax.jit(trainer._step, donate_argnums=(0,)).lower(
   trainer.abstract_state(batch), batch).compile()
 state = trainer.init_state(jax.random.PRNGKey(0), batch)
@@ -216,18 +221,30 @@ pathlib.Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM
 for _ in range(3):
   state, _ = step(state, batch)
 jax.block_until_ready(state)
-memory = plan.memory_of(setting[0], config, *setting[2:5])
+memory = plan.memory_of(setting[0], config, *setting[2:5], microbatches=micro)
 print(json.dumps({"growth": status("VmHWM") - base,
                   "estimate": memory.activations + memory.gradients}))
 """
 
 
 @pytest.mark.slow
-def test_memory_estimate_meets_a_training_step_peak_rss(repo_dir):
+@pytest.mark.parametrize(
+  "dtype, microbatches", [("float32", 1), ("bfloat16", 1), ("float32", 4)]
+)
+def test_memory_estimate_meets_a_training_step_peak_rss(
+  repo_dir, dtype, microbatches
+):
   if not pathlib.Path("/proc/self/clear_refs").exists():
     pytest.fail("needs Linux's /proc/self/clear_refs to reset the peak RSS")
   proc = subprocess.run(
-    [sys.executable, "-c", _RSS_SCRIPT, str(repo_dir / "tests")],
+    [
+      sys.executable,
+      "-c",
+      _RSS_SCRIPT,
+      str(repo_dir / "tests"),
+      dtype,
+      str(microbatches),
+    ],
     env=_env(repo_dir, repo_dir),
     capture_output=True,
     text=True,
@@ -237,6 +254,7 @@ def test_memory_estimate_meets_a_training_step_peak_rss(repo_dir):
   got = json.loads(proc.stdout.strip().splitlines()[-1])
   # With the state in memory, three steps add the gradients and the step's
   # activations and temporaries.
+  print(dtype, microbatches, got)
   assert got["estimate"] == pytest.approx(got["growth"], rel=0.2)
 
 
@@ -269,6 +287,75 @@ def test_a_student_that_cannot_fit_is_refused_in_one_line(tmp_path):
   small = dataclasses.replace(demo, device_memory_bytes=1e6, workers=2)
   with pytest.raises(errors.UserError, match="2 runs side by side.*workers=1"):
     plan.check_memory(small)
+
+
+def test_the_refusal_names_the_partitions_and_micro_batches_that_fit():
+  config = job_config.make_config(
+    {
+      "card": "cqa",
+      "model_sizes": ("xxl",),
+      "seeds": (0,),
+      "methods": ("finetune",),
+      "activation_dtype": "bfloat16",
+      # A short step, so that the state is what does not fit.
+      "batch_size": 8,
+      "inputs_length": 256,
+      "label_length": 16,
+    }
+  )
+  job = job_config.job_plan(config, cpu_peak_flops=1e11)
+  assert job.memory[0].parameters > 40 * plan.GIB  # 11B float32 parameters
+  # On an 80 GB accelerator: the state alone is too big for one chip, so
+  # only model partitions help, not accumulation.
+  h100 = dataclasses.replace(
+    job, device_name="H100 SXM", device_memory_bytes=80e9, workers=1
+  )
+  with pytest.raises(errors.UserError) as e:
+    plan.check_memory(h100)
+  message = str(e.value)
+  assert message.startswith("t5 xxl bfloat16 needs ~"), message
+  assert (
+    "; use --num_partitions=" in message and "--microbatches" not in message
+  )
+  parts = int(message.split("--num_partitions=")[1].split(" ")[0].strip(","))
+  assert job.memory_with("xxl", 1, parts, "bfloat16").total <= 80e9
+  assert job.memory_with("xxl", 1, parts // 2, "bfloat16").total > 80e9
+  # Accumulation shrinks the activations: a base student whose batch does
+  # not fit is told the micro-batches that would.
+  base = job_config.job_plan(
+    job_config.make_config(
+      {
+        "card": "cqa",
+        "model_sizes": ("base",),
+        "seeds": (0,),
+        "methods": ("finetune",),
+        "activation_dtype": "bfloat16",
+      }
+    ),
+    cpu_peak_flops=1e11,
+  )
+  whole = base.memory[0]
+  # Two micro-batches fit: half the activations, a second gradient.
+  limit = whole.total - whole.activations / 2 + whole.gradients
+  small = dataclasses.replace(
+    base, device_name="H100 SXM", device_memory_bytes=limit, workers=1
+  )
+  with pytest.raises(errors.UserError, match="--microbatches=2,"):
+    plan.check_memory(small)
+  # More micro-batches: smaller activations, a second gradient buffer.
+  one, four = (
+    base.memory_with("base", 1, 1, "bfloat16"),
+    base.memory_with("base", 4, 1, "bfloat16"),
+  )
+  assert four.activations == pytest.approx(one.activations / 4)
+  assert four.gradients == 2 * one.gradients
+  # bfloat16 halves the activations but the float32 logits (on
+  # accelerators; XLA:CPU computes bfloat16 in float32 buffers).
+  f32 = base.memory_with("base", 1, 1, "float32")
+  if jax.default_backend() == "cpu":
+    assert one.activations == f32.activations
+  else:
+    assert one.activations < 0.75 * f32.activations
 
 
 @pytest.mark.slow

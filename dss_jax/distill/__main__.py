@@ -86,6 +86,11 @@ FIELD_OF_FLAG = {
   "tfds_data_dir": "tfds_data_dir",
   "progress_bars": "progress",
   "workers": "workers",
+  "activation_dtype": "activation_dtype",
+  "microbatches": "microbatches",
+  "num_partitions": "num_partitions",
+  "keep_checkpoints": "keep_checkpoints",
+  "checkpoint_period": "checkpoint_period",
 }
 
 
@@ -166,6 +171,21 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
   define(
     "integer", "workers", "Runs side by side (default: 1 per core, max 2)."
   )
+  define(
+    "string",
+    "activation_dtype",
+    "bfloat16 or float32 (default: bfloat16 on GPU/TPU, float32 on CPU).",
+  )
+  define(
+    "integer", "microbatches", "Gradient accumulation: micro-batches a step."
+  )
+  define("integer", "num_partitions", "Model-parallel ways (T5X's); default 1.")
+  define(
+    "string", "keep_checkpoints", "Checkpoints kept per run: N or all (1)."
+  )
+  define(
+    "integer", "checkpoint_period", "Save every N steps (train_steps // 4)."
+  )
 
 
 def define_dry_run_flag(flag_values: flags.FlagValues = FLAGS) -> None:
@@ -218,6 +238,15 @@ def _numbers(name: str, values: list[str], number: type) -> tuple[Any, ...]:
     ) from None
 
 
+def _keep_checkpoints(value: str) -> int:
+  try:
+    return int(value)
+  except ValueError:
+    raise errors.UserError(
+      f"--keep_checkpoints must be a number or all, got {value}"
+    ) from None
+
+
 def config_fields(flag_values: flags.FlagValues = FLAGS) -> dict[str, Any]:
   """The `DistillConfig` fields the command line sets (unset flags left out).
 
@@ -240,6 +269,8 @@ def config_fields(flag_values: flags.FlagValues = FLAGS) -> dict[str, Any]:
       value = _numbers(name, value, float)
     elif name == "seeds":
       value = _numbers(name, value, int)
+    elif name == "keep_checkpoints" and value != "all":
+      value = _keep_checkpoints(value)
     elif isinstance(value, list):
       value = tuple(value)
     fields[field] = value

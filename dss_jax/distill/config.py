@@ -17,6 +17,8 @@ import pathlib
 from collections.abc import Mapping
 from typing import Any
 
+import jax
+
 from dss_jax import (
   cards,
   datasets,
@@ -31,6 +33,18 @@ from dss_jax import workers as workers_lib
 from dss_jax.models import t5
 from dss_jax.models.config import STUDENT_SIZES, T5_SIZES
 from dss_jax.teacher import jobs, sources
+
+# The students' activation dtypes (`T5Config.dtype`, T5X's ACTIVATION_DTYPE).
+ACTIVATION_DTYPES = ("bfloat16", "float32")
+
+
+def default_activation_dtype() -> str:
+  """bfloat16 where JAX runs on a GPU or TPU, float32 on CPU.
+
+  CPUs have no fast bfloat16 matmul (XLA emulates it, slower than float32);
+  accelerators' bfloat16 peak is several times their float32 one.
+  """
+  return "float32" if jax.default_backend() == "cpu" else "bfloat16"
 
 
 class AnnotationIncompleteError(RuntimeError):
@@ -120,6 +134,20 @@ class DistillConfig:
       this process.
     show_examples: test examples whose rationale and label a distilling
       step-by-step student decodes at the end, beside the teacher's.
+    activation_dtype: the students' activation dtype (T5X's
+      ACTIVATION_DTYPE), "bfloat16" or "float32"; parameters and optimizer
+      state stay float32. None: bfloat16 where JAX runs on a GPU or TPU,
+      float32 on CPU (decided when the job is made, and named in each run's
+      identity).
+    microbatches: gradient accumulation (T5X's num_microbatches): each step's
+      batch is split into this many micro-batches, exactly (the loss's
+      token and sequence counts are the whole step's).
+    num_partitions: model-parallel ways (T5X's PjitPartitioner
+      num_partitions); the remaining devices split the batch.
+    keep_checkpoints: checkpoints each run keeps, a number or "all" (for an
+      eval over a run's checkpoints later).
+    checkpoint_period: save every this many steps (and at the end); None:
+      a quarter of `train_steps`, so a killed run loses at most a quarter.
   """
 
   card: str = "arith"
@@ -162,8 +190,15 @@ class DistillConfig:
   compilation_cache: bool = True
   workers: int | None = None
   show_examples: int = 3
+  activation_dtype: str | None = None
+  microbatches: int = 1
+  num_partitions: int = 1
+  keep_checkpoints: int | str = 1
+  checkpoint_period: int | None = None
 
   def __post_init__(self):
+    if self.activation_dtype is None:
+      object.__setattr__(self, "activation_dtype", default_activation_dtype())
     if self.recipe not in step_lib.RECIPES:
       raise ConfigError(
         "recipe",
@@ -335,6 +370,7 @@ class DistillConfig:
     )
     check("seeds", all(seed >= 0 for seed in self.seeds), ">= 0")
     check("max_retry_wait_s", self.max_retry_wait_s >= 0, ">= 0")
+    self._check_scale()
     if self.teacher_model is not None and not self.teacher_model.strip():
       raise ConfigError("teacher_model", " is empty: name the model")
     if self.backend == "openai" and not self.teacher_model:
@@ -347,6 +383,40 @@ class DistillConfig:
       check(name, len(getattr(self, name)) > 0, "a non-empty list")
       # Two runs in one folder fail in orbax and hang the job.
       check(name, not grid_lib.repeated(name, getattr(self, name)), "distinct")
+
+  def _check_scale(self) -> None:
+    """Dtype, accumulation, partitions and checkpoints (before any stage)."""
+    if self.activation_dtype not in ACTIVATION_DTYPES:
+      raise ConfigError(
+        "activation_dtype",
+        f" must be one of {', '.join(ACTIVATION_DTYPES)}, got "
+        f"{self.activation_dtype!r}",
+      )
+    for name in ("microbatches", "num_partitions"):
+      value = getattr(self, name)
+      if not isinstance(value, int) or value < 1:
+        raise ConfigError(name, f" must be >= 1, got {value!r}")
+    if self.batch_size % self.microbatches:
+      raise ConfigError(
+        "microbatches",
+        f"={self.microbatches} must divide --batch_size={self.batch_size} "
+        "(each micro-batch holds batch_size / microbatches inputs)",
+      )
+    keep = self.keep_checkpoints
+    if keep != "all" and not (isinstance(keep, int) and keep >= 1):
+      raise ConfigError(
+        "keep_checkpoints", f" must be a number >= 1 or all, got {keep!r}"
+      )
+    period = self.checkpoint_period
+    if period is not None and not (isinstance(period, int) and period >= 1):
+      raise ConfigError(
+        "checkpoint_period", f" must be >= 1 (or unset), got {period!r}"
+      )
+
+  @property
+  def steps_per_checkpoint(self) -> int:
+    """`checkpoint_period`, or a quarter of the run when unset."""
+    return self.checkpoint_period or max(1, self.train_steps // 4)
 
   def specs(self) -> list[grid_lib.RunSpec]:
     """The job's runs (`grid_lib.expand`, less `baseline_fractions`)."""
@@ -490,7 +560,7 @@ def make_config(
 
 
 def student_config(
-  size: str, vocabulary_size: int, dropout_rate: float
+  size: str, vocabulary_size: int, dropout_rate: float, dtype: str = "float32"
 ) -> t5.T5Config:
   """The T5 configuration of a student size.
 
@@ -500,6 +570,7 @@ def student_config(
       multiple of 128 (T5's 32,100 pieces -> 32,128), as T5X does for the
       matmul units.
     dropout_rate: dropout.
+    dtype: activation dtype (`DistillConfig.activation_dtype`).
 
   Returns:
     The student's configuration.
@@ -507,10 +578,13 @@ def student_config(
   vocab_size = -(-vocabulary_size // 128) * 128
   if size in STUDENT_SIZES:
     return t5.T5Config(
-      vocab_size=vocab_size, dropout_rate=dropout_rate, **STUDENT_SIZES[size]
+      vocab_size=vocab_size,
+      dropout_rate=dropout_rate,
+      dtype=dtype,
+      **STUDENT_SIZES[size],
     )
   return t5.t5_1_1_config(
-    size, vocab_size=vocab_size, dropout_rate=dropout_rate
+    size, vocab_size=vocab_size, dropout_rate=dropout_rate, dtype=dtype
   )
 
 
@@ -550,7 +624,9 @@ def job_plan(
   workers = config.workers or workers_lib.default_workers()
   return plan_lib.make_plan(
     config,
-    lambda model_size: student_config(model_size, size, config.dropout_rate),
+    lambda model_size: student_config(
+      model_size, size, config.dropout_rate, config.activation_dtype
+    ),
     workers=workers if len(specs) > 1 else 1,
     cpu_peak_flops=cpu_peak_flops,
   )

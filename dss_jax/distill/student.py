@@ -25,6 +25,7 @@ from dss_jax import (
   errors,
   evaluation,
   optimizers,
+  partitioning,
   seqio_tasks,
   showcase,
   trainer,
@@ -204,7 +205,10 @@ class Student:
     metric = self._metric_name(eval_name)
     model = t5.Transformer(
       student_config(
-        spec.model_size, vocabulary.vocab_size, config.dropout_rate
+        spec.model_size,
+        vocabulary.vocab_size,
+        config.dropout_rate,
+        config.activation_dtype,
       )
     )
     validation = None
@@ -234,9 +238,12 @@ class Student:
         if config.initial_checkpoint
         else None
       ),
-      # A killed run loses at most a quarter of its steps.
-      checkpoint_period=max(1, config.train_steps // 4),
-      keep_checkpoints=1,
+      checkpoint_period=config.steps_per_checkpoint,
+      keep_checkpoints=(
+        None if config.keep_checkpoints == "all" else config.keep_checkpoints
+      ),
+      num_microbatches=config.microbatches,
+      partitioner=_partitioner(config.num_partitions),
       log_period=max(1, config.train_steps // 10),
       evaluator=validation,
       eval_period=config.validation_period,
@@ -336,7 +343,10 @@ class Student:
     vocabulary = self.register_tasks(spec)
     model = t5.Transformer(
       student_config(
-        spec.model_size, vocabulary.vocab_size, config.dropout_rate
+        spec.model_size,
+        vocabulary.vocab_size,
+        config.dropout_rate,
+        config.activation_dtype,
       )
     )
     params = checkpoints.restore_params(directory / checkpoints.CHECKPOINTS)
@@ -364,3 +374,20 @@ class Student:
       f"Test examples, {spec.name} (greedy; only the label is scored):\n"
       + showcase.format_examples(examples)
     )
+
+
+def _partitioner(num_partitions: int) -> partitioning.Partitioner | None:
+  """T5X's num_partitions model-parallel ways; the rest split the batch.
+
+  Raises:
+    errors.UserError: the devices do not split into `num_partitions`.
+  """
+  if num_partitions == 1:
+    return None  # the trainer's default: data parallel over every device
+  devices = jax.device_count()
+  if devices % num_partitions:
+    raise errors.UserError(
+      f"--num_partitions={num_partitions} must divide the {devices} devices "
+      "JAX sees; choose a divisor of it"
+    )
+  return partitioning.Partitioner(model=num_partitions)
