@@ -387,6 +387,11 @@ def infer(
   postprocess = metrics.postprocess_text
   if input_file is not None:
     rows = read_input_file(input_file, card)[:num_examples]
+    if not rows:
+      raise errors.UserError(
+        f"INPUT_FILE {input_file} holds no inputs (empty, blank lines or an "
+        "empty JSON list); give one input per line or a JSON object each"
+      )
     vocab = vocab_lib.get_vocabulary(vocabulary)
     metric_fns = [metrics.label_accuracy]
     if card:

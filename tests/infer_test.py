@@ -168,6 +168,22 @@ def test_vocabulary_larger_than_model_fails(tmp_path, checkpoint):
     )
 
 
+@pytest.mark.parametrize("text", ["", "\n  \n", "[]"])
+def test_an_input_file_without_inputs_is_refused(tmp_path, checkpoint, text):
+  model, _, path = checkpoint
+  empty = tmp_path / "in.json"
+  empty.write_text(text)
+  with pytest.raises(ValueError, match="holds no inputs"):
+    infer.infer(
+      model,
+      path,
+      str(tmp_path / "o.jsonl"),
+      input_file=str(empty),
+      vocabulary="byte",
+    )
+  assert not (tmp_path / "o.jsonl").exists()
+
+
 def test_input_formats_are_read_by_content(tmp_path):
   nli = {"premise": "A man sleeps.", "hypothesis": "A man is awake."}
   records = [{"id": "a", **nli, "label": 2}, {"id": "b", **nli, "label": 0}]
