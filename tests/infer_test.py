@@ -16,7 +16,7 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from dss_jax import decoding, infer, metrics, t5x_checkpoints
+from dss_jax import decoding, errors, infer, metrics, t5x_checkpoints
 from dss_jax.models import t5
 
 _INPUT_LENGTH, _DECODE_LENGTH = 48, 4
@@ -152,6 +152,36 @@ def test_labels_for_a_task_split(tmp_path, checkpoint):
     infer.infer(model, path, str(tmp_path / "q.jsonl"))
 
 
+def test_a_task_whose_vocabulary_cannot_be_read_is_one_error(
+  tmp_path, checkpoint
+):
+  from dss_jax import vocab
+
+  model, _, path = checkpoint
+  unreadable = vocab.SentencePieceVocabulary(str(tmp_path / "gone.model"))
+  seqio.TaskRegistry.add(
+    "infer_test_unreadable_vocab",
+    source=seqio.FunctionDataSource(
+      lambda split, shuffle_files, seed=None: (
+        tf.data.Dataset.from_tensor_slices({"inputs": ["a"], "targets": ["b"]})
+      ),
+      splits=["test"],
+    ),
+    preprocessors=[seqio.preprocessors.tokenize],
+    output_features={
+      k: seqio.Feature(unreadable) for k in ("inputs", "targets")
+    },
+  )
+  # Raised inside tf.data's tracing it came wrapped in a StagingError.
+  with pytest.raises(errors.UserError, match="cannot read the vocabulary"):
+    infer.infer(
+      model,
+      path,
+      str(tmp_path / "p.jsonl"),
+      mixture_or_task_name="infer_test_unreadable_vocab",
+    )
+
+
 def test_vocabulary_larger_than_model_fails(tmp_path, checkpoint):
   small, _ = t5.make_test_model(vocab_size=128)
   text = tmp_path / "in.txt"
@@ -182,6 +212,20 @@ def test_an_input_file_without_inputs_is_refused(tmp_path, checkpoint, text):
       vocabulary="byte",
     )
   assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_folders_and_a_full_disk_are_one_line(tmp_path, checkpoint):
+  model, _, path = checkpoint
+  text = tmp_path / "in.txt"
+  text.write_text("1 + 2\n")
+  kwargs = dict(vocabulary="byte", batch_size=2, max_decode_length=4)
+  with pytest.raises(errors.UserError, match="INPUT_FILE .* is a folder"):
+    infer.infer(model, path, str(tmp_path / "o"), input_file=str(tmp_path))
+  with pytest.raises(errors.UserError, match="OUTPUT_FILE .* is a folder"):
+    infer.infer(model, path, str(tmp_path), input_file=str(text), **kwargs)
+  # /dev/full: every write fails with ENOSPC, as on a full disk.
+  with pytest.raises(errors.MachineError, match="No space left"):
+    infer.infer(model, path, "/dev/full", input_file=str(text), **kwargs)
 
 
 def test_input_formats_are_read_by_content(tmp_path):
