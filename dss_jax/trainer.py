@@ -54,6 +54,7 @@ from dss_jax.step import (
   official_loss,
   official_task_weights,
 )
+from dss_jax.teacher import store as store_lib
 
 Array = jax.Array
 PyTree = Any
@@ -305,6 +306,16 @@ def train(
 
   if recipe not in RECIPES:
     raise errors.UserError(f"recipe must be one of {RECIPES}, got {recipe!r}")
+  if not isinstance(task_feature_lengths, Mapping):
+    raise errors.UserError(
+      "TASK_FEATURE_LENGTHS must be a dict such as {'inputs': 512, "
+      f"'targets': 128}}, got {task_feature_lengths!r}"
+    )
+  if not str(model_dir).strip():
+    # Else the checkpoints land in the working directory.
+    raise errors.UserError(
+      'MODEL_DIR is empty; give the run\'s folder (--gin.MODEL_DIR="...")'
+    )
   _check_counts(
     TRAIN_STEPS=train_steps,
     BATCH_SIZE=batch_size,
@@ -558,8 +569,15 @@ def _check_train_identity(model_dir: str, **identity: Any) -> None:
         "train from scratch"
       )
   elif jax.process_index() == 0:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(identity, indent=2, sort_keys=True))
+    with store_lib.os_faults(path, "recording the run's configuration"):
+      try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+      except FileNotFoundError as e:  # e.g. a folder in /proc
+        raise errors.UserError(
+          f"MODEL_DIR {model_dir} cannot be made ({e.strerror}); give a "
+          "folder that can be created"
+        ) from e
+      path.write_text(json.dumps(identity, indent=2, sort_keys=True))
 
 
 def _initial_state(
