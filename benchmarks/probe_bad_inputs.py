@@ -1679,7 +1679,9 @@ def main() -> int:
     "--fast", action="store_true", help="only the smoke subset (fast=True)"
   )
   parser.add_argument("--timeout_s", type=float, default=180.0)
-  parser.add_argument("--only", default="", help="run probes naming this")
+  parser.add_argument(
+    "--only", default="", help="run probes naming this (a|b: either)"
+  )
   parser.add_argument(
     "--log_dir", default=None, help="keep stderr of probes that failed here"
   )
@@ -1725,7 +1727,7 @@ def main() -> int:
     probes += fault_probes(scratch, env)
   results = []
   for probe in probes:
-    if args.only and args.only not in probe.name:
+    if args.only and not any(w in probe.name for w in args.only.split("|")):
       continue
     log_dir = pathlib.Path(args.log_dir) if args.log_dir else None
     result = run_probe(probe, env, REPO, args.timeout_s, log_dir)
@@ -1735,7 +1737,7 @@ def main() -> int:
   if args.faults and not args.fast:
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGKILL):
       name = f"train: {signal.Signals(signum).name} after a checkpoint, resume"
-      if args.only and args.only not in name:
+      if args.only and not any(w in name for w in args.only.split("|")):
         continue
       result = signal_probe(scratch, env, signum, args.timeout_s)
       results.append((name, *result))
