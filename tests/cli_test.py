@@ -4,6 +4,9 @@ import importlib
 import subprocess
 import sys
 
+import gin
+import pytest
+
 from dss_jax import __main__ as cli
 
 
@@ -74,3 +77,15 @@ def test_gin_entry_points_refuse_stray_arguments():
     )
     assert out.returncode == 2, (module, out.stderr[-2000:])
     assert "unexpected arguments: ['stray']" in out.stderr, module
+
+
+def test_an_unquoted_string_binding_says_to_quote_it():
+  from dss_jax import errors, gin_flags
+
+  with pytest.raises(errors.UserError) as error:
+    gin_flags.parse_gin(["tiny.gin"], ["MIXTURE_OR_TASK_NAME = dss_svamp_palm"])
+  gin.clear_config()
+  assert str(error.value) == (
+    "gin binding MIXTURE_OR_TASK_NAME=dss_svamp_palm: a string value needs "
+    "quotes: --gin.MIXTURE_OR_TASK_NAME='\"dss_svamp_palm\"'"
+  )
