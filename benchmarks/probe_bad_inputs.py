@@ -30,6 +30,16 @@ with `processes=2` runs as one multi-process JAX job (T5X's flags added,
 `{index}` in env the process index) and its check sees every process.
 `fast=True` puts a probe in the smoke subset that `--fast` runs
 (tests/probe_smoke_test.py runs it in the test suite, in about a minute).
+
+Besides bad flags, files and servers, the probe reruns work after a change
+(an edited card, a changed gold label or released file, another teacher
+sample count, task, split or example count): a rerun must redo the work or
+refuse in one line naming what changed, and one that reuses the old result
+is `silent`. It inserts a row into a card without an id field (every
+rationale must stay its row's own), reads damaged or foreign checkpoints,
+vocabularies and export folders through eval, infer and export, reads
+hand-written results CSVs, and cuts inputs and labels (counted; a cut label
+is an error). The probes that train or evaluate need --paper_data_dir.
 """
 
 from __future__ import annotations
@@ -918,6 +928,555 @@ def data_probes(s: Scratch) -> list[Probe]:
 
 
 # ---------------------------------------------------------------------------
+# Results reused after a change, reads checked, reports, truncation.
+
+
+def _run_quietly(argv: list[str], env: dict[str, str], what: str) -> None:
+  """Runs a setup command; stops the probe run if it fails."""
+  proc = subprocess.run(
+    [sys.executable, "-m", *argv],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
+  if proc.returncode != 0:
+    print(proc.stderr[-3000:], file=sys.stderr)
+    raise SystemExit(f"could not {what}, which a probe needs")
+
+
+def _jsonl(path: str, rows: list[dict[str, Any]]) -> None:
+  pathlib.Path(path).write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _read_jsonl(path: str) -> list[dict[str, Any]]:
+  return [json.loads(x) for x in pathlib.Path(path).read_text().splitlines()]
+
+
+def _mini_card(folder: str, train: int = 8, test: int = 4) -> str:
+  """A user card without an id_field reading JSONL files (the demo's
+  problems), as a user writes one."""
+  sys.path.insert(0, str(REPO))
+  from dss_jax import synthetic
+
+  text = (REPO / "tasks" / "arith.yaml").read_text()
+  text = text.replace(
+    'reader: "dss_jax.synthetic:read_split"',
+    "files: {train: train.jsonl, test: test.jsonl}",
+  ).replace("  id_field: id\n", "")
+  os.makedirs(folder, exist_ok=True)
+  path = os.path.join(folder, "mini.yaml")
+  pathlib.Path(path).write_text(text.replace("name: arith", "name: mini"))
+  for split, count, seed in (("train", train, 1), ("test", test, 2)):
+    problems = synthetic.generate_problems(count, seed=seed, split=split)
+    _jsonl(
+      os.path.join(folder, f"{split}.jsonl"),
+      [{"input": p.question, "label": p.answer} for p in problems],
+    )
+  return path
+
+
+def _distill_argv(card: str, out: str, *flags: str) -> list[str]:
+  """The smallest distill job of `card` (offline teacher, 1 step)."""
+  return [
+    "dss_jax.distill",
+    f"--task_card={card}",
+    "--teacher=offline",
+    "--student_vocabulary=byte",
+    "--methods=finetune",
+    "--model_sizes=demo-xs",
+    "--fractions=1.0",
+    "--seeds=0",
+    "--train_steps=1",
+    "--batch_size=4",
+    "--inputs_length=64",
+    "--targets_length=26",
+    "--label_length=4",
+    "--eval_examples=4",
+    "--validation_period=0",
+    "--workers=1",
+    "--noprogress_bars",
+    f"--out_dir={out}",
+    *flags,
+  ]
+
+
+def _tfds_rationales(folder: str) -> dict[bytes, bytes]:
+  """{input: rationale} of the train split of a built TFDS folder."""
+  import tensorflow_datasets as tfds  # noqa: PLC0415 (the check's only)
+
+  [version] = pathlib.Path(folder).glob("*/*/1.0.0")
+  rows = tfds.builder_from_directory(str(version)).as_dataset(split="train")
+  return {r["input"]: r["rationale"] for r in rows.as_numpy_iterator()}
+
+
+def change_probes(s: Scratch, env: dict[str, str]) -> list[Probe]:
+  """A rerun after a change redoes the work or refuses in one line naming
+  the change; a rerun that reuses the old result is silent."""
+  base_card = s.path("change/card/mini.yaml")
+  base_out = s.path("change/out")
+
+  def distilled(name: str) -> str:
+    """A finished distill job copied to `change/<name>`, its card (one
+    path for every probe: a run's identity is its card's contents, and a
+    moved card would be a change of its own) restored as it was."""
+    pristine = s.path("change/card_as_written")
+    if not os.path.exists(f"{base_out}/results.csv"):
+      _mini_card(pristine)
+      _copy(pristine, os.path.dirname(base_card))
+      _run_quietly(_distill_argv(base_card, base_out), env, "distill")
+    _copy(pristine, os.path.dirname(base_card))
+    _copy(base_out, s.path(f"change/{name}"))
+    return base_card
+
+  def edit_card() -> None:
+    card = pathlib.Path(distilled("edited"))
+    card.write_text(card.read_text().replace("Q: ", "Question: ", 1))
+
+  def edit_label() -> None:
+    test = pathlib.Path(distilled("relabelled")).parent / "test.jsonl"
+    rows = _read_jsonl(str(test))
+    rows[0]["label"] = rows[0]["label"] + 1
+    _jsonl(str(test), rows)
+
+  def rerun(name: str, *flags: str) -> list[str]:
+    return _distill_argv(base_card, s.path(f"change/{name}"), *flags)
+
+  # The annotate store of a card without id_field, then one row inserted
+  # at the top: every row's rationale must still be its own.
+  ids_card = s.path("change/ids/mini.yaml")
+  ids_flags = [
+    "--noprogress",
+    f"--card={ids_card}",
+    "--backend=offline",
+    "--build_tfds",
+  ]
+
+  def annotate_then_insert() -> None:
+    _mini_card(os.path.dirname(ids_card), train=12)
+    _run_quietly(
+      [
+        "dss_jax.annotate",
+        *ids_flags,
+        f"--store={s.path('change/ids_store.jsonl')}",
+        f"--data_dir={s.path('change/ids_tfds')}",
+      ],
+      env,
+      "annotate",
+    )
+    train = os.path.join(os.path.dirname(ids_card), "train.jsonl")
+    rows = _read_jsonl(train)
+    _jsonl(train, [{"input": "What is 4 + 4 - 1?", "label": 7}, *rows])
+
+  def rationales_are_their_own(proc: subprocess.CompletedProcess) -> bool:
+    if proc.returncode != 0:
+      return False
+    fresh_tfds = s.path("change/ids_fresh_tfds")
+    _run_quietly(
+      [
+        "dss_jax.annotate",
+        *ids_flags,
+        f"--store={s.path('change/ids_fresh.jsonl')}",
+        f"--data_dir={fresh_tfds}",
+      ],
+      env,
+      "annotate afresh",
+    )
+    reused = _tfds_rationales(s.path("change/ids_tfds"))
+    return len(reused) == 13 and reused == _tfds_rationales(fresh_tfds)
+
+  # Annotations exist; a second sample per example must reach the teacher.
+  samples_card = s.path("change/samples/mini.yaml")
+  samples_store = s.path("change/samples.jsonl")
+
+  def annotated_once() -> None:
+    _mini_card(os.path.dirname(samples_card), train=6)
+    _run_quietly(
+      [
+        "dss_jax.annotate",
+        "--noprogress",
+        f"--card={samples_card}",
+        "--backend=offline",
+        f"--store={samples_store}",
+      ],
+      env,
+      "annotate",
+    )
+
+  def second_sample_asked(proc: subprocess.CompletedProcess) -> bool:
+    samples = {r["sample"] for r in _read_jsonl(samples_store)}
+    return proc.returncode == 0 and samples == {0, 1}
+
+  # The paper's released data, copied, built, then one test label changed.
+  paper = s.path("change/paper")
+  palm_tfds = s.path("change/palm_tfds")
+  palm = ["dss_jax.datasets", "--card=svamp", "--source=palm"]
+  palm_env = {"DSS_PAPER_DATA_DIR": paper}
+
+  def palm_built_then_changed() -> None:
+    _copy(env["DSS_PAPER_DATA_DIR"] + "/svamp", f"{paper}/svamp")
+    _run_quietly(
+      [*palm, f"--data_dir={palm_tfds}"],
+      {**env, **palm_env},
+      "build svamp_palm",
+    )
+    test = f"{paper}/svamp/svamp_test.json"
+    rows = _read_jsonl(test)
+    rows[0]["label"] = "( 2.0 + 40.0 )"
+    _jsonl(test, rows)
+
+  probes = [
+    Probe(
+      "rerun: annotate asks a second sample per example",
+      [
+        "dss_jax.annotate",
+        "--noprogress",
+        f"--card={samples_card}",
+        "--backend=offline",
+        f"--store={samples_store}",
+        "--num_samples=2",
+      ],
+      check=second_sample_asked,
+      setup=annotated_once,
+      fast=True,
+    ),
+    Probe(
+      "rerun: a row inserted into a card without id_field",
+      [
+        "dss_jax.annotate",
+        *ids_flags,
+        f"--store={s.path('change/ids_store.jsonl')}",
+        f"--data_dir={s.path('change/ids_tfds')}",
+      ],
+      check=rationales_are_their_own,
+      setup=annotate_then_insert,
+    ),
+    Probe(
+      "rerun: distill after the card was edited",
+      rerun("edited"),
+      check=_failed_with_line(2, "card_sha256"),
+      setup=edit_card,
+    ),
+    Probe(
+      "rerun: distill after a gold label changed",
+      rerun("relabelled"),
+      check=_failed_with_line(2, "source_files"),
+      setup=edit_label,
+    ),
+    Probe(
+      "rerun: distill with another teacher sample count",
+      rerun("samples", "--teacher_samples=2"),
+      check=_failed_with_line(2, "num_samples 1 -> 2"),
+      setup=lambda: distilled("samples"),
+    ),
+    Probe(
+      "rerun: datasets --source=palm after the released data changed",
+      [*palm, f"--data_dir={palm_tfds}"],
+      check=lambda p: (
+        p.returncode == 0
+        and "svamp_test.json changed since it was built" in p.stderr
+      ),
+      env=palm_env,
+      setup=palm_built_then_changed,
+    ),
+  ]
+  return probes
+
+
+class _TrainedRun:
+  """One tiny SVAMP run, trained when a probe first needs it; copied."""
+
+  def __init__(self, s: Scratch, env: dict[str, str]):
+    self.root = s.path("trained_once")
+    self.s = s
+    self.env = env
+
+  def copy(self, name: str) -> str:
+    if not _steps(self.root):
+      _run_quietly(_train_argv(self.root, 2), self.env, "train a tiny run")
+    dst = self.s.path(name)
+    _copy(self.root, dst)
+    return dst
+
+
+def read_probes(s: Scratch, env: dict[str, str]) -> list[Probe]:
+  """Eval, infer and export of a run: reads checked, stale results redone,
+  cut inputs counted (needs the SVAMP build)."""
+  trained = _TrainedRun(s, env)
+  lengths = "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 48}"
+
+  def ev(run: str, *bindings: str) -> list[str]:
+    return [
+      "dss_jax.eval",
+      "--gin_file=models/t5_1_1_tiny.gin",
+      "--gin_file=runs/eval.gin",
+      '--gin.MIXTURE_OR_TASK_NAME="dss_svamp_palm_label"',
+      '--gin.vocab.get_vocabulary.name="byte"',
+      f'--gin.CHECKPOINT_PATH="{s.path(run)}"',
+      '--gin.EVAL_SPLIT="test"',
+      "--gin.BATCH_SIZE=4",
+      "--gin.MAX_DECODE_LENGTH=4",
+      lengths,
+      *bindings,
+    ]
+
+  def inf(run: str, input_file: str, *bindings: str) -> list[str]:
+    return [
+      "dss_jax.infer",
+      "--gin_file=models/t5_1_1_tiny.gin",
+      "--gin_file=runs/infer.gin",
+      f'--gin.CHECKPOINT_PATH="{s.path(run)}"',
+      f'--gin.OUTPUT_FILE="{s.path(run)}/answers.jsonl"',
+      "--gin.MIXTURE_OR_TASK_NAME=None",
+      f'--gin.INPUT_FILE="{input_file}"',
+      '--gin.VOCABULARY="byte"',
+      "--gin.INPUT_LENGTH=32",
+      "--gin.MAX_DECODE_LENGTH=4",
+      "--gin.BATCH_SIZE=4",
+      *bindings,
+    ]
+
+  def export(run: str, out: str, *flags: str) -> list[str]:
+    return [
+      "dss_jax.export",
+      "--gin_file=models/t5_1_1_tiny.gin",
+      f"--checkpoint={s.path(run)}",
+      f"--output_dir={s.path(out)}",
+      "--vocabulary=byte",
+      *flags,
+    ]
+
+  def flipped(name: str) -> None:
+    # Every data file of the newest step, so that the parameters (not only
+    # the optimizer state, which eval, infer and export never read) change.
+    step = pathlib.Path(trained.copy(name)) / "checkpoints"
+    step = step / str(_steps(str(step.parent))[-1]) / "state"
+    for path in step.rglob("*"):
+      if path.is_file() and path.parent.name == "d":
+        data = bytearray(path.read_bytes())
+        for i in range(len(data) // 2, min(len(data), len(data) // 2 + 64)):
+          data[i] ^= 0xFF
+        path.write_bytes(bytes(data))
+
+  def other_vocabulary(name: str) -> None:
+    path = pathlib.Path(trained.copy(name)) / "vocabulary.json"
+    ident = json.loads(path.read_text())
+    path.write_text(json.dumps({**ident, "vocab_size": 131}))
+
+  def scored(name: str) -> None:
+    trained.copy(name)
+    _run_quietly(ev(name, "--gin.NUM_EXAMPLES=2"), env, "evaluate")
+
+  def rows_out(run: str, count: int) -> Callable:
+    def check(proc: subprocess.CompletedProcess) -> bool:
+      out = s.path(f"{run}/answers.jsonl")
+      return (
+        proc.returncode == 0
+        and os.path.exists(out)
+        and len(_read_jsonl(out)) == count
+      )
+
+    return check
+
+  def stale_export(name: str, run: str) -> None:
+    trained.copy(run)
+    folder = pathlib.Path(s.path(name))
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    # An earlier export's files, of a SentencePiece student.
+    (folder / "config.json").write_text("{}")
+    (folder / "spiece.model").write_bytes(b"stale")
+
+  def one_fault(words: str) -> Callable:
+    """One fault line (exit 1 or 2) naming `words`."""
+    return lambda p: any(_one_fault_line(c, words)(p) for c in (1, 2))
+
+  array = s.write(
+    "read/questions.json",
+    json.dumps(
+      [{"input": "1 + 2"}, {"input": "3 + 4"}, {"input": "5"}], indent=2
+    ),
+  )
+  upper = s.write(
+    "read/questions.JSONL",
+    "".join(json.dumps({"input": f"{n} + 1"}) + "\n" for n in range(5)),
+  )
+  long_inputs = s.write(
+    "read/long.txt", "2 + 3\n" + "seven plus " * 20 + "one\n"
+  )
+  return [
+    Probe(
+      "eval: a bit-flipped checkpoint",
+      ev("read_flip_eval"),
+      check=one_fault("read_flip_eval"),
+      setup=lambda: flipped("read_flip_eval"),
+    ),
+    Probe(
+      "infer: a bit-flipped checkpoint",
+      inf("read_flip_infer", upper),
+      check=one_fault("read_flip_infer"),
+      setup=lambda: flipped("read_flip_infer"),
+    ),
+    Probe(
+      "export: a bit-flipped checkpoint",
+      export("read_flip_export", "read_flip_hf"),
+      check=lambda p: (
+        one_fault("read_flip_export")(p)
+        and not os.path.exists(s.path("read_flip_hf"))
+      ),
+      setup=lambda: flipped("read_flip_export"),
+    ),
+    Probe(
+      "infer: the run was trained with another vocabulary",
+      inf("read_vocab_infer", upper),
+      setup=lambda: other_vocabulary("read_vocab_infer"),
+    ),
+    Probe(
+      "export: the run was trained with another vocabulary",
+      export("read_vocab_export", "read_vocab_hf"),
+      setup=lambda: other_vocabulary("read_vocab_export"),
+    ),
+    Probe(
+      "export: a folder holding an earlier export",
+      export("read_export", "read_stale_hf"),
+      setup=lambda: stale_export("read_stale_hf", "read_export"),
+    ),
+    Probe(
+      "export --overwrite: an earlier export's spiece.model removed",
+      export("read_export", "read_stale_hf2", "--overwrite"),
+      check=lambda p: (
+        p.returncode == 0
+        and not os.path.exists(s.path("read_stale_hf2/spiece.model"))
+        and os.path.exists(s.path("read_stale_hf2/config.json"))
+      ),
+      setup=lambda: stale_export("read_stale_hf2", "read_export"),
+    ),
+    Probe(
+      "infer: a .json file holding one array",
+      inf("read_json", array),
+      check=rows_out("read_json", 3),
+      setup=lambda: trained.copy("read_json"),
+    ),
+    Probe(
+      "infer: a .JSONL file",
+      inf("read_upper", upper),
+      check=rows_out("read_upper", 5),
+      setup=lambda: trained.copy("read_upper"),
+    ),
+    Probe(
+      "infer: a long input counted as cut",
+      inf("read_long", long_inputs),
+      check=lambda p: (
+        rows_out("read_long", 2)(p)
+        and "1 of 2 inputs longer than 32 tokens were cut" in p.stdout
+      ),
+      setup=lambda: trained.copy("read_long"),
+    ),
+    Probe(
+      "eval: scored again for another example count",
+      ev("read_scored_n", "--gin.NUM_EXAMPLES=3"),
+      check=_ok_and("scored again: num_examples 2 -> 3"),
+      setup=lambda: scored("read_scored_n"),
+    ),
+    Probe(
+      "eval: scored again for another split",
+      ev(
+        "read_scored_split", "--gin.NUM_EXAMPLES=2", '--gin.EVAL_SPLIT="train"'
+      ),
+      check=_ok_and("split 'test' -> 'train'"),
+      setup=lambda: scored("read_scored_split"),
+    ),
+    Probe(
+      "train: a finished MODEL_DIR rerun with another task",
+      [
+        *_train_argv(s.path("read_other_task"), 2),
+        '--gin.MIXTURE_OR_TASK_NAME="dss_svamp_palm_label"',
+      ],
+      check=_failed_with_line(2, "MIXTURE_OR_TASK_NAME"),
+      setup=lambda: trained.copy("read_other_task"),
+    ),
+    Probe(
+      "train: inputs longer than their length are counted",
+      [
+        *_train_argv(s.path("read_cut_inputs"), 1),
+        "--gin.TASK_FEATURE_LENGTHS={'inputs': 8, 'targets': 48}",
+      ],
+      check=lambda p: (
+        p.returncode == 0
+        and "inputs longer than 8 tokens were cut" in p.stdout + p.stderr
+      ),
+    ),
+    Probe(
+      "train: a label longer than its length",
+      [
+        *_train_argv(s.path("read_cut_label"), 1),
+        "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 4}",
+      ],
+      check=_failed_with_line(2, "would be cut"),
+    ),
+  ]
+
+
+def report_probes(s: Scratch) -> list[Probe]:
+  """Results CSVs a user writes by hand (the summary table read back)."""
+  header = "card,method,model_size,fraction,seed,metric,value\n"
+  rows = lambda card, *values: "".join(  # noqa: E731
+    f"{card},dss,base,1,{seed},accuracy,{v}\n" for seed, v in enumerate(values)
+  )
+
+  def summary_holds(folder: str, present: list[str], absent: list[str]):
+    def check(proc: subprocess.CompletedProcess) -> bool:
+      path = pathlib.Path(s.path(folder)) / "summary.md"
+      if proc.returncode != 0 or not path.is_file():
+        return False
+      text = path.read_text()
+      return all(w in text for w in present) and not any(
+        w in text for w in absent
+      )
+
+    return check
+
+  r = ["dss_jax.report"]
+  return [
+    Probe(
+      "report: values given in percent",
+      [
+        *r,
+        "--results=" + s.write("rep_pct/r.csv", header + rows("svamp", 59, 61)),
+      ],
+      check=summary_holds("rep_pct", ["60.00"], ["6000"]),
+      fast=True,
+    ),
+    Probe(
+      "report: two cards in one CSV",
+      [
+        *r,
+        "--results="
+        + s.write(
+          "rep_two/r.csv",
+          header + rows("svamp", 0.2, 0.2) + rows("cqa", 0.8, 0.8),
+        ),
+      ],
+      check=summary_holds(
+        "rep_two", ["svamp", "cqa", "20.00", "80.00"], ["50.00"]
+      ),
+      fast=True,
+    ),
+    Probe(
+      "report: fraction 0",
+      [
+        *r,
+        "--results="
+        + s.write(
+          "rep_zero/r.csv", header + "svamp,dss,base,0,0,accuracy,0.5\n"
+        ),
+      ],
+    ),
+  ]
+
+
+# ---------------------------------------------------------------------------
 # Faults of a real run (--faults): checkpoints, vocabularies, signals.
 
 
@@ -930,7 +1489,9 @@ def _train_argv(model_dir: str, steps: int) -> list[str]:
     f"--gin.TRAIN_STEPS={steps}",
     "--gin.CHECKPOINT_PERIOD=1",
     "--gin.BATCH_SIZE=2",
-    "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 16}",
+    # Targets long enough for SVAMP's labels in bytes (a cut label is an
+    # error); the rationales are cut and counted.
+    "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 48}",
     "--gin.trainer.train.peak_flops=1e12",
   ]
 
@@ -1118,7 +1679,9 @@ def main() -> int:
     "--fast", action="store_true", help="only the smoke subset (fast=True)"
   )
   parser.add_argument("--timeout_s", type=float, default=180.0)
-  parser.add_argument("--only", default="", help="run probes naming this")
+  parser.add_argument(
+    "--only", default="", help="run probes naming this (a|b: either)"
+  )
   parser.add_argument(
     "--log_dir", default=None, help="keep stderr of probes that failed here"
   )
@@ -1143,9 +1706,11 @@ def main() -> int:
     + gin_probes(scratch)
     + data_probes(scratch)
     + teacher_server_probes(scratch)
+    + report_probes(scratch)
+    + change_probes(scratch, env)
   )
   if args.paper_data_dir and not args.fast:
-    probes += multihost_probes(scratch)
+    probes += multihost_probes(scratch) + read_probes(scratch, env)
   if args.fast:
     probes = [p for p in probes if p.fast]
   if args.paper_data_dir and not args.fast:
@@ -1162,7 +1727,7 @@ def main() -> int:
     probes += fault_probes(scratch, env)
   results = []
   for probe in probes:
-    if args.only and args.only not in probe.name:
+    if args.only and not any(w in probe.name for w in args.only.split("|")):
       continue
     log_dir = pathlib.Path(args.log_dir) if args.log_dir else None
     result = run_probe(probe, env, REPO, args.timeout_s, log_dir)
@@ -1172,7 +1737,7 @@ def main() -> int:
   if args.faults and not args.fast:
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGKILL):
       name = f"train: {signal.Signals(signum).name} after a checkpoint, resume"
-      if args.only and args.only not in name:
+      if args.only and not any(w in name for w in args.only.split("|")):
         continue
       result = signal_probe(scratch, env, signum, args.timeout_s)
       results.append((name, *result))

@@ -35,6 +35,7 @@ openai teacher without `--teacher_model`, Vertex AI without credentials; one
 """
 
 import logging
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -205,6 +206,20 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
       f"--{name} must be > 0",
       flag_values=flag_values,
     )
+  # nan passes a lower bound (every comparison with nan is False).
+  for name in ("temperature", "max_retry_wait", "timeout_s"):
+    flags.register_validator(
+      name,
+      lambda v: v is None or math.isfinite(v),
+      f"--{name} must be a finite number",
+      flag_values=flag_values,
+    )
+  flags.register_validator(
+    "split",
+    lambda v: bool(v) and all(name.strip() for name in v),
+    "--split must name one or more splits, e.g. --split=train",
+    flag_values=flag_values,
+  )
   flags.register_validator(
     "price",
     lambda v: v is None or (len(v) == 2 and all(_is_price(p) for p in v)),

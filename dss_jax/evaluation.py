@@ -811,6 +811,14 @@ def evaluate_checkpoints(
   check_batch_size(batch_size)
   if output_dir is None:
     output_dir = inference_eval_dir(model_dir_of(checkpoint_path))
+  try:
+    # Here, not after minutes of scoring: a path below a file, read-only.
+    tf.io.gfile.makedirs(output_dir)
+  except (tf.errors.OpError, OSError) as e:
+    raise errors.UserError(
+      f"eval output folder {output_dir} cannot be made "
+      f"({errors.one_line(e)}); set EVAL_OUTPUT_DIR to a writable folder"
+    ) from e
   partitioner = checkpoints.decode_partitioner(partitioner)
   # Fails fast (one line) on a missing or empty path, before reading data.
   _checkpoints_to_score(checkpoint_path, mode, step)

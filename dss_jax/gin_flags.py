@@ -32,6 +32,7 @@ from __future__ import annotations
 # gin's include lookup calls importlib.util without importing it.
 import importlib.util  # noqa: F401
 import os
+import re
 import sys
 import tokenize
 from collections.abc import Callable, Sequence
@@ -264,6 +265,14 @@ def parse_gin(
     where = ""
     if isinstance(e, SyntaxError) and e.filename:
       where = f" in {e.filename}"
+    bare = _bare_word_binding(bindings)
+    if bare and "malformed node or string" in str(e):
+      # ast's words for an unquoted string say nothing a user can act on.
+      name, value = bare
+      raise errors.UserError(
+        f"gin binding {name}={value}: a string value needs quotes: "
+        f"--gin.{name}='\"{value}\"'"
+      ) from e
     raise errors.UserError(
       f"gin{where}: {errors.one_line(e)}; check --gin_file and "
       "--gin_bindings (--gin.NAME=value)"
@@ -277,6 +286,20 @@ def parse_gin(
       gin.config.find_missing_overrides_hook(gin.config._CONFIG)
   except ValueError as e:
     raise _required_error(e) or e from None
+
+
+def _bare_word_binding(bindings: Sequence[str]) -> tuple[str, str] | None:
+  """The first binding whose value is a bare word (an unquoted string)."""
+  for binding in bindings:
+    name, _, value = binding.partition("=")
+    value = value.strip()
+    if re.fullmatch(r"[A-Za-z_][\w.\-/]*", value) and value not in (
+      "None",
+      "True",
+      "False",
+    ):
+      return name.strip(), value
+  return None
 
 
 def _required_error(error: ValueError) -> errors.UserError | None:

@@ -29,6 +29,7 @@ import dataclasses
 import itertools
 import json
 import pathlib
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -402,3 +403,14 @@ def run_one(
   result.setdefault("run_dir", str(directory))
   write_result(directory, result)
   return spec, result
+
+
+if __name__ == "__main__":
+  # This module is the library; run as a command it would do nothing and
+  # exit 0 whatever its flags said.
+  print(
+    "error: dss_jax.grid is the grid library, not a command; run "
+    "`python -m dss_jax.grid_job ...` or `dss-jax grid ...`",
+    file=sys.stderr,
+  )
+  sys.exit(2)

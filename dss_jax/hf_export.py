@@ -305,7 +305,13 @@ def _fresh_output_dir(out: pathlib.Path, overwrite: bool) -> None:
     )
   for name in present:
     (out / name).unlink()
-  out.mkdir(parents=True, exist_ok=True)
+  try:
+    out.mkdir(parents=True, exist_ok=True)
+  except OSError as e:  # below a file's path, read-only, in /proc
+    raise errors.UserError(
+      f"--output_dir {out} cannot be made ({e.strerror or e}); name a folder "
+      "that can be created"
+    ) from e
 
 
 def _write_tokenizer(vocabulary: seqio.Vocabulary, out: pathlib.Path) -> None:

@@ -25,6 +25,7 @@ from etils import epath
 
 from dss_jax import cards, errors
 from dss_jax.cards import LABEL_PREFIX, RATIONALE_PREFIX
+from dss_jax.teacher import store as store_lib
 
 # JAX, TensorFlow and SeqIO load inside the functions: `python -m
 # dss_jax.infer` sets the host's malloc and XLA settings (`gin_flags.run`)
@@ -146,6 +147,8 @@ def read_input_file(path: str, card: str | None = None) -> list[dict[str, Any]]:
   """
   if not epath.Path(path).exists():
     raise errors.MissingFileError(f"INPUT_FILE {path}: no such file")
+  if epath.Path(path).is_dir():
+    raise errors.UserError(f"INPUT_FILE {path} is a folder; give a file")
   try:
     text = epath.Path(path).read_bytes().decode("utf-8")
   except UnicodeDecodeError as e:
@@ -233,6 +236,10 @@ def read_task_split(
   task = evaluation.get_task_or_mixture(mixture_or_task_name)
   subtasks = seqio.get_subtasks(task)
   first = subtasks[0]
+  for feature in first.output_features.values():
+    # Loaded here: an unreadable vocabulary (the GCS default offline) is
+    # then its one line, not an error inside tf.data's tracing.
+    _ = feature.vocabulary.vocab_size
   ds = first.get_dataset(
     sequence_length=None, split=split, shuffle=False, num_epochs=1
   )
@@ -385,12 +392,21 @@ def infer(
     evaluation.check_batch_size(value, setting)
   if num_examples is not None:
     evaluation.check_batch_size(num_examples, "NUM_EXAMPLES")
+  if epath.Path(output_file).is_dir():
+    raise errors.UserError(
+      f"OUTPUT_FILE {output_file} is a folder; give a .jsonl file path"
+    )
   # Fails fast (one line) on a missing or empty path, before reading data.
   checkpoints.resolve_checkpoint(checkpoint_path, step)
   decode = decode or evaluation.DecodeConfig()
   postprocess = metrics.postprocess_text
   if input_file is not None:
     rows = read_input_file(input_file, card)[:num_examples]
+    if not rows:
+      raise errors.UserError(
+        f"INPUT_FILE {input_file} holds no inputs (empty, blank lines or an "
+        "empty JSON list); give one input per line or a JSON object each"
+      )
     vocab = vocab_lib.get_vocabulary(vocabulary)
     metric_fns = [metrics.label_accuracy]
     if card:
@@ -429,10 +445,12 @@ def infer(
     # Every host has all predictions; process 0 writes and scores them.
     return InferResult(rows, {}, long_inputs, input_length, read_split)
   out = epath.Path(output_file)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(
-    "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-  )
+  # A full disk or a read-only folder: one line, not a traceback.
+  with store_lib.os_faults(out, "writing the predictions (OUTPUT_FILE)"):
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
+      "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    )
   logging.info("wrote %d predictions to %s", len(rows), out)
   return InferResult(
     rows,

@@ -53,6 +53,7 @@ from dss_jax.step import (
   TrainState,
   official_loss,
 )
+from dss_jax.teacher import store as store_lib
 
 Array = jax.Array
 PyTree = Any
@@ -303,6 +304,16 @@ def train(
 
   from dss_jax import input_pipeline, vocab
 
+  if not isinstance(task_feature_lengths, Mapping):
+    raise errors.UserError(
+      "TASK_FEATURE_LENGTHS must be a dict such as {'inputs': 512, "
+      f"'targets': 128}}, got {task_feature_lengths!r}"
+    )
+  if not str(model_dir).strip():
+    # Else the checkpoints land in the working directory.
+    raise errors.UserError(
+      'MODEL_DIR is empty; give the run\'s folder (--gin.MODEL_DIR="...")'
+    )
   names = input_pipeline.task_names(mixture_or_task_name)
   step = _legacy_batch_size(step, batch_size, len(names))
   rows = step.rows_per_step(len(names))
@@ -593,8 +604,15 @@ def _check_train_identity(model_dir: str, **identity: Any) -> None:
         "train from scratch"
       )
   elif jax.process_index() == 0:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(identity, indent=2, sort_keys=True))
+    with store_lib.os_faults(path, "recording the run's configuration"):
+      try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+      except FileNotFoundError as e:  # e.g. a folder in /proc
+        raise errors.UserError(
+          f"MODEL_DIR {model_dir} cannot be made ({e.strerror}); give a "
+          "folder that can be created"
+        ) from e
+      path.write_text(json.dumps(identity, indent=2, sort_keys=True))
 
 
 def _initial_state(

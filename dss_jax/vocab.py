@@ -96,7 +96,13 @@ def _vocabulary(name: str) -> seqio.Vocabulary:
       f"vocabulary {name!r} (VOCABULARY_PATH) is neither 't5', 'byte', "
       "'local' nor an existing SentencePiece model file"
     )
-  extra_ids = 0 if _has_sentinels(_read_model(name)) else T5_EXTRA_IDS
+  try:
+    extra_ids = 0 if _has_sentinels(_read_model(name)) else T5_EXTRA_IDS
+  except RuntimeError as e:  # sentencepiece's parse error
+    raise errors.UserError(
+      f"vocabulary {name} is not a SentencePiece model (it does not parse); "
+      "give a model file that sentencepiece trained, 't5' or 'byte'"
+    ) from e
   return SentencePieceVocabulary(name, extra_ids=extra_ids)
 
 

@@ -3,9 +3,15 @@
 The command runs in-process as `__main__` (`run_entry_point`, conftest.py).
 
 A failed teacher call leaves the command with a non-zero status and one line,
-and no dataset is built from an incomplete store unless asked.
+and no dataset is built from an incomplete store unless asked. Values that
+pass a flag's bound but mean nothing (nan, an empty split list) are refused
+when the flags are parsed.
 """
 
+import pytest
+from absl import flags
+
+from dss_jax import annotate
 from dss_jax.teacher.testing import FakeTeacherServer
 
 
@@ -82,3 +88,25 @@ def _annotated(tfds_dir) -> int:
   path = tfds_dir / "dss_annotated" / "svamp_test_model" / "1.0.0"
   rows = tfds.builder_from_directory(str(path)).as_dataset(split="test")
   return sum(bool(row["teacher"]) for row in rows.as_numpy_iterator())
+
+
+@pytest.mark.parametrize(
+  "flag, words",
+  [
+    ("--temperature=nan", "--temperature must be a finite number"),
+    ("--max_retry_wait=nan", "--max_retry_wait must be a finite number"),
+    ("--timeout_s=inf", "--timeout_s must be a finite number"),
+    ("--split=", "--split must name one or more splits"),
+  ],
+)
+def test_values_a_bound_lets_through_are_refused_at_the_flag(flag, words):
+  flag_values = flags.FlagValues()
+  annotate.define_flags(flag_values)
+  with pytest.raises(flags.IllegalFlagValueError, match=words):
+    flag_values(["annotate", "--task_card=arith", flag])
+  # The same flags with ordinary values parse.
+  flag_values = flags.FlagValues()
+  annotate.define_flags(flag_values)
+  flag_values(
+    ["annotate", "--task_card=arith", "--temperature=0.5", "--split=a"]
+  )

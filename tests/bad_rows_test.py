@@ -1,8 +1,9 @@
 """Bad source rows end in one line naming file:line, never a traceback.
 
 Covers the readers (`dss_jax.teacher.sources`): undecodable, torn and
-non-object lines, missing id or input fields, duplicate ids, labels outside
-the card's label space, empty files, and released files whose counts differ;
+non-object lines, missing id or input fields, rows with no input, labels
+that are objects or lists, duplicate ids, labels outside the card's label
+space, empty files, and released files whose counts differ;
 ids derived from content for cards without `id_field`; and the dataset
 command (`python -m dss_jax.datasets`) on a broken copy of the paper's files.
 """
@@ -122,6 +123,29 @@ def test_integer_labels_need_label_names(tmp_path):
   card = cards.load_card(str(tmp_path / "card.yaml"))
   with pytest.raises(sources.DataError, match="no source.label_names"):
     sources.read_source(card, "train")
+
+
+def test_rows_without_input_or_with_a_structured_label_are_refused(tmp_path):
+  card = _nli_card(
+    tmp_path,
+    [
+      _row("a"),
+      _row("b", premise="  ", hypothesis=""),  # no input at all
+      _row("c", premise=None, hypothesis=None),
+      _row("d", label={"name": "entailment"}),
+      _row("e", label=[0]),
+      _row("f", premise=""),  # one empty field of two: still an input
+    ],
+  )
+  with pytest.raises(sources.DataError) as error:
+    sources.read_source(card, "train")
+  message = str(error.value)
+  path = tmp_path / "train.jsonl"
+  assert message.startswith(f"4 bad rows in {path} (6 read): ")
+  assert f"{path}:2: no input: premise, hypothesis empty" in message
+  assert f"{path}:3: no input: premise, hypothesis empty" in message
+  assert f"{path}:4: label {{'name': 'entailment'}} is a dict" in message
+  assert f"{path}:5: label [0] is a list, not a label" in message
 
 
 def test_an_empty_split_file_is_an_error(tmp_path):

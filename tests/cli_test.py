@@ -8,6 +8,9 @@ import importlib
 import subprocess
 import sys
 
+import gin
+import pytest
+
 from dss_jax import __main__ as cli
 from dss_jax import cli as cli_lib
 
@@ -87,3 +90,15 @@ def test_renamed_flags_take_the_old_spelling_with_one_warning(capsys):
     "warning: --rpm is deprecated; use --teacher_rpm",
     "warning: --card is deprecated; use --task_card",
   ]
+
+
+def test_an_unquoted_string_binding_says_to_quote_it():
+  from dss_jax import errors, gin_flags
+
+  with pytest.raises(errors.UserError) as error:
+    gin_flags.parse_gin(["tiny.gin"], ["MIXTURE_OR_TASK_NAME = dss_svamp_palm"])
+  gin.clear_config()
+  assert str(error.value) == (
+    "gin binding MIXTURE_OR_TASK_NAME=dss_svamp_palm: a string value needs "
+    "quotes: --gin.MIXTURE_OR_TASK_NAME='\"dss_svamp_palm\"'"
+  )

@@ -1,4 +1,7 @@
-"""Real TFDS builds of dss_annotated from the paper's files and from a store."""
+"""Real TFDS builds of dss_annotated from the paper's files and from a store.
+
+A store that holds nothing, or nothing of the card's examples, is refused.
+"""
 
 import json
 
@@ -135,3 +138,32 @@ def test_store_source_build_votes(paper_env, tmp_path):
   assert reread.info.splits["train"].num_examples == _rows(
     paper_env / "svamp" / "svamp_train.json"
   )
+
+
+def test_a_store_that_answers_none_of_the_cards_examples_is_refused(
+  paper_env, tmp_path
+):
+  store_path = tmp_path / "other.jsonl"
+  store_path.write_text("")
+  with pytest.raises(datasets.errors.UserError, match="holds no completions"):
+    datasets.build_annotated(
+      "svamp", "mine", data_dir=str(tmp_path / "tfds"), store=str(store_path)
+    )
+  # Another card's completions: not one id of SVAMP's rows.
+  with store_lib.AnnotationStore(store_path) as store:
+    store.append(
+      store_lib.CompletionRecord(
+        id="train-0123456789abcdef",
+        prompt_hash="h",
+        teacher="t",
+        sample=0,
+        completion="The answer is 3.",
+        split="train",
+      )
+    )
+  with pytest.raises(datasets.errors.UserError, match="answers none of card"):
+    datasets.build_annotated(
+      "svamp", "mine", data_dir=str(tmp_path / "tfds"), store=str(store_path)
+    )
+  # Nothing is left that a later build would take as done.
+  assert not list((tmp_path / "tfds").glob("dss_annotated/svamp_mine/*"))

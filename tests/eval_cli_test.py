@@ -447,6 +447,7 @@ def test_a_damaged_checkpoint_is_refused_by_the_entry_point(
     ("batch_size", 0, "BATCH_SIZE must be a whole number >= 1, got 0"),
     ("feature_lengths", {"inputs": 16}, "has no 'targets' length"),
     ("decode", None, "NUM_BEAMS"),
+    ("output_dir", "below_a_file", "eval output folder .* cannot be made"),
   ],
 )
 def test_values_that_would_break_later_are_refused_up_front(
@@ -459,6 +460,9 @@ def test_values_that_would_break_later_are_refused_up_front(
     with pytest.raises(ValueError, match=message):
       evaluation.DecodeConfig(method="beam", num_beams=0)
     return
+  if value == "below_a_file":
+    (tmp_path / "a_file").write_text("")
+    value = str(tmp_path / "a_file" / "eval")
   kwargs[setting] = value
   with pytest.raises(ValueError, match=message):
     evaluation.evaluate_checkpoints(model, str(path), _TASK, **kwargs)

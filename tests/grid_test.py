@@ -1,6 +1,8 @@
 """The experiment grid: expansion, per-run resumability, results collection."""
 
 import dataclasses
+import subprocess
+import sys
 
 import pytest
 from absl import flags
@@ -162,3 +164,17 @@ def test_bad_flags_stop_before_any_stage_in_one_line(
   assert len(lines) == 1 and words in lines[0], proc.stderr[-2000:]
   assert "Traceback" not in proc.stderr
   assert not out.exists()  # nothing annotated, built or trained
+
+
+def test_the_library_run_as_a_command_names_the_grid_command():
+  proc = subprocess.run(
+    [sys.executable, "-m", "dss_jax.grid", "--fractions=2"],
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines()[-1] == (
+    "error: dss_jax.grid is the grid library, not a command; run "
+    "`python -m dss_jax.grid_job ...` or `dss-jax grid ...`"
+  )

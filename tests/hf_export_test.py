@@ -242,6 +242,10 @@ def test_an_export_folder_is_written_fresh(tmp_path):
   assert (out / "notes.txt").read_text() == "mine"
   with pytest.raises(ValueError, match="is a file"):
     hf_export.export_hf(params, config, out / "notes.txt")
+  # /proc takes no new folders (ENOENT); below a file (ENOTDIR).
+  for folder in ("/proc/dss_hf", out / "notes.txt" / "hf"):
+    with pytest.raises(ValueError, match="cannot be made"):
+      hf_export.export_hf(params, config, folder)
 
 
 def _export(run_entry_point, tmp_path, *args):

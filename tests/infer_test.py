@@ -13,7 +13,7 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from dss_jax import decoding, inference, metrics, t5x_checkpoints
+from dss_jax import decoding, errors, inference, metrics, t5x_checkpoints
 from dss_jax.models import t5
 
 _INPUT_LENGTH, _DECODE_LENGTH = 48, 4
@@ -149,6 +149,36 @@ def test_labels_for_a_task_split(tmp_path, checkpoint):
     inference.infer(model, path, str(tmp_path / "q.jsonl"))
 
 
+def test_a_task_whose_vocabulary_cannot_be_read_is_one_error(
+  tmp_path, checkpoint
+):
+  from dss_jax import vocab
+
+  model, _, path = checkpoint
+  unreadable = vocab.SentencePieceVocabulary(str(tmp_path / "gone.model"))
+  seqio.TaskRegistry.add(
+    "infer_test_unreadable_vocab",
+    source=seqio.FunctionDataSource(
+      lambda split, shuffle_files, seed=None: (
+        tf.data.Dataset.from_tensor_slices({"inputs": ["a"], "targets": ["b"]})
+      ),
+      splits=["test"],
+    ),
+    preprocessors=[seqio.preprocessors.tokenize],
+    output_features={
+      k: seqio.Feature(unreadable) for k in ("inputs", "targets")
+    },
+  )
+  # Raised inside tf.data's tracing it came wrapped in a StagingError.
+  with pytest.raises(errors.UserError, match="cannot read the vocabulary"):
+    inference.infer(
+      model,
+      path,
+      str(tmp_path / "p.jsonl"),
+      mixture_or_task_name="infer_test_unreadable_vocab",
+    )
+
+
 def test_vocabulary_larger_than_model_fails(tmp_path, checkpoint):
   small, _ = t5.make_test_model(vocab_size=128)
   text = tmp_path / "in.txt"
@@ -163,6 +193,36 @@ def test_vocabulary_larger_than_model_fails(tmp_path, checkpoint):
       input_file=str(text),
       vocabulary="byte",
     )
+
+
+@pytest.mark.parametrize("text", ["", "\n  \n", "[]"])
+def test_an_input_file_without_inputs_is_refused(tmp_path, checkpoint, text):
+  model, _, path = checkpoint
+  empty = tmp_path / "in.json"
+  empty.write_text(text)
+  with pytest.raises(ValueError, match="holds no inputs"):
+    inference.infer(
+      model,
+      path,
+      str(tmp_path / "o.jsonl"),
+      input_file=str(empty),
+      vocabulary="byte",
+    )
+  assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_folders_and_a_full_disk_are_one_line(tmp_path, checkpoint):
+  model, _, path = checkpoint
+  text = tmp_path / "in.txt"
+  text.write_text("1 + 2\n")
+  kwargs = dict(vocabulary="byte", batch_size=2, max_decode_length=4)
+  with pytest.raises(errors.UserError, match="INPUT_FILE .* is a folder"):
+    inference.infer(model, path, str(tmp_path / "o"), input_file=str(tmp_path))
+  with pytest.raises(errors.UserError, match="OUTPUT_FILE .* is a folder"):
+    inference.infer(model, path, str(tmp_path), input_file=str(text), **kwargs)
+  # /dev/full: every write fails with ENOSPC, as on a full disk.
+  with pytest.raises(errors.MachineError, match="No space left"):
+    inference.infer(model, path, "/dev/full", input_file=str(text), **kwargs)
 
 
 def test_input_formats_are_read_by_content(tmp_path):

@@ -3,8 +3,9 @@
 A handful of bad inputs and faults, each a real subprocess of an entry point
 (a teacher server that asks to wait an hour, one that echoes the API key,
 one answering in the wrong shape, Vertex AI without credentials, a teacher
-without a model, two workers on one seed): none may end silently, in a
-traceback or in a hang. The full probe (`python benchmarks/probe_bad_inputs.py
+without a model, two workers on one seed, a second teacher sample asked
+after annotations exist, results CSVs in percent or of two cards): none may
+end silently, in a traceback or in a hang. The full probe (`python benchmarks/probe_bad_inputs.py
 --paper_data_dir=...`) runs every case; this keeps the fast ones in CI.
 """
 

@@ -205,6 +205,10 @@ def test_palm_is_only_the_released_outputs(tmp_path):
   (tmp_path / "file").write_text("")
   with pytest.raises(job_config.ConfigError, match="out_dir=.* is a file"):
     _config("arith", tmp_path / "file")
+  # An empty --out_dir (an unset shell variable) would write into the
+  # working directory.
+  with pytest.raises(job_config.ConfigError, match="out_dir is empty"):
+    _config("arith", "")
   with pytest.raises(datasets.errors.UserError, match="released PaLM-540B"):
     datasets.build_annotated(
       "svamp", "palm", data_dir=str(tmp_path), store=str(tmp_path / "s")

@@ -1,9 +1,9 @@
 """`python -m dss_jax.annotate` and `dss-jax distill` under faults.
 
-A full disk (a file size limit), a store path that is a folder, a second
-writer, Ctrl-C: each ends in one `error:` line with the documented status,
-and the store keeps every whole line stored before, so the same command
-resumes. A split named twice is annotated once.
+A full disk (a file size limit), a store path that is a folder or a
+device, a second writer, Ctrl-C: each ends in one `error:` line with the
+documented status, and the store keeps every whole line stored before, so
+the same command resumes. A split named twice is annotated once.
 """
 
 import json
@@ -16,7 +16,7 @@ import time
 import pytest
 import user_cards
 
-from dss_jax import grid
+from dss_jax import errors, grid
 from dss_jax.distill import job as distill_job
 from dss_jax.teacher import store as store_lib
 from dss_jax.teacher.testing import FakeTeacherServer
@@ -119,6 +119,17 @@ def test_a_store_that_is_a_folder_is_one_line(tmp_path):
     f"error: annotation store {store} is a folder; give a .jsonl file path "
     "(or remove the folder)"
   ]
+
+
+def test_a_store_that_is_not_a_regular_file_is_refused(tmp_path):
+  # A pipe, as /dev/full or /dev/zero: read whole at open, it never ends
+  # (a device of endless zeros filled memory until the process was killed).
+  fifo = tmp_path / "store.jsonl"
+  os.mkfifo(fifo)
+  for open_store in (store_lib.AnnotationStore, store_lib.read_records):
+    with pytest.raises(errors.UserError, match="is not a regular file"):
+      open_store(fifo)
+  assert not (tmp_path / "store.jsonl.lock").exists()
 
 
 def test_one_writer_per_store_and_a_dead_holder_is_taken_over(tmp_path):

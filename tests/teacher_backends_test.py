@@ -226,6 +226,18 @@ def test_an_odd_gemini_server_is_a_bad_answer(action, words):
   assert words in str(odd) and url in str(odd)
 
 
+def test_token_counts_and_error_bodies_of_any_json_shape():
+  backend = openai.OpenAIBackend("m", base_url="http://127.0.0.1:1/v1")
+  body = {"choices": [{"message": {"content": "The answer is 3."}}]}
+  for count in (-7, float("inf")):
+    with pytest.raises(base.BadAnswerError, match="not a token count"):
+      backend._completion({**body, "usage": {"prompt_tokens": count}})
+  assert backend._completion({**body, "usage": {}}).text == "The answer is 3."
+  # An error answer whose body is a JSON list, not an object: quoted.
+  listed = openai.httpx.Response(500, content=b"[1, 2, 3]")
+  assert openai._message(listed) == "[1, 2, 3]"
+
+
 def test_openai_without_a_model_is_a_fatal_error_not_an_attribute_error():
   for model in (None, "", "  "):
     with pytest.raises(base.FatalError, match="needs the model name"):

@@ -72,3 +72,13 @@ def test_openai_needs_a_model_and_no_model_is_empty():
   for backend in ("openai", "gemini"):
     with pytest.raises(errors.UserError, match="--teacher_model is empty"):
       jobs.TeacherConfig(backend=backend, model=" ")
+
+
+@pytest.mark.parametrize(
+  "url", ["localhost:8000/v1", "127.0.0.1:9/v1", "ftp://host/v1", "http://"]
+)
+def test_a_teacher_url_without_http_is_refused(url):
+  with pytest.raises(errors.UserError, match="is not an http:// or https://"):
+    jobs.TeacherConfig(backend="openai", model="m", base_url=url)
+  for good in ("http://localhost:8000/v1", "https://example.com/v1"):
+    jobs.TeacherConfig(backend="openai", model="m", base_url=good)

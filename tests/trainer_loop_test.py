@@ -391,3 +391,25 @@ def test_train_gin_binds_one_step_config_and_refuses_lambda_elsewhere():
       train_main.check_rationale_rate_binding()
   finally:
     gin.clear_config()
+
+
+def test_bad_lengths_and_model_dirs_are_one_error_before_training(tmp_path):
+  model, _ = t5.make_test_model()
+  values = dict(
+    model=model,
+    mixture_or_task_name="loop_mixture",
+    task_feature_lengths=LENGTHS,
+    train_steps=1,
+    batch_size=2,
+    model_dir=str(tmp_path / "run"),
+  )
+  bad = [
+    ({"task_feature_lengths": "long"}, "TASK_FEATURE_LENGTHS must be a dict"),
+    ({"model_dir": ""}, "MODEL_DIR is empty"),
+    # /proc takes no new folders: mkdir fails with ENOENT.
+    ({"model_dir": "/proc/dss_run"}, "MODEL_DIR /proc/dss_run cannot be"),
+  ]
+  for overrides, words in bad:
+    with pytest.raises(trainer.errors.UserError, match=words):
+      trainer.train(**{**values, **overrides})
+  assert not os.path.exists("/proc/dss_run")

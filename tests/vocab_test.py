@@ -50,6 +50,13 @@ def test_unknown_path_raises(tmp_path):
     vocab.get_vocabulary(str(tmp_path / "missing.model"))
 
 
+def test_a_file_that_is_not_a_sentencepiece_model_is_one_user_error(tmp_path):
+  junk = tmp_path / "junk.model"
+  junk.write_bytes(b"\x00not a model")
+  with pytest.raises(errors.UserError, match="is not a SentencePiece model"):
+    vocab.get_vocabulary(str(junk))
+
+
 def test_train_sentencepiece_follows_t5_ids(tmp_path):
   texts = [
     "The answer must be something that is in the water.",

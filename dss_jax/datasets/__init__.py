@@ -212,7 +212,7 @@ class DssAnnotated(tfds.core.GeneratorBasedBuilder):
     records: dict[str, list[store_lib.CompletionRecord]] | None,
   ) -> Iterator[tuple[str, dict[str, Any]]]:
     counts = self.counts.setdefault(
-      split, {"examples": 0, "rationales": 0, "gold_labels": 0}
+      split, {"examples": 0, "rationales": 0, "gold_labels": 0, "asked": 0}
     )
     rows = (
       self._palm_examples(card, split, root)
@@ -223,6 +223,7 @@ class DssAnnotated(tfds.core.GeneratorBasedBuilder):
       counts["examples"] += 1
       counts["rationales"] += bool(features["rationale"])
       counts["gold_labels"] += bool(features["gold_label"])
+      counts["asked"] += bool(features["teacher"])  # a completion stored
       yield key, features
 
   def _palm_examples(
@@ -289,6 +290,12 @@ def _store_records(
   for record in store_lib.read_records(path):
     if config.teacher is None or record.teacher == config.teacher:
       by_id[record.id].append(record)
+  if not by_id:
+    of = f" of teacher {config.teacher}" if config.teacher else ""
+    raise errors.UserError(
+      f"annotation store {path} holds no completions{of}; run "
+      "`python -m dss_jax.annotate` into it first, or check --store"
+    )
   return by_id
 
 
@@ -402,6 +409,21 @@ def build_annotated(
     if counts is None:  # reused: what the build recorded
       counts = _read_marker(marker).get("counts", {})
     marker.write_text(json.dumps({"inputs": fingerprint, "counts": counts}))
+  asked = [c.get("asked") for c in counts.values()]
+  if (
+    source != sources.PALM_SOURCE
+    and asked
+    and None not in asked
+    and not any(asked)
+  ):
+    # A store of another card, or of the same card's other rows: every
+    # example would go without a teacher's answer.
+    epath.Path(builder.data_dir).rmtree()
+    raise errors.UserError(
+      f"annotation store {config.store or 'of ' + config.name} answers none "
+      f"of card {card}'s examples (its ids are another card's or other "
+      "rows'); annotate this card into it, or check --store and --card"
+    )
   _warn_without_rationales(builder, counts, log)
   return builder
 

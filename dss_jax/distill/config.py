@@ -317,6 +317,11 @@ class DistillConfig:
             f": {path} does not exist (for model size {size}; {{size}} in "
             "it is replaced by each size)",
           )
+    if not str(self.out_dir).strip():
+      # Else the job writes into the working directory.
+      raise ConfigError(
+        "out_dir", " is empty; give a folder, or leave the flag out"
+      )
     for name in ("out_dir", "tfds_data_dir"):
       value = getattr(self, name)
       if value and pathlib.Path(value).exists():

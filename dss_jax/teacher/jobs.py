@@ -78,6 +78,13 @@ class TeacherConfig:
         "--teacher_model is empty: name the teacher model, or leave the flag out "
         f"for the default ({gemini.DEFAULT_MODEL} on gemini)"
       )
+    if self.base_url and not re.match(r"https?://[^/\s]", self.base_url):
+      # Else every call fails and is retried with backoff, for hours.
+      raise errors.UserError(
+        f"teacher URL {self.base_url!r} is not an http:// or https:// "
+        "address (annotate: --base_url, distill: --teacher_url), e.g. "
+        "http://localhost:8000/v1"
+      )
     if self.backend == "openai" and self.model is None:
       raise errors.UserError(
         "--teacher_model is required with --teacher=openai: the model name "

@@ -211,6 +211,8 @@ def _gold_label(
   names = card.source.label_names
   if isinstance(value, bool):
     return "", f"label {value!r} is a boolean, not a label"
+  if isinstance(value, (dict, list)):
+    return "", f"label {value!r} is a {type(value).__name__}, not a label"
   if isinstance(value, int) and names is not None:
     if not 0 <= value < len(names):
       return "", (
@@ -229,6 +231,13 @@ def _gold_label(
       f"({', '.join(card.labels)})"
     )
   return label, None
+
+
+def _is_empty(value: Any) -> bool:
+  """None, or a string, list or mapping with nothing in it."""
+  if isinstance(value, str):
+    return not value.strip()
+  return value is None or (isinstance(value, (list, dict)) and not value)
 
 
 def examples_from_rows(
@@ -278,6 +287,13 @@ def examples_from_rows(
     if missing:
       problems.append(
         f"{where}: no field {', '.join(repr(m) for m in missing)}"
+      )
+      continue
+    if all(_is_empty(row[f]) for f in card.source.input_fields):
+      # The teacher would be asked about nothing, the student trained on a
+      # bare prefix.
+      problems.append(
+        f"{where}: no input: {', '.join(card.source.input_fields)} empty"
       )
       continue
     label, problem = _gold_label(card, row)

@@ -124,6 +124,7 @@ class AnnotationStore:
         f"annotation store {self.path} is a folder; give a .jsonl file path "
         "(or remove the folder)"
       )
+    _refuse_special_file(self.path)
     with os_faults(self.path, "opening the annotation store"):
       self.path.parent.mkdir(parents=True, exist_ok=True)
       self._writer = WriterLock(
@@ -368,6 +369,16 @@ def default_store_path(card: str, source: str) -> str:
   return os.path.join(root, f"{card}_{source}.jsonl")
 
 
+def _refuse_special_file(path: pathlib.Path) -> None:
+  """A store is a regular file: a device such as /dev/full or /dev/zero
+  reads without end (the whole store is read at open) and takes no lock."""
+  if path.exists() and not path.is_file():
+    raise errors.UserError(
+      f"annotation store {path} is not a regular file (a device, pipe or "
+      "socket); give a .jsonl file path"
+    )
+
+
 def read_records(path: os.PathLike | str) -> list[CompletionRecord]:
   """All complete records of a store file, in write order (read-only)."""
   records = []
@@ -375,6 +386,7 @@ def read_records(path: os.PathLike | str) -> list[CompletionRecord]:
     raise errors.UserError(
       f"annotation store {path} is a folder; give the .jsonl file"
     )
+  _refuse_special_file(pathlib.Path(path))
   with pathlib.Path(path).open(encoding="utf-8", errors="replace") as f:
     for number, line in enumerate(f, start=1):
       if line.endswith("\n") and line.strip():

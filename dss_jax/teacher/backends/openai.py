@@ -5,6 +5,7 @@ e.g. http://localhost:8000/v1 for vLLM). The key, if the server needs one, is
 read from OPENAI_API_KEY and sent as a bearer token; it is never logged.
 """
 
+import math
 import os
 from typing import Any
 
@@ -30,9 +31,11 @@ def _retry_after(response: Any) -> float | None:
 
 def _message(response: Any) -> str:
   try:
-    error = response.json().get("error")
+    body = response.json()
   except ValueError:
     return response.text[:200]
+  # An odd server's body may be any JSON value, not an object.
+  error = body.get("error") if isinstance(body, dict) else None
   if isinstance(error, dict):
     return str(error.get("message", error))
   return str(error or response.text[:200])
@@ -162,6 +165,8 @@ class OpenAIBackend(base.TeacherBackend):
       value = usage.get(name) or 0
       if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise bad(f"'usage.{name}' is {value!r}, not a number")
+      if not math.isfinite(value) or value < 0:
+        raise bad(f"'usage.{name}' is {value!r}, not a token count")
       tokens.append(int(value))
     return base.Completion(
       base.mask_configured_keys(text),
