@@ -118,7 +118,9 @@ def main(argv: list[str] | None = None) -> None:
     optax.adamw(5e-5),
     partitioning.Partitioner(devices=jax.devices()[:1]),
     task_names=("label", "rationale"),
-    task_weights=step_lib.official_task_weights({"l": 1.0, "r": 1.0}),
+    task_weights=step_lib.StepConfig(
+      recipe="official", rationale_rate=1.0
+    ).task_weights(2),
     loss=step_lib.official_loss(step_lib.LossConfig()),
     num_microbatches=args.microbatches,
     dropout=False,

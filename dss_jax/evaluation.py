@@ -809,6 +809,10 @@ def evaluate_checkpoints(
     )
   feature_lengths = check_feature_lengths(feature_lengths)
   check_batch_size(batch_size)
+  # Fails fast (one line) on a missing or empty path, before reading data,
+  # and before the default output folder (inside the model folder) makes
+  # a missing path exist.
+  _checkpoints_to_score(checkpoint_path, mode, step)
   if output_dir is None:
     output_dir = inference_eval_dir(model_dir_of(checkpoint_path))
   try:
@@ -820,8 +824,6 @@ def evaluate_checkpoints(
       f"({errors.one_line(e)}); set EVAL_OUTPUT_DIR to a writable folder"
     ) from e
   partitioner = checkpoints.decode_partitioner(partitioner)
-  # Fails fast (one line) on a missing or empty path, before reading data.
-  _checkpoints_to_score(checkpoint_path, mode, step)
   trained = vocab.read_identity(model_dir_of(checkpoint_path))
   if trained is not None:
     for task in seqio.get_subtasks(get_task_or_mixture(mixture_or_task_name)):

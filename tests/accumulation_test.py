@@ -53,7 +53,9 @@ def _run(micro, recipe, normalization, optimizer, packed=False, naive=False):
   loss = step_lib.LossConfig(normalizing_factor=normalization)
   weights = None
   if recipe == "official":
-    weights = step_lib.official_task_weights({"label": 1.0, "rationale": 3.0})
+    weights = step_lib.StepConfig(
+      recipe="official", rationale_rate=3.0
+    ).task_weights(2)
   tr = step_lib.Trainer(
     model,
     optimizer,

@@ -75,6 +75,10 @@ _ROWS = {
     rf'^{{"decode": "beam", .*"generated_tokens_per_s": {_NUMBER}',
   ]
   + [rf'^{{"impl": "torch_hf", .*"tokens_per_s": {_NUMBER}'] * _has_torch(),
+  "gpu_distill_step": [
+    rf"^step {_NUMBER}: {_NUMBER} ms/step, {_NUMBER} tok/s .*MFU {_NUMBER}%",
+    rf"^plan: {_NUMBER} ms/step at the plan's {_NUMBER}% MFU; measured",
+  ],
   "train_packing": [
     rf"^dss_jax packed 4x128\+64 \(fill {_NUMBER}%\) +{_NUMBER} +{_NUMBER}",
   ]

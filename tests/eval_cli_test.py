@@ -356,7 +356,7 @@ def test_a_changed_split_count_or_checkpoint_is_scored_again(
   assert sorted(score()) == [5, 10]
   again = score()
   assert again == {} and again.reused == [5, 10]
-  with caplog.at_level("INFO"):
+  with caplog.at_level("INFO", logger="absl"):
     test = score(split="test")
   assert sorted(test) == [5, 10] and test.split == "test"
   assert any(

@@ -99,7 +99,9 @@ def test_dry_run_prints_the_paper_cqa_grid_plan_in_seconds(
   assert proc.returncode == 0, proc.stderr[-2000:]
   last = text.strip().splitlines()[-1]
   assert last.startswith("the run would stop here: t5 small float32 needs ~")
-  assert "use a smaller --model_sizes or --batch_size" in last
+  # The flag values that would fit, then the other ways out.
+  assert "; use --microbatches=" in last
+  assert "or a smaller --model_sizes or --batch_size" in last
   # Nothing written: no output folder, nothing in the working directory.
   assert not out_dir.exists()
   assert list(tmp_path.iterdir()) == []

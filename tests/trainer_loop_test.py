@@ -397,7 +397,7 @@ def test_bad_lengths_and_model_dirs_are_one_error_before_training(tmp_path):
   model, _ = t5.make_test_model()
   values = dict(
     model=model,
-    mixture_or_task_name="loop_mixture",
+    mixture_or_task_name=_register_mixture(),
     task_feature_lengths=LENGTHS,
     train_steps=1,
     batch_size=2,
