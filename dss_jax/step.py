@@ -212,6 +212,10 @@ class Trainer:
       first and each micro-batch's loss divides its sums by them, so the
       summed gradients equal the full batch's (T5X's per-micro-batch mean
       would weigh a micro-batch of short targets as much as one of long).
+      Micro-batch i holds rows i, i + m, i + 2m, ...: every device's share
+      of the batch gives each micro-batch its part, so a micro-batch stays
+      split over the data axis as the batch is (contiguous blocks would sit
+      on a few devices and be moved between them).
     dropout: enable dropout (the model's `dropout_rate` sets the rate).
   """
 
@@ -399,8 +403,10 @@ class Trainer:
       return grad_fn(params, batch, rng)
     m = self.num_microbatches
     normalizers = self._normalizers(batch)
+    # Strided micro-batches (see the class docstring): no data moves.
     micro = jax.tree.map(
-      lambda x: x.reshape((m, x.shape[0] // m) + x.shape[1:]), batch
+      lambda x: x.reshape((x.shape[0] // m, m) + x.shape[1:]).swapaxes(0, 1),
+      batch,
     )
 
     def micro_grads(mb, rng):

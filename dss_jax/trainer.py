@@ -349,10 +349,20 @@ def train(
     RANDOM_SEED=random_seed,
   )
   partitioner = partitioner or partitioning.Partitioner()
+  batch_rows = packed_rows if pack else rows
+  _check_micro_batches(num_microbatches, batch_rows)
   task_weights = step.task_weights(len(names))
   if step.official:
     loss = official_loss(loss)
   _log_step_contents(names, step, packed_rows if pack else None)
+  mesh = partitioner.mesh.shape
+  logging.info(
+    "on a mesh of %d data x %d model devices, in %d micro-batch(es) of %d rows",
+    mesh["data"],
+    mesh["model"],
+    num_microbatches,
+    batch_rows // num_microbatches,
+  )
   checkpointer = checkpoints.Checkpointer(
     model_dir,
     max_to_keep=keep_checkpoints,
@@ -388,7 +398,6 @@ def train(
       model_dir, input_pipeline.targets_vocabulary(mixture_or_task_name)
     )
   dataset = input_pipeline.make_dataset(data_config)
-  batch_rows = packed_rows if pack else rows
   state, batches_done = _initial_state(
     trainer,
     checkpointer,
@@ -543,6 +552,15 @@ def _legacy_batch_size(
     inputs,
   )
   return dataclasses.replace(step, inputs_per_step=inputs)
+
+
+def _check_micro_batches(num_microbatches: int, rows: int) -> None:
+  """Refuses accumulation that does not split the step's rows evenly."""
+  if rows % num_microbatches:
+    raise errors.UserError(
+      f"NUM_MICROBATCHES={num_microbatches} must divide the step's {rows} "
+      "rows; pick a divisor of them"
+    )
 
 
 def _log_step_contents(

@@ -10,6 +10,8 @@ and the test first checks that the naive per-micro-batch mean misses that
 bound, so it can fail.
 """
 
+import re
+
 import jax
 import numpy as np
 import optax
@@ -20,10 +22,12 @@ from dss_jax import step as step_lib
 from dss_jax.models import t5
 
 STEPS = 3
-# Rows 0-3 (the first micro-batch of 2, the first two of 4) are label rows
-# with short targets; rows 4-7 mostly rationale rows with long targets.
-TASKS = [1, 1, 1, 2, 2, 2, 2, 1]
-LENGTHS = [2, 3, 2, 4, 16, 14, 15, 12]
+# Micro-batch i of m holds rows i, i + m, ... (see step.Trainer). The even
+# rows (the first micro-batch of 2) are label rows with short targets, one
+# packed segment each; the odd rows mostly rationale rows with long targets,
+# two segments each.
+TASKS = [1, 2, 1, 2, 1, 2, 2, 1]
+LENGTHS = [2, 16, 3, 14, 2, 15, 4, 12]
 
 
 def _batch(length=16, packed=False):
@@ -46,7 +50,16 @@ def _batch(length=16, packed=False):
   return {k: np.asarray(v, np.int32) for k, v in batch.items()}
 
 
-def _run(micro, recipe, normalization, optimizer, packed=False, naive=False):
+def _run(
+  micro,
+  recipe,
+  normalization,
+  optimizer,
+  packed=False,
+  naive=False,
+  partitioner=None,
+  trainers=None,
+):
   # One layer each side: the check is about the loss, and compiling is
   # most of this test's time.
   model, _ = t5.make_test_model(num_encoder_layers=1, num_decoder_layers=1)
@@ -59,7 +72,7 @@ def _run(micro, recipe, normalization, optimizer, packed=False, naive=False):
   tr = step_lib.Trainer(
     model,
     optimizer,
-    partitioning.Partitioner(devices=jax.devices()[:1]),
+    partitioner or partitioning.Partitioner(devices=jax.devices()[:1]),
     task_names=("label", "rationale"),
     task_weights=weights,
     loss=loss,
@@ -76,6 +89,8 @@ def _run(micro, recipe, normalization, optimizer, packed=False, naive=False):
       return jax.tree.map(lambda x: x / micro, (g, m))
 
     tr._grads = averaged  # noqa: SLF001
+  if trainers is not None:
+    trainers.append(tr)
   batch = _batch(packed=packed)
   state = tr.init_state(jax.random.PRNGKey(0), batch)
   device_batch = tr.device_batch(batch)
@@ -122,3 +137,39 @@ def test_accumulated_steps_equal_the_full_batch_steps(
       np.testing.assert_allclose(
         metrics[key], full_metrics[key], rtol=1e-5, err_msg=key
       )
+
+
+def _collectives(trainer, batch):
+  """Counts of the compiled step's ops that move data between devices."""
+  state = trainer.init_state(jax.random.PRNGKey(0), batch)
+  step = trainer._train_step  # noqa: SLF001 (compiled by the steps run)
+  text = step.lower(state, batch).compile().as_text()
+  return {
+    op: len(re.findall(rf"= \S+ {op}\(", text))
+    for op in ("all-gather", "all-to-all", "collective-permute")
+  }
+
+
+def test_micro_batches_stay_split_over_the_data_axis():
+  # 4-way data x 2-way model parallel on the 8 fake devices, 2 micro-batches
+  # of 4 rows: each device computes its row of every micro-batch, so the
+  # step moves no batch data (contiguous micro-batches of rows 0-3 and 4-7
+  # would sit on half the data devices: XLA moves them with all-gathers and
+  # collective permutes) and still equals the one-device full-batch step.
+  assert jax.device_count() == 8
+  optimizer = optax.sgd(1.0)
+  full, _ = _run(1, "official", "NUM_REAL_TARGET_TOKENS", optimizer)
+  trainers = []
+  got, _ = _run(
+    2,
+    "official",
+    "NUM_REAL_TARGET_TOKENS",
+    optimizer,
+    partitioner=partitioning.Partitioner(data=4, model=2),
+    trainers=trainers,
+  )
+  assert _max_relative_error(got, full) < 1e-5
+  (tr,) = trainers
+  batch = tr.device_batch(_batch())
+  moved = _collectives(tr, batch)
+  assert moved == {"all-gather": 0, "all-to-all": 0, "collective-permute": 0}

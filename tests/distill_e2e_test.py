@@ -45,8 +45,16 @@ def _config(out_dir, **overrides):
 
 @pytest.mark.slow
 def test_every_stage_runs_and_a_rerun_redoes_nothing(tmp_path, monkeypatch):
-  # Two worker processes, as the demo trains, and examples at the end.
-  config = _config(tmp_path / "out", workers=2, show_examples=2)
+  # Two worker processes, as the demo trains, and examples at the end; each
+  # student 2-way model parallel over the 8 fake devices (a 4 x 2 mesh), its
+  # steps accumulated from 2 micro-batches.
+  config = _config(
+    tmp_path / "out",
+    workers=2,
+    show_examples=2,
+    num_partitions=2,
+    microbatches=2,
+  )
   logs = []
   paths = distill_job.run(config, log=logs.append)
 
@@ -87,6 +95,12 @@ def test_every_stage_runs_and_a_rerun_redoes_nothing(tmp_path, monkeypatch):
     "worker1.log",
     "worker2.log",
   ]
+  worker_logs = "".join(
+    p.read_text() for p in (out / "logs").glob("worker*.log")
+  )
+  assert "on a mesh of 4 data x 2 model devices, in 2 micro-batch" in (
+    worker_logs
+  )
   # The dss_teacher student decoded two test examples, each with a
   # rationale line and a label line beside the teacher's.
   shown = "\n".join(logs).split("Test examples, dss_teacher/")[1]

@@ -408,6 +408,7 @@ def test_bad_lengths_and_model_dirs_are_one_error_before_training(tmp_path):
     ({"model_dir": ""}, "MODEL_DIR is empty"),
     # /proc takes no new folders: mkdir fails with ENOENT.
     ({"model_dir": "/proc/dss_run"}, "MODEL_DIR /proc/dss_run cannot be"),
+    ({"num_microbatches": 3}, "NUM_MICROBATCHES=3 must divide the step's 2"),
   ]
   for overrides, words in bad:
     with pytest.raises(trainer.errors.UserError, match=words):
