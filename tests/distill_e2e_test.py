@@ -85,6 +85,19 @@ def test_every_stage_runs_and_a_rerun_redoes_nothing(tmp_path, monkeypatch):
   assert "at the last step" in summary
   assert "checkpoint picked on validation" in summary
   assert "Teacher (few-shot CoT)" in summary
+  # The plan beside what the runs took: the offline teacher's dollars, and
+  # each method's time per run measured, not a dash.
+  assert "## Plan" in summary
+  assert "| actual/run |" in summary
+  assert "$0.00 (actual $0.00)" in summary
+  rows = {
+    line.split("|")[1].strip(): line
+    for line in summary.splitlines()
+    if line.startswith(("| finetune | demo", "| dss_teacher | demo", "| total"))
+  }
+  assert set(rows) == {"finetune", "dss_teacher", "total"}
+  for method in ("finetune", "dss_teacher"):
+    assert rows[method].split("|")[7].strip().endswith("s"), rows[method]
   teacher = json.loads(
     (out / "teacher_accuracy_arith_offline_test.json").read_text()
   )

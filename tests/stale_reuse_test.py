@@ -184,15 +184,11 @@ def test_changed_released_data_rebuilds_the_palm_dataset(
     ("--teacher_source=My Run", "source name 'My Run': use lower-case"),
   ],
 )
-def test_source_names_say_what_they_were_built_from(tmp_path, flag, words):
+def test_source_names_say_what_they_were_built_from(
+  tmp_path, run_entry_point, flag, words
+):
   out = tmp_path / "out"
-  proc = subprocess.run(
-    [sys.executable, "-m", "dss_jax.distill", flag, f"--out_dir={out}"],
-    capture_output=True,
-    text=True,
-    timeout=300,
-    env=_env(),
-  )
+  proc = run_entry_point("dss_jax.distill", flag, f"--out_dir={out}")
   assert proc.returncode == 2, proc.stderr[-2000:]
   [line] = _errors(proc)
   assert words in line
@@ -262,33 +258,41 @@ def svamp_tfds(tmp_path_factory, paper_data_dir):
   return data_dir
 
 
-def _train(model_dir, task, data_dir):
-  return subprocess.run(
+def _train_args(model_dir, task):
+  return [
+    "--gin_file=tiny.gin",
+    f'--gin.MODEL_DIR="{model_dir}"',
+    f'--gin.MIXTURE_OR_TASK_NAME="{task}"',
+    "--gin.TRAIN_STEPS=2",
+    "--gin.BATCH_SIZE=4",
+    "--gin.TASK_FEATURE_LENGTHS={'inputs': 96, 'targets': 48}",
+    "--gin.trainer.train.peak_flops=1e12",
+  ]
+
+
+@pytest.mark.slow
+def test_a_finished_model_dir_refuses_another_task(
+  tmp_path, svamp_tfds, run_entry_point, monkeypatch
+):
+  model_dir = tmp_path / "run"
+  done = subprocess.run(
     [
       sys.executable,
       "-m",
       "dss_jax.train",
-      "--gin_file=tiny.gin",
-      f'--gin.MODEL_DIR="{model_dir}"',
-      f'--gin.MIXTURE_OR_TASK_NAME="{task}"',
-      "--gin.TRAIN_STEPS=2",
-      "--gin.BATCH_SIZE=4",
-      "--gin.TASK_FEATURE_LENGTHS={'inputs': 96, 'targets': 48}",
-      "--gin.trainer.train.peak_flops=1e12",
+      *_train_args(model_dir, "dss_svamp_palm"),
     ],
     capture_output=True,
     text=True,
     timeout=600,
-    env=_env(TFDS_DATA_DIR=str(data_dir), XLA_FLAGS=""),
+    env=_env(TFDS_DATA_DIR=str(svamp_tfds), XLA_FLAGS=""),
   )
-
-
-@pytest.mark.slow
-def test_a_finished_model_dir_refuses_another_task(tmp_path, svamp_tfds):
-  model_dir = tmp_path / "run"
-  done = _train(model_dir, "dss_svamp_palm", svamp_tfds)
   assert done.returncode == 0, done.stderr[-3000:]
-  other = _train(model_dir, "dss_svamp_palm_label", svamp_tfds)
+  # The refusal comes before anything compiles: in this process.
+  monkeypatch.setenv("TFDS_DATA_DIR", str(svamp_tfds))
+  other = run_entry_point(
+    "dss_jax.train", *_train_args(model_dir, "dss_svamp_palm_label")
+  )
   assert other.returncode == 2, other.stderr[-3000:]
   [line] = _errors(other)
   assert (
