@@ -679,8 +679,9 @@ def format_plan(plan: Plan, actual: Mapping[str, object] | None = None) -> str:
   Args:
     plan: the plan.
     actual: "dollars" (float), "seconds" ({(method, size): mean train
-      seconds of a run}), "total_seconds" (the runs' wall time); None for
-      the dry run.
+      seconds of a run}), "total_seconds" (the runs' wall time),
+      "stored_runs" (runs an earlier job trained, not in that time); None
+      for the dry run.
 
   Returns:
     Markdown.
@@ -733,6 +734,9 @@ def format_plan(plan: Plan, actual: Mapping[str, object] | None = None) -> str:
   if actual is not None:
     got = actual.get("total_seconds")
     total += f" | {_seconds(float(got)) if got is not None else '-'}"
+    if actual.get("stored_runs"):
+      # Their time is in their rows, not in this job's.
+      total += f" ({actual['stored_runs']} run(s) trained by an earlier job)"
   total += "".join(
     f" | {_seconds(plan.total_flops / (a.peak_flops * _H100_MFU))}"
     for a in ACCELERATORS

@@ -96,6 +96,7 @@ def test_every_stage_runs_and_a_rerun_redoes_nothing(tmp_path, monkeypatch):
     if line.startswith(("| finetune | demo", "| dss_teacher | demo", "| total"))
   }
   assert set(rows) == {"finetune", "dss_teacher", "total"}
+  assert "earlier job" not in rows["total"]
   for method in ("finetune", "dss_teacher"):
     assert rows[method].split("|")[7].strip().endswith("s"), rows[method]
   teacher = json.loads(
@@ -128,6 +129,13 @@ def test_every_stage_runs_and_a_rerun_redoes_nothing(tmp_path, monkeypatch):
   again = distill_job.run(config, log=logs.append)
   assert "2/2 runs already finished" in "\n".join(logs)
   assert again["results_csv"].read_text() == paths["results_csv"].read_text()
+  # The rerun trained nothing: its total says whose time the rows hold.
+  total = next(
+    line
+    for line in again["summary_md"].read_text().splitlines()
+    if line.startswith("| total")
+  )
+  assert "(2 run(s) trained by an earlier job)" in total
 
 
 def test_task_names_follow_the_seqio_contract(tmp_path):

@@ -112,6 +112,12 @@ def _run_stages(
   plan_lib.check_memory(plan)
   data.annotate()
   data.build_dataset()
+  # Runs a job before this one finished are reused, not timed again.
+  stored = len(specs) - len(
+    grid_lib.unfinished_runs(
+      specs, data.out_dir, identity=config.run_identity, log=lambda _: None
+    )
+  )
   train_start = time.monotonic()
   workers = config.workers or workers_lib.default_workers()
   if workers > 1 and len(specs) > 1:
@@ -137,7 +143,12 @@ def _run_stages(
   train_seconds = time.monotonic() - train_start
   paths = write_report(data, rows)
   _add_plan_to_summary(
-    paths["summary_md"], plan, rows, data.teacher_dollars, train_seconds
+    paths["summary_md"],
+    plan,
+    rows,
+    data.teacher_dollars,
+    train_seconds,
+    stored,
   )
   examples = Student(config, data).show_examples()
   log("")
@@ -183,12 +194,14 @@ def _add_plan_to_summary(
   rows: Sequence[Mapping[str, Any]],
   dollars: float,
   train_seconds: float,
+  stored: int = 0,
 ) -> None:
   """Appends the plan, with the job's actual times and dollars, to summary.md.
 
   A run's actual time is its `train_seconds` (training and validation; a
   run stored before this job counts with its own time), averaged over the
-  runs of its method and size; the total is this job's training stage.
+  runs of its method and size; the total is this job's training stage,
+  which says how many of the runs an earlier job trained (`stored`).
   """
   seconds: dict[tuple[str, str], list[float]] = {}
   for row in rows:
@@ -198,6 +211,7 @@ def _add_plan_to_summary(
     "dollars": dollars,
     "seconds": {k: sum(v) / len(v) for k, v in seconds.items()},
     "total_seconds": train_seconds,
+    "stored_runs": stored,
   }
   text = summary.read_text().rstrip("\n")
   summary.write_text(f"{text}\n\n{plan_lib.format_plan(plan, actual)}")
