@@ -11,6 +11,7 @@ loop that feeds it, checkpoints and logs is `dss_jax.trainer`.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -133,6 +134,43 @@ class StepConfig:
         f'task, got {tasks} task(s); use RECIPE "mixture" for a baseline'
       )
     return (self.label_weight, 1.0 - self.label_weight)
+
+
+def rows_per_step(
+  inputs_per_step: int,
+  tasks: int = 2,
+  deprecated_rows: int | None = None,
+) -> int:
+  """Rows of a sampled-mixture step of `inputs_per_step` inputs, for gin.
+
+  What `StepConfig.rows_per_step` derives for the built-in trainer, for the
+  T5X run files (`EXAMPLES_PER_STEP = @dss_jax.step.rows_per_step()`), so
+  both count a step in inputs.
+
+  Args:
+    inputs_per_step: INPUTS_PER_STEP (the model file's PAPER_BATCH_SIZE).
+    tasks: the mixture's tasks (2: label and rationale).
+    deprecated_rows: PAPER_MIXTURE_BATCH_SIZE, which counted rows; None
+      unless a user still sets it.
+
+  Raises:
+    errors.UserError: bad values, or a PAPER_MIXTURE_BATCH_SIZE that
+      disagrees with the rows derived from the inputs.
+  """
+  rows = StepConfig(inputs_per_step=inputs_per_step).rows_per_step(tasks)
+  if deprecated_rows is not None:
+    if deprecated_rows != rows:
+      raise errors.UserError(
+        f"PAPER_MIXTURE_BATCH_SIZE={deprecated_rows} is no longer read: a "
+        "step is counted in inputs; set INPUTS_PER_STEP (or PAPER_BATCH_SIZE)"
+        f" to {deprecated_rows // tasks} for {deprecated_rows} rows"
+      )
+    logging.warning(
+      "PAPER_MIXTURE_BATCH_SIZE is deprecated (a step is counted in inputs: "
+      "INPUTS_PER_STEP, %d rows derived); drop it",
+      rows,
+    )
+  return rows
 
 
 def _check_tasks(tasks: int) -> None:

@@ -27,7 +27,8 @@ import gin
 import pytest
 from gin import config_parser
 
-from dss_jax import resources, vocab
+from dss_jax import errors, resources, vocab
+from dss_jax import step as step_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 GIN_DIR = REPO / "gin_configs" / "t5x"
@@ -70,6 +71,9 @@ EVAL_FILES = {
 PARTS = ("train", "eval_common", "infer_common", "models/student")
 T5X_INSTALLED = importlib.util.find_spec("t5x") is not None
 NO_T5X = "T5X is not installed (docs/tpu.md says how; it is not on PyPI)"
+
+
+_ROWS_PER_STEP = "dss_jax.step.rows_per_step"
 
 
 class Ref(NamedTuple):
@@ -145,13 +149,25 @@ class Composition:
         self._collect_macros(v)
 
   def resolve(self, value: Any) -> Any:
-    """Follows macro chains (`%A` bound to `%B` ...) to a value."""
+    """Follows macro chains (`%A` bound to `%B` ...) to a value.
+
+    `@dss_jax.step.rows_per_step()` (the mixture's rows) is called with its
+    bindings, as gin would: it needs no T5X.
+    """
     seen = set()
     while isinstance(value, Macro):
       assert value.name not in seen, f"macro cycle at {value.name}"
       seen.add(value.name)
       assert value.name in self.macros, f"macro {value.name} is never bound"
       value = self.macros[value.name]
+    if value == Ref(_ROWS_PER_STEP, True):
+      return step_lib.rows_per_step(
+        **{
+          arg: self.resolve(v)
+          for (scope, selector, arg), v in self.bindings.items()
+          if selector == _ROWS_PER_STEP and not scope
+        }
+      )
     return value
 
   def macro(self, name: str) -> Any:
@@ -206,7 +222,8 @@ def test_model_files_point_at_public_checkpoints(model):
     comp.macro("PAPER_BATCH_SIZE"),
     comp.macro("TRAIN_STEPS"),
   ) == expected
-  assert comp.macro("PAPER_MIXTURE_BATCH_SIZE") == 2 * expected[0]
+  assert comp.macro("INPUTS_PER_STEP") == expected[0]
+  assert comp.macro("EXAMPLES_PER_STEP") == 2 * expected[0]
   assert (
     comp.binding("optax.linear_schedule", "transition_steps") == (expected[1])
   )
@@ -239,6 +256,29 @@ def test_batch_and_packing(model, method):
     assert comp.macro("BATCH_SIZE") == 2 * inputs
   else:
     assert comp.macro("BATCH_SIZE") == inputs
+
+
+def test_the_mixture_rows_follow_the_inputs_and_the_old_macro_must_agree(
+  caplog,
+):
+  comp = Composition("models/t5_1_1_base", "dss_gold", "datasets/cqa")
+  comp.macros["PAPER_BATCH_SIZE"] = 16  # --gin.PAPER_BATCH_SIZE=16
+  assert comp.macro("BATCH_SIZE") == 32
+  comp.macros["INPUTS_PER_STEP"] = 8  # --gin.INPUTS_PER_STEP=8 wins
+  assert comp.macro("BATCH_SIZE") == 16
+  # PAPER_MIXTURE_BATCH_SIZE counted rows; a user's old override is refused
+  # when it disagrees (never silently ignored), and warned about otherwise.
+  comp.macros["PAPER_MIXTURE_BATCH_SIZE"] = 64
+  with pytest.raises(
+    errors.UserError,
+    match=r"PAPER_MIXTURE_BATCH_SIZE=64 is no longer read: .* set "
+    r"INPUTS_PER_STEP \(or PAPER_BATCH_SIZE\) to 32 for 64 rows",
+  ):
+    comp.macro("BATCH_SIZE")
+  comp.macros["PAPER_MIXTURE_BATCH_SIZE"] = 16
+  with caplog.at_level("WARNING"):
+    assert comp.macro("BATCH_SIZE") == 16
+  assert "PAPER_MIXTURE_BATCH_SIZE is deprecated" in caplog.text
 
 
 @pytest.mark.parametrize("method", ["dss_gold", "standard_finetune"])
@@ -407,14 +447,17 @@ def test_t5x_parses_every_composition(clean_gin):
     # and finetune.gin BATCH_SIZE to 128 packed rows; ours must win.
     factor = gin.query_parameter("%LOSS_NORMALIZING_FACTOR")
     assert factor == "AVERAGE_PER_SEQUENCE", files
-    batch_macro = (
-      "PAPER_MIXTURE_BATCH_SIZE"
-      if files[1] in ("dss_gold", "dss_teacher")
-      else "PAPER_BATCH_SIZE"
-    )
     assert str(gin.query_parameter("%BATCH_SIZE")) == "%EXAMPLES_PER_STEP"
-    assert str(gin.query_parameter("%EXAMPLES_PER_STEP")) == f"%{batch_macro}"
-    assert gin.query_parameter(f"%{batch_macro}") in PAPER_BATCH[files[1]]
+    examples = gin.query_parameter("%EXAMPLES_PER_STEP")
+    if files[1] in ("dss_gold", "dss_teacher"):
+      # Derived from the inputs by the function gin calls.
+      assert str(examples) == f"@{_ROWS_PER_STEP}()"
+      rows = examples.scoped_configurable_fn()
+    else:
+      assert str(examples) == "%INPUTS_PER_STEP"
+      assert str(gin.query_parameter("%INPUTS_PER_STEP")) == "%PAPER_BATCH_SIZE"
+      rows = gin.query_parameter("%PAPER_BATCH_SIZE")
+    assert rows in PAPER_BATCH[files[1]]
     for scope in ("train", "train_eval"):
       assert gin.query_parameter(f"{scope}/utils.DatasetConfig.pack") is False
   for name in EVAL_FILES:
