@@ -14,7 +14,8 @@ mixture four times, every run on the same global batches (DATA_SHARDS=2):
     parameters are bit-identical (a sum of two partial sums has one order).
 
 The processes are started by tests/multihost.py (jax.distributed on
-127.0.0.1). `--steps` and `--checkpoint_period` change the run length.
+127.0.0.1), compiling into $JAX_COMPILATION_CACHE_DIR when it is set (else a
+temporary cache). `--steps` and `--checkpoint_period` change the run length.
 `--smoke` trains only the second pair, 2 steps, on the slices of the paper
 data that ship with the tests (unless --paper_data_dir is given);
 tests/benchmarks_test.py runs it.
@@ -144,11 +145,14 @@ def main(argv: Sequence[str] | None = None) -> None:
       paper_data_dir=args.paper_data_dir,
     )
     pairs = PAIRS[len(PAIRS) - args.pairs :]
+    # The caller's compilation cache when it names one (the test suite's,
+    # which its multi-host tests of the same tiny runs fill), else a new one.
+    cache = os.environ.get("JAX_COMPILATION_CACHE_DIR") or tmp / "xla_cache"
     for _, *runs in pairs:
       for processes, devices in runs:
         _train(
           tmp / "tfds",
-          tmp / "xla_cache",
+          cache,
           tmp / f"{processes}x{devices}",
           processes,
           devices,

@@ -1694,7 +1694,11 @@ def main() -> int:
     CUDA_VISIBLE_DEVICES="",
     TFDS_DATA_DIR=scratch.path("tfds"),
     DSS_ANNOTATIONS_DIR=scratch.path("annotations"),
-    JAX_COMPILATION_CACHE_DIR=scratch.path("xla_cache"),
+    # The caller's compilation cache when it names one (the test suite's),
+    # else the scratch folder's: the probes' tiny runs compile alike.
+    JAX_COMPILATION_CACHE_DIR=(
+      env.get("JAX_COMPILATION_CACHE_DIR") or scratch.path("xla_cache")
+    ),
     JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
   )
   env.pop("DSS_PAPER_DATA_DIR", None)
