@@ -160,10 +160,15 @@ def rows_per_step(
   rows = StepConfig(inputs_per_step=inputs_per_step).rows_per_step(tasks)
   if deprecated_rows is not None:
     if deprecated_rows != rows:
+      advice = (
+        f" to {deprecated_rows // tasks} for {deprecated_rows} rows"
+        if isinstance(deprecated_rows, int) and deprecated_rows % tasks == 0
+        else f" (the mixture trains {tasks} rows per input)"
+      )
       raise errors.UserError(
         f"PAPER_MIXTURE_BATCH_SIZE={deprecated_rows} is no longer read: a "
         "step is counted in inputs; set INPUTS_PER_STEP (or PAPER_BATCH_SIZE)"
-        f" to {deprecated_rows // tasks} for {deprecated_rows} rows"
+        + advice
       )
     logging.warning(
       "PAPER_MIXTURE_BATCH_SIZE is deprecated (a step is counted in inputs: "

@@ -275,6 +275,9 @@ def test_the_mixture_rows_follow_the_inputs_and_the_old_macro_must_agree(
     r"INPUTS_PER_STEP \(or PAPER_BATCH_SIZE\) to 32 for 64 rows",
   ):
     comp.macro("BATCH_SIZE")
+  comp.macros["PAPER_MIXTURE_BATCH_SIZE"] = 65
+  with pytest.raises(errors.UserError, match=r"\(the mixture trains 2 rows"):
+    comp.macro("BATCH_SIZE")
   comp.macros["PAPER_MIXTURE_BATCH_SIZE"] = 16
   with caplog.at_level("WARNING"):
     assert comp.macro("BATCH_SIZE") == 16
