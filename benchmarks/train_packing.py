@@ -60,7 +60,13 @@ host.keep_freed_memory()
 import jax  # noqa: E402
 import optax  # noqa: E402
 
-from dss_jax import hf_export, input_pipeline, paired, partitioning  # noqa: E402
+from dss_jax import (  # noqa: E402
+  hf_export,
+  input_pipeline,
+  paired,
+  partitioning,
+  seqio_tasks,
+)
 from dss_jax import step as step_lib  # noqa: E402
 from dss_jax.models import t5  # noqa: E402
 
@@ -86,7 +92,7 @@ def _register(
   tfds_dir: str, vocab_name: str, paper_data_dir: str | None
 ) -> tuple[object, list[str]]:
   os.environ["TFDS_DATA_DIR"] = tfds_dir
-  from dss_jax import datasets, seqio_tasks, vocab
+  from dss_jax import datasets, vocab
 
   datasets.build_annotated(
     "cqa", "palm", data_dir=tfds_dir, paper_data_dir=paper_data_dir
@@ -99,22 +105,23 @@ def _register(
 
 
 def _pairs(count: int) -> list[tuple[dict, dict]]:
-  """The first `count` (label, rationale) example pairs, tokenized."""
+  """The first `count` (label, rationale) example pairs, tokenized.
+
+  From the paired task, whose pairing both trainers' official recipe use.
+  """
   import seqio
 
   lengths = {"inputs": 4096, "targets": 4096}
-  streams = [
-    seqio.get_mixture_or_task(name)
-    .get_dataset(lengths, split="train", shuffle=False)
-    .as_numpy_iterator()
-    for name in ("dss_cqa_palm_label", "dss_cqa_palm_rationale")
+  dataset = seqio.get_mixture_or_task(
+    seqio_tasks.paired_task("dss_cqa_palm")
+  ).get_dataset(lengths, split="train", shuffle=False)
+  halves = ("", paired.RATIONALE)
+  return [
+    tuple(
+      {"inputs": ex[h + "inputs"], "targets": ex[h + "targets"]} for h in halves
+    )
+    for ex in dataset.take(count).as_numpy_iterator()
   ]
-  pairs = []
-  for pair in paired.join_by_source(streams):
-    pairs.append(pair)
-    if len(pairs) == count:
-      break
-  return pairs
 
 
 def bench_packed(

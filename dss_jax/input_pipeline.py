@@ -16,12 +16,13 @@ Two ways to feed a distilling step-by-step mixture:
   * sampled (default): SeqIO's mixing, each example drawn from one task with
     probability proportional to its rate, so the rationale rate is lambda in
     expectation.
-  * paired: the official implementation's way. The unshuffled tasks of one
-    source (label and rationale) are joined example by example
-    (`dss_jax.paired.join_by_source`, the official recipe's pairing),
-    shuffled together, and both halves of each pair go into the same batch,
-    so the trainer can optimize alpha * L_label + (1 - alpha) * L_rationale
-    exactly.
+  * paired: the official implementation's way. The mixture's paired task
+    (`dss_jax.seqio_tasks.paired_task`: each example one input with its
+    label and rationale, the task T5X's official recipe trains on) is
+    shuffled, and both halves of each input go into the same batch, so the
+    trainer can optimize alpha * L_label + (1 - alpha) * L_rationale
+    exactly. An input shard holds whole inputs, so every paired input
+    trains once per epoch on any number of shards.
 
 With `cache_examples`, each task's examples are read through SeqIO once
 (one unshuffled epoch: source, preprocessors, tokenization, trimming), kept in
@@ -54,8 +55,7 @@ import seqio
 import tensorflow as tf
 from absl import logging
 
-from dss_jax import errors
-from dss_jax.paired import join_by_source
+from dss_jax import errors, paired, seqio_tasks
 from dss_jax.step import TASK_IDS
 
 Batch = dict[str, np.ndarray]
@@ -124,9 +124,9 @@ class DatasetConfig:
     data_shards: input shards the global batch is assembled from (see the
       module docstring); None: one per JAX process. Must be a multiple of
       the process count and divide `batch_size` (and `packed_rows`).
-    paired: feed each source example with all of the mixture's tasks in the
-      same batch (the official implementation's way); the mixture's tasks must
-      be aligned example by example when read unshuffled.
+    paired: feed each input of the mixture's paired task as its label and
+      its rationale example, in the same batch (the official recipe); the
+      mixture must be a DSS mixture (`seqio_tasks.register_card`).
     rates: the sampling rates of the mixture's tasks, in its order (the
       trainer's `step.StepConfig.rates`: 1 and lambda); None: the rates the
       mixture was registered with, as SeqIO samples it.
@@ -295,33 +295,37 @@ def _sampled_examples(
 def _paired_examples(
   config: DatasetConfig, names: Sequence[str], shard: seqio.ShardInfo
 ) -> tf.data.Dataset:
-  """Joins the unshuffled tasks by source, shuffles the tuples, flattens."""
-  datasets = [
-    _task_dataset(config, name, False, config.seed, shard) for name in names
-  ]
-  token_spec = tf.TensorSpec([None], tf.int32)
-  example_spec = {"inputs": token_spec, "targets": token_spec}
+  """The mixture's paired task, shuffled, each input as its two examples.
 
-  def generate():
-    streams = [ds.as_numpy_iterator() for ds in datasets]
-    for examples in join_by_source(streams):
-      yield tuple(
-        {"inputs": ex["inputs"], "targets": ex["targets"]} for ex in examples
-      )
+  The pairing is the paired task's (`dss_jax.paired.select_paired_targets`,
+  the one T5X trains on too): an input trains when it has both a label and
+  a rationale. Each of its examples here becomes the label example and the
+  rationale example, consecutive, so with padding (no packing) and a batch
+  size divisible by two both halves of an input land in the same batch.
+  """
+  task_name = seqio_tasks.paired_task(config.mixture_or_task_name)
+  if task_name is None:
+    raise errors.UserError(
+      f"the official recipe (paired mode) reads the paired task of a DSS "
+      f"mixture; {config.mixture_or_task_name!r} ({', '.join(names)}) has "
+      "none: train a mixture registered by dss_jax.seqio_tasks.register_card, "
+      'or use RECIPE "mixture"'
+    )
+  ds = _task_dataset(config, task_name, False, config.seed, shard)
+  halves = ("", paired.RATIONALE)
 
-  ds = tf.data.Dataset.from_generator(
-    generate, output_signature=tuple(example_spec for _ in names)
-  )
-  if config.cache_examples:
-    ds = ds.cache()
+  def split(ex):
+    return tuple(
+      {"inputs": ex[half + "inputs"], "targets": ex[half + "targets"]}
+      for half in halves
+    )
+
+  ds = ds.map(split, num_parallel_calls=tf.data.AUTOTUNE)
   if config.shuffle:
     ds = ds.shuffle(_SHUFFLE_BUFFER, seed=config.seed)
   ds = ds.repeat()
 
   def flatten(*examples):
-    # One pair (label, rationale, ...) becomes consecutive examples, so with
-    # padding (no packing) and a batch size divisible by the number of tasks
-    # both halves of a pair land in the same batch.
     flat = None
     for i, ex in enumerate(examples):
       ex = dict(ex, task_ids=tf.fill(tf.shape(ex["targets"]), i + 1))

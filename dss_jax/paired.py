@@ -19,11 +19,12 @@ serves a model's training and evaluation datasets. Packing is refused for
 paired examples: it would mix the halves of different inputs into one row.
 
 The pairing rule of the official recipe lives here for both trainers: an
-input trains when it has both a label and a rationale, and its two examples
-go into the same step. T5X reads them as one paired example
-(`select_paired_targets`); the built-in trainer joins the label and rationale
-tasks' streams by source input (`join_by_source`). The loss weights of the
-pair are `dss_jax.step.StepConfig.task_weights`.
+input trains when it has both a label and a rationale
+(`select_paired_targets`, the paired task's source), and its two examples go
+into the same step. T5X trains on the paired task's examples; the built-in
+input pipeline reads the same task and feeds each example as its label and
+rationale rows, side by side in one step (`dss_jax.input_pipeline`). The loss
+weights of the pair are `dss_jax.step.StepConfig.task_weights`.
 
 The T5X model that trains on these features is `dss_jax.t5x_official`; tests
 are in tests/t5x_official_test.py.
@@ -31,9 +32,7 @@ are in tests/t5x_official_test.py.
 
 from __future__ import annotations
 
-import collections
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Mapping
 
 import seqio
 import tensorflow as tf
@@ -78,53 +77,6 @@ def select_paired_targets(
       tf.strings.length(ex["rationale"]) > 0,
     )
   )
-
-
-def _source_key(inputs_pretokenized: bytes) -> bytes:
-  """The source input of an example: its text after the task prefix."""
-  _, sep, rest = inputs_pretokenized.partition(b": ")
-  return rest if sep else inputs_pretokenized
-
-
-def join_by_source(
-  streams: Sequence[Iterator[Mapping[str, Any]]],
-) -> Iterator[tuple[Mapping[str, Any], ...]]:
-  """Pairs up the examples of several tasks that share a source input.
-
-  Each stream must list its examples in the source's order, possibly with
-  some left out (a rationale task drops examples whose teacher gave no
-  rationale). Examples are matched on `inputs_pretokenized` minus the task
-  prefix; an example missing from any stream is skipped.
-
-  Args:
-    streams: iterators of examples with `inputs_pretokenized`.
-
-  Yields:
-    One tuple per source example present in every stream.
-  """
-  buffers = [collections.OrderedDict() for _ in streams]
-  seen = [collections.Counter() for _ in streams]
-  live = list(streams)
-  while any(it is not None for it in live):
-    for i, it in enumerate(live):
-      if it is None:
-        continue
-      example = next(it, None)
-      if example is None:
-        live[i] = None
-        continue
-      key = _source_key(example["inputs_pretokenized"])
-      # Repeated inputs get an occurrence number so they pair in order.
-      seen[i][key] += 1
-      buffers[i][(key, seen[i][key])] = example
-    for key in [k for k in buffers[0] if all(k in b for b in buffers[1:])]:
-      yield tuple(b[key] for b in buffers)
-      for b in buffers:
-        # Older entries can no longer match: the streams share one order.
-        while b:
-          k, _ = b.popitem(last=False)
-          if k == key:
-            break
 
 
 def add_paired_prefixes(

@@ -147,6 +147,8 @@ class Registration:
       data is read, see `resolve_data_dir`).
     tasks: the registered task names.
     mixture: the mixture's name.
+    paired_task: the official recipe's task (one of `tasks`): each example
+      one input with its label and rationale (`dss_jax.paired`).
   """
 
   card: str
@@ -155,6 +157,7 @@ class Registration:
   data_dir: str | None
   tasks: tuple[str, ...]
   mixture: str
+  paired_task: str
 
 
 # Mixture name -> its registration, in registration order.
@@ -164,6 +167,16 @@ _REGISTERED: dict[str, Registration] = {}
 def registrations() -> list[Registration]:
   """Every (card, source) registered in this process, oldest first."""
   return list(_REGISTERED.values())
+
+
+def paired_task(mixture: str) -> str | None:
+  """The paired task registered with a DSS mixture; None for another name.
+
+  Both trainers' official recipe reads it: T5X as its task, the built-in
+  input pipeline to feed both halves of each input into one step.
+  """
+  registration = _REGISTERED.get(mixture)
+  return registration.paired_task if registration else None
 
 
 class DatasetNotFoundError(errors.MissingFileError):
@@ -498,6 +511,7 @@ def register_card(
     "mixture": base,
     "gold": f"dss_{card}_gold_finetune",
     "teacher": f"{base}_distill",
+    "paired": f"{base}_paired",
   }
 
   def source_fn(target: str) -> _AnnotatedSource:
@@ -520,7 +534,7 @@ def register_card(
   _add_task(names["gold"], source_fn("gold"), "", features, label_metrics)
   _add_task(names["teacher"], source_fn("teacher"), "", features, label_metrics)
   _add_paired_task(
-    f"{base}_paired",
+    names["paired"],
     card,
     source,
     data_dir,
@@ -545,11 +559,12 @@ def register_card(
     tasks=(
       names["label"],
       names["rationale"],
-      f"{base}_paired",
+      names["paired"],
       names["gold"],
       names["teacher"],
     ),
     mixture=base,
+    paired_task=names["paired"],
   )
   return [
     names[k] for k in ("label", "rationale", "mixture", "gold", "teacher")
