@@ -327,6 +327,7 @@ def distill_probes(s: Scratch) -> list[Probe]:
     Probe("learning rate negative", [*d, "--learning_rate=-1"]),
     Probe("batch size zero", [*d, "--batch_size=0"]),
     Probe("rationale rate negative", [*d, "--rationale_rate=-0.5"]),
+    Probe("rationale rate infinite", [*d, "--rationale_rate=inf", "--dry_run"]),
     Probe("inputs length zero", [*d, "--inputs_length=0"]),
     Probe("unknown recipe", [*d, "--recipe=paired"]),
     Probe("unknown flag", [*d, "--trian_steps=5"]),

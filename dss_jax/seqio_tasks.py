@@ -50,7 +50,15 @@ import seqio
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from dss_jax import cards, errors, metrics, paired, preprocessors, vocab
+from dss_jax import (
+  cards,
+  errors,
+  metrics,
+  paired,
+  preprocessors,
+  step,
+  vocab,
+)
 from dss_jax.teacher import sources
 
 DATASET_NAME = "dss_annotated"
@@ -73,9 +81,10 @@ class DataOptions:
   fraction_seed: int = 0
 
   def __post_init__(self):
-    if self.rationale_rate < 0:
+    if not step.valid_rationale_rate(self.rationale_rate):
       raise errors.UserError(
-        f"rationale_rate must be >= 0, got {self.rationale_rate}"
+        f"rationale_rate (lambda) must be {step.RATIONALE_RATE_RULE}, got "
+        f"{self.rationale_rate!r}"
       )
     if self.label_source not in LABEL_SOURCES:
       raise errors.UserError(

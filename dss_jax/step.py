@@ -47,6 +47,30 @@ RECIPES = ("mixture", "official")
 TASK_IDS = "decoder_task_ids"
 
 
+# The rules of lambda and of the inputs of a step, one for every entry (the
+# gin path's StepConfig, the main job's DistillConfig, T5X's
+# seqio_tasks.options); each names its own setting in its message.
+RATIONALE_RATE_RULE = "a finite number >= 0"
+INPUTS_PER_STEP_RULE = "an integer >= 1"
+
+
+def valid_rationale_rate(rate: Any) -> bool:
+  """Whether `rate` is a valid lambda (`RATIONALE_RATE_RULE`)."""
+  return (
+    not isinstance(rate, bool)
+    and isinstance(rate, (int, float))
+    and math.isfinite(rate)
+    and rate >= 0
+  )
+
+
+def valid_inputs_per_step(inputs: Any) -> bool:
+  """Whether `inputs` is a valid step size (`INPUTS_PER_STEP_RULE`)."""
+  return (
+    not isinstance(inputs, bool) and isinstance(inputs, int) and inputs >= 1
+  )
+
+
 @dataclasses.dataclass(frozen=True)
 class StepConfig:
   """What one training step holds: the recipe, lambda and the inputs.
@@ -78,22 +102,15 @@ class StepConfig:
         f"RECIPE (--recipe) must be one of {', '.join(RECIPES)}, got "
         f"{self.recipe!r}"
       )
-    rate = self.rationale_rate
-    if (
-      isinstance(rate, bool)
-      or not isinstance(rate, (int, float))
-      or not math.isfinite(rate)
-      or rate < 0
-    ):
+    if not valid_rationale_rate(self.rationale_rate):
       raise errors.UserError(
-        "RATIONALE_RATE (--rationale_rate), lambda, must be a number >= 0, "
-        f"got {rate!r}"
+        f"RATIONALE_RATE (--rationale_rate), lambda, must be {RATIONALE_RATE_RULE}"
+        f", got {self.rationale_rate!r}"
       )
-    inputs = self.inputs_per_step
-    if isinstance(inputs, bool) or not isinstance(inputs, int) or inputs < 1:
+    if not valid_inputs_per_step(self.inputs_per_step):
       raise errors.UserError(
-        "INPUTS_PER_STEP (--batch_size) must be an integer >= 1, got "
-        f"{inputs!r}"
+        f"INPUTS_PER_STEP (--batch_size) must be {INPUTS_PER_STEP_RULE}, got "
+        f"{self.inputs_per_step!r}"
       )
 
   @property

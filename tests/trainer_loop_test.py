@@ -358,6 +358,22 @@ def test_step_config_refuses_bad_values_where_they_enter(values, message):
     step_lib.StepConfig(**values)
 
 
+@pytest.mark.parametrize("rate", [-0.5, float("inf"), float("nan"), True])
+def test_lambda_has_one_rule_at_every_entry(rate):
+  # The gin path's StepConfig, the main job's DistillConfig (its plan and
+  # dry run used to accept inf) and T5X's seqio_tasks.options.
+  from dss_jax import seqio_tasks
+  from dss_jax.distill import config as job_config
+
+  with pytest.raises(errors.UserError, match="finite number >= 0"):
+    step_lib.StepConfig(rationale_rate=rate)
+  with pytest.raises(job_config.ConfigError, match="finite number >= 0") as e:
+    job_config.DistillConfig(rationale_rate=rate)
+  assert e.value.field == "rationale_rate"
+  with pytest.raises(errors.UserError, match="finite number >= 0"):
+    seqio_tasks.DataOptions(rationale_rate=rate)
+
+
 def test_deprecated_batch_size_counts_rows(tmp_path, caplog):
   _register_mixture()
   with caplog.at_level(logging.INFO):

@@ -341,9 +341,13 @@ class DistillConfig:
       if not ok:
         raise ConfigError(name, f" must be {want}, got {getattr(self, name)!r}")
 
+    check(
+      "batch_size",
+      step_lib.valid_inputs_per_step(self.batch_size),
+      step_lib.INPUTS_PER_STEP_RULE,
+    )
     for name in (
       "train_steps",
-      "batch_size",
       "inputs_length",
       "targets_length",
       "label_length",
@@ -359,7 +363,11 @@ class DistillConfig:
     optimizers.check_learning_rate(self.learning_rate, "--learning_rate")
     check("warmup_steps", self.warmup_steps >= 0, ">= 0")
     check("validation_period", self.validation_period >= 0, ">= 0")
-    check("rationale_rate", self.rationale_rate >= 0, ">= 0")
+    check(
+      "rationale_rate",
+      step_lib.valid_rationale_rate(self.rationale_rate),
+      step_lib.RATIONALE_RATE_RULE,
+    )
     check("dropout_rate", 0 <= self.dropout_rate < 1, "in [0, 1)")
     check("fractions", all(0 < f <= 1 for f in self.fractions), "in (0, 1]")
     check(
