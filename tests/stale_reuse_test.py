@@ -33,46 +33,39 @@ def _errors(proc):
   return [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
 
 
-def _distill(card, out, *flags):
-  return subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "dss_jax.distill",
-      f"--task_card={card}",
-      "--teacher=offline",
-      "--student_vocabulary=byte",
-      "--methods=finetune,dss_gold",
-      "--model_sizes=demo-xs",
-      "--fractions=1.0",
-      "--seeds=0",
-      "--train_steps=2",
-      "--batch_size=8",
-      "--learning_rate=1e-3",
-      "--inputs_length=64",
-      "--targets_length=26",
-      "--label_length=4",
-      "--eval_examples=8",
-      "--validation_period=0",
-      "--workers=1",
-      "--noprogress_bars",
-      f"--out_dir={out}",
-      *flags,
-    ],
-    capture_output=True,
-    text=True,
-    timeout=600,
-    env=_env(),
-  )
+def _distill_args(card, out, *flags):
+  return [
+    f"--task_card={card}",
+    "--teacher=offline",
+    "--student_vocabulary=byte",
+    "--methods=finetune,dss_gold",
+    "--model_sizes=demo-xs",
+    "--fractions=1.0",
+    "--seeds=0",
+    "--train_steps=2",
+    "--batch_size=8",
+    "--learning_rate=1e-3",
+    "--inputs_length=64",
+    "--targets_length=26",
+    "--label_length=4",
+    "--eval_examples=8",
+    "--validation_period=0",
+    "--workers=1",
+    "--noprogress_bars",
+    f"--out_dir={out}",
+    *flags,
+  ]
 
 
 @pytest.mark.slow
-def test_an_edited_card_is_another_run(tmp_path):
+def test_an_edited_card_is_another_run(tmp_path, run_entry_point):
+  # `python -m dss_jax.distill`, run in this process (the docs' commands
+  # start it as its own process).
   card = user_cards.files_card(tmp_path / "card")
   out = tmp_path / "out"
-  first = _distill(card, out)
+  first = run_entry_point("dss_jax.distill", *_distill_args(card, out))
   assert first.returncode == 0, first.stderr[-3000:]
-  again = _distill(card, out)
+  again = run_entry_point("dss_jax.distill", *_distill_args(card, out))
   assert again.returncode == 0, again.stderr[-3000:]
   assert "2/2 runs already finished" in again.stdout
 
@@ -80,7 +73,7 @@ def test_an_edited_card_is_another_run(tmp_path):
   path.write_text(
     path.read_text().replace("one equation per step", "one step a line")
   )
-  edited = _distill(card, out)
+  edited = run_entry_point("dss_jax.distill", *_distill_args(card, out))
   assert edited.returncode == 2, edited.stderr[-3000:]
   [line] = _errors(edited)
   assert "holds a run of another configuration (card_sha256 " in line
