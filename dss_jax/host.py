@@ -74,6 +74,11 @@ def keep_freed_memory() -> bool:
   return _applied
 
 
+def keeps_freed_memory() -> bool:
+  """Whether `keep_freed_memory` applied its settings in this process."""
+  return _applied
+
+
 # Flag defaults for XLA_FLAGS; GPU flags are ignored by the other backends.
 XLA_FLAG_DEFAULTS = ("--xla_gpu_dot_merger_threshold_mb=0",)
 
