@@ -31,6 +31,7 @@ from __future__ import annotations
 
 # gin's include lookup calls importlib.util without importing it.
 import importlib.util  # noqa: F401
+import logging as std_logging
 import os
 import re
 import sys
@@ -199,10 +200,27 @@ def _package_file_exists(path: str) -> bool:
   instead of answering no, so `--gin_file=runs/eval.gin` (or an include of
   `models/...`) crashed in such a folder.
   """
+  root = std_logging.getLogger()
+  root.addFilter(_not_gin_search_lines)
   try:
     return resource_reader.system_path_file_exists(path)
   except TypeError:
     return False
+  finally:
+    root.removeFilter(_not_gin_search_lines)
+
+
+def _not_gin_search_lines(record: std_logging.LogRecord) -> bool:
+  """Drops gin's lines about each place it looked for a gin file.
+
+  Each lookup logged an INFO line, and an ERROR line (`Path not found:
+  tiny.gin`) for every place a file that exists elsewhere is not: four
+  lines for `--gin_file=tiny.gin` on a run that found it.
+  """
+  return not (
+    record.module == "resource_reader"
+    and os.path.dirname(record.pathname).endswith("gin")
+  )
 
 
 gin.config._FILE_READERS[:] = [

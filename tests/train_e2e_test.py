@@ -84,6 +84,10 @@ def test_train_sigterm_then_resume_on_svamp(tmp_path, repo_dir, tfds_dir):
   first_log = (tmp_path / "first.log").read_text()
   assert "loss/dss_svamp_palm_label=" in first_log
   assert "loss/dss_svamp_palm_rationale=" in first_log
+  # gin's search for tiny.gin logs no line per folder (nor "Path not found"
+  # errors for a file it then found).
+  assert "resource_reader" not in first_log
+  assert "Path not found" not in first_log
 
   second = subprocess.run(
     _command(model_dir, stopped + 3),
