@@ -311,6 +311,25 @@ def test_a_student_that_cannot_fit_is_refused_in_one_line(tmp_path):
     plan.check_memory(small)
 
 
+def test_the_host_ram_check_counts_the_heap_a_cpu_process_keeps():
+  # The suite's process keeps freed memory as every entry point does
+  # (conftest.py), so the plan a user's CPU job gets counts it.
+  job = job_config.job_plan(job_config.make_config({}), cpu_peak_flops=1e11)
+  assert job.kept_heap
+  [memory] = job.memory
+  temporaries = memory.gradients + memory.activations
+  assert job.needs(memory) == pytest.approx(
+    memory.total + (plan.KEPT_HEAP_FACTOR - 1) * temporaries
+  )
+  # RAM that holds the step's live bytes but not the kept heap: refused.
+  ram = (memory.total + job.needs(memory)) / 2
+  tight = dataclasses.replace(job, device_memory_bytes=ram, workers=1)
+  with pytest.raises(errors.UserError, match="x3 for the heap this process"):
+    plan.check_memory(tight)
+  plan.check_memory(dataclasses.replace(tight, kept_heap=False))
+  assert "counts a step's gradients and activations x3" in plan.format_plan(job)
+
+
 def test_the_refusal_names_the_partitions_and_micro_batches_that_fit():
   config = job_config.make_config(
     {
