@@ -112,11 +112,11 @@ def _run_stages(
   plan_lib.check_memory(plan)
   data.annotate()
   data.build_dataset()
-  # Runs a job before this one finished are reused, not timed again.
-  stored = len(specs) - len(
-    grid_lib.unfinished_runs(
-      specs, data.out_dir, identity=config.run_identity, log=lambda _: None
-    )
+  # Runs a job before this one finished are reused, not timed again (their
+  # folders were checked above; the grid runner checks them once more).
+  stored = sum(
+    grid_lib.read_result(grid_lib.run_dir(data.out_dir, s)) is not None
+    for s in specs
   )
   train_start = time.monotonic()
   workers = config.workers or workers_lib.default_workers()
