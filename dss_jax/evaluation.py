@@ -455,7 +455,9 @@ class Evaluator:
           write_n_results=None if write_predictions else 0,
         ),
       ]
-    self._seqio = seqio.Evaluator(
+    # Built without AutoGraph, as the training pipeline is (see
+    # dss_jax.input_pipeline): the datasets are traced here.
+    self._seqio = tf.autograph.experimental.do_not_convert(seqio.Evaluator)(
       mixture_or_task_name=mixture_or_task_name,
       feature_converter=seqio.EncDecFeatureConverter(pack=False),
       eval_split=split,

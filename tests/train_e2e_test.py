@@ -186,3 +186,42 @@ def test_paired_mode_trains_every_paired_input_on_any_number_of_shards(
   assert len(set(labels)) == len(labels) == steps * per_shard * shards
   assert set(labels) <= set(inputs)
   assert len(inputs) - len(labels) < per_shard * shards
+
+
+@pytest.mark.parametrize(
+  "overrides",
+  [
+    {},
+    {"paired": True, "shuffle": False},
+    {"pack": True, "packed_rows": 8, "data_shards": 2, "cache_examples": True},
+  ],
+  ids=["sampled", "paired", "packed"],
+)
+def test_the_pipeline_built_without_autograph_gives_the_same_batches(
+  tfds_dir, overrides
+):
+  # make_dataset traces its functions (SeqIO's and ours) as written; the
+  # undecorated function lets tf.data hand each to AutoGraph, as before.
+  os.environ["TFDS_DATA_DIR"] = str(tfds_dir)
+  import seqio
+
+  from dss_jax import seqio_tasks
+
+  seqio_tasks.register_card("svamp", "palm", vocabulary=seqio.ByteVocabulary())
+  config = input_pipeline.DatasetConfig(
+    "dss_svamp_palm",
+    {"inputs": 256, "targets": 128},
+    batch_size=8,
+    count_truncated=False,
+    **overrides,
+  )
+  with_autograph = input_pipeline.make_dataset.__wrapped__(config)
+  streams = [
+    input_pipeline.iterate(ds)
+    for ds in (input_pipeline.make_dataset(config), with_autograph)
+  ]
+  for _ in range(12):
+    plain, rewritten = (next(s) for s in streams)
+    assert plain.keys() == rewritten.keys()
+    for key in plain:
+      np.testing.assert_array_equal(plain[key], rewritten[key], err_msg=key)
