@@ -570,7 +570,7 @@ def make_plan(
     )
 
   if cpu_peak_flops is None:
-    cpu_peak_flops = flops.measure_matmul_flops(size=1024, seconds=1.0)
+    cpu_peak_flops = flops.measured_cpu_peak()
   memory_bytes, device_name = device_memory()
   try:
     teacher = teacher_plan(config)

@@ -55,10 +55,10 @@ def test_the_cpu_peak_is_measured_once_per_process(monkeypatch):
     return 4.5e11
 
   monkeypatch.setattr(flops, "measure_matmul_flops", measure)
-  flops._measured_cpu_peak.cache_clear()
+  flops.measured_cpu_peak.cache_clear()
   try:
     assert flops.peak_flops_per_second() == 4.5e11
     assert flops.peak_flops_per_second() == 4.5e11
     assert len(calls) == 1
   finally:
-    flops._measured_cpu_peak.cache_clear()
+    flops.measured_cpu_peak.cache_clear()
