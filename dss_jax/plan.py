@@ -542,7 +542,7 @@ def make_plan(
     model_config: the student configuration of a size.
     workers: runs trained side by side on this machine.
     cpu_peak_flops: this machine's float32 matmul FLOP/s; None measures it
-      (about a second).
+      (under a second, once per process: `flops.measured_cpu_peak`).
 
   Returns:
     The plan.
