@@ -9,14 +9,20 @@ starts and hands its absl `main` to `run`:
 
 A bad flag, an `app.UsageError` or a `errors.UserError` then ends in one line
 `error: ...` and exit status 2; any other exception is a bug and keeps its
-traceback (`dss_jax.errors` lists the exit statuses).
+traceback (`dss_jax.errors` lists the exit statuses). A command that ends
+(done, or with its status) leaves through `exit_process`: what a normal exit
+does, without the interpreter's teardown.
 """
 
 from __future__ import annotations
 
+import atexit
+import os
 import re
 import sys
+import threading
 from collections.abc import Callable, Mapping, Sequence
+from typing import NoReturn
 
 from absl import app, flags
 
@@ -55,10 +61,53 @@ def run(
     main: the entry point's absl `main`.
     rewrite: turns the command line into what absl parses (gin's shorthand).
   """
-  app.run(
-    errors.reports_user_errors(main),
-    flags_parser=lambda argv: parse_flags(argv, rewrite),
-  )
+  try:
+    app.run(
+      errors.reports_user_errors(main),
+      flags_parser=lambda argv: parse_flags(argv, rewrite),
+    )
+  except SystemExit as stop:  # app.run always ends in sys.exit
+    exit_process(stop.code)
+
+
+def exit_process(code: object = 0) -> NoReturn:
+  """Ends the process as `sys.exit(code)` does, without the teardown.
+
+  After its last exit hook, a normal exit tears every module down and runs
+  the C++ destructors of TensorFlow and JAX: 1.3-1.5 s of every command
+  whose work is done (importing seqio, building a tf.data pipeline and one
+  JAX array, then exiting: 6.1 s, against 4.7 s here). This does the steps
+  of a normal exit that anything waits for, in the interpreter's order:
+
+    1. waits for every non-daemon thread (an unfinished checkpoint write),
+       after the thread pools' own exit hooks have stopped their idle
+       workers (`threading._shutdown`, what the interpreter calls);
+    2. runs the `atexit` hooks: jax.distributed's shutdown barrier on a
+       multi-process job, logging's flush of its files;
+    3. flushes stdout and stderr;
+
+  and then leaves with `os._exit`. A bug's traceback does not come here:
+  an uncaught exception leaves the normal way.
+
+  Args:
+    code: `SystemExit.code`: None or an int status; a message (any other
+      object) is printed to stderr and exits 1, as Python does.
+  """
+  if code is None:
+    status = 0
+  elif isinstance(code, int):
+    status = code
+  else:
+    print(code, file=sys.stderr)
+    status = 1
+  threading._shutdown()  # private, as atexit._run_exitfuncs: no public form
+  atexit._run_exitfuncs()
+  for stream in (sys.stdout, sys.stderr):
+    try:
+      stream.flush()
+    except (OSError, ValueError):  # a closed pipe or stream: nothing to keep
+      pass
+  os._exit(status)
 
 
 def renamed_flags(

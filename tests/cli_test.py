@@ -5,6 +5,7 @@ in-process as `__main__` (`run_entry_point` in conftest.py).
 """
 
 import importlib
+import os
 import subprocess
 import sys
 
@@ -102,3 +103,61 @@ def test_an_unquoted_string_binding_says_to_quote_it():
     "gin binding MIXTURE_OR_TASK_NAME=dss_svamp_palm: a string value needs "
     "quotes: --gin.MIXTURE_OR_TASK_NAME='\"dss_svamp_palm\"'"
   )
+
+
+# A command whose end leaves work to a normal exit: a thread still writing,
+# an idle thread pool, an exit hook, stdout without a newline (a pipe is
+# block-buffered), and how its main ends. NORMAL=1 ends it with sys.exit.
+_ENDING = """\
+import atexit, concurrent.futures, os, sys, threading, time
+from dss_jax import cli, errors
+
+def main(argv):
+  def late():
+    time.sleep(0.5)
+    with open(os.environ["OUT"], "w") as f:
+      f.write("written")
+  threading.Thread(target=late).start()
+  pool = concurrent.futures.ThreadPoolExecutor(2)
+  pool.submit(print, "pooled", file=sys.stderr).result()
+  atexit.register(print, "exit hook", file=sys.stderr)
+  sys.stdout.write("no newline")
+  ending = os.environ["ENDING"]
+  if ending == "user error":
+    raise errors.UserError("a bad input")
+  return eval(ending)
+
+if os.environ["NORMAL"] == "1":
+  cli.exit_process = sys.exit
+cli.run(main)
+"""
+
+
+@pytest.mark.parametrize(
+  "ending,status,stderr",
+  [
+    ("None", 0, ["pooled", "exit hook"]),
+    ("3", 3, ["pooled", "exit hook"]),
+    ("'a message'", 1, ["pooled", "a message", "exit hook"]),
+    ("user error", 2, ["pooled", "error: a bad input", "exit hook"]),
+  ],
+)
+def test_a_command_ends_as_a_normal_exit_would(
+  tmp_path, ending, status, stderr
+):
+  # cli.exit_process skips only the interpreter's teardown: the same status,
+  # output and written file as sys.exit.
+  ends = []
+  for normal in "10":
+    out = tmp_path / f"written{normal}"
+    done = subprocess.run(
+      [sys.executable, "-c", _ENDING],
+      capture_output=True,
+      text=True,
+      timeout=60,
+      env={**os.environ, "OUT": str(out), "ENDING": ending, "NORMAL": normal},
+    )
+    ends.append(
+      (done.returncode, done.stdout, done.stderr.splitlines(), out.read_text())
+    )
+  assert ends[0] == ends[1] == (status, "no newline", stderr, "written")

@@ -208,8 +208,10 @@ def run_entry_point(capfd, monkeypatch):
   `Ran`. Without a process's start (seconds of imports), for command lines
   that fail before anything compiles. What a run changes in the process is
   undone after it: the flags it defined and parsed, gin's config, the SeqIO
-  tasks it registered and its TFDS folder, the environment, the loggers' levels and handlers,
-  the working folder (chdir with monkeypatch before).
+  tasks it registered and its TFDS folder, the environment, the loggers'
+  levels and handlers, the working folder (chdir with monkeypatch before).
+  The command's exit stays a SystemExit (`cli.exit_process` would end the
+  process: tests/cli_test.py runs it in a process of its own).
   """
   import logging
   import runpy
@@ -223,6 +225,14 @@ def run_entry_point(capfd, monkeypatch):
   # logging handler and faulthandler, process-wide, stay pytest's.
   app.define_help_flags()
   monkeypatch.setattr(app._run_init, "done", True)
+  # The command's end is this process's only when it runs alone: here it
+  # stays the SystemExit that `cli.exit_process` receives.
+  from dss_jax import cli
+
+  def stay(code=0):
+    raise SystemExit(code)
+
+  monkeypatch.setattr(cli, "exit_process", stay)
 
   def run(module: str, *args: str) -> Ran:
     defined = set(flags.FLAGS)
