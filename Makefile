@@ -15,8 +15,9 @@ PIP := $(BIN)/python -m pip
 # compilation, so two workers use both cores of a small machine.
 # loadgroup keeps the tests marked with one `xdist_group` on one worker, so
 # a training run they share (tests/multihost_test.py) happens once. The
-# suite shares one XLA compilation cache (tests/conftest.py). Every test
-# runs, `slow` ones included (`pytest -m "not slow"` is the quick loop).
+# suite shares one XLA compilation cache, kept across runs
+# (tests/conftest.py). Every test runs, `slow` ones included
+# (`pytest -m "not slow"` is the quick loop).
 PYTEST_WORKERS ?= 2
 
 .PHONY: demo test lint format venv clean
