@@ -16,14 +16,17 @@ mixture four times, every run on the same global batches (DATA_SHARDS=2):
 The processes are started by tests/multihost.py (jax.distributed on
 127.0.0.1), compiling into $JAX_COMPILATION_CACHE_DIR when it is set (else a
 temporary cache). `--steps` and `--checkpoint_period` change the run length.
-`--smoke` trains only the second pair, 2 steps, on the slices of the paper
-data that ship with the tests (unless --paper_data_dir is given);
-tests/benchmarks_test.py runs it.
+`--work_dir` keeps the data and the runs there (default: a temporary folder,
+removed). `--smoke` trains only the second pair, 2 steps, on the slices of
+the paper data that ship with the tests (unless --paper_data_dir is given);
+tests/multihost_test.py runs it at its own run length and trains its
+resumed runs against the 2 x 1 run it keeps.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import pathlib
 import sys
@@ -117,6 +120,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     "--paper_data_dir", default=None, help="default: $DSS_PAPER_DATA_DIR"
   )
   parser.add_argument(
+    "--work_dir",
+    default=None,
+    help="keep the data and the runs here (default: a temporary folder)",
+  )
+  parser.add_argument(
     "--smoke",
     action="store_true",
     help=f"small sizes (flags given still count): {SMOKE}",
@@ -136,8 +144,12 @@ def main(argv: Sequence[str] | None = None) -> None:
   # Only the figures: no INFO lines, no orbax warnings about step folders.
   logging.set_verbosity(logging.ERROR)
 
-  with tempfile.TemporaryDirectory() as tmp:
-    tmp = pathlib.Path(tmp)
+  with contextlib.ExitStack() as stack:
+    if args.work_dir:
+      tmp = pathlib.Path(args.work_dir)
+      tmp.mkdir(parents=True, exist_ok=True)
+    else:
+      tmp = pathlib.Path(stack.enter_context(tempfile.TemporaryDirectory()))
     datasets.build_annotated(
       "svamp",
       "palm",

@@ -403,41 +403,84 @@ def _wait_for(job, index, text, timeout=400):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted_2x1(tmp_path_factory, tfds_dir):
-  model_dir = tmp_path_factory.mktemp("u") / "run"
-  _train(tfds_dir, model_dir, 2, 1, steps=LONG_STEPS).wait(600)
-  return model_dir
+def equality_benchmark(tmp_path_factory, paper_data_dir):
+  """benchmarks/multihost_equality.py --smoke at this module's run length.
+
+  The benchmark trains 2 x 1 and 1 x 2 devices on the same 2 input shards
+  (`work/2x1`, `work/1x2`) and prints how their parameters compare; its
+  smoke mode runs here, not in tests/benchmarks_test.py, so the pair is
+  trained once. Returns (work folder, what it printed).
+  """
+  import contextlib
+  import importlib.util
+  import io
+  import pathlib
+  import sys
+
+  from absl import logging
+
+  path = pathlib.Path(__file__).parents[1] / "benchmarks/multihost_equality.py"
+  spec = importlib.util.spec_from_file_location("multihost_equality", path)
+  benchmark = importlib.util.module_from_spec(spec)
+  environ, sys_path = dict(os.environ), list(sys.path)
+  verbosity = logging.get_verbosity()
+  work = tmp_path_factory.mktemp("equality")
+  out = io.StringIO()
+  try:
+    spec.loader.exec_module(benchmark)
+    with contextlib.redirect_stdout(out):
+      benchmark.main(
+        [
+          "--smoke",
+          f"--steps={LONG_STEPS}",
+          f"--checkpoint_period={CHECKPOINT_PERIOD}",
+          f"--paper_data_dir={paper_data_dir}",
+          f"--work_dir={work}",
+        ]
+      )
+  finally:
+    # What the script changes in this process, as a script may.
+    os.environ.clear()
+    os.environ.update(environ)
+    sys.path[:] = sys_path
+    logging.set_verbosity(verbosity)
+  return work, out.getvalue()
 
 
 @pytest.fixture(scope="module")
-def uninterrupted_1x2(tmp_path_factory, tfds_dir):
-  """The same run on 1 x 2 devices, reading the same 2 input shards."""
-  model_dir = tmp_path_factory.mktemp("u1") / "run"
-  _train(
-    tfds_dir, model_dir, 1, 2, "--gin.DATA_SHARDS=2", steps=LONG_STEPS
-  ).wait(600)
-  return model_dir
+def uninterrupted_2x1(equality_benchmark):
+  work, _ = equality_benchmark
+  return work / "2x1"
 
 
 @pytest.mark.slow
 @SHARED_2X1_RUN
-def test_two_processes_of_one_device_train_as_one(
-  uninterrupted_2x1, uninterrupted_1x2
-):
+def test_two_processes_of_one_device_train_as_one(equality_benchmark):
+  import re
+
   from dss_jax import checkpoints
 
   # 2 x 1 against 1 x 2 reading the same 2 shards: a sum of two partial sums
   # is the same in either order, so the parameters are bitwise equal, at
-  # every checkpoint.
-  steps = checkpoints.checkpoint_steps(uninterrupted_2x1)
-  assert steps == list(
-    range(CHECKPOINT_PERIOD, LONG_STEPS + 1, CHECKPOINT_PERIOD)
-  )
-  assert checkpoints.checkpoint_steps(uninterrupted_1x2) == steps
+  # every checkpoint; the benchmark says so in its rows.
+  work, printed = equality_benchmark
+  steps = list(range(CHECKPOINT_PERIOD, LONG_STEPS + 1, CHECKPOINT_PERIOD))
+  for layout in ("2x1", "1x2"):
+    assert checkpoints.checkpoint_steps(work / layout) == steps
   for step in steps:
     assert _bitwise_equal(
-      _params(uninterrupted_2x1, step), _params(uninterrupted_1x2, step)
+      _params(work / "2x1", step), _params(work / "1x2", step)
     ), step
+  number = r"[0-9][0-9,]*(?:\.[0-9]+)?"
+  for devices in ("2 x 1", "1 x 2"):
+    row = rf"^trained {devices} devices: {LONG_STEPS} steps in {number} s$"
+    assert re.search(row, printed, re.MULTILINE), printed
+  compared = re.findall(
+    r"^2x1 vs 1x2 step +(\d+): max \|diff\| (\S+), bit-identical (\w+)$",
+    printed,
+    re.MULTILINE,
+  )
+  assert compared == [(str(s), "0", "True") for s in steps], printed
 
 
 @pytest.mark.slow
