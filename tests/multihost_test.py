@@ -1,7 +1,9 @@
 """Multi-host correctness, on one machine: 2 JAX processes x 2 CPU devices.
 
-Every training run takes the default path (no peak FLOP/s given, so each
-process measures its own CPU, on its own device).
+Every training run this module starts takes the default path (no peak FLOP/s
+given, so each process measures its own CPU, on its own device); the 2 x 1
+and 1 x 2 pair is benchmarks/multihost_equality.py's (`--smoke`), which
+gives the peak and turns the progress bar off.
 
 Each test starts real processes through `tests/multihost.py` (jax.distributed
 on 127.0.0.1, gloo collectives) and checks them against one process with 4
