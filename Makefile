@@ -13,8 +13,11 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 # Tests run in two processes: the suite is dominated by single-threaded XLA
 # compilation, so two workers use both cores of a small machine.
-# loadgroup keeps the tests marked with one `xdist_group` on one worker, so
-# a training run they share (tests/multihost_test.py) happens once. The
+# loadfile keeps each test file on one worker, so what a file's tests share
+# (a module fixture: a training run, a TFDS build) is made once; spread over
+# both workers, it was made on each, and again whenever a worker came back to
+# the file. (xdist's loadgroup no longer groups anything under pytest 9.2,
+# which ignores the node ids xdist renames.) The
 # suite shares one XLA compilation cache, kept across runs
 # (tests/conftest.py). Every test runs, `slow` ones included
 # (`pytest -m "not slow"` is the quick loop).
@@ -53,7 +56,7 @@ format: $(VENV)/.stamp-dev+export
 	$(BIN)/ruff check --fix .
 
 test: lint
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup --durations=15 \
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile --durations=15 \
 	  --junitxml=$(VENV)/junit.xml
 
 clean:

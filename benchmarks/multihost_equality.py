@@ -92,7 +92,7 @@ def _compare(a_dir, b_dir, steps, period, label):
   for step in range(period, steps + 1, period):
     a, b = _params(a_dir, step), _params(b_dir, step)
     diff = max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
-    same = all(
+    same = a.keys() == b.keys() and all(
       np.array_equal(a[k].view(np.uint32), b[k].view(np.uint32)) for k in a
     )
     print(

@@ -53,13 +53,21 @@ import sys  # noqa: E402
 # limit also turns on JAX's file lock, so concurrent processes (or two runs
 # of the suite) never read a half-written entry.
 _XLA_CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
+_RUN_XLA_CACHE = None  # the fallback folder, removed after the run
 if _XLA_CACHE_ENV not in os.environ:
   _cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.join(
     os.path.expanduser("~"), ".cache"
   )
-  os.environ[_XLA_CACHE_ENV] = os.path.join(
-    _cache_home, "dss_jax", "test_xla_cache"
-  )
+  _cache_dir = os.path.join(_cache_home, "dss_jax", "test_xla_cache")
+  try:
+    os.makedirs(_cache_dir, exist_ok=True)
+  except OSError:  # no writable home: a folder for this run only
+    import tempfile  # noqa: E402
+
+    _cache_dir = _RUN_XLA_CACHE = tempfile.mkdtemp(
+      prefix="dss_jax_test_xla_cache_"
+    )
+  os.environ[_XLA_CACHE_ENV] = _cache_dir
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 << 30))
@@ -113,6 +121,14 @@ def pytest_configure(config: pytest.Config) -> None:
   import tensorflow as tf
 
   tf.config.set_visible_devices([], "GPU")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+  del config
+  if _RUN_XLA_CACHE is not None:
+    import shutil
+
+    shutil.rmtree(_RUN_XLA_CACHE, ignore_errors=True)
 
 
 def pytest_report_header() -> str:
