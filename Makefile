@@ -15,9 +15,8 @@ PIP := $(BIN)/python -m pip
 # compilation, so two workers use both cores of a small machine.
 # loadfile keeps each test file on one worker, so what a file's tests share
 # (a module fixture: a training run, a TFDS build) is made once; spread over
-# both workers, it was made on each, and again whenever a worker came back to
-# the file. (xdist's loadgroup no longer groups anything under pytest 9.2,
-# which ignores the node ids xdist renames.) The
+# both workers, it was made on each. (xdist's loadgroup no longer groups
+# anything under pytest 9.2, which ignores the node ids xdist renames.) The
 # suite shares one XLA compilation cache, kept across runs
 # (tests/conftest.py). Every test runs, `slow` ones included
 # (`pytest -m "not slow"` is the quick loop).

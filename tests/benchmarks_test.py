@@ -24,15 +24,15 @@ from __future__ import annotations
 import ast
 import importlib.util
 import json
-import os
 import pathlib
 import re
 import sys
 
+import benchmark_scripts
 import pytest
 
 _REPO = pathlib.Path(__file__).resolve().parents[1]
-_BENCHMARKS = _REPO / "benchmarks"
+_BENCHMARKS = benchmark_scripts.BENCHMARKS
 
 # Benchmarks whose smoke mode another test runs: name -> (flag, test file).
 _ELSEWHERE = {
@@ -121,48 +121,26 @@ def test_every_benchmark_has_a_smoke_mode_that_runs_here():
 def isolated(monkeypatch, tmp_path):
   """Runs a benchmark in tmp_path and undoes its changes to the process.
 
-  Benchmarks set environment variables (XLA flags, TFDS_DATA_DIR), extend
-  sys.path and quiet absl's logging, as scripts may; the next test must not
-  see them.
+  What a script changes (`benchmark_scripts.undone`), and PyTorch's thread
+  count; the next test must not see them.
   """
-  from absl import logging
-
-  environ, path = dict(os.environ), list(sys.path)
-  verbosity = logging.get_verbosity()
   monkeypatch.chdir(tmp_path)
-  # As train_cpu_throughput.py's own default: PyTorch's OpenMP threads
-  # spin while they wait, stalling a machine shared with other tests.
-  monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
   torch = sys.modules.get("torch")
   threads = torch.get_num_threads() if torch else None
-  yield
-  os.environ.clear()
-  os.environ.update(environ)
-  sys.path[:] = path
-  logging.set_verbosity(verbosity)
+  with benchmark_scripts.undone():
+    # As train_cpu_throughput.py's own default: PyTorch's OpenMP threads
+    # spin while they wait, stalling a machine shared with other tests.
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    yield
   torch = sys.modules.get("torch")
   if torch and threads:
     torch.set_num_threads(threads)
 
 
-def _load(name: str):
-  """Imports benchmarks/<name>.py as a fresh module."""
-  spec = importlib.util.spec_from_file_location(
-    f"benchmark_{name}", _BENCHMARKS / f"{name}.py"
-  )
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[spec.name] = module  # dataclasses look their module up
-  try:
-    spec.loader.exec_module(module)
-  finally:
-    del sys.modules[spec.name]
-  return module
-
-
 @pytest.mark.parametrize("name", sorted(_ROWS))
 def test_smoke_mode_prints_its_measured_rows(name, isolated, capsys):
   del isolated
-  _load(name).main(["--smoke"])
+  benchmark_scripts.load(name).main(["--smoke"])
   out = capsys.readouterr().out
   for row in _ROWS[name]:
     assert re.search(row, out, re.MULTILINE), (

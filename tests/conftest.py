@@ -62,7 +62,7 @@ if _XLA_CACHE_ENV not in os.environ:
   try:
     os.makedirs(_cache_dir, exist_ok=True)
   except OSError:  # no writable home: a folder for this run only
-    import tempfile  # noqa: E402
+    import tempfile
 
     _cache_dir = _RUN_XLA_CACHE = tempfile.mkdtemp(
       prefix="dss_jax_test_xla_cache_"

@@ -410,38 +410,22 @@ def equality_benchmark(tmp_path_factory, paper_data_dir):
   trained once. Returns (work folder, what it printed).
   """
   import contextlib
-  import importlib.util
   import io
-  import pathlib
-  import sys
 
-  from absl import logging
+  import benchmark_scripts
 
-  path = pathlib.Path(__file__).parents[1] / "benchmarks/multihost_equality.py"
-  spec = importlib.util.spec_from_file_location("multihost_equality", path)
-  benchmark = importlib.util.module_from_spec(spec)
-  environ, sys_path = dict(os.environ), list(sys.path)
-  verbosity = logging.get_verbosity()
   work = tmp_path_factory.mktemp("equality")
   out = io.StringIO()
-  try:
-    spec.loader.exec_module(benchmark)
-    with contextlib.redirect_stdout(out):
-      benchmark.main(
-        [
-          "--smoke",
-          f"--steps={LONG_STEPS}",
-          f"--checkpoint_period={CHECKPOINT_PERIOD}",
-          f"--paper_data_dir={paper_data_dir}",
-          f"--work_dir={work}",
-        ]
-      )
-  finally:
-    # What the script changes in this process, as a script may.
-    os.environ.clear()
-    os.environ.update(environ)
-    sys.path[:] = sys_path
-    logging.set_verbosity(verbosity)
+  with benchmark_scripts.undone(), contextlib.redirect_stdout(out):
+    benchmark_scripts.load("multihost_equality").main(
+      [
+        "--smoke",
+        f"--steps={LONG_STEPS}",
+        f"--checkpoint_period={CHECKPOINT_PERIOD}",
+        f"--paper_data_dir={paper_data_dir}",
+        f"--work_dir={work}",
+      ]
+    )
   return work, out.getvalue()
 
 

@@ -105,13 +105,20 @@ def test_train_sigterm_then_resume_on_svamp(tmp_path, repo_dir, tfds_dir):
   assert list((model_dir / "train").glob("events.out.tfevents.*"))
 
 
-def test_paired_mode_pairs_label_and_rationale_of_one_question(tfds_dir):
+@pytest.fixture
+def svamp_tasks(tfds_dir):
+  """The SVAMP card's tasks, reading `tfds_dir`: their byte vocabulary."""
   os.environ["TFDS_DATA_DIR"] = str(tfds_dir)
   import seqio
 
   from dss_jax import seqio_tasks
 
-  seqio_tasks.register_card("svamp", "palm", vocabulary=seqio.ByteVocabulary())
+  vocab = seqio.ByteVocabulary()
+  seqio_tasks.register_card("svamp", "palm", vocabulary=vocab)
+  return vocab
+
+
+def test_paired_mode_pairs_label_and_rationale_of_one_question(svamp_tasks):
   config = input_pipeline.DatasetConfig(
     "dss_svamp_palm",
     {"inputs": 512, "targets": 512},
@@ -119,7 +126,7 @@ def test_paired_mode_pairs_label_and_rationale_of_one_question(tfds_dir):
     paired=True,
   )
   batch = next(input_pipeline.iterate(input_pipeline.make_dataset(config)))
-  vocab = seqio.ByteVocabulary()
+  vocab = svamp_tasks
   task_ids = batch[input_pipeline.TASK_IDS][:, 0]
   np.testing.assert_array_equal(task_ids, [1, 2] * 4)
   for row in range(0, 8, 2):
@@ -134,19 +141,17 @@ def test_paired_mode_pairs_label_and_rationale_of_one_question(tfds_dir):
 
 @pytest.mark.parametrize("shards", [1, 2])
 def test_paired_mode_trains_every_paired_input_on_any_number_of_shards(
-  tfds_dir, shards
+  svamp_tasks, shards
 ):
   # An input shard holds whole inputs (the paired task's examples). Joining
   # separately sharded label and rationale streams lost the pairs whose
   # halves fell into different shards once some input had no rationale:
   # 372 of SVAMP's 709 paired inputs on 2 shards.
-  os.environ["TFDS_DATA_DIR"] = str(tfds_dir)
   import seqio
 
   from dss_jax import seqio_tasks
 
-  vocab = seqio.ByteVocabulary()
-  seqio_tasks.register_card("svamp", "palm", vocabulary=vocab)
+  vocab = svamp_tasks
   lengths = {"inputs": 512, "targets": 512}
   paired_task = seqio.get_mixture_or_task(
     seqio_tasks.paired_task("dss_svamp_palm")
@@ -198,16 +203,10 @@ def test_paired_mode_trains_every_paired_input_on_any_number_of_shards(
   ids=["sampled", "paired", "packed"],
 )
 def test_the_pipeline_built_without_autograph_gives_the_same_batches(
-  tfds_dir, overrides
+  svamp_tasks, overrides
 ):
   # make_dataset traces its functions (SeqIO's and ours) as written; the
   # undecorated function lets tf.data hand each to AutoGraph, as before.
-  os.environ["TFDS_DATA_DIR"] = str(tfds_dir)
-  import seqio
-
-  from dss_jax import seqio_tasks
-
-  seqio_tasks.register_card("svamp", "palm", vocabulary=seqio.ByteVocabulary())
   config = input_pipeline.DatasetConfig(
     "dss_svamp_palm",
     {"inputs": 256, "targets": 128},
@@ -225,3 +224,38 @@ def test_the_pipeline_built_without_autograph_gives_the_same_batches(
     assert plain.keys() == rewritten.keys()
     for key in plain:
       np.testing.assert_array_equal(plain[key], rewritten[key], err_msg=key)
+
+
+def test_the_pipeline_and_the_evaluator_convert_no_function(
+  svamp_tasks, monkeypatch
+):
+  # What AutoGraph converts while each is built; the undecorated
+  # make_dataset shows that the count sees conversions.
+  from tensorflow.python.autograph.impl import api
+
+  from dss_jax import evaluation
+  from dss_jax.models import t5
+
+  converted = []
+  convert = api._convert_actual
+
+  def counted(*args, **kwargs):
+    converted.append(args[0])
+    return convert(*args, **kwargs)
+
+  monkeypatch.setattr(api, "_convert_actual", counted)
+  config = input_pipeline.DatasetConfig(
+    "dss_svamp_palm", {"inputs": 96, "targets": 48}, batch_size=8
+  )
+  input_pipeline.make_dataset(config)
+  model, _ = t5.make_test_model()
+  evaluation.Evaluator(
+    "dss_svamp_palm_label",
+    model,
+    feature_lengths={"inputs": 96, "targets": 48},
+    num_examples=4,
+    batch_size=4,
+  )
+  assert converted == []
+  input_pipeline.make_dataset.__wrapped__(config)
+  assert converted
