@@ -186,10 +186,12 @@ class Memory:
 # A CPU process that keeps the memory it frees (`host.keep_freed_memory`,
 # which every entry point applies) holds more than a step's live
 # temporaries: its heap settles at 2.5-2.7 times the step's gradients and
-# activations (peak RSS over 10 steps of a 65M-parameter student, float32
-# and bfloat16, 1 to 4 micro-batches; tests/plan_test.py). The host-RAM
+# activations, or at 3.6 times in some runs of the same step (peak RSS over
+# 10 steps of a 65M-parameter student, float32 and bfloat16, 1 to 4
+# micro-batches; float32 x1 gave 1,296 MB or 1,727 MB against an estimate
+# of 477 MB, about half the runs each; tests/plan_test.py). The host-RAM
 # check counts them this many times.
-KEPT_HEAP_FACTOR = 3.0
+KEPT_HEAP_FACTOR = 4.0
 
 
 @dataclasses.dataclass(frozen=True)

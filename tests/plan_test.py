@@ -274,8 +274,9 @@ def test_memory_estimate_meets_a_training_step_peak_rss(
   if not kept:
     assert got["estimate"] == pytest.approx(got["growth"], rel=0.2)
   else:
-    # Keeping freed memory (the entry points' setting) holds 2.5-2.7 times
-    # the live temporaries; the host-RAM check counts them that many times.
+    # Keeping freed memory (the entry points' setting) holds 2.5-2.7 or 3.6
+    # times the live temporaries (the same step, from run to run); the
+    # host-RAM check counts them KEPT_HEAP_FACTOR times.
     assert got["growth"] > 1.5 * got["estimate"]
     assert got["growth"] <= plan.KEPT_HEAP_FACTOR * got["estimate"]
 
@@ -324,10 +325,10 @@ def test_the_host_ram_check_counts_the_heap_a_cpu_process_keeps():
   # RAM that holds the step's live bytes but not the kept heap: refused.
   ram = (memory.total + job.needs(memory)) / 2
   tight = dataclasses.replace(job, device_memory_bytes=ram, workers=1)
-  with pytest.raises(errors.UserError, match="x3 for the heap this process"):
+  with pytest.raises(errors.UserError, match="x4 for the heap this process"):
     plan.check_memory(tight)
   plan.check_memory(dataclasses.replace(tight, kept_heap=False))
-  assert "counts a step's gradients and activations x3" in plan.format_plan(job)
+  assert "counts a step's gradients and activations x4" in plan.format_plan(job)
 
 
 def test_the_refusal_names_the_partitions_and_micro_batches_that_fit():
