@@ -230,6 +230,7 @@ def read_task_split(
   # Imported here: JAX, TensorFlow and SeqIO start after the host settings
   # of `gin_flags.run` (see the top of this module).
   import seqio
+  import tensorflow as tf
 
   from dss_jax import evaluation
 
@@ -240,7 +241,9 @@ def read_task_split(
     # Loaded here: an unreadable vocabulary (the GCS default offline) is
     # then its one line, not an error inside tf.data's tracing.
     _ = feature.vocabulary.vocab_size
-  ds = first.get_dataset(
+  # Traced without AutoGraph, as the training pipeline is (see
+  # dss_jax.input_pipeline).
+  ds = tf.autograph.experimental.do_not_convert(first.get_dataset)(
     sequence_length=None, split=split, shuffle=False, num_epochs=1
   )
   if num_examples is not None:

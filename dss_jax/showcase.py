@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import seqio
+import tensorflow as tf
 
 from dss_jax import cards, evaluation, inference
 from dss_jax.models import t5
@@ -45,7 +46,11 @@ def _first_rows(
   task_name: str, lengths: dict[str, int], count: int
 ) -> list[dict[str, Any]]:
   task = seqio.get_mixture_or_task(task_name)
-  ds = task.get_dataset(lengths, split="test", shuffle=False, seed=0)
+  # Traced without AutoGraph, as the training pipeline is (see
+  # dss_jax.input_pipeline).
+  ds = tf.autograph.experimental.do_not_convert(task.get_dataset)(
+    lengths, split="test", shuffle=False, seed=0
+  )
   return list(itertools.islice(ds.as_numpy_iterator(), count))
 
 

@@ -106,8 +106,8 @@ def test_train_sigterm_then_resume_on_svamp(tmp_path, repo_dir, tfds_dir):
 
 
 @pytest.fixture
-def svamp_tasks(tfds_dir):
-  """The SVAMP card's tasks, reading `tfds_dir`: their byte vocabulary."""
+def svamp_vocab(tfds_dir):
+  """Registers the SVAMP card's tasks, reading `tfds_dir`; their vocabulary."""
   os.environ["TFDS_DATA_DIR"] = str(tfds_dir)
   import seqio
 
@@ -118,7 +118,8 @@ def svamp_tasks(tfds_dir):
   return vocab
 
 
-def test_paired_mode_pairs_label_and_rationale_of_one_question(svamp_tasks):
+def test_paired_mode_pairs_label_and_rationale_of_one_question(svamp_vocab):
+  vocab = svamp_vocab
   config = input_pipeline.DatasetConfig(
     "dss_svamp_palm",
     {"inputs": 512, "targets": 512},
@@ -126,7 +127,6 @@ def test_paired_mode_pairs_label_and_rationale_of_one_question(svamp_tasks):
     paired=True,
   )
   batch = next(input_pipeline.iterate(input_pipeline.make_dataset(config)))
-  vocab = svamp_tasks
   task_ids = batch[input_pipeline.TASK_IDS][:, 0]
   np.testing.assert_array_equal(task_ids, [1, 2] * 4)
   for row in range(0, 8, 2):
@@ -141,8 +141,9 @@ def test_paired_mode_pairs_label_and_rationale_of_one_question(svamp_tasks):
 
 @pytest.mark.parametrize("shards", [1, 2])
 def test_paired_mode_trains_every_paired_input_on_any_number_of_shards(
-  svamp_tasks, shards
+  svamp_vocab, shards
 ):
+  vocab = svamp_vocab
   # An input shard holds whole inputs (the paired task's examples). Joining
   # separately sharded label and rationale streams lost the pairs whose
   # halves fell into different shards once some input had no rationale:
@@ -151,7 +152,6 @@ def test_paired_mode_trains_every_paired_input_on_any_number_of_shards(
 
   from dss_jax import seqio_tasks
 
-  vocab = svamp_tasks
   lengths = {"inputs": 512, "targets": 512}
   paired_task = seqio.get_mixture_or_task(
     seqio_tasks.paired_task("dss_svamp_palm")
@@ -203,7 +203,7 @@ def test_paired_mode_trains_every_paired_input_on_any_number_of_shards(
   ids=["sampled", "paired", "packed"],
 )
 def test_the_pipeline_built_without_autograph_gives_the_same_batches(
-  svamp_tasks, overrides
+  svamp_vocab, overrides
 ):
   # make_dataset traces its functions (SeqIO's and ours) as written; the
   # undecorated function lets tf.data hand each to AutoGraph, as before.
@@ -226,14 +226,13 @@ def test_the_pipeline_built_without_autograph_gives_the_same_batches(
       np.testing.assert_array_equal(plain[key], rewritten[key], err_msg=key)
 
 
-def test_the_pipeline_and_the_evaluator_convert_no_function(
-  svamp_tasks, monkeypatch
-):
-  # What AutoGraph converts while each is built; the undecorated
+def test_every_dataset_is_built_without_autograph(svamp_vocab, monkeypatch):
+  # What AutoGraph converts while each dataset of the commands is built
+  # (training, evaluation, inference, the showcase); the undecorated
   # make_dataset shows that the count sees conversions.
   from tensorflow.python.autograph.impl import api
 
-  from dss_jax import evaluation
+  from dss_jax import evaluation, inference, showcase
   from dss_jax.models import t5
 
   converted = []
@@ -256,6 +255,8 @@ def test_the_pipeline_and_the_evaluator_convert_no_function(
     num_examples=4,
     batch_size=4,
   )
+  inference.read_task_split("dss_svamp_palm_label", "test", num_examples=2)
+  showcase._first_rows("dss_svamp_palm_label", config.task_feature_lengths, 2)
   assert converted == []
   input_pipeline.make_dataset.__wrapped__(config)
   assert converted
